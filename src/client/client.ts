@@ -1,0 +1,85 @@
+import { existsSync } from "node:fs";
+import { loadClientConfig, renderClientConfig, validateHttpsUrl, validateName, DEFAULT_CLIENT_CONFIG, type ClientConfig } from "../lib/config.ts";
+import { ExitCode, RelayError, usageError } from "../lib/errors.ts";
+import { apiError, createApi } from "../lib/http.ts";
+import { writeFileAtomic } from "../lib/fsutil.ts";
+import { parseIp } from "../lib/ip.ts";
+import { parsePin } from "../lib/tls.ts";
+
+/** The server's answer to a lease request. */
+export interface LeaseAnswer {
+  client: string;
+  ip: string;
+  expires_at: string;
+  ttl: number;
+  event?: string;
+}
+
+/** The server's view of this client: the address it sees and current leases. */
+export interface LeaseStatus {
+  client: string;
+  ip: string;
+  ttl: number;
+  leases: { ip: string; family: number; renewed_at: string; expires_at: string }[];
+}
+
+async function call<T>(cfg: Pick<ClientConfig, "server" | "token" | "pin">, path: string, init: { method: "GET" | "POST" | "DELETE"; body?: unknown }, retries?: number): Promise<T> {
+  const api = await createApi({ server: cfg.server, token: cfg.token, pin: cfg.pin, retries });
+  try {
+    return (await api(path, init as never)) as T;
+  } catch (err) {
+    throw apiError(err, cfg.server);
+  }
+}
+
+/** Renews (or first grants) this host's lease; `ip` names an address other than the observed one. */
+export async function renewLease(opts: { configPath?: string; ip?: string }): Promise<LeaseAnswer> {
+  const cfg = loadClientConfig(opts.configPath);
+  let body: { ip: string } | undefined;
+  if (opts.ip !== undefined) {
+    const ip = parseIp(opts.ip);
+    if (!ip) throw usageError(`--ip ${opts.ip}: not a single IPv4 or IPv6 address`);
+    body = { ip: ip.text };
+  }
+  return call<LeaseAnswer>(cfg, "/v1/lease", { method: "POST", body });
+}
+
+/** Releases every lease this client holds. */
+export async function releaseLease(opts: { configPath?: string }): Promise<{ client: string; released: string[] }> {
+  const cfg = loadClientConfig(opts.configPath);
+  return call(cfg, "/v1/lease", { method: "DELETE" });
+}
+
+/** Shows what the server knows of this client (no change). */
+export async function leaseStatus(opts: { configPath?: string }): Promise<LeaseStatus> {
+  const cfg = loadClientConfig(opts.configPath);
+  return call(cfg, "/v1/lease", { method: "GET" });
+}
+
+/** Checks server, pin and token, then writes the client config with mode 0600. */
+export async function enroll(opts: { url: string; name: string; token: string; pin?: string; configPath?: string; force?: boolean }): Promise<{ path: string; status: LeaseStatus }> {
+  const server = validateHttpsUrl(opts.url, "server URL");
+  const name = validateName(opts.name, "--name");
+  if (!/^[\x21-\x7e]{1,200}$/.test(opts.token)) throw usageError("--token: not a token", "copy the whole line printed by `relayctl server add`");
+  const pin = opts.pin === undefined ? undefined : parsePin(opts.pin);
+  const path = opts.configPath ?? DEFAULT_CLIENT_CONFIG;
+  const status = await call<LeaseStatus>({ server, token: opts.token, pin }, "/v1/lease", { method: "GET" }, 0);
+  if (status.client !== name) {
+    throw new RelayError(`the token belongs to client ${status.client}, not ${name}`, { exitCode: ExitCode.REFUSED, hint: "paste the enrollment line exactly as printed" });
+  }
+  if (existsSync(path) && !opts.force) {
+    const old = (() => {
+      try {
+        return loadClientConfig(path);
+      } catch {
+        return undefined;
+      }
+    })();
+    // Re-running the same enrollment line is harmless; silently replacing another enrollment is not.
+    if (old && (old.server !== server || old.name !== name)) {
+      throw usageError(`${path} already holds an enrollment for ${old.name} at ${old.server}`, "add --force to replace it, or pass --config for a second one");
+    }
+  }
+  writeFileAtomic(path, renderClientConfig({ server, name, token: opts.token, pin }), { mode: 0o600, mkdirMode: 0o750 });
+  return { path, status };
+}

@@ -1,0 +1,65 @@
+import { defineCommand } from "citty";
+import { enroll, leaseStatus, releaseLease, renewLease, type LeaseStatus } from "../client/client.ts";
+import { common, ifNoSubcommand } from "./shared.ts";
+
+/** `relayctl client`: renew (default) or release; silent on success unless verbose. */
+export async function runClient(opts: { config?: string; release?: boolean; ip?: string; verbose?: boolean }): Promise<void> {
+  if (opts.release) {
+    const r = await releaseLease({ configPath: opts.config });
+    if (opts.verbose) console.log(r.released.length ? `released ${r.released.join(" ")}` : "no lease to release");
+    return;
+  }
+  const r = await renewLease({ configPath: opts.config, ip: opts.ip });
+  if (opts.verbose) console.log(`${r.event ?? "renewed"}: ${r.ip} for ${r.client}, expires ${r.expires_at} (ttl ${r.ttl}s)`);
+}
+
+/** `relayctl client enroll`: verify server, pin and token, then write the config. */
+export async function runClientEnroll(opts: { url: string; name: string; token: string; pin?: string; config?: string; force?: boolean; verbose?: boolean }): Promise<void> {
+  const r = await enroll({ url: opts.url, name: opts.name, token: opts.token, pin: opts.pin, configPath: opts.config, force: opts.force });
+  console.log(`enrolled ${r.status.client}: wrote ${r.path}; the server sees this host as ${r.status.ip}. Next: run \`relayctl client\` from cron every 4 minutes.`);
+}
+
+/** Renders the server's view of this client for people. */
+export function renderStatus(s: LeaseStatus): string {
+  const lines = [`client ${s.client}: server sees ${s.ip}, ttl ${s.ttl}s`];
+  for (const l of s.leases) lines.push(`  lease ${l.ip}, renewed ${l.renewed_at}, expires ${l.expires_at}`);
+  if (s.leases.length === 0) lines.push("  no lease: run `relayctl client`");
+  return lines.join("\n");
+}
+
+/** `relayctl client status`: the lease as the server sees it. */
+export async function runClientStatus(opts: { config?: string; json?: boolean }): Promise<LeaseStatus> {
+  const s = await leaseStatus({ configPath: opts.config });
+  console.log(opts.json ? JSON.stringify(s, null, 2) : renderStatus(s));
+  return s;
+}
+
+const enrollCommand = defineCommand({
+  meta: { name: "enroll", description: "Check the server and write the client config (mode 0600)" },
+  args: {
+    ...common,
+    url: { type: "positional", required: true, description: "server URL, https://HOST:PORT" },
+    name: { type: "string", required: true, description: "client name given to `relayctl server add`" },
+    token: { type: "string", required: true, description: "token printed by `relayctl server add`" },
+    pin: { type: "string", description: "sha256:HEX of the server certificate" },
+    force: { type: "boolean", description: "replace an existing enrollment for another name or server" },
+  },
+  run: ({ args }) => runClientEnroll({ url: args.url, name: args.name, token: args.token, pin: args.pin, config: args.config, force: args.force, verbose: args.verbose }),
+});
+
+const statusCommand = defineCommand({
+  meta: { name: "status", description: "Show this client's lease as the server sees it" },
+  args: { ...common, json: { type: "boolean", description: "print JSON" } },
+  run: ({ args }) => runClientStatus({ config: args.config, json: args.json }).then(() => undefined),
+});
+
+export const clientCommand = defineCommand({
+  meta: { name: "client", description: "Renew (or release) this host's lease; run from cron" },
+  args: {
+    ...common,
+    release: { type: "boolean", description: "drop the lease instead of renewing it" },
+    ip: { type: "string", description: "lease this address instead of the one the server sees (needs an allow list)", valueHint: "ADDR" },
+  },
+  subCommands: { enroll: enrollCommand, status: statusCommand },
+  run: ifNoSubcommand(({ args }) => runClient({ config: args.config, release: args.release, ip: args.ip, verbose: args.verbose })),
+});

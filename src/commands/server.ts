@@ -1,0 +1,98 @@
+import { defineCommand } from "citty";
+import { parseDuration, formatDuration } from "../lib/duration.ts";
+import { log, setVerbosity } from "../lib/logging.ts";
+import { addClient, listClients, revokeClient, type ClientView } from "../server/admin.ts";
+import { startServer } from "../server/server.ts";
+import { common, ifNoSubcommand, stringList } from "./shared.ts";
+
+/** Runs the server until SIGTERM or SIGINT, then stops cleanly. */
+export async function runServer(opts: { config?: string; verbose?: boolean }): Promise<void> {
+  // A service logs what it does; only cron-run commands stay quiet.
+  setVerbosity({ verbose: opts.verbose });
+  if (!opts.verbose) log.level = 3;
+  const server = await startServer({ configPath: opts.config });
+  await new Promise<void>((resolve) => {
+    const stop = (signal: string): void => {
+      log.info(`${signal}: shutting down`);
+      server.stop().then(resolve, resolve);
+    };
+    process.once("SIGTERM", () => stop("SIGTERM"));
+    process.once("SIGINT", () => stop("SIGINT"));
+  });
+}
+
+/** `server add`: prints the enrollment line on stdout. */
+export async function runServerAdd(opts: { config?: string; name: string; ttl?: string; allow?: string[] }): Promise<string> {
+  const { line } = await addClient({
+    configPath: opts.config,
+    name: opts.name,
+    ttl: opts.ttl === undefined ? undefined : parseDuration(opts.ttl, "--ttl"),
+    allow: opts.allow,
+  });
+  console.log(line);
+  return line;
+}
+
+function inWords(ms: number): string {
+  const s = Math.round(ms / 1000);
+  if (s <= 0) return "expired";
+  return s < 120 ? `${s}s` : s < 7200 ? `${Math.round(s / 60)}m` : `${Math.round(s / 3600)}h`;
+}
+
+/** Renders clients as an aligned table for people. */
+export function renderClientTable(clients: ClientView[], now = Date.now()): string {
+  const rows = [["NAME", "ADDRESS", "RENEWED", "EXPIRES IN", "TTL", "ALLOW"]];
+  for (const c of clients) {
+    const leases = c.leases.length ? c.leases : [null];
+    for (const l of leases) {
+      rows.push([c.name, l?.ip ?? "-", l ? l.renewed_at.replace("T", " ").replace(/\.\d+Z$/, "Z") : "-", l ? inWords(Date.parse(l.expires_at) - now) : "-", formatDuration(c.ttl), c.allow.join(",") || "-"]);
+    }
+  }
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  return rows.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]!))).join("  ")).join("\n");
+}
+
+/** `server list`: a table, or `{"clients": [...]}` with --json. */
+export function runServerList(opts: { config?: string; json?: boolean }): ClientView[] {
+  const clients = listClients({ configPath: opts.config });
+  console.log(opts.json ? JSON.stringify({ clients }, null, 2) : renderClientTable(clients));
+  return clients;
+}
+
+/** `server revoke`: removes the client; the map no longer holds its addresses. */
+export async function runServerRevoke(opts: { config?: string; name: string; verbose?: boolean }): Promise<void> {
+  const r = await revokeClient({ configPath: opts.config, name: opts.name });
+  if (opts.verbose) {
+    console.log(`revoked ${opts.name}${r.removed.length ? `, removed ${r.removed.join(" ")}` : ""}; map updated ${r.mapUpdatedBy === "here" ? "now" : "by the running server"}`);
+  }
+}
+
+const add = defineCommand({
+  meta: { name: "add", description: "Create a client and print its enrollment line" },
+  args: {
+    ...common,
+    name: { type: "positional", required: true, description: "client name: [a-z0-9][a-z0-9._-]{0,62}" },
+    ttl: { type: "string", description: "lease lifetime for this client (90s, 20m, 1h); default: server ttl" },
+    allow: { type: "string", description: "CIDR the client may lease or name (repeatable)" },
+  },
+  run: ({ args }) => runServerAdd({ config: args.config, name: args.name, ttl: args.ttl, allow: stringList(args.allow) }).then(() => undefined),
+});
+
+const list = defineCommand({
+  meta: { name: "list", description: "List clients, their addresses, last renewal and expiry" },
+  args: { ...common, json: { type: "boolean", description: "print JSON" } },
+  run: ({ args }) => void runServerList({ config: args.config, json: args.json }),
+});
+
+const revoke = defineCommand({
+  meta: { name: "revoke", description: "Delete a client: leases gone, map updated, token refused" },
+  args: { ...common, name: { type: "positional", required: true, description: "client name" } },
+  run: ({ args }) => runServerRevoke({ config: args.config, name: args.name, verbose: args.verbose }),
+});
+
+export const serverCommand = defineCommand({
+  meta: { name: "server", description: "Run the lease server on the mail host, or manage its clients" },
+  args: { ...common },
+  subCommands: { add, list, revoke },
+  run: ifNoSubcommand(({ args }) => runServer({ config: args.config, verbose: args.verbose })),
+});

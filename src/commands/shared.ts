@@ -1,0 +1,25 @@
+import type { CommandContext, ArgsDef } from "citty";
+
+/** Flags every command takes. */
+export const common = {
+  config: { type: "string", description: "config file (default: /etc/relayctl/server.toml or client.toml)", valueHint: "PATH" },
+  verbose: { type: "boolean", description: "say what happened; show stack traces on errors" },
+} as const;
+
+/** citty gives a repeated flag as an array and a single one as a string: always an array. */
+export function stringList(v: unknown): string[] {
+  if (v === undefined || v === null || v === false) return [];
+  return (Array.isArray(v) ? v : [v]).map(String);
+}
+
+/**
+ * citty runs a parent's `run` after its subcommand; commands that both do
+ * something and have subcommands use this so only one of them runs.
+ */
+export function ifNoSubcommand<T extends ArgsDef>(run: (ctx: CommandContext<T>) => unknown): (ctx: CommandContext<T>) => unknown {
+  return (ctx) => {
+    const subs = Object.keys((ctx.cmd.subCommands as Record<string, unknown> | undefined) ?? {});
+    if (ctx.args._.length > 0 && subs.includes(ctx.args._[0]!)) return undefined;
+    return run(ctx);
+  };
+}

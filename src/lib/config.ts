@@ -1,0 +1,208 @@
+import { existsSync, readFileSync } from "node:fs";
+import { hostname } from "node:os";
+import { ExitCode, RelayError, usageError } from "./errors.ts";
+import { parseDuration } from "./duration.ts";
+import { parseCidr, parseIp, type Cidr } from "./ip.ts";
+
+export const DEFAULT_SERVER_CONFIG = "/etc/relayctl/server.toml";
+export const DEFAULT_CLIENT_CONFIG = "/etc/relayctl/client.toml";
+export const MAP_TYPES = ["hash", "lmdb", "btree", "cdb"] as const;
+export type MapType = (typeof MAP_TYPES)[number];
+const NAME_RE = /^[a-z0-9][a-z0-9._-]{0,62}$/;
+
+/** Effective server settings after defaults; map_type stays undefined until postconf is asked. */
+export interface ServerConfig {
+  path: string;
+  listen: { host: string; port: number };
+  publicUrl: string;
+  stateDir: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  map: string;
+  mapType?: MapType;
+  ttl: number;
+  postmap?: string;
+  trustedProxies: Cidr[];
+}
+
+/** What `relayctl client enroll` writes and `relayctl client` reads. */
+export interface ClientConfig {
+  path: string;
+  server: string;
+  name: string;
+  token: string;
+  pin?: string;
+}
+
+/** Checks a client name against `[a-z0-9][a-z0-9._-]{0,62}`. */
+export function validateName(name: unknown, where = "name"): string {
+  if (typeof name !== "string" || !NAME_RE.test(name)) {
+    throw usageError(`${where}: "${String(name)}" is not a valid client name`, "use 1-63 characters: a-z 0-9 . _ - starting with a letter or digit");
+  }
+  return name;
+}
+
+/** Parses `HOST:PORT`, `[V6]:PORT` or `:PORT` (all addresses, dual-stack). */
+export function parseListen(value: string, where = "listen"): { host: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]*|[a-z0-9.-]+)):([0-9]{1,5})$/.exec(value);
+  const port = m ? Number(m[3]) : 0;
+  if (!m || port < 1 || port > 65535) throw usageError(`${where}: "${value}" is not HOST:PORT`, 'use e.g. "[::]:8443" or "0.0.0.0:8443"');
+  const host = m[1] ?? (m[2] || "::");
+  if (m[1] !== undefined && !parseIp(m[1])) throw usageError(`${where}: "${value}" has an invalid IPv6 address`);
+  return { host, port };
+}
+
+/** Finds the line a key is set on, so errors can point at it. */
+function lineOf(text: string, key: string): number | undefined {
+  const re = new RegExp(`^\\s*${key.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}\\s*=`);
+  const idx = text.split("\n").findIndex((l) => re.test(l));
+  return idx === -1 ? undefined : idx + 1;
+}
+
+/** Reads and parses a TOML file; a missing default file yields `{}` (built-in defaults). */
+function readToml(path: string, required: boolean): { data: Record<string, unknown>; text: string } {
+  if (!existsSync(path)) {
+    if (required) throw usageError(`config file ${path} not found`, "pass --config PATH or create it");
+    return { data: {}, text: "" };
+  }
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (err) {
+    throw usageError(`cannot read ${path}: ${(err as Error).message}`, "check the file's owner and mode");
+  }
+  try {
+    return { data: Bun.TOML.parse(text) as Record<string, unknown>, text };
+  } catch (err) {
+    throw usageError(`${path}: invalid TOML: ${(err as Error).message}`);
+  }
+}
+
+/** Typed access to TOML keys that names file, key and line in every error. */
+class Keys {
+  constructor(
+    private readonly path: string,
+    private readonly text: string,
+    private readonly data: Record<string, unknown>,
+    allowed: readonly string[],
+  ) {
+    for (const key of Object.keys(data)) {
+      if (!allowed.includes(key)) throw this.error(key, `unknown key "${key}"`, `known keys: ${allowed.join(", ")}`);
+    }
+  }
+
+  where(key: string): string {
+    const line = lineOf(this.text, key);
+    return `${this.path}${line ? `:${line}` : ""}: ${key}`;
+  }
+
+  error(key: string, message: string, hint?: string): RelayError {
+    return usageError(`${this.where(key)}: ${message}`, hint);
+  }
+
+  str(key: string): string | undefined {
+    const v = this.data[key];
+    if (v === undefined) return undefined;
+    if (typeof v !== "string" || v === "") throw this.error(key, "must be a non-empty string");
+    return v;
+  }
+
+  duration(key: string): number | undefined {
+    const v = this.data[key];
+    if (v === undefined) return undefined;
+    if (typeof v !== "string" && typeof v !== "number") throw this.error(key, "must be a duration like \"20m\"");
+    return parseDuration(v, this.where(key));
+  }
+
+  list(key: string): string[] {
+    const v = this.data[key];
+    if (v === undefined) return [];
+    if (!Array.isArray(v) || v.some((x) => typeof x !== "string")) throw this.error(key, "must be a list of strings");
+    return v as string[];
+  }
+}
+
+/** Checks that a URL is an https:// URL with a host, as clients and enrollment lines need. */
+export function validateHttpsUrl(value: string, where: string): string {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw usageError(`${where}: "${value}" is not a URL`, "use e.g. https://mail.example.org:8443");
+  }
+  if (url.protocol !== "https:" || !url.hostname) throw usageError(`${where}: "${value}" must be an https:// URL`);
+  return url.origin;
+}
+
+/** Loads server.toml (missing default file = defaults) and validates every key. */
+export function loadServerConfig(path?: string): ServerConfig {
+  const file = path ?? DEFAULT_SERVER_CONFIG;
+  const { data, text } = readToml(file, path !== undefined);
+  const k = new Keys(file, text, data, [
+    "listen", "public_url", "state_dir", "tls_cert", "tls_key", "map", "map_type", "ttl", "postmap", "trusted_proxies",
+  ]);
+  const listen = parseListen(k.str("listen") ?? "[::]:8443", k.where("listen"));
+  const publicUrl = validateHttpsUrl(k.str("public_url") ?? `https://${hostname()}:${listen.port}`, k.where("public_url"));
+  const mapType = k.str("map_type");
+  if (mapType !== undefined && !(MAP_TYPES as readonly string[]).includes(mapType)) {
+    throw k.error("map_type", `"${mapType}" is not supported`, `use one of ${MAP_TYPES.join(", ")}`);
+  }
+  const map = k.str("map") ?? "/etc/postfix/relayctl/clients";
+  if (!map.startsWith("/")) throw k.error("map", "must be an absolute path");
+  const stateDir = k.str("state_dir") ?? "/var/lib/relayctl";
+  if (!stateDir.startsWith("/")) throw k.error("state_dir", "must be an absolute path");
+  const tlsCert = k.str("tls_cert");
+  const tlsKey = k.str("tls_key");
+  if ((tlsCert === undefined) !== (tlsKey === undefined)) {
+    throw k.error(tlsCert === undefined ? "tls_key" : "tls_cert", "tls_cert and tls_key must be set together");
+  }
+  const ttl = k.duration("ttl") ?? 1200;
+  if (ttl < 30) throw k.error("ttl", "must be at least 30s", "clients renew well before expiry; 20m is a good default");
+  const trustedProxies = k.list("trusted_proxies").map((c) => {
+    const net = parseCidr(c);
+    if (!net) throw k.error("trusted_proxies", `"${c}" is not an address or CIDR network`);
+    return net;
+  });
+  return {
+    path: file, listen, publicUrl, stateDir, tlsCert, tlsKey, map,
+    mapType: mapType as MapType | undefined, ttl, postmap: k.str("postmap"), trustedProxies,
+  };
+}
+
+/** Loads client.toml; every key is required except pin. */
+export function loadClientConfig(path?: string): ClientConfig {
+  const file = path ?? DEFAULT_CLIENT_CONFIG;
+  if (!existsSync(file)) {
+    throw new RelayError(`no client config at ${file}`, {
+      exitCode: ExitCode.USAGE,
+      hint: "enroll first with the line `relayctl server add NAME` printed on the mail host",
+    });
+  }
+  const { data, text } = readToml(file, true);
+  const k = new Keys(file, text, data, ["server", "name", "token", "pin"]);
+  const need = (key: string): string => {
+    const v = k.str(key);
+    if (v === undefined) throw usageError(`${file}: missing key "${key}"`, "re-run relayctl client enroll");
+    return v;
+  };
+  return {
+    path: file,
+    server: validateHttpsUrl(need("server"), k.where("server")),
+    name: validateName(need("name"), k.where("name")),
+    token: need("token"),
+    pin: k.str("pin"),
+  };
+}
+
+/** Renders client.toml; values are JSON-quoted, which is valid TOML for plain strings. */
+export function renderClientConfig(c: Omit<ClientConfig, "path">): string {
+  const lines = [
+    "# relayctl client configuration, written by `relayctl client enroll`.",
+    "# Holds a secret token: keep this file mode 0600.",
+    `server = ${JSON.stringify(c.server)}`,
+    `name = ${JSON.stringify(c.name)}`,
+    `token = ${JSON.stringify(c.token)}`,
+  ];
+  if (c.pin) lines.push(`pin = ${JSON.stringify(c.pin)}`);
+  return lines.join("\n") + "\n";
+}

@@ -1,0 +1,176 @@
+/** A parsed address: family, its bytes, and the text form Postfix uses for client_address. */
+export interface Ip {
+  family: 4 | 6;
+  bytes: Uint8Array;
+  text: string;
+}
+
+/** A parsed network: base address (host bits zero) and prefix length. */
+export interface Cidr {
+  family: 4 | 6;
+  bytes: Uint8Array;
+  prefix: number;
+  text: string;
+}
+
+const V4_PART = /^(0|[1-9][0-9]{0,2})$/;
+const V6_GROUP = /^[0-9a-fA-F]{1,4}$/;
+
+function parseV4(s: string): Uint8Array | null {
+  const parts = s.split(".");
+  if (parts.length !== 4) return null;
+  const out = new Uint8Array(4);
+  for (let i = 0; i < 4; i++) {
+    // Leading zeros are refused: some resolvers read them as octal.
+    if (!V4_PART.test(parts[i]!)) return null;
+    const n = Number(parts[i]);
+    if (n > 255) return null;
+    out[i] = n;
+  }
+  return out;
+}
+
+function parseV6(s: string): Uint8Array | null {
+  if (s.length < 2 || s.length > 45) return null;
+  const halves = s.split("::");
+  if (halves.length > 2) return null;
+  const words: number[][] = [];
+  let v4: Uint8Array | null = null;
+  for (let h = 0; h < halves.length; h++) {
+    const side: number[] = [];
+    const half = halves[h]!;
+    if (half !== "") {
+      const groups = half.split(":");
+      for (let i = 0; i < groups.length; i++) {
+        const g = groups[i]!;
+        const lastOverall = h === halves.length - 1 && i === groups.length - 1;
+        if (lastOverall && g.includes(".")) {
+          v4 = parseV4(g);
+          if (!v4) return null;
+          continue;
+        }
+        if (!V6_GROUP.test(g)) return null;
+        side.push(parseInt(g, 16));
+      }
+    }
+    words.push(side);
+  }
+  const tail = v4 ? 2 : 0;
+  const given = words.reduce((n, w) => n + w.length, 0) + tail;
+  let all: number[];
+  if (halves.length === 2) {
+    if (given > 7) return null;
+    all = [...words[0]!, ...new Array(8 - given).fill(0), ...words[1]!];
+  } else {
+    if (given !== 8) return null;
+    all = words[0]!;
+  }
+  const out = new Uint8Array(16);
+  all.forEach((w, i) => {
+    out[i * 2] = w >> 8;
+    out[i * 2 + 1] = w & 0xff;
+  });
+  if (v4) out.set(v4, 12);
+  return out;
+}
+
+function isV4Mapped(b: Uint8Array): boolean {
+  for (let i = 0; i < 10; i++) if (b[i] !== 0) return false;
+  return b[10] === 0xff && b[11] === 0xff;
+}
+
+/** Formats IPv6 bytes as glibc's inet_ntop does, which is what Postfix puts in client_address. */
+export function formatV6(b: Uint8Array): string {
+  const words = Array.from({ length: 8 }, (_, i) => (b[i * 2]! << 8) | b[i * 2 + 1]!);
+  let best = { base: -1, len: 0 };
+  let cur = { base: -1, len: 0 };
+  for (let i = 0; i < 8; i++) {
+    if (words[i] === 0) {
+      cur = cur.base === -1 ? { base: i, len: 1 } : { base: cur.base, len: cur.len + 1 };
+      if (cur.len > best.len) best = cur;
+    } else cur = { base: -1, len: 0 };
+  }
+  if (best.len < 2) best = { base: -1, len: 0 };
+  const parts: string[] = [];
+  for (let i = 0; i < 8; i++) {
+    if (best.base !== -1 && i >= best.base && i < best.base + best.len) {
+      if (i === best.base) parts.push(i === 0 ? ":" : "");
+      continue;
+    }
+    // glibc prints IPv4-compatible and -mapped tails in dotted form.
+    if (i === 6 && best.base === 0 && (best.len === 6 || (best.len === 5 && words[5] === 0xffff))) {
+      parts.push(`${b[12]}.${b[13]}.${b[14]}.${b[15]}`);
+      break;
+    }
+    parts.push(words[i]!.toString(16));
+  }
+  if (best.base !== -1 && best.base + best.len === 8) parts.push("");
+  return parts.join(":");
+}
+
+/**
+ * Parses one IPv4 or IPv6 literal strictly: no whitespace, zone ids, CIDR,
+ * brackets or leading zeros. IPv4-mapped IPv6 becomes plain IPv4, as Postfix
+ * reports it. Returns null when the text is not exactly one address.
+ */
+export function parseIp(input: string): Ip | null {
+  if (typeof input !== "string" || input.length === 0 || input.length > 45) return null;
+  if (input.includes(":")) {
+    const b = parseV6(input);
+    if (!b) return null;
+    if (isV4Mapped(b)) {
+      const v4 = b.slice(12);
+      return { family: 4, bytes: v4, text: Array.from(v4).join(".") };
+    }
+    return { family: 6, bytes: b, text: formatV6(b) };
+  }
+  const b = parseV4(input);
+  return b ? { family: 4, bytes: b, text: Array.from(b).join(".") } : null;
+}
+
+/** Parses `ADDR/LEN` (or a bare address, meaning one host); host bits must be zero. */
+export function parseCidr(input: string): Cidr | null {
+  const slash = input.indexOf("/");
+  const ip = parseIp(slash === -1 ? input : input.slice(0, slash));
+  if (!ip) return null;
+  const max = ip.family === 4 ? 32 : 128;
+  let prefix = max;
+  if (slash !== -1) {
+    const len = input.slice(slash + 1);
+    if (!/^(0|[1-9][0-9]{0,2})$/.test(len) || Number(len) > max) return null;
+    prefix = Number(len);
+  }
+  for (let bit = prefix; bit < max; bit++) {
+    if (ip.bytes[bit >> 3]! & (0x80 >> (bit & 7))) return null;
+  }
+  return { family: ip.family, bytes: ip.bytes, prefix, text: `${ip.text}/${prefix}` };
+}
+
+/** True when the address lies inside the network (families must match). */
+export function cidrContains(net: Cidr, ip: Ip): boolean {
+  if (net.family !== ip.family) return false;
+  for (let bit = 0; bit < net.prefix; bit++) {
+    const mask = 0x80 >> (bit & 7);
+    if ((net.bytes[bit >> 3]! & mask) !== (ip.bytes[bit >> 3]! & mask)) return false;
+  }
+  return true;
+}
+
+const SPECIAL: Array<[string, string]> = [
+  ["0.0.0.0/8", "unspecified"],
+  ["255.255.255.255/32", "broadcast"],
+  ["224.0.0.0/4", "multicast"],
+  ["127.0.0.0/8", "loopback"],
+  ["169.254.0.0/16", "link-local"],
+  ["::/128", "unspecified"],
+  ["ff00::/8", "multicast"],
+  ["::1/128", "loopback"],
+  ["fe80::/10", "link-local"],
+];
+const SPECIAL_NETS = SPECIAL.map(([c, why]) => [parseCidr(c)!, why] as const);
+
+/** Names why an address can never be a sensible relay client (loopback, multicast, ...), or null. */
+export function specialAddressKind(ip: Ip): string | null {
+  for (const [net, why] of SPECIAL_NETS) if (cidrContains(net, ip)) return why;
+  return null;
+}

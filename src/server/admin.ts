@@ -1,0 +1,106 @@
+import { loadServerConfig, validateName, type ServerConfig } from "../lib/config.ts";
+import { ExitCode, RelayError, usageError } from "../lib/errors.ts";
+import { parseCidr } from "../lib/ip.ts";
+import { certificatePin, ensureServerCertificate } from "../lib/tls.ts";
+import { LeaseBook } from "./leases.ts";
+import { StateLock } from "./lock.ts";
+import { openCore } from "./server.ts";
+import { StateStore, type LeaseRow } from "./state.ts";
+import { newToken } from "./tokens.ts";
+
+/** A client with its leases, as `server list` shows it. */
+export interface ClientView {
+  name: string;
+  ttl: number;
+  allow: string[];
+  created_at: string;
+  leases: { ip: string; family: number; renewed_at: string; expires_at: string }[];
+}
+
+/** Opens the store, runs fn, closes it: admin commands never keep state open. */
+function withStore<T>(config: ServerConfig, fn: (store: StateStore) => T): T {
+  const store = new StateStore(config.stateDir);
+  try {
+    return fn(store);
+  } finally {
+    store.close();
+  }
+}
+
+/** Creates a client and returns the enrollment line to paste on the client host. */
+export async function addClient(opts: { configPath?: string; name: string; ttl?: number; allow?: string[] }): Promise<{ line: string; token: string; pin: string }> {
+  const config = loadServerConfig(opts.configPath);
+  const name = validateName(opts.name);
+  const allow = (opts.allow ?? []).map((c) => {
+    const net = parseCidr(c);
+    if (!net) throw usageError(`--allow ${c}: not an address or CIDR network with zero host bits`, "use e.g. --allow 198.51.100.0/24");
+    return net.text;
+  });
+  if (opts.ttl !== undefined && opts.ttl < 30) throw usageError("--ttl must be at least 30s");
+  const cert = await ensureServerCertificate({
+    stateDir: config.stateDir,
+    host: new URL(config.publicUrl).hostname.replace(/^\[|\]$/g, ""),
+    certPath: config.tlsCert,
+    keyPath: config.tlsKey,
+  });
+  const pin = certificatePin(cert.certPem);
+  const t = newToken();
+  withStore(config, (store) =>
+    store.tx(() => {
+      if (store.getClient(name)) {
+        throw new RelayError(`client ${name} already exists`, { exitCode: ExitCode.USAGE, hint: `revoke it first (relayctl server revoke ${name}) or choose another name` });
+      }
+      const now = Date.now();
+      store.insertClient({ name, token_id: t.tokenId, token_hash: t.hash, ttl: opts.ttl ?? null, allow: JSON.stringify(allow), created_at: now });
+      store.audit({ ts: now, event: "add", client: name, ip: null, source: null, detail: allow.length ? `allow ${allow.join(" ")}` : null });
+    }),
+  );
+  const line = `relayctl client enroll ${config.publicUrl} --name ${name} --token ${t.token} --pin ${pin}`;
+  return { line, token: t.token, pin };
+}
+
+/** Lists clients and their current leases. */
+export function listClients(opts: { configPath?: string }): ClientView[] {
+  const config = loadServerConfig(opts.configPath);
+  return withStore(config, (store) => {
+    const leases = new Map<string, LeaseRow[]>();
+    for (const l of store.allLeases()) leases.set(l.client, [...(leases.get(l.client) ?? []), l]);
+    const iso = (ms: number): string => new Date(ms).toISOString();
+    return store.listClients().map((c) => ({
+      name: c.name,
+      ttl: c.ttl ?? config.ttl,
+      allow: JSON.parse(c.allow) as string[],
+      created_at: iso(c.created_at),
+      leases: (leases.get(c.name) ?? []).map((l) => ({ ip: l.ip, family: l.family, renewed_at: iso(l.renewed_at), expires_at: iso(l.expires_at) })),
+    }));
+  });
+}
+
+/**
+ * Deletes a client and its leases. A running server notices within a second
+ * and rebuilds the map; with no server running, the map is rebuilt here,
+ * under the same lock the server takes, so the two never write it at once.
+ */
+export async function revokeClient(opts: { configPath?: string; name: string }): Promise<{ removed: string[]; mapUpdatedBy: "server" | "here" }> {
+  const config = loadServerConfig(opts.configPath);
+  const name = validateName(opts.name);
+  const lock = StateLock.tryAcquire(config.stateDir);
+  if (!lock) {
+    const gone = withStore(config, (store) => new LeaseBook(store, () => config.ttl).revoke(name, null));
+    if (!gone) throw usageError(`no client named ${name}`, "see relayctl server list");
+    return { removed: gone.map((l) => l.ip), mapUpdatedBy: "server" };
+  }
+  const core = await openCore(config).catch((err) => {
+    lock.release();
+    throw err;
+  });
+  try {
+    const gone = core.leases.revoke(name, null);
+    if (!gone) throw usageError(`no client named ${name}`, "see relayctl server list");
+    await core.map.sync();
+    return { removed: gone.map((l) => l.ip), mapUpdatedBy: "here" };
+  } finally {
+    core.store.close();
+    lock.release();
+  }
+}
