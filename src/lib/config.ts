@@ -8,6 +8,8 @@ export const DEFAULT_SERVER_CONFIG = "/etc/relayctl/server.toml";
 export const DEFAULT_CLIENT_CONFIG = "/etc/relayctl/client.toml";
 export const MAP_TYPES = ["hash", "lmdb", "btree", "cdb"] as const;
 export type MapType = (typeof MAP_TYPES)[number];
+/** Shortest lease ttl: below this, cron jitter alone would drop working clients. */
+export const MIN_TTL = 10;
 const NAME_RE = /^[a-z0-9][a-z0-9._-]{0,62}$/;
 
 /** Effective server settings after defaults; map_type stays undefined until postconf is asked. */
@@ -157,7 +159,7 @@ export function loadServerConfig(path?: string): ServerConfig {
     throw k.error(tlsCert === undefined ? "tls_key" : "tls_cert", "tls_cert and tls_key must be set together");
   }
   const ttl = k.duration("ttl") ?? 1200;
-  if (ttl < 30) throw k.error("ttl", "must be at least 30s", "clients renew well before expiry; 20m is a good default");
+  if (ttl < MIN_TTL) throw k.error("ttl", `must be at least ${MIN_TTL}s`, "clients renew well before expiry; 20m is a good default");
   const trustedProxies = k.list("trusted_proxies").map((c) => {
     const net = parseCidr(c);
     if (!net) throw k.error("trusted_proxies", `"${c}" is not an address or CIDR network`);

@@ -1,4 +1,4 @@
-import { closeSync, fsyncSync, mkdirSync, openSync, renameSync, unlinkSync, writeSync } from "node:fs";
+import { closeSync, fchmodSync, fsyncSync, mkdirSync, openSync, renameSync, unlinkSync, writeSync } from "node:fs";
 import { dirname, basename, join } from "node:path";
 
 /** Flushes a directory entry so a rename survives a power cut. */
@@ -15,6 +15,8 @@ export function fsyncDir(dir: string): void {
 export function writeFileSynced(path: string, data: string | Uint8Array, mode = 0o644): void {
   const fd = openSync(path, "w", mode);
   try {
+    // open() applies mode only to a new file: a leftover temp file keeps its old mode.
+    fchmodSync(fd, mode);
     writeSync(fd, typeof data === "string" ? Buffer.from(data) : data);
     fsyncSync(fd);
   } finally {

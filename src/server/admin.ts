@@ -1,4 +1,4 @@
-import { loadServerConfig, validateName, type ServerConfig } from "../lib/config.ts";
+import { loadServerConfig, MIN_TTL, validateName, type ServerConfig } from "../lib/config.ts";
 import { ExitCode, RelayError, usageError } from "../lib/errors.ts";
 import { parseCidr } from "../lib/ip.ts";
 import { certificatePin, ensureServerCertificate } from "../lib/tls.ts";
@@ -36,7 +36,7 @@ export async function addClient(opts: { configPath?: string; name: string; ttl?:
     if (!net) throw usageError(`--allow ${c}: not an address or CIDR network with zero host bits`, "use e.g. --allow 198.51.100.0/24");
     return net.text;
   });
-  if (opts.ttl !== undefined && opts.ttl < 30) throw usageError("--ttl must be at least 30s");
+  if (opts.ttl !== undefined && opts.ttl < MIN_TTL) throw usageError(`--ttl must be at least ${MIN_TTL}s`);
   const cert = await ensureServerCertificate({
     stateDir: config.stateDir,
     host: new URL(config.publicUrl).hostname.replace(/^\[|\]$/g, ""),

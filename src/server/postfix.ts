@@ -38,14 +38,20 @@ export function requirePostfixTool(name: "postmap" | "postconf", configured?: st
 /** Runs a tool with an argv array (never a shell) and a hard timeout. */
 export async function runTool(argv: string[], timeoutMs: number): Promise<{ code: number; stdout: string; stderr: string; timedOut: boolean }> {
   const proc = Bun.spawn(argv, { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
-  let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
-    proc.kill("SIGKILL");
-  }, timeoutMs);
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const deadline = new Promise<"timeout">((resolve) => {
+    timer = setTimeout(() => resolve("timeout"), timeoutMs);
+  });
+  const done = Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+  done.catch(() => undefined);
   try {
-    const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
-    return { code, stdout, stderr, timedOut };
+    const r = await Promise.race([done, deadline]);
+    if (r !== "timeout") return { code: r[2], stdout: r[0], stderr: r[1], timedOut: false };
+    // Killing the tool is enough: a child it left behind may hold the pipes
+    // open for much longer, so do not wait for them to close.
+    proc.kill("SIGKILL");
+    const code = await proc.exited;
+    return { code, stdout: "", stderr: "", timedOut: true };
   } finally {
     clearTimeout(timer);
   }

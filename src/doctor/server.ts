@@ -1,0 +1,349 @@
+import { Database } from "bun:sqlite";
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { FetchError } from "ofetch";
+import { DEFAULT_SERVER_CONFIG, loadServerConfig, MAP_TYPES, type MapType, type ServerConfig } from "../lib/config.ts";
+import { usageError } from "../lib/errors.ts";
+import { apiError, createApi } from "../lib/http.ts";
+import { certificateExpiry, certificatePin, keyMatchesCertificate } from "../lib/tls.ts";
+import { StateLock } from "../server/lock.ts";
+import { findPostfixTool, mapDbSuffix, runTool } from "../server/postfix.ts";
+import { fail, pass, shellQuote, warn, type CheckResult } from "./checks.ts";
+import { accessProblem, currentUser, lookupUser, type Principal } from "./files.ts";
+import { hookChecks } from "./hook.ts";
+import { defaultConfigDir, readPostfix, type PostfixView } from "./postfix.ts";
+
+const TOOL_TIMEOUT_MS = 10_000;
+/** Certificates closer to expiry than this draw a warning. */
+const EXPIRY_WARN_DAYS = 30;
+/** A documentation address (RFC 5737): never a real client, so a scratch map can hold it. */
+const SCRATCH_IP = "192.0.2.1";
+
+/** Options of the mail-host checks. */
+export interface ServerDoctorOptions {
+  configPath?: string;
+  postfixDir?: string;
+}
+
+/** Everything later checks need once config and tools are known. */
+interface Ctx {
+  config: ServerConfig;
+  postmap?: string;
+  postconf?: string;
+  view?: PostfixView;
+  mapType?: MapType;
+  /** Who runs the server: the owner of state_dir, else whoever runs doctor. */
+  serverUser: Principal;
+}
+
+/** Runs every mail-host check: config, Postfix tools and main.cf, the map, and the server itself. */
+export async function serverChecks(o: ServerDoctorOptions): Promise<CheckResult[]> {
+  if (o.configPath !== undefined && !existsSync(o.configPath)) {
+    throw usageError(`--config ${o.configPath}: no such file`, "pass the server config path, or leave --config out to use the defaults");
+  }
+  let config: ServerConfig;
+  try {
+    config = loadServerConfig(o.configPath);
+  } catch (err) {
+    const e = err as Error & { hint?: string };
+    return [fail("server.config", e.message, e.hint)];
+  }
+  const out: CheckResult[] = [
+    pass("server.config", existsSync(config.path) ? `${config.path} is valid` : `no ${DEFAULT_SERVER_CONFIG}: using built-in defaults`),
+  ];
+  const owner = existsSync(config.stateDir) ? lookupUser(statSync(config.stateDir).uid) : null;
+  const ctx: Ctx = { config, serverUser: owner ?? currentUser() };
+  out.push(...(await postfixChecks(ctx, o.postfixDir)));
+  out.push(...(await mapChecks(ctx)));
+  out.push(...stateDirCheck(ctx), ...tlsChecks(ctx), ...(await listenChecks(ctx)));
+  return out;
+}
+
+function configHint(ctx: Ctx, setting: string): string {
+  return `set ${setting} in ${ctx.config.path}`;
+}
+
+async function postfixChecks(ctx: Ctx, postfixDir?: string): Promise<CheckResult[]> {
+  const out: CheckResult[] = [];
+  const { config } = ctx;
+  ctx.postmap = findPostfixTool("postmap", config.postmap);
+  // The server has no postconf setting; next to a configured postmap is where it would be.
+  ctx.postconf = findPostfixTool("postconf") ?? (config.postmap ? findPostfixTool("postconf", join(dirname(config.postmap), "postconf")) : undefined);
+  const configDir = postfixDir ?? (await defaultConfigDir(ctx.postconf));
+
+  if (ctx.postmap) {
+    const r = await runTool([ctx.postmap, "-c", configDir, "-q", "relayctl-doctor", "static:ok"], TOOL_TIMEOUT_MS).catch((e: Error) => ({ code: -1, stdout: "", stderr: e.message, timedOut: false }));
+    out.push(r.code === 0 && r.stdout.trim() === "ok"
+      ? pass("postfix.postmap", `${ctx.postmap} runs`)
+      : fail("postfix.postmap", `${ctx.postmap} does not run: ${r.timedOut ? "timed out" : r.stderr.trim().split("\n").at(-1) || `exit code ${r.code}`}`, "reinstall Postfix (apt-get install --reinstall postfix)"));
+  } else if (config.postmap) {
+    const elsewhere = findPostfixTool("postmap");
+    out.push(fail("postfix.postmap", `postmap = "${config.postmap}" in ${config.path} is not an executable file`,
+      elsewhere ? `${configHint(ctx, `postmap = "${elsewhere}"`)} (or remove the key: relayctl finds it in PATH)` : "install Postfix (apt-get install postfix), or fix the postmap key"));
+  } else {
+    out.push(fail("postfix.postmap", "postmap not found in PATH, /usr/sbin, /usr/local/sbin or /sbin", `install Postfix (apt-get install postfix), or ${configHint(ctx, 'postmap = "/path/to/postmap"')}`));
+  }
+
+  if (!ctx.postconf) {
+    out.push(fail("postfix.postconf", "postconf not found in PATH, /usr/sbin, /usr/local/sbin or /sbin: cannot read main.cf", "install Postfix (apt-get install postfix)"));
+    return out;
+  }
+  if (!existsSync(join(configDir, "main.cf"))) {
+    out.push(fail("postfix.postconf", `no main.cf in ${configDir}`, "pass Postfix's config_directory with --postfix-dir DIR"));
+    return out;
+  }
+  try {
+    ctx.view = await readPostfix(ctx.postconf, configDir);
+  } catch (err) {
+    const e = err as Error & { hint?: string };
+    out.push(fail("postfix.postconf", e.message, e.hint));
+    return out;
+  }
+  const view = ctx.view;
+  out.push(pass("postfix.postconf", `${ctx.postconf} reads ${configDir}/main.cf`));
+  out.push(versionCheck(view.values.mail_version));
+
+  const dbType = view.values.default_database_type;
+  const fallback = (MAP_TYPES as readonly string[]).includes(dbType) ? (dbType as MapType) : "hash";
+  ctx.mapType = config.mapType ?? fallback;
+  out.push(mapTypeCheck(ctx, view, dbType));
+  if (view.mapTypes.includes(ctx.mapType)) out.push(...hookChecks({ view, mapType: ctx.mapType, mapPath: config.map }));
+  return out;
+}
+
+/** Verdict on `postfix.version`: smtpd_relay_restrictions needs Postfix 2.10 or later. */
+export function versionCheck(version: string): CheckResult {
+  const [major = 0, minor = 0] = version.split(".").map(Number);
+  if (!version) return warn("postfix.version", "postconf did not report mail_version");
+  if (major < 2 || (major === 2 && minor < 10)) {
+    return warn("postfix.version", `Postfix ${version} predates smtpd_relay_restrictions (2.10)`, "upgrade Postfix; relay control then sits in smtpd_recipient_restrictions");
+  }
+  return pass("postfix.version", `Postfix ${version}`);
+}
+
+function mapTypeCheck(ctx: Ctx, view: PostfixView, dbType: string): CheckResult {
+  const type = ctx.mapType!;
+  const where = ctx.config.mapType ? `map_type = "${type}" in ${ctx.config.path}` : `map type ${type} (Postfix's default_database_type)`;
+  if (!view.mapTypes.includes(type)) {
+    const better = [dbType, "lmdb", "cdb", "hash", "btree"].find((t) => (MAP_TYPES as readonly string[]).includes(t) && view.mapTypes.includes(t));
+    return fail("map.type", `${where}: this Postfix has no ${type} tables (postconf -m)`,
+      better ? `${configHint(ctx, `map_type = "${better}"`)}, and use ${better}:${ctx.config.map} in main.cf` : `install the Postfix package for ${type} tables (e.g. apt-get install postfix-${type})`);
+  }
+  if (type === "hash" && dbType !== "hash") {
+    return warn("map.type", `hash tables need Berkeley DB, which this Postfix no longer defaults to (default_database_type = ${dbType})`,
+      `${configHint(ctx, `map_type = "${dbType}"`)}, and use ${dbType}:${ctx.config.map} in main.cf`);
+  }
+  return pass("map.type", `${where} is supported`);
+}
+
+async function mapChecks(ctx: Ctx): Promise<CheckResult[]> {
+  const { config, mapType: type, view } = ctx;
+  if (!type || !view) return [];
+  const src = config.map;
+  const db = src + mapDbSuffix(type);
+  const dir = view.configDir;
+  const build = `postmap -c ${shellQuote(dir)} ${shellQuote(`${type}:${src}`)}`;
+  const missing = [src, db].filter((p) => !existsSync(p));
+  if (missing.length) {
+    return [fail("map.files", `${missing.join(" and ")} missing: Postfix cannot look clients up (mail from every client is deferred)`,
+      `start the relayctl server, which builds the map, or create an empty one:\ninstall -d ${shellQuote(dirname(src))} && touch ${shellQuote(src)} && ${build}`)];
+  }
+  const out = [pass("map.files", `${src} and ${db} exist`)];
+  // The server writes the source before postmap builds the database from it; a second of slack covers coarse mtimes.
+  const stale = statSync(db).mtimeMs + 1000 < statSync(src).mtimeMs;
+  out.push(stale ? fail("map.fresh", `${db} is older than ${src}: Postfix still uses the old entries`, build) : pass("map.fresh", `${db} is up to date with its source`));
+  out.push(mapPermissionCheck(ctx, src, db));
+  if (ctx.postmap) out.push(await lookupCheck(ctx, type, src));
+  return out;
+}
+
+function mapPermissionCheck(ctx: Ctx, src: string, db: string): CheckResult {
+  const postfix = lookupUser(ctx.view!.values.mail_owner || "postfix");
+  const problems: string[] = [];
+  const fixes: string[] = [];
+  if (postfix) {
+    for (const p of [db, src]) {
+      const why = accessProblem(p, postfix, "read");
+      if (why) {
+        problems.push(why);
+        fixes.push(why.includes("cannot enter") ? `chmod o+x ${shellQuote(why.replace(/^.* cannot enter /, ""))}` : `chmod 644 ${shellQuote(p)}`);
+      }
+    }
+  }
+  // The server replaces the map by rename, so it needs the directory, not the files.
+  const why = accessProblem(join(dirname(src), "."), ctx.serverUser, "write");
+  if (why) {
+    problems.push(why);
+    fixes.push(`chown ${shellQuote(ctx.serverUser.name)} ${shellQuote(dirname(src))} && chmod u+rwx ${shellQuote(dirname(src))}`);
+  }
+  if (problems.length) return fail("map.permissions", problems.join("; "), [...new Set(fixes)].join("\n"));
+  return pass("map.permissions", `${postfix?.name ?? "postfix"} can read the map; ${ctx.serverUser.name} can replace it in ${dirname(src)}`);
+}
+
+/** The address of a live lease in state_dir, read without changing anything. */
+function liveLease(stateDir: string): { client: string; ip: string } | null {
+  const path = join(stateDir, "state.db");
+  if (!existsSync(path)) return null;
+  try {
+    const db = new Database(path, { readonly: true });
+    try {
+      return db.query("SELECT client, ip FROM leases WHERE expires_at > ? ORDER BY expires_at DESC LIMIT 1").get(Date.now()) as { client: string; ip: string } | null;
+    } finally {
+      db.close();
+    }
+  } catch {
+    return null;
+  }
+}
+
+async function query(ctx: Ctx, type: string, path: string, key: string): Promise<{ found: boolean; error?: string }> {
+  const r = await runTool([ctx.postmap!, "-c", ctx.view!.configDir, "-q", key, `${type}:${path}`], TOOL_TIMEOUT_MS);
+  if (r.code === 0) return { found: r.stdout.trim() === "OK" };
+  // postmap -q exits 1 for "not found" and prints nothing; anything on stderr is a real error.
+  if (r.code === 1 && !r.stderr.trim()) return { found: false };
+  return { found: false, error: r.timedOut ? "timed out" : r.stderr.trim().split("\n").at(-1) || `exit code ${r.code}` };
+}
+
+async function lookupCheck(ctx: Ctx, type: MapType, src: string): Promise<CheckResult> {
+  const lease = liveLease(ctx.config.stateDir);
+  if (lease) {
+    const r = await query(ctx, type, src, lease.ip);
+    if (r.found) return pass("map.lookup", `postmap -q ${lease.ip} finds the live lease of ${lease.client}`);
+    return fail("map.lookup", r.error ? `postmap -q ${lease.ip} ${type}:${src} failed: ${r.error}` : `${lease.ip} (client ${lease.client}) has a live lease but is not in ${src}`,
+      "the server rebuilds the map when it starts: systemctl restart relayctl, then check its log for postmap errors");
+  }
+  // No lease to look up: prove postmap can build and read this map type where the server works.
+  const stateOk = existsSync(ctx.config.stateDir) && !accessProblem(join(ctx.config.stateDir, "."), currentUser(), "write");
+  const dir = stateOk ? ctx.config.stateDir : mkdtempSync(join(tmpdir(), "relayctl-doctor-"));
+  const scratch = join(dir, `.doctor-scratch-${process.pid}`);
+  try {
+    writeFileSync(scratch, `${SCRATCH_IP} OK\n`, { mode: 0o600 });
+    const built = await runTool([ctx.postmap!, "-c", ctx.view!.configDir, `${type}:${scratch}`], TOOL_TIMEOUT_MS);
+    if (built.code !== 0) return fail("map.lookup", `postmap cannot build a ${type} map: ${built.stderr.trim().split("\n").at(-1) ?? `exit code ${built.code}`}`, "fix the map type (see map.type) or the Postfix installation");
+    const r = await query(ctx, type, scratch, SCRATCH_IP);
+    return r.found
+      ? pass("map.lookup", `postmap built and read back a scratch ${type} map (no live lease to look up)`)
+      : fail("map.lookup", `postmap could not read back a scratch ${type} map: ${r.error ?? "entry not found"}`, "fix the Postfix installation");
+  } finally {
+    for (const f of [scratch, scratch + mapDbSuffix(type)]) rmSync(f, { force: true });
+    if (!stateOk) rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+function stateDirCheck(ctx: Ctx): CheckResult[] {
+  const dir = ctx.config.stateDir;
+  if (!existsSync(dir)) {
+    return [warn("server.state_dir", `${dir} does not exist yet: the server creates it on first start`, `or create it now: install -d -m 700 ${shellQuote(dir)}`)];
+  }
+  const why = accessProblem(join(dir, "."), ctx.serverUser, "write");
+  if (why) return [fail("server.state_dir", why, `chown ${shellQuote(ctx.serverUser.name)} ${shellQuote(dir)} && chmod 700 ${shellQuote(dir)}`)];
+  return [pass("server.state_dir", `${dir} is writable by ${ctx.serverUser.name}`)];
+}
+
+/** Where the server's certificate and key are, and whether relayctl generates them. */
+function tlsPaths(config: ServerConfig): { cert: string; key: string; generated: boolean } {
+  if (config.tlsCert && config.tlsKey) return { cert: config.tlsCert, key: config.tlsKey, generated: false };
+  return { cert: join(config.stateDir, "tls", "cert.pem"), key: join(config.stateDir, "tls", "key.pem"), generated: true };
+}
+
+function tlsChecks(ctx: Ctx): CheckResult[] {
+  const { cert, key, generated } = tlsPaths(ctx.config);
+  if (generated && !existsSync(cert)) {
+    return [warn("server.tls", `no certificate yet: the server creates a self-signed one in ${dirname(cert)} on first start`, "or run `relayctl server add NAME`, which creates it and prints the pin")];
+  }
+  const pems: string[] = [];
+  for (const p of [cert, key]) {
+    const why = accessProblem(p, ctx.serverUser, "read");
+    if (why) return [fail("server.tls", why, `chown ${shellQuote(ctx.serverUser.name)} ${shellQuote(p)}${p === key ? ` && chmod 600 ${shellQuote(p)}` : ""}`)];
+    try {
+      pems.push(readFileSync(p, "utf8"));
+    } catch (err) {
+      return [fail("server.tls", `cannot read ${p}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, "check the path and the file's owner and mode")];
+    }
+  }
+  const [certPem, keyPem] = pems as [string, string];
+  let pin: string;
+  let expiry: Date;
+  try {
+    pin = certificatePin(certPem);
+    expiry = certificateExpiry(certPem);
+  } catch (err) {
+    return [fail("server.tls", `${cert}: ${(err as Error).message}`, "configure a PEM certificate (-----BEGIN CERTIFICATE-----)")];
+  }
+  if (!keyMatchesCertificate(certPem, keyPem)) {
+    return [fail("server.tls", `the key in ${key} does not belong to the certificate in ${cert}`, generated ? `delete ${shellQuote(cert)} to have a new pair generated (clients must then re-enroll)` : "configure the matching key and certificate pair")];
+  }
+  const days = Math.floor((expiry.getTime() - Date.now()) / 86_400_000);
+  const renew = generated ? `delete ${shellQuote(cert)} and restart the server to generate a new one; clients must re-enroll with the new pin` : `renew ${cert} (clients enrolled with --pin must re-enroll)`;
+  return [
+    pass("server.tls", `${cert} and ${key} match (pin ${pin})`),
+    expiry.getTime() <= Date.now()
+      ? fail("server.tls_expiry", `certificate expired on ${expiry.toISOString()}`, renew)
+      : days < EXPIRY_WARN_DAYS
+        ? warn("server.tls_expiry", `certificate expires in ${days} days (${expiry.toISOString()})`, renew)
+        : pass("server.tls_expiry", `certificate valid for ${days} more days (until ${expiry.toISOString().slice(0, 10)})`),
+  ];
+}
+
+/** True when something already listens on host:port (we cannot bind it). */
+function portBusy(host: string, port: number): { busy: boolean; error?: string } {
+  try {
+    const l = Bun.listen({ hostname: host, port, socket: { data() {} } });
+    l.stop(true);
+    return { busy: false };
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? "";
+    if (code === "EADDRINUSE" || /in use/i.test((err as Error).message)) return { busy: true };
+    return { busy: false, error: code || (err as Error).message };
+  }
+}
+
+function serverRunning(stateDir: string): boolean {
+  try {
+    return existsSync(stateDir) && StateLock.isHeld(stateDir);
+  } catch {
+    return false;
+  }
+}
+
+async function listenChecks(ctx: Ctx): Promise<CheckResult[]> {
+  const { config } = ctx;
+  const { host, port } = config.listen;
+  const shown = host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
+  const running = serverRunning(config.stateDir);
+  const bind = portBusy(host, port);
+  const start = `systemctl start relayctl (or: relayctl server --config ${shellQuote(config.path)})`;
+  if (bind.error) return [fail("server.listen", `cannot listen on ${shown}: ${bind.error}`, `change listen in ${config.path} to an address of this host`)];
+  if (!running) {
+    if (bind.busy) return [fail("server.listen", `${shown} is in use by another process`, `find it with: ss -ltnp 'sport = :${port}'; stop it or change listen in ${config.path}`)];
+    return [pass("server.listen", `${shown} is free`), warn("server.health", "no relayctl server is running on this state_dir", start)];
+  }
+  if (!bind.busy) return [warn("server.listen", `a relayctl server holds ${config.stateDir} but nothing listens on ${shown}`, `restart it after changing listen: systemctl restart relayctl`)];
+  return [pass("server.listen", `${shown} is held by the running relayctl server`), await healthCheck(ctx, port)];
+}
+
+async function healthCheck(ctx: Ctx, port: number): Promise<CheckResult> {
+  const host = ctx.config.listen.host;
+  // A wildcard listener answers on loopback; a specific one only on its own address.
+  const target = host === "::" || host === "0.0.0.0" || host === "" ? "127.0.0.1" : host.includes(":") ? `[${host}]` : host;
+  const url = `https://${target}:${port}`;
+  let pin: string | undefined;
+  try {
+    pin = certificatePin(readFileSync(tlsPaths(ctx.config).cert, "utf8"));
+  } catch {
+    pin = undefined;
+  }
+  try {
+    const api = await createApi({ server: url, pin, retries: 0, timeoutMs: 5_000 });
+    await api("/healthz");
+    return pass("server.health", `${url}/healthz answers ok`);
+  } catch (err) {
+    if (err instanceof FetchError && err.response?.status === 503) {
+      const reasons = (err.data as { reasons?: string[] } | undefined)?.reasons ?? [];
+      return fail("server.health", `the server is degraded: ${reasons.join("; ") || "no reason given"}`, "see the server log (journalctl -u relayctl); it retries map rebuilds by itself");
+    }
+    const e = apiError(err, url);
+    return fail("server.health", `${url}/healthz: ${e.message}`, e.hint);
+  }
+}
