@@ -35,7 +35,8 @@ describe.skipIf(!requireE2E())("e2e harness", () => {
     net = await createNetwork(PREFIX);
     h2 = await net.addHost("h2", "198.18.0.2");
     h3 = await net.addHost("h3", "198.18.0.3");
-  }, 30_000);
+    // Long enough to wait out another e2e run holding the host-wide test network lock.
+  }, 150_000);
 
   afterAll(async () => {
     // Each step is independent so one failure does not leak the rest.

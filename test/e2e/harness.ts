@@ -3,7 +3,8 @@
  * swaks probes, so tests can check what a real smtpd decides about relaying.
  *
  * Safety: only loopback and 198.18.0.0/24 (inside namespaces this module creates)
- * are ever used; Postfix gets no delivery agents, so nothing can leave the machine.
+ * are ever used; Postfix gets no queue manager and no network delivery agents, so nothing
+ * it accepts can leave the machine.
  */
 import {
   chmodSync,
@@ -14,6 +15,7 @@ import {
   readFileSync,
   readdirSync,
   rmSync,
+  utimesSync,
   writeFileSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
@@ -76,6 +78,7 @@ const NET_RE = /^198\.18\.0\.(\d{1,3})$/;
 // The name encodes prefix + 4 hex chars so stale detection can match it exactly.
 const ID_LEN = 4;
 const DEFAULT_TIMEOUT_MS = 15_000;
+const OWNER_FILE = ".relayctl-e2e-owner";
 
 // Postfix tools live in /usr/sbin, which is often missing from a non-login PATH.
 const SEARCH_PATH = [process.env.PATH ?? "", "/usr/local/sbin", "/usr/sbin", "/sbin"].join(":");
@@ -252,10 +255,16 @@ export function tmpDir(prefix: string): TmpDir {
   const path = mkdtempSync(join(tmpdir(), prefix));
   // mkdtemp gives 0700, but Postfix daemons drop to the postfix user and must reach the queue.
   chmodSync(path, 0o755);
+  // Lets cleanupStale tell a crashed run's directory from one a concurrent run still uses.
+  writeFileSync(join(path, OWNER_FILE), `${process.pid}\n`);
+  const remove = () => rmSync(path, { recursive: true, force: true });
+  // RELAYCTL_E2E_KEEP=1 keeps directories (maillog, configs) of a crashed run for debugging.
+  if (process.env.RELAYCTL_E2E_KEEP !== "1") registerCleanup(`dir:${path}`, remove);
   return {
     path,
     remove() {
-      rmSync(path, { recursive: true, force: true });
+      remove();
+      cleanups.delete(`dir:${path}`);
     },
   };
 }
@@ -348,6 +357,8 @@ function mainCf(o: PostfixOptions, dirs: { queue: string; data: string; log: str
     "alias_maps =",
     "alias_database =",
     "biff = no",
+    // Flow-control tokens come from qmgr; with no qmgr each MAIL FROM would stall this long.
+    "in_flow_delay = 0",
     "relayhost =",
     // Belt and braces: master.cf has no qmgr or network delivery agents at all.
     `default_transport = ${error}`,
@@ -419,7 +430,7 @@ export async function startPostfix(opts: PostfixOptions): Promise<Postfix> {
     mkdirSync(d, { recursive: true });
     chmodSync(d, 0o755);
   }
-  writeFileSync(join(base, "owner"), `${process.pid}\n`);
+  writeFileSync(join(base, OWNER_FILE), `${process.pid}\n`);
   // master creates its lock file here after dropping privileges, so postfix must own it.
   const { uid, gid } = postfixIds();
   chownSync(dataDir, uid, gid);
@@ -436,6 +447,10 @@ export async function startPostfix(opts: PostfixOptions): Promise<Postfix> {
     { mode: 0o644 },
   );
   writeFileSync(join(configDir, "master.cf"), masterCf(listen), { mode: 0o644 });
+  // Postfix waits (up to ~2.5 s per command) for a main.cf modified within the last second,
+  // assuming an editor is still writing it. Backdating skips that wait on every postfix call.
+  const past = new Date(Date.now() - 60_000);
+  for (const f of ["main.cf", "master.cf"]) utimesSync(join(configDir, f), past, past);
 
   const postfix = bin("postfix");
   const check = await run([postfix, "-c", configDir, "check"], { timeoutMs: 20_000 });
@@ -500,26 +515,83 @@ function writeSysctl(path: string, value: string): void {
   }
 }
 
+// Every Net puts 198.18.0.1/24 on a bridge in the root namespace, so two at once (even with
+// different names) would fight over the connected route. A host-wide lock serialises runs.
+const NET_LOCK = "/run/relayctl-e2e-net.lock";
+const NET_LOCK_WAIT_MS = 120_000;
+let netActive = false;
+
+async function acquireNetLock(): Promise<void> {
+  const deadline = Date.now() + NET_LOCK_WAIT_MS;
+  for (let i = 0; i < 10_000 && Date.now() < deadline; i++) {
+    try {
+      writeFileSync(NET_LOCK, `${process.pid}\n`, { flag: "wx" });
+      return;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
+    }
+    let owner = NaN;
+    try {
+      owner = Number(readFileSync(NET_LOCK, "utf8").trim());
+    } catch {
+      continue; // released between our create and read
+    }
+    // A lock without a live owner is left over from a killed run.
+    if (!Number.isInteger(owner) || owner === process.pid || !pidAlive(owner)) {
+      rmSync(NET_LOCK, { force: true });
+      continue;
+    }
+    await Bun.sleep(100);
+  }
+  throw new Error(`another e2e run (see ${NET_LOCK}) held the test network for ${NET_LOCK_WAIT_MS} ms`);
+}
+
+function releaseNetLock(): void {
+  try {
+    if (Number(readFileSync(NET_LOCK, "utf8").trim()) === process.pid) rmSync(NET_LOCK, { force: true });
+  } catch {
+    // already gone
+  }
+}
+
 /** Creates a bridge holding 198.18.0.1/24 in the root namespace; hosts are netns attached to it. */
 export async function createNetwork(prefix: string): Promise<Net> {
   checkPrefix(prefix);
+  if (netActive) throw new Error("a Net is already active in this process; destroy() it first");
   const ip = bin("ip");
+  await acquireNetLock();
+  netActive = true;
+  // Leftovers of killed runs (any prefix) would still own 198.18.0.1 and steal our replies.
+  await cleanupStale(prefix);
+  const clash = await run([ip, "-o", "-4", "addr", "show", "to", `${HOST_IP}/32`]);
+  if (clash.stdout.trim()) {
+    netActive = false;
+    releaseNetLock();
+    throw new Error(`${HOST_IP} is already assigned in the root namespace:\n${clash.stdout}`);
+  }
   const id = crypto.getRandomValues(new Uint8Array(ID_LEN / 2)).reduce((s, b) => s + b.toString(16).padStart(2, "0"), "");
   const base = `${prefix}${id}`;
   const bridge = `${base}br`;
   const namespaces: string[] = [];
   let vethCount = 0;
 
+  const veths: string[] = [];
+  // Deleting a netns tears its interfaces down asynchronously; deleting the veth first is
+  // synchronous (it removes both ends), so nothing is visible once destroy() returns.
   const destroySync = () => {
+    for (const v of veths) runSync([ip, "link", "del", v]);
     for (const ns of namespaces) runSync([ip, "netns", "del", ns]);
     runSync([ip, "link", "del", bridge]);
+    netActive = false;
+    releaseNetLock();
   };
   registerCleanup(`net:${base}`, destroySync);
 
   try {
     // forward_delay 0: without STP a new port forwards at once, but be explicit about it.
     await runOk([ip, "link", "add", bridge, "type", "bridge", "forward_delay", "0"]);
-    // The alias records the owner so cleanupStale never touches a concurrent run.
+    // The alias records the owner so cleanupStale never touches a concurrent run
+    // (`ip link add ... alias` is silently ignored, hence a separate step).
     await runOk([ip, "link", "set", bridge, "alias", `relayctl-e2e owner=${process.pid}`]);
     // No IPv6 on the segment: nothing but our IPv4 test traffic should appear on it.
     writeSysctl(`/proc/sys/net/ipv6/conf/${bridge}/disable_ipv6`, "1");
@@ -545,6 +617,7 @@ export async function createNetwork(prefix: string): Promise<Net> {
       const veth = `${base}v${vethCount++}`;
       namespaces.push(ns);
       await runOk([ip, "netns", "add", ns]);
+      veths.push(veth);
       await runOk([ip, "-n", ns, "link", "set", "lo", "up"]);
       // Creating the peer directly inside the netns lets it be called eth0 without clashing with ours.
       await runOk([ip, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns]);
@@ -575,54 +648,77 @@ export async function createNetwork(prefix: string): Promise<Net> {
       return host;
     },
     async destroy() {
-      // Deleting a netns destroys its eth0, which takes the root-side veth peer with it.
+      if (!cleanups.has(`net:${base}`)) return;
+      for (const v of veths) await run([ip, "link", "del", v]);
       for (const ns of namespaces) await run([ip, "netns", "del", ns]);
       await run([ip, "link", "del", bridge]);
+      veths.length = 0;
       namespaces.length = 0;
       cleanups.delete(`net:${base}`);
+      netActive = false;
+      releaseNetLock();
     },
   };
   return net;
 }
 
-/** Removes namespaces, links and Postfix masters left by earlier crashed runs using this prefix. */
+/** Removes what dead runs left: this prefix's netns/links, any harness bridge, Postfix master and temp dir. */
 export async function cleanupStale(prefix: string): Promise<void> {
   checkPrefix(prefix);
   const ip = bin("ip");
-  const idRe = `${prefix}[0-9a-f]{${ID_LEN}}`;
-  const links = await run([ip, "-o", "link", "show", "type", "bridge"]);
+  const idRe = `[a-z][a-z0-9]{0,5}[0-9a-f]{${ID_LEN}}`;
+  // Bases to sweep: our prefix, plus any harness bridge (marked by its alias) whose owner died.
+  const stale = (base: string) => base.startsWith(prefix) || deadBases.has(base);
   const liveBases = new Set<string>();
+  const deadBases = new Set<string>();
+  const links = await run([ip, "-o", "link", "show", "type", "bridge"]);
   for (const line of links.stdout.split("\n")) {
     const m = new RegExp(`^\\d+: (${idRe})br[:@]`).exec(line);
     if (!m) continue;
-    const owner = /relayctl-e2e owner=(\d+)/.exec(line);
-    if (owner && Number(owner[1]) !== process.pid && pidAlive(Number(owner[1]))) {
-      liveBases.add(m[1]!);
-      continue;
-    }
-    if (owner && Number(owner[1]) === process.pid) {
-      liveBases.add(m[1]!);
-      continue;
-    }
-    await run([ip, "link", "del", `${m[1]}br`]);
+    const alias = /relayctl-e2e owner=(\d+)/.exec(line);
+    // No alias: either not ours, or a concurrent run between "link add" and "set alias".
+    const owner = Number(alias?.[1] ?? process.pid);
+    if (owner === process.pid || pidAlive(owner)) liveBases.add(m[1]!);
+    else deadBases.add(m[1]!);
+  }
+  // Veths first: deleting them is synchronous, unlike the teardown of a deleted netns.
+  const all = await run([ip, "-o", "link", "show"]);
+  for (const line of all.stdout.split("\n")) {
+    const m = new RegExp(`^\\d+: ((${idRe})v\\d+)[:@]`).exec(line);
+    if (m && stale(m[2]!) && !liveBases.has(m[2]!)) await run([ip, "link", "del", m[1]!]);
   }
   const nsList = await run([ip, "netns", "list"]);
   for (const line of nsList.stdout.split("\n")) {
     const m = new RegExp(`^((${idRe})-\\S+)`).exec(line);
-    if (m && !liveBases.has(m[2]!)) await run([ip, "netns", "del", m[1]!]);
+    if (m && stale(m[2]!) && !liveBases.has(m[2]!)) await run([ip, "netns", "del", m[1]!]);
   }
-  // Orphaned veths lose their bridge when it is deleted, so match them by name too.
-  const all = await run([ip, "-o", "link", "show"]);
-  for (const line of all.stdout.split("\n")) {
-    const m = new RegExp(`^\\d+: ((${idRe})v\\d+)[:@]`).exec(line);
-    if (m && !liveBases.has(m[2]!)) await run([ip, "link", "del", m[1]!]);
-  }
-  killStaleMasters(prefix);
+  for (const base of deadBases) await run([ip, "link", "del", `${base}br`]);
+  killStaleMasters();
+  removeStaleDirs();
 }
 
-function killStaleMasters(prefix: string): void {
-  // A private master is recognisable by MAIL_CONFIG pointing into a temp dir with our prefix.
-  const root = join(tmpdir(), prefix);
+function removeStaleDirs(): void {
+  let names: string[] = [];
+  try {
+    names = readdirSync(tmpdir());
+  } catch {
+    return;
+  }
+  for (const n of names.slice(0, 1_000)) {
+    const dir = join(tmpdir(), n);
+    try {
+      const owner = Number(readFileSync(join(dir, OWNER_FILE), "utf8").trim());
+      if (owner === process.pid || pidAlive(owner)) continue;
+      rmSync(dir, { recursive: true, force: true });
+    } catch {
+      // no owner file: not made by tmpDir(), leave it alone
+    }
+  }
+}
+
+function killStaleMasters(): void {
+  // Any master whose config sits next to our owner file was started by this harness; that
+  // holds whatever dir the test chose, so this does not depend on the network prefix.
   let pids: string[] = [];
   try {
     pids = readdirSync("/proc").filter((p) => /^\d+$/.test(p));
@@ -631,14 +727,16 @@ function killStaleMasters(prefix: string): void {
   }
   for (const p of pids.slice(0, 100_000)) {
     try {
-      const cmd = readFileSync(`/proc/${p}/cmdline`, "utf8");
-      if (!cmd.startsWith("/usr/lib/postfix/sbin/master")) continue;
+      const exe = readFileSync(`/proc/${p}/cmdline`, "utf8").split("\0")[0] ?? "";
+      if (!exe.endsWith("/master")) continue;
       const env = readFileSync(`/proc/${p}/environ`, "utf8").split("\0");
       const conf = env.find((e) => e.startsWith("MAIL_CONFIG="))?.slice("MAIL_CONFIG=".length);
-      if (!conf || !conf.startsWith(root)) continue;
-      const ownerFile = join(conf, "..", "owner");
-      const owner = existsSync(ownerFile) ? Number(readFileSync(ownerFile, "utf8").trim()) : NaN;
-      if (owner === process.pid || (Number.isInteger(owner) && pidAlive(owner))) continue;
+      if (!conf) continue;
+      const ownerFile = join(conf, "..", OWNER_FILE);
+      // No owner file means someone else's instance (e.g. the system one): never ours to kill.
+      if (!existsSync(ownerFile)) continue;
+      const owner = Number(readFileSync(ownerFile, "utf8").trim());
+      if (owner === process.pid || pidAlive(owner)) continue;
       killMaster(Number(p));
     } catch {
       // process vanished or is not ours to inspect
@@ -669,7 +767,12 @@ export async function swaks(opts: SwaksOptions): Promise<SwaksResult> {
     "--quit-after", "RCPT",
     "--timeout", String(Math.max(1, Math.floor(timeoutMs / 1000) - 1)),
   ];
-  if (opts.bind) argv.push("--local-interface", opts.bind);
+  if (opts.bind) {
+    if (!(opts.bind.startsWith("127.") || opts.bind === "::1" || NET_RE.test(opts.bind))) {
+      throw new Error(`refusing to bind ${opts.bind}: only loopback or 198.18.0.0/24`);
+    }
+    argv.push("--local-interface", opts.bind);
+  }
   // Give swaks' own timeout a head start so we normally get its output rather than a kill.
   const runOpts = { timeoutMs: timeoutMs + 2_000 };
   const r = opts.host ? await opts.host.run(argv, runOpts) : await run(argv, runOpts);

@@ -49,7 +49,27 @@ for (const mapType of types) {
       return Date.parse(c.leases[0]!.expires_at);
     };
 
+    const cleanup = async (): Promise<void> => {
+      await server?.stop();
+      server = undefined;
+      await postfix?.stop();
+      await net?.destroy();
+      tmp?.remove();
+    };
+
     beforeAll(async () => {
+      try {
+        await setUp();
+      } catch (err) {
+        // bun skips afterAll when beforeAll throws: clean up here instead.
+        await cleanup();
+        throw err;
+      }
+    }, 180_000);
+
+    afterAll(cleanup);
+
+    const setUp = async (): Promise<void> => {
       await ensureBinary();
       tmp = tmpDir(`relayctl-e2e-${mapType}-`);
       net = await createNetwork("rce");
@@ -72,14 +92,7 @@ for (const mapType of types) {
       server = await startServer(config, url);
       await enroll(h1, "h1");
       await enroll(h2, "short", ["--ttl", "10s"]);
-    }, 90_000);
-
-    afterAll(async () => {
-      await server?.stop();
-      await postfix?.stop();
-      await net?.destroy();
-      tmp?.remove();
-    });
+    };
 
     test("relay is accepted from the leased address as soon as the client exits, denied from others", async () => {
       expect(await relays(h1)).toBe(false);
