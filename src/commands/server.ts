@@ -1,9 +1,10 @@
 import { defineCommand } from "citty";
 import { parseDuration, formatDuration } from "../lib/duration.ts";
+import { usageError } from "../lib/errors.ts";
 import { log, setVerbosity } from "../lib/logging.ts";
-import { addClient, listClients, revokeClient, type ClientView } from "../server/admin.ts";
+import { addClient, listClients, readAuditLog, revokeClient, type AuditView, type ClientView } from "../server/admin.ts";
 import { startServer } from "../server/server.ts";
-import { common, ifNoSubcommand, stringList } from "./shared.ts";
+import { common, ifNoSubcommand, repeatedFlag, stringList } from "./shared.ts";
 
 /** Runs the server until SIGTERM or SIGINT, then stops cleanly. */
 export async function runServer(opts: { config?: string; verbose?: boolean }): Promise<void> {
@@ -67,6 +68,28 @@ export async function runServerRevoke(opts: { config?: string; name: string; ver
   }
 }
 
+/** Renders audit entries one per line: time, event, client, address, source, detail. */
+export function renderAuditLog(rows: AuditView[]): string {
+  return rows
+    .map((r) => [r.ts, r.event, r.client ?? "-", r.ip ?? "-", r.source ? `from ${r.source}` : "", r.detail ?? ""].filter(Boolean).join("  "))
+    .join("\n");
+}
+
+/** `server log`: the audit log, oldest first; `--json` gives `{"events": [...]}`. */
+export function runServerLog(opts: { config?: string; client?: string; since?: string; json?: boolean; limit?: string }): AuditView[] {
+  const limit = opts.limit === undefined ? 1000 : Number(opts.limit);
+  if (!Number.isInteger(limit) || limit < 1) throw usageError(`--limit ${opts.limit}: not a positive whole number`);
+  const rows = readAuditLog({
+    configPath: opts.config,
+    client: opts.client,
+    sinceSeconds: opts.since === undefined ? undefined : parseDuration(opts.since, "--since"),
+    limit,
+  });
+  const out = opts.json ? JSON.stringify({ events: rows }, null, 2) : renderAuditLog(rows);
+  if (out) console.log(out);
+  return rows;
+}
+
 const add = defineCommand({
   meta: { name: "add", description: "Create a client and print its enrollment line" },
   args: {
@@ -75,7 +98,10 @@ const add = defineCommand({
     ttl: { type: "string", description: "lease lifetime for this client (90s, 20m, 1h); default: server ttl" },
     allow: { type: "string", description: "CIDR the client may lease or name (repeatable)" },
   },
-  run: ({ args }) => runServerAdd({ config: args.config, name: args.name, ttl: args.ttl, allow: stringList(args.allow) }).then(() => undefined),
+  run: ({ args, rawArgs }) => {
+    const allow = repeatedFlag(rawArgs, "allow");
+    return runServerAdd({ config: args.config, name: args.name, ttl: args.ttl, allow: allow.length ? allow : stringList(args.allow) }).then(() => undefined);
+  },
 });
 
 const list = defineCommand({
@@ -90,9 +116,21 @@ const revoke = defineCommand({
   run: ({ args }) => runServerRevoke({ config: args.config, name: args.name, verbose: args.verbose }),
 });
 
+const logCommand = defineCommand({
+  meta: { name: "log", description: "Show the audit log: grants, renewals, releases, expiries, revocations, refusals" },
+  args: {
+    ...common,
+    client: { type: "string", description: "only this client's events", valueHint: "NAME" },
+    since: { type: "string", description: "only events newer than this (e.g. 1h, 2d)", valueHint: "D" },
+    limit: { type: "string", description: "at most this many newest events (default 1000)", valueHint: "N" },
+    json: { type: "boolean", description: "print JSON" },
+  },
+  run: ({ args }) => void runServerLog({ config: args.config, client: args.client, since: args.since, json: args.json, limit: args.limit }),
+});
+
 export const serverCommand = defineCommand({
   meta: { name: "server", description: "Run the lease server on the mail host, or manage its clients" },
   args: { ...common },
-  subCommands: { add, list, revoke },
+  subCommands: { add, list, revoke, log: logCommand },
   run: ifNoSubcommand(({ args }) => runServer({ config: args.config, verbose: args.verbose })),
 });

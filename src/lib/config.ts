@@ -25,6 +25,8 @@ export interface ServerConfig {
   ttl: number;
   postmap?: string;
   trustedProxies: Cidr[];
+  renewalsPerMinute: number;
+  postmapTimeout: number;
 }
 
 /** What `relayctl client enroll` writes and `relayctl client` reads. */
@@ -116,6 +118,13 @@ class Keys {
     return parseDuration(v, this.where(key));
   }
 
+  int(key: string): number | undefined {
+    const v = this.data[key];
+    if (v === undefined) return undefined;
+    if (typeof v !== "number" || !Number.isInteger(v) || v < 0) throw this.error(key, "must be a whole number, 0 or more");
+    return v;
+  }
+
   list(key: string): string[] {
     const v = this.data[key];
     if (v === undefined) return [];
@@ -142,6 +151,7 @@ export function loadServerConfig(path?: string): ServerConfig {
   const { data, text } = readToml(file, path !== undefined);
   const k = new Keys(file, text, data, [
     "listen", "public_url", "state_dir", "tls_cert", "tls_key", "map", "map_type", "ttl", "postmap", "trusted_proxies",
+    "renewals_per_minute", "postmap_timeout",
   ]);
   const listen = parseListen(k.str("listen") ?? "[::]:8443", k.where("listen"));
   const publicUrl = validateHttpsUrl(k.str("public_url") ?? `https://${hostname()}:${listen.port}`, k.where("public_url"));
@@ -165,9 +175,11 @@ export function loadServerConfig(path?: string): ServerConfig {
     if (!net) throw k.error("trusted_proxies", `"${c}" is not an address or CIDR network`);
     return net;
   });
+  const renewalsPerMinute = k.int("renewals_per_minute") ?? 20;
   return {
     path: file, listen, publicUrl, stateDir, tlsCert, tlsKey, map,
     mapType: mapType as MapType | undefined, ttl, postmap: k.str("postmap"), trustedProxies,
+    renewalsPerMinute, postmapTimeout: k.duration("postmap_timeout") ?? 10,
   };
 }
 

@@ -5,7 +5,7 @@ import { certificatePin, ensureServerCertificate } from "../lib/tls.ts";
 import { LeaseBook } from "./leases.ts";
 import { StateLock } from "./lock.ts";
 import { openCore } from "./server.ts";
-import { StateStore, type LeaseRow } from "./state.ts";
+import { StateStore, type AuditRow, type LeaseRow } from "./state.ts";
 import { newToken } from "./tokens.ts";
 
 /** A client with its leases, as `server list` shows it. */
@@ -103,4 +103,23 @@ export async function revokeClient(opts: { configPath?: string; name: string }):
     core.store.close();
     lock.release();
   }
+}
+
+/** One audit entry as `server log` shows it. */
+export interface AuditView {
+  ts: string;
+  event: string;
+  client: string | null;
+  ip: string | null;
+  source: string | null;
+  detail: string | null;
+}
+
+/** Reads the audit log, oldest first: grants, renewals, refusals and the rest, optionally for one client and a recent span. */
+export function readAuditLog(opts: { configPath?: string; client?: string; sinceSeconds?: number; limit?: number }): AuditView[] {
+  const config = loadServerConfig(opts.configPath);
+  const client = opts.client === undefined ? undefined : validateName(opts.client, "--client");
+  const since = opts.sinceSeconds === undefined ? 0 : Date.now() - opts.sinceSeconds * 1000;
+  const rows: AuditRow[] = withStore(config, (store) => store.auditLog({ client, since, limit: opts.limit }));
+  return rows.reverse().map((r) => ({ ts: new Date(r.ts).toISOString(), event: r.event, client: r.client, ip: r.ip, source: r.source, detail: r.detail }));
 }

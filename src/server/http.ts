@@ -3,6 +3,7 @@ import { cidrContains, parseCidr, parseIp, specialAddressKind, type Cidr, type I
 import { log } from "../lib/logging.ts";
 import { authenticate, bearer } from "./tokens.ts";
 import type { LeaseBook } from "./leases.ts";
+import type { AuthThrottle, RenewalLimiter } from "./throttle.ts";
 import type { MapWriter } from "./map.ts";
 import type { ClientRow, LeaseRow, StateStore } from "./state.ts";
 
@@ -15,6 +16,8 @@ export interface ApiContext {
   leases: LeaseBook;
   map: MapWriter;
   trustedProxies: Cidr[];
+  authThrottle: AuthThrottle;
+  renewals: RenewalLimiter;
   /** Brings the map up to date; rejects when postmap fails (the caller answers 503). */
   syncMap(): Promise<unknown>;
   /** Reasons the server is degraded; empty when healthy. */
@@ -27,9 +30,15 @@ class HttpError extends Error {
     readonly code: string,
     message: string,
     readonly headers: Record<string, string> = {},
+    /** False where auditing each refusal would let an attacker fill the log (one entry per burst instead). */
+    readonly audit = true,
   ) {
     super(message);
   }
+}
+
+function isSqliteError(err: unknown): boolean {
+  return (err as { name?: string })?.name === "SQLiteError" || /^SQLITE_/.test(String((err as { code?: string })?.code ?? ""));
 }
 
 function json(status: number, body: unknown, headers: Record<string, string> = {}): Response {
@@ -116,12 +125,34 @@ export function leaseAddress(client: ClientRow, observed: Ip, requested: unknown
 /** Builds the fetch handler for Bun.serve: /healthz and /v1/lease. */
 export function createHandler(ctx: ApiContext): (req: Request, server: Server<unknown>) => Promise<Response> {
   async function lease(req: Request, server: Server<unknown>): Promise<Response> {
-    const peer = server.requestIP(req)?.address;
-    const client = authenticate(ctx.store, bearer(req.headers.get("authorization")));
-    if (!client) {
-      log.warn(`refused: bad token from ${peer ?? "unknown"}`);
-      throw new HttpError(401, "unauthorized", "token missing, unknown or revoked", { "www-authenticate": "Bearer" });
+    // The raw peer, not X-Forwarded-For: throttling must key on what the attacker cannot forge.
+    const peer = server.requestIP(req)?.address ?? "unknown";
+    const source = parseIp(peer)?.text ?? peer;
+    let client: ClientRow | null = null;
+    try {
+      const wait = ctx.authThrottle.retryAfter(source);
+      if (wait) throw new HttpError(429, "too_many_failures", `too many failed authentications from ${source}; retry in ${wait}s`, { "retry-after": String(wait) }, false);
+      client = authenticate(ctx.store, bearer(req.headers.get("authorization")));
+      if (!client) {
+        const blocked = ctx.authThrottle.fail(source);
+        if (blocked) log.warn(`refused: too many bad tokens from ${source}, blocked for ${blocked}s`);
+        throw new HttpError(401, "unauthorized", "token missing, unknown or revoked", { "www-authenticate": "Bearer" });
+      }
+      return await authorized(req, client, peer);
+    } catch (err) {
+      if (err instanceof HttpError && err.status < 500 && err.audit) {
+        try {
+          ctx.store.audit({ ts: Date.now(), event: "refuse", client: client?.name ?? null, ip: null, source, detail: `${err.code}: ${err.message}` });
+        } catch (auditErr) {
+          // The refusal stands even when the disk is full; say why it went unrecorded.
+          log.error(`cannot record refusal in the audit log: ${(auditErr as Error).message}`);
+        }
+      }
+      throw err;
     }
+  }
+
+  async function authorized(req: Request, client: ClientRow, peer: string): Promise<Response> {
     const observed = observedAddress(peer, req.headers.get("x-forwarded-for"), ctx.trustedProxies);
     const source = observed.text;
     if (req.method === "GET") {
@@ -134,6 +165,11 @@ export function createHandler(ctx: ApiContext): (req: Request, server: Server<un
         await syncOr503();
       }
       return json(200, { client: client.name, released: gone.map((l) => l.ip) });
+    }
+    const limited = ctx.renewals.take(client.name);
+    if (limited.wait) {
+      if (limited.first) log.warn(`refused: client ${client.name} renews too often`);
+      throw new HttpError(429, "rate_limited", `client ${client.name} renews too often; retry in ${limited.wait}s`, { "retry-after": String(limited.wait) }, limited.first);
     }
     const body = await readJsonBody(req);
     if (body !== undefined && (typeof body !== "object" || body === null || Array.isArray(body))) {
@@ -177,6 +213,10 @@ export function createHandler(ctx: ApiContext): (req: Request, server: Server<un
       throw new HttpError(404, "not_found", `no such endpoint: ${path}`);
     } catch (err) {
       if (err instanceof HttpError) return json(err.status, { error: err.code, message: err.message }, err.headers);
+      if (isSqliteError(err)) {
+        log.error(`state database error: ${(err as Error).message}`);
+        return json(503, { error: "state_unavailable", message: `the state database cannot be written (${(err as Error).message}); nothing was changed` }, { "retry-after": "30" });
+      }
       log.error(`request ${req.method} ${path} failed: ${(err as Error).stack ?? err}`);
       return json(500, { error: "internal", message: "internal server error; see the server log" });
     }

@@ -7,6 +7,18 @@ export interface Clock {
 }
 export const systemClock: Clock = { now: () => Date.now() };
 
+/**
+ * Wall time that advances with the monotonic clock from the moment it is
+ * made: a system clock stepped forward or back neither expires every lease
+ * at once nor keeps them forever. Slewing (NTP) moves both alike.
+ */
+export function monotonicWallClock(wall: () => number = Date.now, mono: () => number = () => performance.now()): Clock {
+  const anchorWall = wall();
+  const anchorMono = mono();
+  // Whole milliseconds: the STRICT INTEGER columns in state refuse fractions.
+  return { now: () => Math.floor(anchorWall + (mono() - anchorMono)) };
+}
+
 export type RenewEvent = "grant" | "renew" | "replace";
 
 /** What a renewal did, and whether the map must change because of it. */

@@ -5,11 +5,12 @@ import { ExitCode, RelayError } from "../lib/errors.ts";
 import { log } from "../lib/logging.ts";
 import { ensureServerCertificate, certificatePin } from "../lib/tls.ts";
 import { createHandler, MAX_BODY } from "./http.ts";
-import { LeaseBook, systemClock, type Clock } from "./leases.ts";
+import { LeaseBook, monotonicWallClock, systemClock, type Clock } from "./leases.ts";
 import { StateLock } from "./lock.ts";
 import { MapWriter } from "./map.ts";
 import { defaultMapType, findPostfixTool, requirePostfixTool } from "./postfix.ts";
 import { StateStore } from "./state.ts";
+import { AuthThrottle, RenewalLimiter } from "./throttle.ts";
 
 /** How often the server looks for changes made by admin commands (revoke, add). */
 const ADMIN_POLL_MS = 250;
@@ -37,7 +38,7 @@ export async function openCore(config: ServerConfig, clock: Clock = systemClock)
   const m = await resolveMap(config);
   mkdirSync(dirname(m.path), { recursive: true });
   const leases = new LeaseBook(store, () => config.ttl, clock);
-  const map = new MapWriter({ ...m, addresses: () => leases.liveAddresses() });
+  const map = new MapWriter({ ...m, addresses: () => leases.liveAddresses(), timeoutMs: config.postmapTimeout * 1000 });
   return { config, store, leases, map };
 }
 
@@ -56,7 +57,7 @@ export async function startServer(opts: { configPath?: string; config?: ServerCo
   const lock = StateLock.acquire(config.stateDir);
   let core: Core | undefined;
   try {
-    core = await openCore(config, opts.clock);
+    core = await openCore(config, opts.clock ?? monotonicWallClock());
     return await serve(core, lock);
   } catch (err) {
     core?.store.close();
@@ -133,6 +134,8 @@ async function serve(core: Core, lock: StateLock): Promise<RunningServer> {
     leases,
     map,
     trustedProxies: config.trustedProxies,
+    authThrottle: new AuthThrottle(),
+    renewals: new RenewalLimiter(config.renewalsPerMinute),
     syncMap: async () => {
       const r = await syncMap();
       armExpiry();

@@ -2,7 +2,7 @@
  * Drives the compiled dist/relayctl for e2e tests: a server process started
  * and stopped by pid, admin commands, and client runs inside a namespace.
  */
-import { existsSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { run, type Host, type RunResult } from "./harness.ts";
 
@@ -99,4 +99,19 @@ export async function addClient(configPath: string, name: string, extra: string[
 /** Runs relayctl inside a client namespace. */
 export function onHost(host: Host, args: string[], timeoutMs = 30_000): Promise<RunResult> {
   return host.run([BIN, ...args], { timeoutMs });
+}
+
+/** Calls the server's API directly, trusting exactly the certificate in state_dir/tls/cert.pem. */
+export function apiCaller(url: string, stateDir: string): (path: string, init?: RequestInit & { token?: string }) => Promise<Response> {
+  const ca = readFileSync(join(stateDir, "tls", "cert.pem"), "utf8");
+  return (path, init = {}) => {
+    const headers = new Headers(init.headers);
+    if (init.token) headers.set("authorization", `Bearer ${init.token}`);
+    return fetch(`${url}${path}`, { ...init, headers, tls: { ca, checkServerIdentity: () => undefined } } as RequestInit);
+  };
+}
+
+/** The token from an enrollment line's argv. */
+export function tokenOf(line: string[]): string {
+  return line[line.indexOf("--token") + 1]!;
 }
