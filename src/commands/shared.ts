@@ -13,6 +13,21 @@ export function stringList(v: unknown): string[] {
 }
 
 /**
+ * Every value of a repeatable string flag, from the raw argv: citty keeps
+ * only the last `--allow X` when a flag is given more than once.
+ */
+export function repeatedFlag(rawArgs: string[], name: string): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < rawArgs.length; i++) {
+    const a = rawArgs[i]!;
+    if (a === "--") break;
+    if (a === `--${name}` && i + 1 < rawArgs.length) out.push(rawArgs[++i]!);
+    else if (a.startsWith(`--${name}=`)) out.push(a.slice(name.length + 3));
+  }
+  return out;
+}
+
+/**
  * citty runs a parent's `run` after its subcommand; commands that both do
  * something and have subcommands use this so only one of them runs.
  */

@@ -163,8 +163,14 @@ export function loadServerConfig(path?: string): ServerConfig {
   if (!map.startsWith("/")) throw k.error("map", "must be an absolute path");
   const stateDir = k.str("state_dir") ?? "/var/lib/relayctl";
   if (!stateDir.startsWith("/")) throw k.error("state_dir", "must be an absolute path");
-  const tlsCert = k.str("tls_cert");
-  const tlsKey = k.str("tls_key");
+  // Relative paths would resolve against whatever directory cron or an admin runs from.
+  const absolute = (key: string): string | undefined => {
+    const v = k.str(key);
+    if (v !== undefined && !v.startsWith("/")) throw k.error(key, "must be an absolute path");
+    return v;
+  };
+  const tlsCert = absolute("tls_cert");
+  const tlsKey = absolute("tls_key");
   if ((tlsCert === undefined) !== (tlsKey === undefined)) {
     throw k.error(tlsCert === undefined ? "tls_key" : "tls_cert", "tls_cert and tls_key must be set together");
   }
@@ -178,7 +184,7 @@ export function loadServerConfig(path?: string): ServerConfig {
   const renewalsPerMinute = k.int("renewals_per_minute") ?? 20;
   return {
     path: file, listen, publicUrl, stateDir, tlsCert, tlsKey, map,
-    mapType: mapType as MapType | undefined, ttl, postmap: k.str("postmap"), trustedProxies,
+    mapType: mapType as MapType | undefined, ttl, postmap: absolute("postmap"), trustedProxies,
     renewalsPerMinute, postmapTimeout: k.duration("postmap_timeout") ?? 10,
   };
 }

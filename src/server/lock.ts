@@ -1,4 +1,5 @@
 import { Database } from "bun:sqlite";
+import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { RelayError, ExitCode } from "../lib/errors.ts";
 import { adoptOwnership } from "./state.ts";
@@ -13,6 +14,7 @@ export class StateLock {
 
   /** Takes the lock, or returns null when another process holds it. */
   static tryAcquire(stateDir: string): StateLock | null {
+    mkdirSync(stateDir, { recursive: true, mode: 0o700 });
     const db = new Database(join(stateDir, "server.lock"), { create: true });
     adoptOwnership(stateDir, ["server.lock"]);
     try {

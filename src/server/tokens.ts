@@ -26,8 +26,8 @@ export function authenticate(store: StateStore, token: string | null): ClientRow
   return ok && client ? client : null;
 }
 
-/** Extracts the token from an `Authorization: Bearer ...` header value. */
+/** Extracts the token from an `Authorization: Bearer ...` header value (scheme in any case). */
 export function bearer(header: string | null): string | null {
-  const m = header ? /^Bearer ([^\s]+)$/.exec(header) : null;
+  const m = header ? /^Bearer ([^\s]+)$/i.exec(header) : null; // the scheme is case-insensitive (RFC 9110)
   return m ? m[1]! : null;
 }

@@ -1,0 +1,133 @@
+import { afterAll, afterEach, describe, expect, test } from "bun:test";
+import { existsSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { cli } from "../../src/cli.ts";
+import { renderClientConfig } from "../../src/lib/config.ts";
+import { log } from "../../src/lib/logging.ts";
+import { capture, fakePostmap, removeTempDirs, tempDir, writeServerConfig } from "./helpers.ts";
+
+afterAll(removeTempDirs);
+afterEach(() => {
+  log.level = -999;
+});
+
+async function run(...argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const r = await capture(() => cli(argv));
+  if (r.error) throw r.error;
+  return { code: r.value!, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** A client config pointing at a closed loopback port: any network use would fail with exit 1. */
+function clientConfig(): string {
+  const path = join(tempDir("relayctl-cli-"), "client.toml");
+  writeFileSync(path, renderClientConfig({ server: "https://127.0.0.1:1", name: "office", token: "0123456789abcdef.x" }));
+  return path;
+}
+
+describe("cli", () => {
+  test("--version prints one version line and exits 0", async () => {
+    for (const flag of ["--version", "-v"]) {
+      const r = await run(flag);
+      expect(r.code).toBe(0);
+      expect(r.stdout).toMatch(/^relayctl \S+ \(commit \S+, \S+\)\n$/);
+      expect(r.stderr).toBe("");
+    }
+  });
+
+  test("no arguments prints usage and exits 2; --help exits 0", async () => {
+    const none = await run();
+    expect(none.code).toBe(2);
+    expect(none.stdout).toContain("relayctl");
+    const help = await run("--help");
+    expect(help.code).toBe(0);
+    expect(help.stdout).toContain("server");
+    expect(help.stdout).toContain("client");
+    const sub = await run("client", "--help");
+    expect(sub.code).toBe(0);
+    expect(sub.stdout).toContain("--release");
+  });
+
+  test("an unknown option is exit 2 with one stderr line, at any level", async () => {
+    for (const argv of [["--bogus"], ["client", "--relase"], ["server", "add", "x", "--alow", "1.2.3.4"], ["client", "--config=/x", "--frobnicate=1"]]) {
+      const r = await run(...argv);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toMatch(/^relayctl: unknown option --\w+: see relayctl --help\n$/);
+      expect(r.stdout).toBe("");
+    }
+  });
+
+  test("an unknown command is exit 2", async () => {
+    const r = await run("frobnicate");
+    expect(r.code).toBe(2);
+    expect(r.stderr).toBe("relayctl: unknown command frobnicate: see relayctl --help\n");
+  });
+
+  test("a mistyped subcommand of `client` does not renew instead", async () => {
+    const r = await run("client", "statuss", "--config", clientConfig());
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain("unknown command statuss");
+  });
+
+  test("the client without a config is exit 2 with an enroll hint", async () => {
+    const missing = join(tempDir("relayctl-cli-"), "client.toml");
+    for (const argv of [["client", "--config", missing], ["client", "status", "--config", missing], ["client", "--release", "--config", missing]]) {
+      const r = await run(...argv);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toStartWith(`relayctl: no client config at ${missing}: `);
+      expect(r.stderr).toContain("enroll");
+    }
+  });
+
+  test("an invalid --ip is exit 2 before any network use", async () => {
+    const r = await run("client", "--ip", "010.1.1.1", "--config", clientConfig());
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain("--ip 010.1.1.1");
+  });
+
+  test("missing required arguments are usage errors", async () => {
+    const enroll = await run("client", "enroll", "https://127.0.0.1:1", "--name", "x");
+    expect(enroll.code).toBe(2);
+    const dir = tempDir("relayctl-cli-");
+    const cfg = writeServerConfig(dir, { postmap: fakePostmap(dir).path });
+    const add = await run("server", "add", "--config", cfg);
+    expect(add.code).toBe(2);
+  });
+
+  test("server add / list / revoke through the CLI", async () => {
+    const dir = tempDir("relayctl-cli-");
+    const cfg = writeServerConfig(dir, { postmap: fakePostmap(dir).path });
+    const add = await run("server", "add", "office", "--allow", "192.0.2.0/24", "--allow", "2001:db8::/32", "--ttl", "10m", "--config", cfg);
+    expect(add.code).toBe(0);
+    expect(add.stdout).toMatch(/^relayctl client enroll https:\/\/127\.0\.0\.1:8443 --name office --token [0-9a-f]{16}\.[A-Za-z0-9_-]{43} --pin sha256:[0-9a-f]{64}\n$/);
+    const dup = await run("server", "add", "office", "--config", cfg);
+    expect(dup.code).toBe(2);
+    expect(dup.stderr).toStartWith("relayctl: client office already exists: ");
+    const bad = await run("server", "add", "Bad_Name", "--config", cfg);
+    expect(bad.code).toBe(2);
+    const badTtl = await run("server", "add", "x", "--ttl", "1.5m", "--config", cfg);
+    expect(badTtl.code).toBe(2);
+    const list = await run("server", "list", "--json", "--config", cfg);
+    expect(list.code).toBe(0);
+    const clients = JSON.parse(list.stdout).clients;
+    expect(clients).toHaveLength(1);
+    expect(clients[0]).toMatchObject({ name: "office", ttl: 600, allow: ["192.0.2.0/24", "2001:db8::/32"], leases: [] });
+    const table = await run("server", "list", "--config", cfg);
+    expect(table.stdout.split("\n")[0]).toMatch(/^NAME\s+ADDRESS\s+RENEWED\s+EXPIRES IN\s+TTL\s+ALLOW$/);
+    expect(table.stdout).toContain("192.0.2.0/24,2001:db8::/32");
+    const revoke = await run("server", "revoke", "office", "--verbose", "--config", cfg);
+    expect(revoke.code).toBe(0);
+    expect(revoke.stdout).toBe("revoked office; map updated now\n");
+    expect(existsSync(join(dir, "postfix", "clients.db"))).toBe(true);
+    const again = await run("server", "revoke", "office", "--config", cfg);
+    expect(again.code).toBe(2);
+  });
+
+  test("a bad server config is exit 2 naming file and key", async () => {
+    const dir = tempDir("relayctl-cli-");
+    const cfg = join(dir, "server.toml");
+    writeFileSync(cfg, 'ttl = "forever"\n');
+    const r = await run("server", "list", "--config", cfg);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toStartWith(`relayctl: ${cfg}:1: ttl: `);
+  });
+});

@@ -1,0 +1,183 @@
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { loadServerConfig } from "../../../src/lib/config.ts";
+import { ExitCode } from "../../../src/lib/errors.ts";
+import { parseIp } from "../../../src/lib/ip.ts";
+import { certificatePin } from "../../../src/lib/tls.ts";
+import { addClient, listClients, revokeClient } from "../../../src/server/admin.ts";
+import { StateLock } from "../../../src/server/lock.ts";
+import { openCore } from "../../../src/server/server.ts";
+import { StateStore } from "../../../src/server/state.ts";
+import { authenticate } from "../../../src/server/tokens.ts";
+import { fakePostmap, relayError, removeTempDirs, silenceLogger, tempDir, writeServerConfig } from "../helpers.ts";
+
+beforeAll(silenceLogger);
+afterAll(removeTempDirs);
+
+const ENROLL_LINE = /^relayctl client enroll https:\/\/127\.0\.0\.1:8443 --name ([a-z0-9._-]+) --token ([0-9a-f]{16}\.[A-Za-z0-9_-]{43}) --pin (sha256:[0-9a-f]{64})$/;
+
+function setup(extra?: string): { dir: string; configPath: string; stateDir: string; mapPath: string } {
+  const dir = tempDir("relayctl-admin-");
+  const configPath = writeServerConfig(dir, { postmap: fakePostmap(join(dir)).path, extra });
+  return { dir, configPath, stateDir: join(dir, "state"), mapPath: join(dir, "postfix", "clients") };
+}
+
+function withStore<T>(stateDir: string, fn: (s: StateStore) => T): T {
+  const s = new StateStore(stateDir);
+  try {
+    return fn(s);
+  } finally {
+    s.close();
+  }
+}
+
+describe("addClient", () => {
+  test("prints the enrollment line with a working token and the certificate's pin", async () => {
+    const s = setup();
+    const r = await addClient({ configPath: s.configPath, name: "office" });
+    const m = ENROLL_LINE.exec(r.line);
+    expect(m).not.toBeNull();
+    expect(m![1]).toBe("office");
+    expect(m![2]).toBe(r.token);
+    expect(m![3]).toBe(r.pin);
+    expect(r.pin).toBe(certificatePin(readFileSync(join(s.stateDir, "tls", "cert.pem"), "utf8")));
+    withStore(s.stateDir, (store) => {
+      expect(authenticate(store, r.token)?.name).toBe("office");
+      expect(store.auditLog({ client: "office" })[0]).toMatchObject({ event: "add", detail: null });
+    });
+    // The certificate is made once: a second client gets the same pin.
+    const r2 = await addClient({ configPath: s.configPath, name: "home" });
+    expect(r2.pin).toBe(r.pin);
+    expect(r2.token).not.toBe(r.token);
+  });
+
+  test("a duplicate name is a usage error (exit 2) and keeps the first token valid", async () => {
+    const s = setup();
+    const first = await addClient({ configPath: s.configPath, name: "office" });
+    const err = await relayError(() => addClient({ configPath: s.configPath, name: "office" }));
+    expect(err.exitCode).toBe(ExitCode.USAGE);
+    expect(err.message).toBe("client office already exists");
+    withStore(s.stateDir, (store) => {
+      expect(authenticate(store, first.token)?.name).toBe("office");
+      expect(store.listClients()).toHaveLength(1);
+    });
+  });
+
+  test("bad names, allow entries and ttls are usage errors and create nothing", async () => {
+    const s = setup();
+    for (const name of ["", "Office", "-x", "a b", "x".repeat(64), "../etc"]) {
+      expect((await relayError(() => addClient({ configPath: s.configPath, name }))).exitCode).toBe(ExitCode.USAGE);
+    }
+    for (const allow of [["10.0.0.1/8"], ["192.0.2.0/33"], ["example.org"], ["192.0.2.0/24", "010.0.0.0/8"], [""]]) {
+      const err = await relayError(() => addClient({ configPath: s.configPath, name: "ok", allow }));
+      expect(err.exitCode).toBe(ExitCode.USAGE);
+      expect(err.message).toStartWith("--allow ");
+    }
+    expect((await relayError(() => addClient({ configPath: s.configPath, name: "ok", ttl: 5 }))).exitCode).toBe(ExitCode.USAGE);
+    withStore(s.stateDir, (store) => expect(store.listClients()).toEqual([]));
+  });
+
+  test("allow entries are stored normalised and audited", async () => {
+    const s = setup();
+    await addClient({ configPath: s.configPath, name: "router", allow: ["2001:DB8::/32", "192.0.2.7"], ttl: 90 });
+    const [c] = listClients({ configPath: s.configPath });
+    expect(c).toMatchObject({ name: "router", ttl: 90, allow: ["2001:db8::/32", "192.0.2.7/32"], leases: [] });
+    withStore(s.stateDir, (store) => expect(store.auditLog({ client: "router" })[0]!.detail).toBe("allow 2001:db8::/32 192.0.2.7/32"));
+  });
+});
+
+describe("listClients", () => {
+  test("clients sorted by name with the effective ttl and their leases", async () => {
+    const s = setup('ttl = "30m"');
+    await addClient({ configPath: s.configPath, name: "zeta" });
+    await addClient({ configPath: s.configPath, name: "alpha", ttl: 600 });
+    const core = await openCore(loadServerConfig(s.configPath), { now: () => Date.UTC(2030, 0, 1) });
+    try {
+      core.leases.renew(core.store.getClient("zeta")!, parseIp("198.51.100.7")!, "t");
+    } finally {
+      core.store.close();
+    }
+    const list = listClients({ configPath: s.configPath });
+    expect(list.map((c) => [c.name, c.ttl])).toEqual([
+      ["alpha", 600],
+      ["zeta", 1800],
+    ]);
+    expect(list[0]!.leases).toEqual([]);
+    expect(list[1]!.leases).toEqual([{ ip: "198.51.100.7", family: 4, renewed_at: "2030-01-01T00:00:00.000Z", expires_at: "2030-01-01T00:30:00.000Z" }]);
+    expect(new Date(list[0]!.created_at).toISOString()).toBe(list[0]!.created_at);
+  });
+
+  test("no clients: an empty list", () => {
+    expect(listClients({ configPath: setup().configPath })).toEqual([]);
+  });
+});
+
+describe("revokeClient", () => {
+  async function withLease(s: ReturnType<typeof setup>): Promise<void> {
+    await addClient({ configPath: s.configPath, name: "office" });
+    await addClient({ configPath: s.configPath, name: "home" });
+    const core = await openCore(loadServerConfig(s.configPath));
+    try {
+      core.leases.renew(core.store.getClient("office")!, parseIp("198.51.100.7")!, "t");
+      core.leases.renew(core.store.getClient("home")!, parseIp("203.0.113.5")!, "t");
+      await core.map.sync();
+    } finally {
+      core.store.close();
+    }
+    expect(readFileSync(s.mapPath, "utf8")).toContain("198.51.100.7 OK");
+  }
+
+  test("with no server running, the map is rebuilt here", async () => {
+    const s = setup();
+    await withLease(s);
+    const r = await revokeClient({ configPath: s.configPath, name: "office" });
+    expect(r).toEqual({ removed: ["198.51.100.7"], mapUpdatedBy: "here" });
+    const text = readFileSync(s.mapPath, "utf8");
+    expect(text).not.toContain("198.51.100.7");
+    expect(text).toContain("203.0.113.5 OK");
+    expect(readFileSync(s.mapPath + ".db", "utf8")).toBe(text);
+    withStore(s.stateDir, (store) => expect(store.getClient("office")).toBeNull());
+    // The lock was released again.
+    expect(StateLock.isHeld(s.stateDir)).toBe(false);
+  });
+
+  test("with a server holding the lock, state changes and the map is left to the server", async () => {
+    const s = setup();
+    await withLease(s);
+    const before = readFileSync(s.mapPath, "utf8");
+    const lock = StateLock.acquire(s.stateDir);
+    try {
+      const r = await revokeClient({ configPath: s.configPath, name: "office" });
+      expect(r).toEqual({ removed: ["198.51.100.7"], mapUpdatedBy: "server" });
+      expect(readFileSync(s.mapPath, "utf8")).toBe(before);
+      withStore(s.stateDir, (store) => expect(store.getClient("office")).toBeNull());
+      const err = await relayError(() => revokeClient({ configPath: s.configPath, name: "office" }));
+      expect(err.exitCode).toBe(ExitCode.USAGE);
+    } finally {
+      lock.release();
+    }
+  });
+
+  test("an unknown or invalid name is a usage error and leaves the lock free", async () => {
+    const s = setup();
+    await withLease(s);
+    const err = await relayError(() => revokeClient({ configPath: s.configPath, name: "nobody" }));
+    expect(err.exitCode).toBe(ExitCode.USAGE);
+    expect(err.message).toBe("no client named nobody");
+    expect((await relayError(() => revokeClient({ configPath: s.configPath, name: "Bad Name" }))).exitCode).toBe(ExitCode.USAGE);
+    expect(StateLock.isHeld(s.stateDir)).toBe(false);
+    expect(readFileSync(s.mapPath, "utf8")).toContain("198.51.100.7 OK");
+  });
+
+  test("a postmap that fails makes revoke fail, but the client is gone", async () => {
+    const dir = tempDir("relayctl-admin-");
+    const pm = fakePostmap(dir);
+    const configPath = writeServerConfig(dir, { postmap: pm.path });
+    await addClient({ configPath, name: "office" });
+    pm.fail("postmap: fatal: broken");
+    await expect(revokeClient({ configPath, name: "office" })).rejects.toThrow("broken");
+    expect(listClients({ configPath })).toEqual([]);
+    expect(StateLock.isHeld(join(dir, "state"))).toBe(false);
+  });
+});

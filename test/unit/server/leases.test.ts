@@ -1,0 +1,233 @@
+import { afterAll, afterEach, beforeEach, describe, expect, test } from "bun:test";
+import { parseIp, type Ip } from "../../../src/lib/ip.ts";
+import { LeaseBook } from "../../../src/server/leases.ts";
+import { StateStore, type ClientRow } from "../../../src/server/state.ts";
+import { FakeClock, removeTempDirs, tempDir } from "../helpers.ts";
+
+afterAll(removeTempDirs);
+
+const ip = (s: string): Ip => parseIp(s)!;
+const MIN = 60_000;
+
+let store: StateStore;
+let clock: FakeClock;
+let ttl: number;
+let book: LeaseBook;
+
+function client(name: string, opts: { ttl?: number | null } = {}): ClientRow {
+  const row: ClientRow = { name, token_id: name.padEnd(16, "0").slice(0, 16), token_hash: new Uint8Array(32), ttl: opts.ttl ?? null, allow: "[]", created_at: clock.now() };
+  store.insertClient(row);
+  return store.getClient(name)!;
+}
+
+beforeEach(() => {
+  store = new StateStore(tempDir("relayctl-leases-"));
+  clock = new FakeClock();
+  ttl = 1200;
+  book = new LeaseBook(store, () => ttl, clock);
+});
+afterEach(() => store.close());
+
+describe("LeaseBook.renew", () => {
+  test("first renewal is a grant: lease expires ttl later, map must change", () => {
+    const c = client("office");
+    const t0 = clock.now();
+    const r = book.renew(c, ip("198.51.100.7"), "198.51.100.7");
+    expect(r.event).toBe("grant");
+    expect(r.mapChanged).toBe(true);
+    expect(r.replaced).toBeUndefined();
+    expect(r.lease).toEqual({ client: "office", family: 4, ip: "198.51.100.7", granted_at: t0, renewed_at: t0, expires_at: t0 + 1200_000 });
+    expect(store.leasesOf("office")).toEqual([r.lease]);
+    expect(book.liveAddresses()).toEqual(["198.51.100.7"]);
+  });
+
+  test("renewing the same address extends expiry, keeps granted_at, leaves the map alone", () => {
+    const c = client("office");
+    const t0 = clock.now();
+    book.renew(c, ip("198.51.100.7"), "src");
+    clock.advance(4 * MIN);
+    const r = book.renew(c, ip("198.51.100.7"), "src");
+    expect(r.event).toBe("renew");
+    expect(r.mapChanged).toBe(false);
+    expect(r.lease.granted_at).toBe(t0);
+    expect(r.lease.renewed_at).toBe(t0 + 4 * MIN);
+    expect(r.lease.expires_at).toBe(t0 + 4 * MIN + 1200_000);
+    expect(store.leasesOf("office")).toHaveLength(1);
+  });
+
+  test("a new address of the same family replaces the old one at once", () => {
+    const c = client("office");
+    book.renew(c, ip("198.51.100.7"), "a");
+    clock.advance(MIN);
+    const r = book.renew(c, ip("203.0.113.9"), "b");
+    expect(r.event).toBe("replace");
+    expect(r.replaced).toBe("198.51.100.7");
+    expect(r.mapChanged).toBe(true);
+    expect(r.lease.granted_at).toBe(clock.now());
+    // No grace period: the old address is gone immediately, not at its old expiry.
+    expect(book.liveAddresses()).toEqual(["203.0.113.9"]);
+    expect(store.leasesOf("office").map((l) => l.ip)).toEqual(["203.0.113.9"]);
+    const audit = store.auditLog({ client: "office" });
+    expect(audit[0]).toMatchObject({ event: "replace", ip: "203.0.113.9", source: "b", detail: "was 198.51.100.7" });
+  });
+
+  test("one lease per family: IPv4 and IPv6 coexist, each replaced separately", () => {
+    const c = client("dual");
+    expect(book.renew(c, ip("198.51.100.7"), "s").event).toBe("grant");
+    expect(book.renew(c, ip("2001:db8::7"), "s").event).toBe("grant");
+    expect(book.liveAddresses().sort()).toEqual(["198.51.100.7", "2001:db8::7"]);
+    expect(book.renew(c, ip("2001:db8::8"), "s").event).toBe("replace");
+    expect(book.liveAddresses().sort()).toEqual(["198.51.100.7", "2001:db8::8"]);
+    expect(store.leasesOf("dual").map((l) => [l.family, l.ip])).toEqual([
+      [4, "198.51.100.7"],
+      [6, "2001:db8::8"],
+    ]);
+  });
+
+  test("a per-client ttl overrides the default; the default is read at each renewal", () => {
+    const short = client("short", { ttl: 90 });
+    const normal = client("normal");
+    expect(book.ttlOf(short)).toBe(90);
+    expect(book.ttlOf(normal)).toBe(1200);
+    expect(book.renew(short, ip("192.0.2.1"), "s").lease.expires_at).toBe(clock.now() + 90_000);
+    ttl = 600;
+    expect(book.ttlOf(normal)).toBe(600);
+    expect(book.renew(normal, ip("192.0.2.2"), "s").lease.expires_at).toBe(clock.now() + 600_000);
+  });
+
+  test("an expired but not yet swept lease is granted anew, not renewed", () => {
+    const c = client("office", { ttl: 60 });
+    book.renew(c, ip("192.0.2.1"), "s");
+    clock.advance(60_000);
+    const r = book.renew(c, ip("192.0.2.1"), "s");
+    expect(r.event).toBe("grant");
+    expect(r.mapChanged).toBe(true);
+    expect(r.lease.granted_at).toBe(clock.now());
+    expect(store.leasesOf("office")).toHaveLength(1);
+  });
+
+  test("grant and renew events are audited with source and time", () => {
+    const c = client("office");
+    book.renew(c, ip("192.0.2.1"), "192.0.2.1");
+    clock.advance(1000);
+    book.renew(c, ip("192.0.2.1"), "192.0.2.1");
+    const log = store.auditLog({ client: "office" });
+    expect(log.map((e) => e.event)).toEqual(["renew", "grant"]);
+    expect(log[1]).toMatchObject({ ts: clock.now() - 1000, ip: "192.0.2.1", source: "192.0.2.1", detail: null });
+  });
+});
+
+describe("expiry", () => {
+  test("a lease is live until just before expires_at and gone at exactly expires_at", () => {
+    const c = client("office", { ttl: 60 });
+    const { lease } = book.renew(c, ip("192.0.2.1"), "s");
+    clock.t = lease.expires_at - 1;
+    expect(book.liveAddresses()).toEqual(["192.0.2.1"]);
+    expect(book.expireDue()).toEqual([]);
+    expect(book.msUntilNextExpiry()).toBe(1);
+    clock.t = lease.expires_at;
+    expect(book.liveAddresses()).toEqual([]);
+    expect(book.msUntilNextExpiry()).toBe(0);
+    const gone = book.expireDue();
+    expect(gone).toEqual([lease]);
+    expect(store.leasesOf("office")).toEqual([]);
+    expect(book.msUntilNextExpiry()).toBeNull();
+  });
+
+  test("expireDue removes only due leases and audits each as expire", () => {
+    const a = client("a", { ttl: 60 });
+    const b = client("b", { ttl: 120 });
+    book.renew(a, ip("192.0.2.1"), "s");
+    book.renew(a, ip("2001:db8::1"), "s");
+    book.renew(b, ip("192.0.2.2"), "s");
+    clock.advance(90_000);
+    const gone = book.expireDue();
+    expect(gone.map((l) => l.ip).sort()).toEqual(["192.0.2.1", "2001:db8::1"]);
+    expect(book.liveAddresses()).toEqual(["192.0.2.2"]);
+    const expires = store.auditLog().filter((e) => e.event === "expire");
+    expect(expires.map((e) => [e.client, e.ip, e.ts, e.source]).sort()).toEqual([
+      ["a", "192.0.2.1", clock.now(), null],
+      ["a", "2001:db8::1", clock.now(), null],
+    ]);
+    expect(book.msUntilNextExpiry()).toBe(30_000);
+    expect(book.expireDue()).toEqual([]);
+  });
+
+  test("renewing in time keeps a lease alive across many ttls", () => {
+    const c = client("office", { ttl: 60 });
+    for (let i = 0; i < 10; i++) {
+      book.renew(c, ip("192.0.2.1"), "s");
+      clock.advance(59_000);
+      expect(book.expireDue()).toEqual([]);
+    }
+    expect(book.liveAddresses()).toEqual(["192.0.2.1"]);
+  });
+});
+
+describe("release and revoke", () => {
+  test("release drops every lease of the client and audits each", () => {
+    const c = client("office");
+    const other = client("other");
+    book.renew(c, ip("192.0.2.1"), "s");
+    book.renew(c, ip("2001:db8::1"), "s");
+    book.renew(other, ip("192.0.2.9"), "s");
+    const gone = book.release("office", "192.0.2.1");
+    expect(gone.map((l) => l.ip).sort()).toEqual(["192.0.2.1", "2001:db8::1"]);
+    expect(book.liveAddresses()).toEqual(["192.0.2.9"]);
+    expect(store.getClient("office")).not.toBeNull();
+    expect(store.auditLog({ client: "office" }).filter((e) => e.event === "release")).toHaveLength(2);
+    expect(book.release("office", null)).toEqual([]);
+  });
+
+  test("revoke removes leases and the client, and audits once", () => {
+    const c = client("office");
+    book.renew(c, ip("192.0.2.1"), "s");
+    book.renew(c, ip("2001:db8::1"), "s");
+    const gone = book.revoke("office", null);
+    expect(gone?.map((l) => l.ip).sort()).toEqual(["192.0.2.1", "2001:db8::1"]);
+    expect(store.getClient("office")).toBeNull();
+    expect(store.leasesOf("office")).toEqual([]);
+    expect(book.liveAddresses()).toEqual([]);
+    const revokes = store.auditLog({ client: "office" }).filter((e) => e.event === "revoke");
+    expect(revokes).toHaveLength(1);
+    expect(revokes[0]!.ip).toBe("192.0.2.1 2001:db8::1");
+    expect(book.revoke("office", null)).toBeNull();
+  });
+
+  test("revoking a client without leases logs no address", () => {
+    client("idle");
+    expect(book.revoke("idle", "admin")).toEqual([]);
+    expect(store.auditLog({ client: "idle" })[0]).toMatchObject({ event: "revoke", ip: null, source: "admin" });
+  });
+});
+
+describe("two clients behind one address", () => {
+  test("the address stays in the map while either lease lives", () => {
+    const a = client("a", { ttl: 60 });
+    const b = client("b", { ttl: 600 });
+    book.renew(a, ip("192.0.2.1"), "s");
+    book.renew(b, ip("192.0.2.1"), "s");
+    expect(book.liveAddresses()).toEqual(["192.0.2.1"]);
+    book.release("b", null);
+    expect(book.liveAddresses()).toEqual(["192.0.2.1"]);
+    book.renew(b, ip("192.0.2.1"), "s");
+    clock.advance(60_000);
+    book.expireDue();
+    expect(store.leasesOf("a")).toEqual([]);
+    expect(book.liveAddresses()).toEqual(["192.0.2.1"]);
+    // b moves away: now nobody holds the address.
+    expect(book.renew(b, ip("192.0.2.2"), "s").event).toBe("replace");
+    expect(book.liveAddresses()).toEqual(["192.0.2.2"]);
+  });
+
+  test("one client replacing away from a shared address does not remove it for the other", () => {
+    const a = client("a");
+    const b = client("b");
+    book.renew(a, ip("192.0.2.1"), "s");
+    book.renew(b, ip("192.0.2.1"), "s");
+    book.renew(a, ip("192.0.2.3"), "s");
+    expect(book.liveAddresses()).toEqual(["192.0.2.1", "192.0.2.3"]);
+    book.revoke("b", null);
+    expect(book.liveAddresses()).toEqual(["192.0.2.3"]);
+  });
+});
