@@ -1,6 +1,7 @@
 #!/usr/bin/env bun
 import { defineCommand, renderUsage, runCommand, type ArgsDef, type CommandDef } from "citty";
 import { clientCommand } from "./commands/client.ts";
+import { doctorCommand } from "./commands/doctor.ts";
 import { serverCommand } from "./commands/server.ts";
 import { ExitCode, formatError, RelayError } from "./lib/errors.ts";
 import { log, setVerbosity } from "./lib/logging.ts";
@@ -9,7 +10,7 @@ import { VERSION, versionLine } from "./lib/version.ts";
 /** The root command: `relayctl server|client`. */
 export const main = defineCommand({
   meta: { name: "relayctl", version: VERSION, description: "Let hosts on dynamic addresses relay through Postfix, by lease" },
-  subCommands: { server: serverCommand, client: clientCommand },
+  subCommands: { server: serverCommand, client: clientCommand, doctor: doctorCommand },
 });
 
 type AnyCommand = CommandDef<ArgsDef>;
@@ -42,7 +43,9 @@ async function leafAndCheck(argv: string[]): Promise<{ leaf: AnyCommand; parents
     if (subs[a]) {
       parents.push(cmd);
       cmd = await resolve(subs[a]);
-    } else if (Object.keys(subs).length && !cmd.run) {
+    } else if (Object.keys(subs).length && (!cmd.run || !Object.values(defs).some((d) => d.type === "positional"))) {
+      // A command with subcommands and no positional arguments of its own
+      // (`client`, `server`) must not run when a subcommand is mistyped.
       throw new RelayError(`unknown command ${a}`, { exitCode: ExitCode.USAGE, hint: "see relayctl --help" });
     }
   }
@@ -66,7 +69,8 @@ export async function cli(argv: string[]): Promise<number> {
     await runCommand(main, { rawArgs: argv });
     return ExitCode.OK;
   } catch (err) {
-    const isCittyUsage = (err as { code?: string })?.code?.startsWith("E_") ?? false;
+    // citty's own usage errors: E_UNKNOWN_COMMAND, E_NO_COMMAND, ... and EARG (missing required argument).
+    const isCittyUsage = (err as Error)?.name === "CLIError" || ((err as { code?: string })?.code?.startsWith("E_") ?? false);
     const code = err instanceof RelayError ? err.exitCode : isCittyUsage ? ExitCode.USAGE : ExitCode.FAILED;
     if (verbose && err instanceof Error && !(err instanceof RelayError)) log.error(err);
     process.stderr.write(`relayctl: ${formatError(err)}${isCittyUsage ? " (see relayctl --help)" : ""}\n`);

@@ -4,7 +4,7 @@ import { usageError } from "../lib/errors.ts";
 import { log, setVerbosity } from "../lib/logging.ts";
 import { addClient, listClients, readAuditLog, revokeClient, type AuditView, type ClientView } from "../server/admin.ts";
 import { startServer } from "../server/server.ts";
-import { common, ifNoSubcommand, repeatedFlag, stringList } from "./shared.ts";
+import { common, ifNoSubcommand, repeatedFlag } from "./shared.ts";
 
 /** Runs the server until SIGTERM or SIGINT, then stops cleanly. */
 export async function runServer(opts: { config?: string; verbose?: boolean }): Promise<void> {
@@ -100,7 +100,7 @@ const add = defineCommand({
   },
   run: ({ args, rawArgs }) => {
     const allow = repeatedFlag(rawArgs, "allow");
-    return runServerAdd({ config: args.config, name: args.name, ttl: args.ttl, allow: allow.length ? allow : stringList(args.allow) }).then(() => undefined);
+    return runServerAdd({ config: args.config, name: args.name, ttl: args.ttl, allow }).then(() => undefined);
   },
 });
 

@@ -6,12 +6,6 @@ export const common = {
   verbose: { type: "boolean", description: "say what happened; show stack traces on errors" },
 } as const;
 
-/** citty gives a repeated flag as an array and a single one as a string: always an array. */
-export function stringList(v: unknown): string[] {
-  if (v === undefined || v === null || v === false) return [];
-  return (Array.isArray(v) ? v : [v]).map(String);
-}
-
 /**
  * Every value of a repeatable string flag, from the raw argv: citty keeps
  * only the last `--allow X` when a flag is given more than once.

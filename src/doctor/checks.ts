@@ -1,3 +1,5 @@
+import { ExitCode, RelayError } from "../lib/errors.ts";
+
 /** Outcome of one doctor check. */
 export type Status = "pass" | "warn" | "fail";
 
@@ -45,6 +47,8 @@ export async function collect(id: string, fn: () => Promise<CheckResult[]> | Che
   try {
     return await fn();
   } catch (err) {
+    // A bad flag is the caller's mistake, not a finding: it must exit 2 like every other command.
+    if (err instanceof RelayError && err.exitCode === ExitCode.USAGE) throw err;
     const e = err as Error & { hint?: string };
     return [fail(id, e.message, e.hint)];
   }

@@ -234,7 +234,7 @@ async function lookupCheck(ctx: Ctx, type: MapType, src: string): Promise<CheckR
 function stateDirCheck(ctx: Ctx): CheckResult[] {
   const dir = ctx.config.stateDir;
   if (!existsSync(dir)) {
-    return [warn("server.state_dir", `${dir} does not exist yet: the server creates it on first start`, `or create it now: install -d -m 700 ${shellQuote(dir)}`)];
+    return [warn("server.state_dir", `${dir} does not exist yet: the server creates it on first start`, `nothing to do before the first start; to create it now: install -d -m 700 ${shellQuote(dir)}`)];
   }
   const why = accessProblem(join(dir, "."), ctx.serverUser, "write");
   if (why) return [fail("server.state_dir", why, `chown ${shellQuote(ctx.serverUser.name)} ${shellQuote(dir)} && chmod 700 ${shellQuote(dir)}`)];
@@ -247,10 +247,15 @@ function tlsPaths(config: ServerConfig): { cert: string; key: string; generated:
   return { cert: join(config.stateDir, "tls", "cert.pem"), key: join(config.stateDir, "tls", "key.pem"), generated: true };
 }
 
+function startCommand(config: ServerConfig): string {
+  return `systemctl start relayctl (or: relayctl server --config ${shellQuote(config.path)})`;
+}
+
 function tlsChecks(ctx: Ctx): CheckResult[] {
+  const start = startCommand(ctx.config);
   const { cert, key, generated } = tlsPaths(ctx.config);
   if (generated && !existsSync(cert)) {
-    return [warn("server.tls", `no certificate yet: the server creates a self-signed one in ${dirname(cert)} on first start`, "or run `relayctl server add NAME`, which creates it and prints the pin")];
+    return [warn("server.tls", `no certificate yet: the server creates a self-signed one in ${dirname(cert)} on first start`, `nothing to do before the first start; ${start}`)];
   }
   const pems: string[] = [];
   for (const p of [cert, key]) {
@@ -313,7 +318,7 @@ async function listenChecks(ctx: Ctx): Promise<CheckResult[]> {
   const shown = host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
   const running = serverRunning(config.stateDir);
   const bind = portBusy(host, port);
-  const start = `systemctl start relayctl (or: relayctl server --config ${shellQuote(config.path)})`;
+  const start = startCommand(config);
   if (bind.error) return [fail("server.listen", `cannot listen on ${shown}: ${bind.error}`, `change listen in ${config.path} to an address of this host`)];
   if (!running) {
     if (bind.busy) return [fail("server.listen", `${shown} is in use by another process`, `find it with: ss -ltnp 'sport = :${port}'; stop it or change listen in ${config.path}`)];
