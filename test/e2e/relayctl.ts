@@ -40,8 +40,8 @@ export interface ServerProc {
 }
 
 /** Starts `relayctl server --config PATH` and waits until /healthz answers on url. */
-export async function startServer(configPath: string, url: string): Promise<ServerProc> {
-  const proc = Bun.spawn([BIN, "server", "--config", configPath], { stdout: "pipe", stderr: "pipe" });
+export async function startServer(configPath: string, url: string, env?: Record<string, string>): Promise<ServerProc> {
+  const proc = Bun.spawn([BIN, "server", "--config", configPath], { stdout: "pipe", stderr: "pipe", env: env ? { ...process.env, ...env } : undefined });
   let err = "";
   const reader = (async () => {
     for await (const chunk of proc.stderr) err += new TextDecoder().decode(chunk);
