@@ -1,37 +1,151 @@
 // Builds the single executable dist/relayctl with the version baked in.
 // Run with `npm run build` (bun from node_modules; nothing else needed).
+//
+// `npm run build -- --release` also cross-compiles the release targets and packs
+// dist/relayctl-VERSION-linux-ARCH[-musl].tar.gz plus dist/SHA256SUMS; the layout
+// is described in docs/operations.md ("Release builds").
 import { spawnSync } from "node:child_process";
-import { mkdirSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { basename, join } from "node:path";
 import pkg from "./package.json" with { type: "json" };
+import bunPkg from "./node_modules/bun/package.json" with { type: "json" };
+
+/** One release artifact: what Bun calls the target and where npm keeps its runtime. */
+interface ReleaseTarget {
+  /** Suffix of the tarball name and of the directory inside it. */
+  artifact: string;
+  bunTarget: Bun.Build.CompileTarget;
+  /** npm package holding that platform's bun binary at bin/bun. */
+  npmPackage: string;
+}
+
+// x64 uses the baseline (no AVX2) runtime: the modern one dies with SIGILL on the
+// older Xeons and Atoms many small mail hosts still run on.
+const RELEASE_TARGETS: ReleaseTarget[] = [
+  { artifact: "linux-x64", bunTarget: "bun-linux-x64-baseline", npmPackage: "@oven/bun-linux-x64-baseline" },
+  { artifact: "linux-arm64", bunTarget: "bun-linux-arm64", npmPackage: "@oven/bun-linux-aarch64" },
+  { artifact: "linux-x64-musl", bunTarget: "bun-linux-x64-baseline-musl", npmPackage: "@oven/bun-linux-x64-musl-baseline" },
+  { artifact: "linux-arm64-musl", bunTarget: "bun-linux-arm64-musl", npmPackage: "@oven/bun-linux-aarch64-musl" },
+];
+
+// Bun's own cross-compilation downloads runtimes from GitHub; the npm registry is
+// what CI and most build hosts can reach, so runtimes come from there instead.
+const RUNTIME_CACHE = join("node_modules", ".cache", "relayctl", `bun-${bunPkg.version}`);
+const UNITS = ["relayctl.service", "relayctl-client.service", "relayctl-client.timer"];
+
+/** Runs a command from an argv array and fails the build with its stderr. */
+function run(argv: string[], opts: { cwd?: string } = {}): string {
+  const r = spawnSync(argv[0]!, argv.slice(1), { encoding: "utf8", cwd: opts.cwd });
+  if (r.status !== 0) {
+    throw new Error(`${argv.join(" ")} failed (${r.error?.message ?? `exit ${r.status}`}): ${r.stderr?.trim() ?? ""}`);
+  }
+  return r.stdout;
+}
 
 function gitCommit(): string {
   const r = spawnSync("git", ["rev-parse", "--short=12", "HEAD"], { encoding: "utf8" });
   return r.status === 0 ? r.stdout.trim() : "unknown";
 }
 
-const target = `bun-linux-${process.arch === "arm64" ? "arm64" : "x64"}`;
-mkdirSync("dist", { recursive: true });
-const result = await Bun.build({
-  entrypoints: ["src/cli.ts"],
-  minify: true,
-  sourcemap: "none",
-  define: {
-    RELAYCTL_VERSION: JSON.stringify(pkg.version),
-    RELAYCTL_COMMIT: JSON.stringify(gitCommit()),
-    RELAYCTL_TARGET: JSON.stringify(`linux-${process.arch}`),
-  },
-  compile: {
-    outfile: "dist/relayctl",
-    // A binary in /usr/local/bin must not change behaviour with whatever .env
-    // or bunfig.toml happens to sit in the directory cron runs it from.
-    autoloadDotenv: false,
-    autoloadBunfig: false,
-    autoloadTsconfig: false,
-    autoloadPackageJson: false,
-  },
-});
-if (!result.success) {
-  for (const m of result.logs) console.error(m);
-  process.exit(1);
+/** Compiles src/cli.ts into one executable; without executablePath Bun uses itself (host build). */
+async function compile(opts: { outfile: string; targetName: string; bunTarget?: Bun.Build.CompileTarget; executablePath?: string }): Promise<void> {
+  const result = await Bun.build({
+    entrypoints: ["src/cli.ts"],
+    minify: true,
+    sourcemap: "none",
+    define: {
+      RELAYCTL_VERSION: JSON.stringify(pkg.version),
+      RELAYCTL_COMMIT: JSON.stringify(gitCommit()),
+      RELAYCTL_TARGET: JSON.stringify(opts.targetName),
+    },
+    compile: {
+      outfile: opts.outfile,
+      ...(opts.bunTarget ? { target: opts.bunTarget } : {}),
+      ...(opts.executablePath ? { executablePath: opts.executablePath } : {}),
+      // A binary in /usr/local/bin must not change behaviour with whatever .env
+      // or bunfig.toml happens to sit in the directory cron runs it from.
+      autoloadDotenv: false,
+      autoloadBunfig: false,
+      autoloadTsconfig: false,
+      autoloadPackageJson: false,
+    },
+  });
+  if (!result.success) {
+    for (const m of result.logs) console.error(m);
+    process.exit(1);
+  }
 }
-console.log(`built dist/relayctl ${pkg.version} (${target})`);
+
+/** Returns the path of the target's bun runtime, fetching it with `npm pack` (integrity-checked by npm) once. */
+function runtimeFor(t: ReleaseTarget): string {
+  const dir = join(RUNTIME_CACHE, basename(t.npmPackage));
+  const bin = join(dir, "package", "bin", "bun");
+  if (existsSync(bin)) return bin;
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dir, { recursive: true });
+  const spec = `${t.npmPackage}@${bunPkg.version}`;
+  console.log(`fetching ${spec}`);
+  const out = run(["npm", "pack", spec, "--pack-destination", dir, "--json", "--silent"]);
+  const [{ filename }] = JSON.parse(out) as [{ filename: string }];
+  run(["tar", "-xzf", join(dir, filename), "-C", dir, "package/bin/bun"]);
+  rmSync(join(dir, filename));
+  return bin;
+}
+
+/** Lines in `sha256sum` format (verifiable with `sha256sum -c`) for files relative to dir. */
+function sha256sums(dir: string, files: string[]): string {
+  return files.map((f) => `${createHash("sha256").update(readFileSync(join(dir, f))).digest("hex")}  ${f}\n`).join("");
+}
+
+/** Copies a file into the staging tree with an explicit mode, so umask does not leak into the tarball. */
+function stage(from: string, root: string, to: string, mode: number): string {
+  mkdirSync(join(root, to, ".."), { recursive: true });
+  copyFileSync(from, join(root, to));
+  chmodSync(join(root, to), mode);
+  return to;
+}
+
+/** Builds one release target and packs its tarball; returns the tarball's file name. */
+async function buildRelease(t: ReleaseTarget, sourceEpoch: string): Promise<string> {
+  const name = `relayctl-${pkg.version}-${t.artifact}`;
+  const root = join("dist", "release", name);
+  rmSync(root, { recursive: true, force: true });
+  mkdirSync(root, { recursive: true });
+  await compile({ outfile: join(root, "relayctl"), targetName: t.bunTarget.replace(/^bun-/, ""), bunTarget: t.bunTarget, executablePath: runtimeFor(t) });
+  chmodSync(join(root, "relayctl"), 0o755);
+  const files = [
+    "relayctl",
+    stage("install.sh", root, "install.sh", 0o755),
+    ...UNITS.map((u) => stage(join("packaging", "systemd", u), root, join("systemd", u), 0o644)),
+    ...["README.md", "LICENSE", "docs/operations.md"].filter((f) => existsSync(f)).map((f) => stage(f, root, f, 0o644)),
+  ];
+  writeFileSync(join(root, "SHA256SUMS"), sha256sums(root, files.sort()));
+  chmodSync(join(root, "SHA256SUMS"), 0o644);
+  const tarball = `${name}.tar.gz`;
+  // Fixed owner, order and mtime, so the tarball does not record who built it where, or when.
+  run(["tar", "--sort=name", "--owner=0", "--group=0", "--numeric-owner", `--mtime=@${sourceEpoch}`, "-czf", join("..", tarball), name], { cwd: join("dist", "release") });
+  return tarball;
+}
+
+const release = process.argv.includes("--release");
+const hostTarget = `bun-linux-${process.arch === "arm64" ? "arm64" : "x64"}`;
+mkdirSync("dist", { recursive: true });
+await compile({ outfile: "dist/relayctl", targetName: `linux-${process.arch}` });
+console.log(`built dist/relayctl ${pkg.version} (${hostTarget})`);
+
+if (release) {
+  const started = Date.now();
+  const epoch = process.env.SOURCE_DATE_EPOCH ?? (spawnSync("git", ["log", "-1", "--format=%ct"], { encoding: "utf8" }).stdout?.trim() || "0");
+  // Stale tarballs of other versions would otherwise end up next to a SHA256SUMS that does not list them.
+  for (const f of readdirSync("dist")) if (/^relayctl-.*\.tar\.gz$/.test(f)) rmSync(join("dist", f));
+  const tarballs: string[] = [];
+  for (const t of RELEASE_TARGETS) {
+    tarballs.push(await buildRelease(t, epoch));
+    console.log(`built dist/${tarballs.at(-1)} (${statSync(join("dist", tarballs.at(-1)!)).size} bytes)`);
+  }
+  writeFileSync(join("dist", "SHA256SUMS"), sha256sums("dist", tarballs));
+  // 400 MB of unpacked binaries that the tarballs already hold.
+  rmSync(join("dist", "release"), { recursive: true, force: true });
+  console.log(`wrote dist/SHA256SUMS; release build took ${((Date.now() - started) / 1000).toFixed(1)}s`);
+}

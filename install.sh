@@ -1,0 +1,554 @@
+#!/bin/sh
+# relayctl installer: POSIX sh, for the mail host (server) and each dynamic host (client).
+#
+#   ./install.sh server | client          from an unpacked release directory
+#   ./install.sh uninstall [--purge]      remove units and binary (--purge: config, state, user too)
+#   ./install.sh units DIR                write the default systemd units into DIR (for packagers)
+#   curl -fsSL URL/install.sh | sh -s -- server
+#                                         piped: uses ./relayctl or RELAYCTL_BINARY=PATH
+#
+# Environment:
+#   DESTDIR          install into this root instead of / (images, tests): no user is created,
+#                    nothing is chowned and systemctl is never run
+#   RELAYCTL_BINARY  the relayctl executable to install (default: next to this script, else ./relayctl)
+#   RELAYCTL_INIT    systemd | cron (default: systemd when systemctl is on PATH)
+#   RELAYCTL_DOCTOR  1: run relayctl doctor even with DESTDIR (tests)
+#
+# See docs/operations.md for what each step does and why.
+set -eu
+
+BIN=/usr/local/bin/relayctl
+CONF_DIR=/etc/relayctl
+SERVER_CONFIG=$CONF_DIR/server.toml
+CLIENT_CONFIG=$CONF_DIR/client.toml
+DEFAULT_STATE_DIR=/var/lib/relayctl
+DEFAULT_MAP=/etc/postfix/relayctl/clients
+DEFAULT_LISTEN='[::]:8443'
+UNIT_DIR=/etc/systemd/system
+SERVICE_USER=relayctl
+UNITS="relayctl.service relayctl-client.service relayctl-client.timer"
+DESTDIR=${DESTDIR:-}
+
+say() { printf '%s\n' "$*"; }
+warn() { printf 'install.sh: warning: %s\n' "$*" >&2; }
+die() {
+	printf 'install.sh: %s\n' "$*" >&2
+	exit 1
+}
+
+usage() {
+	cat <<'EOF'
+usage: install.sh server | client | uninstall [--purge] | units DIR
+  server     install relayctl, the relayctl user, config skeleton and relayctl.service
+  client     install relayctl, config skeleton and relayctl-client.timer (or print the cron line)
+  uninstall  remove units and binary; keep config and state unless --purge
+  units DIR  write the default systemd units into DIR
+environment: DESTDIR, RELAYCTL_BINARY, RELAYCTL_INIT (systemd|cron), RELAYCTL_DOCTOR
+EOF
+}
+
+# Piped into sh, $0 is the shell's name and there is no release directory to read.
+script_dir() {
+	if [ -f "$0" ]; then
+		CDPATH='' cd -- "$(dirname -- "$0")" && pwd
+	fi
+}
+
+# Prints the first string value of KEY in a TOML file; good enough for the flat keys relayctl uses.
+toml_get() {
+	[ -f "$1" ] || return 0
+	sed -n -e "s/^[[:space:]]*$2[[:space:]]*=[[:space:]]*\"\\([^\"]*\\)\".*/\\1/p" \
+		-e "s/^[[:space:]]*$2[[:space:]]*=[[:space:]]*'\\([^']*\\)'.*/\\1/p" "$1" | head -n 1
+}
+
+sha256_of() {
+	if command -v sha256sum >/dev/null 2>&1; then
+		sha256sum "$1" | cut -d ' ' -f 1
+	elif command -v shasum >/dev/null 2>&1; then
+		shasum -a 256 "$1" | cut -d ' ' -f 1
+	elif command -v openssl >/dev/null 2>&1; then
+		openssl dgst -sha256 -r "$1" | cut -d ' ' -f 1
+	else
+		die "need sha256sum, shasum or openssl to verify $1"
+	fi
+}
+
+# Sets SRC_BIN: RELAYCTL_BINARY, the release directory, a source checkout's dist/, then ./relayctl.
+find_binary() {
+	dir=$(script_dir)
+	if [ -n "${RELAYCTL_BINARY:-}" ]; then
+		SRC_BIN=$RELAYCTL_BINARY
+	elif [ -n "$dir" ] && [ -f "$dir/relayctl" ]; then
+		SRC_BIN=$dir/relayctl
+	elif [ -n "$dir" ] && [ -f "$dir/dist/relayctl" ]; then
+		SRC_BIN=$dir/dist/relayctl
+	elif [ -f ./relayctl ]; then
+		SRC_BIN=./relayctl
+	else
+		die "no relayctl binary found: run install.sh from the unpacked release, or set RELAYCTL_BINARY=PATH"
+	fi
+	[ -f "$SRC_BIN" ] || die "$SRC_BIN: no such file"
+}
+
+# A release directory ships SHA256SUMS next to the binary; a binary without one is installed with a warning.
+verify_binary() {
+	sums=$(dirname -- "$SRC_BIN")/SHA256SUMS
+	name=$(basename -- "$SRC_BIN")
+	if [ ! -f "$sums" ]; then
+		warn "no SHA256SUMS next to $SRC_BIN: checksum not verified"
+		return 0
+	fi
+	want=$(awk -v f="$name" '$2 == f || $2 == ("*" f) { print $1; exit }' "$sums")
+	if [ -z "$want" ]; then
+		# In a release directory that is a broken download; elsewhere (dist/ of a checkout)
+		# it is the tarballs' list, which says nothing about a loose binary.
+		[ "$(dirname -- "$SRC_BIN")" != "$(script_dir)" ] || die "$sums lists no $name: download and unpack the release again"
+		warn "$sums lists no $name: checksum not verified"
+		return 0
+	fi
+	got=$(sha256_of "$SRC_BIN")
+	[ "$got" = "$want" ] || die "$SRC_BIN: SHA-256 $got does not match $sums ($want); download the release again"
+	say "verified $SRC_BIN against $sums"
+}
+
+install_binary() {
+	find_binary
+	verify_binary
+	# Into a foreign root the binary may be for another architecture, so only a live install tries it.
+	if [ -z "$DESTDIR" ]; then
+		"$SRC_BIN" --version >/dev/null 2>&1 || die "$SRC_BIN does not run here: wrong architecture, or libc? glibc systems take linux-ARCH, Alpine and other musl systems linux-ARCH-musl (plus: apk add libstdc++ libgcc)"
+	fi
+	mkdir -p "$DESTDIR$(dirname "$BIN")"
+	# Replaced by rename, so a running server keeps its old inode instead of "text file busy".
+	cp "$SRC_BIN" "$DESTDIR$BIN.new"
+	chmod 0755 "$DESTDIR$BIN.new"
+	mv -f "$DESTDIR$BIN.new" "$DESTDIR$BIN"
+	say "installed $DESTDIR$BIN"
+}
+
+# Ownership is meaningless in a foreign root (its users are not ours), so DESTDIR installs skip it.
+set_owner() {
+	[ -z "$DESTDIR" ] || return 0
+	chown "$1" "$2"
+}
+
+# make_dir PATH MODE OWNER: creates or repairs a directory.
+make_dir() {
+	mkdir -p "$DESTDIR$1"
+	chmod "$2" "$DESTDIR$1"
+	set_owner "$3" "$DESTDIR$1"
+}
+
+# put_file PATH MODE < content: atomic, so a half-written unit is never loaded.
+put_file() {
+	mkdir -p "$(dirname "$1")"
+	cat >"$1.tmp"
+	chmod "$2" "$1.tmp"
+	mv -f "$1.tmp" "$1"
+}
+
+ensure_user() {
+	if [ -n "$DESTDIR" ]; then
+		say "DESTDIR set: create the $SERVICE_USER system user in the target system (home $DEFAULT_STATE_DIR, no login shell)"
+		return 0
+	fi
+	id "$SERVICE_USER" >/dev/null 2>&1 && return 0
+	nologin=$(command -v nologin 2>/dev/null || echo /bin/false)
+	if command -v useradd >/dev/null 2>&1; then
+		useradd --system --user-group --home-dir "$DEFAULT_STATE_DIR" --no-create-home --shell "$nologin" "$SERVICE_USER"
+	elif command -v adduser >/dev/null 2>&1; then
+		# BusyBox (Alpine): the group first, then a system user in it.
+		addgroup -S "$SERVICE_USER" 2>/dev/null || true
+		adduser -S -D -H -h "$DEFAULT_STATE_DIR" -s "$nologin" -G "$SERVICE_USER" "$SERVICE_USER"
+	else
+		die "neither useradd nor adduser found: create the system user $SERVICE_USER and re-run"
+	fi
+	say "created system user $SERVICE_USER"
+}
+
+write_server_skeleton() {
+	cat <<'EOF'
+# relayctl server configuration (TOML). Every key is optional: the commented
+# values are the defaults. After changing listen, state_dir or map, re-run
+# `install.sh server` so the systemd unit's sandbox and capabilities follow.
+
+# Address and port of the HTTPS lease server; "[::]:8443" is dual-stack.
+#listen = "[::]:8443"
+
+# URL clients use to reach this server; it is printed in enrollment lines.
+# Default: https://HOSTNAME:PORT.
+#public_url = "https://mail.example.org:8443"
+
+# Leases, tokens and the self-signed certificate (when tls_cert is unset).
+#state_dir = "/var/lib/relayctl"
+
+# Certificate and key to serve instead of the self-signed pair (both or neither);
+# they must be readable by the relayctl user.
+#tls_cert = "/etc/relayctl/tls/fullchain.pem"
+#tls_key = "/etc/relayctl/tls/privkey.pem"
+
+# The Postfix lookup table relayctl keeps; its directory must be writable by relayctl.
+#map = "/etc/postfix/relayctl/clients"
+
+# Table type (hash, lmdb, btree, cdb). Default: Postfix's default_database_type.
+#map_type = "lmdb"
+
+# Default lease lifetime; clients renew every 4 minutes.
+#ttl = "20m"
+
+# postmap to run. Default: found on PATH or in /usr/sbin.
+#postmap = "/usr/sbin/postmap"
+
+# How long one postmap run may take before it is abandoned.
+#postmap_timeout = "10s"
+
+# Renewals one client may make per minute (0: no limit); a runaway loop is refused.
+#renewals_per_minute = 20
+
+# Reverse proxies whose X-Forwarded-For header is believed (addresses or CIDR networks).
+#trusted_proxies = ["127.0.0.1"]
+EOF
+}
+
+write_client_skeleton() {
+	cat <<'EOF'
+# relayctl client configuration (TOML). Do not edit by hand: run the enrollment
+# line printed by `relayctl server add NAME` on the mail host,
+#   relayctl client enroll --url ... --name ... --token ... --pin ...
+# which replaces this file. It holds a secret token: keep it mode 0600.
+#server = "https://mail.example.org:8443"
+#name = "myhost"
+#token = "..."
+#pin = "sha256:..."
+EOF
+}
+
+# install_config PATH MODE OWNER WRITER: an existing config is never touched.
+install_config() {
+	if [ -e "$DESTDIR$1" ]; then
+		say "kept existing $DESTDIR$1"
+		return 0
+	fi
+	"$4" | put_file "$DESTDIR$1" "$2"
+	set_owner "$3" "$DESTDIR$1"
+	say "wrote $DESTDIR$1"
+}
+
+# Hardening shared by both services.
+hardening() {
+	cat <<'EOF'
+# MemoryDenyWriteExecute stays off on purpose: the JavaScript JIT needs W+X memory.
+NoNewPrivileges=yes
+ProtectSystem=strict
+PrivateTmp=yes
+ProtectHome=yes
+PrivateDevices=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+SystemCallArchitectures=native
+EOF
+}
+
+# render_server_unit STATE_DIR MAP_DIR PORT
+render_server_unit() {
+	if [ "$3" -lt 1024 ]; then
+		caps='# Port below 1024: the one capability needed to bind it, nothing else.
+CapabilityBoundingSet=CAP_NET_BIND_SERVICE
+AmbientCapabilities=CAP_NET_BIND_SERVICE'
+	else
+		caps='# The port is above 1024, so the service needs no capability at all.
+CapabilityBoundingSet='
+	fi
+	cat <<EOF
+# relayctl lease server. Written by install.sh from server.toml (state_dir, map,
+# listen); re-run \`install.sh server\` after changing those, as ReadWritePaths and
+# the capabilities below follow them.
+[Unit]
+Description=relayctl lease server (Postfix relay access for dynamic hosts)
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=simple
+# An unprivileged user: the server only writes its state and the map's directory,
+# which install.sh gives to this user, so it never needs root.
+User=$SERVICE_USER
+Group=$SERVICE_USER
+ExecStart=$BIN server --config $SERVER_CONFIG
+# SIGHUP makes the server re-read its TLS certificate and key (e.g. after renewal).
+ExecReload=/bin/kill -HUP \$MAINPID
+Restart=on-failure
+RestartSec=5s
+
+# The whole file system is read-only except the state and the map's directory
+# (postmap writes the indexed table next to the map).
+ReadWritePaths=$1 $2
+$(hardening)
+# AF_UNIX for syslog from postmap; no raw, netlink or packet sockets.
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
+$caps
+
+[Install]
+WantedBy=multi-user.target
+EOF
+}
+
+render_client_service() {
+	cat <<EOF
+# relayctl lease renewal, started by relayctl-client.timer.
+[Unit]
+Description=relayctl lease renewal
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=oneshot
+# Root, but a powerless one: client.toml holds the lease token and is written
+# root-owned 0600 by \`relayctl client enroll\`, which an admin runs as root. A
+# dedicated user would need a chown after every enrollment; instead this root has
+# no capabilities (empty bounding set, so no DAC override), a read-only file
+# system and no /home: it can read its own config and speak HTTPS, little else.
+ExecStart=$BIN client --config $CLIENT_CONFIG
+# A hung server must not hold the unit past the next timer tick.
+TimeoutStartSec=3min
+$(hardening)
+# AF_NETLINK lets getaddrinfo() see which address families the host has.
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
+CapabilityBoundingSet=
+EOF
+}
+
+render_client_timer() {
+	cat <<'EOF'
+# Renews the relayctl lease every 4 minutes, well inside the default 20m ttl.
+[Unit]
+Description=renew the relayctl lease every 4 minutes
+
+[Timer]
+OnBootSec=30s
+OnUnitActiveSec=4min
+# Jitter, so hosts that booted together do not call the server in lockstep.
+RandomizedDelaySec=30s
+# Without it systemd may delay each run by up to a minute to batch wakeups.
+AccuracySec=1s
+
+[Install]
+WantedBy=timers.target
+EOF
+}
+
+# write_units DIR STATE_DIR MAP_DIR PORT KIND(server|client)
+write_units() {
+	if [ "$5" = server ]; then
+		render_server_unit "$2" "$3" "$4" | put_file "$1/relayctl.service" 0644
+	else
+		render_client_service | put_file "$1/relayctl-client.service" 0644
+		render_client_timer | put_file "$1/relayctl-client.timer" 0644
+	fi
+}
+
+use_systemd() {
+	case ${RELAYCTL_INIT:-auto} in
+	systemd) return 0 ;;
+	cron) return 1 ;;
+	auto) command -v systemctl >/dev/null 2>&1 ;;
+	*) die "RELAYCTL_INIT=${RELAYCTL_INIT:-}: use systemd or cron" ;;
+	esac
+}
+
+# systemctl only when systemd runs this very system; never for a DESTDIR root or a container without it.
+can_systemctl() {
+	[ -z "$DESTDIR" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1
+}
+
+run_doctor() {
+	bin=$DESTDIR$BIN
+	# The config's paths name the target system's files, which are not this machine's.
+	if [ -n "$DESTDIR" ] && [ "${RELAYCTL_DOCTOR:-}" != 1 ]; then
+		say "(DESTDIR set: run relayctl doctor in the target system)"
+		return 0
+	fi
+	if ! "$bin" doctor --help >/dev/null 2>&1; then
+		say "(this relayctl has no doctor command; skipped the checks)"
+		return 0
+	fi
+	say ""
+	say "running: relayctl doctor $1 $DESTDIR$2"
+	# The install is done either way; doctor's findings are advice for the next steps.
+	"$bin" doctor "$1" "$DESTDIR$2" || say "relayctl doctor reported problems (above); the install itself is complete"
+}
+
+# The table type relayctl writes: map_type from server.toml, else what Postfix defaults to.
+map_type() {
+	t=$(toml_get "$DESTDIR$SERVER_CONFIG" map_type)
+	if [ -z "$t" ] && [ -z "$DESTDIR" ] && command -v postconf >/dev/null 2>&1; then
+		t=$(postconf -h default_database_type 2>/dev/null || true)
+	fi
+	echo "${t:-hash}"
+}
+
+# print_postfix_steps MAP: next-step text for hooking the map into Postfix, with the
+# current values expanded when postconf can tell them (the same lines relayctl doctor suggests).
+print_postfix_steps() {
+	table="$(map_type):$1"
+	say "  2. Hook the map into Postfix, then run \`postfix reload\`:"
+	if [ -z "$DESTDIR" ] && command -v postconf >/dev/null 2>&1; then
+		networks=$(postconf -h mynetworks 2>/dev/null || true)
+		relay=$(postconf -h smtpd_relay_restrictions 2>/dev/null || true)
+		case " $networks " in
+		*" $table "* | *" $table, "*) say "       (mynetworks already lists $table)" ;;
+		*) say "       postconf -e 'mynetworks = $networks $table'" ;;
+		esac
+	else
+		networks="\$(postconf -h mynetworks)"
+		relay="\$(postconf -h smtpd_relay_restrictions)"
+		say "       postconf -e \"mynetworks = $networks $table\""
+	fi
+	say "     or, to let leased hosts relay without mynetworks' other exemptions (connection limits, postscreen):"
+	say "       postconf -e \"smtpd_relay_restrictions = check_client_access $table, ${relay:-reject_unauth_destination}\""
+}
+
+install_server() {
+	state_dir=$(toml_get "$DESTDIR$SERVER_CONFIG" state_dir)
+	state_dir=${state_dir:-$DEFAULT_STATE_DIR}
+	map=$(toml_get "$DESTDIR$SERVER_CONFIG" map)
+	map=${map:-$DEFAULT_MAP}
+	map_dir=$(dirname "$map")
+	listen=$(toml_get "$DESTDIR$SERVER_CONFIG" listen)
+	port=${listen:-$DEFAULT_LISTEN}
+	port=${port##*:}
+	case $port in '' | *[!0-9]*) die "$SERVER_CONFIG: cannot read the port of listen = \"$listen\"" ;; esac
+
+	install_binary
+	ensure_user
+	make_dir "$CONF_DIR" 0750 "root:$SERVICE_USER"
+	make_dir "$state_dir" 0700 "$SERVICE_USER:$SERVICE_USER"
+	# Only a directory of our own is handed to relayctl: chowning /etc/postfix itself would be wrong.
+	if [ "$map_dir" = "$(dirname "$DEFAULT_MAP")" ] || [ ! -d "$DESTDIR$map_dir" ]; then
+		make_dir "$map_dir" 0755 "$SERVICE_USER:$SERVICE_USER"
+	else
+		warn "$map_dir exists and is not relayctl's own: make sure the $SERVICE_USER user can write it"
+	fi
+	install_config "$SERVER_CONFIG" 0640 "root:$SERVICE_USER" write_server_skeleton
+
+	if use_systemd; then
+		write_units "$DESTDIR$UNIT_DIR" "$state_dir" "$map_dir" "$port" server
+		say "installed $DESTDIR$UNIT_DIR/relayctl.service"
+		if can_systemctl; then
+			systemctl daemon-reload
+			systemctl enable relayctl.service
+			# restart, not start: a re-install must run the new binary.
+			systemctl restart relayctl.service || warn "relayctl.service did not start: see journalctl -u relayctl"
+		else
+			say "systemd is not running here: later run systemctl daemon-reload && systemctl enable --now relayctl.service"
+		fi
+	else
+		say "no systemd: run \`$BIN server --config $SERVER_CONFIG\` as user $SERVICE_USER from your init system"
+	fi
+
+	run_doctor --config "$SERVER_CONFIG"
+	say ""
+	say "Next steps:"
+	say "  1. Review $SERVER_CONFIG (public_url above all), then: systemctl restart relayctl"
+	print_postfix_steps "$map"
+	say "  3. Open TCP port $port to the dynamic hosts."
+	say "  4. For each host: relayctl server add NAME, and run the printed line on that host"
+	say "     after installing relayctl there with \`install.sh client\`."
+}
+
+install_client() {
+	install_binary
+	# On the mail host itself these already belong to the server: leave them as they are.
+	[ -d "$DESTDIR$CONF_DIR" ] || make_dir "$CONF_DIR" 0750 root:root
+	[ -d "$DESTDIR$DEFAULT_STATE_DIR" ] || make_dir "$DEFAULT_STATE_DIR" 0700 root:root
+	install_config "$CLIENT_CONFIG" 0600 root:root write_client_skeleton
+
+	if use_systemd; then
+		write_units "$DESTDIR$UNIT_DIR" "" "" 0 client
+		say "installed $DESTDIR$UNIT_DIR/relayctl-client.service and relayctl-client.timer"
+		if can_systemctl; then
+			systemctl daemon-reload
+			systemctl enable --now relayctl-client.timer
+		else
+			say "systemd is not running here: later run systemctl daemon-reload && systemctl enable --now relayctl-client.timer"
+		fi
+	else
+		say "no systemd: add this line to root's crontab (crontab -e); the sleep spreads hosts over 42 seconds:"
+		say "  */4 * * * * sleep \$((\$(od -An -N1 -tu1 /dev/urandom) / 6)) && $BIN client --config $CLIENT_CONFIG"
+	fi
+
+	run_doctor --client-config "$CLIENT_CONFIG"
+	say ""
+	say "Next steps:"
+	say "  1. On the mail host: relayctl server add $(hostname 2>/dev/null || echo NAME)"
+	say "  2. Here, as root: run the \`relayctl client enroll ...\` line it prints."
+	say "  3. Check: relayctl client status"
+}
+
+uninstall() {
+	purge=0
+	case ${1:-} in
+	--purge) purge=1 ;;
+	'') ;;
+	*) die "uninstall: unknown option $1 (only --purge)" ;;
+	esac
+	for unit in $UNITS; do
+		[ -f "$DESTDIR$UNIT_DIR/$unit" ] || continue
+		if can_systemctl; then
+			systemctl disable --now "$unit" || true
+		fi
+		rm -f "$DESTDIR$UNIT_DIR/$unit"
+		say "removed $DESTDIR$UNIT_DIR/$unit"
+	done
+	if can_systemctl; then systemctl daemon-reload; fi
+	rm -f "$DESTDIR$BIN"
+	say "removed $DESTDIR$BIN"
+	say "Remove the relayctl map from Postfix's mynetworks or smtpd_relay_restrictions and run"
+	say "\`postfix reload\`: nothing expires its leases any more, so they would stay trusted."
+	if [ "$purge" = 0 ]; then
+		say "kept $CONF_DIR, $DEFAULT_STATE_DIR and $(dirname "$DEFAULT_MAP") (use --purge to remove them)"
+		return 0
+	fi
+	# Paths set in server.toml are never deleted: a typo there must not become rm -rf.
+	for path in state_dir map; do
+		v=$(toml_get "$DESTDIR$SERVER_CONFIG" "$path")
+		[ -z "$v" ] || say "note: $SERVER_CONFIG sets $path = $v; remove it yourself if no longer needed"
+	done
+	rm -rf "$DESTDIR$CONF_DIR" "$DESTDIR$DEFAULT_STATE_DIR" "$DESTDIR$(dirname "$DEFAULT_MAP")"
+	say "removed $DESTDIR$CONF_DIR, $DESTDIR$DEFAULT_STATE_DIR and $DESTDIR$(dirname "$DEFAULT_MAP")"
+	if [ -z "$DESTDIR" ] && id "$SERVICE_USER" >/dev/null 2>&1; then
+		if command -v userdel >/dev/null 2>&1; then userdel "$SERVICE_USER"; else deluser "$SERVICE_USER"; fi
+		say "removed user $SERVICE_USER"
+	fi
+}
+
+main() {
+	case ${1:-} in
+	server) install_server ;;
+	client) install_client ;;
+	uninstall)
+		shift
+		uninstall "$@"
+		;;
+	units)
+		[ -n "${2:-}" ] || die "units: which directory?"
+		write_units "$2" "$DEFAULT_STATE_DIR" "$(dirname "$DEFAULT_MAP")" "${DEFAULT_LISTEN##*:}" server
+		write_units "$2" "" "" 0 client
+		;;
+	-h | --help | help) usage ;;
+	*)
+		usage >&2
+		exit 2
+		;;
+	esac
+}
+
+main "$@"

@@ -1,0 +1,417 @@
+/**
+ * install.sh in throwaway roots (DESTDIR): files, modes, idempotence, checksum
+ * verification, piping, uninstall, and the systemd units it writes.
+ *
+ * Safety: every run gets a DESTDIR under a fresh temp dir (runInstall refuses
+ * otherwise) and a PATH whose first entry is a fake systemctl that records calls,
+ * so nothing here can touch this machine's /etc, /usr/local/bin or services.
+ * Doctor runs only for the fake binary (RELAYCTL_DOCTOR=1): the real one would
+ * inspect this machine's Postfix and /var/lib.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { spawnSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import { chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, relative } from "node:path";
+import { loadServerConfig } from "../../src/lib/config.ts";
+
+const REPO = join(import.meta.dir, "..", "..");
+const INSTALL_SH = join(REPO, "install.sh");
+const UNITS = ["relayctl.service", "relayctl-client.service", "relayctl-client.timer"];
+
+// Stands in for relayctl: answers --version, has a doctor that logs its argv to
+// FAKE_LOG and exits FAKE_DOCTOR_EXIT, or no doctor at all without FAKE_DOCTOR.
+const FAKE_RELAYCTL = `#!/bin/sh
+case "$1" in
+--version) echo "relayctl 9.9.9 (commit fake, test)" ;;
+doctor)
+	[ -n "\${FAKE_DOCTOR:-}" ] || exit 2
+	[ "\${2:-}" = --help ] && exit 0
+	echo "$*" >>"$FAKE_LOG"
+	echo "doctor: one problem found"
+	exit "\${FAKE_DOCTOR_EXIT:-0}" ;;
+*) exit 2 ;;
+esac
+`;
+
+const FAKE_SYSTEMCTL = `#!/bin/sh
+echo "$*" >>"$FAKE_SYSTEMCTL_LOG"
+exit 1
+`;
+
+let work: string;
+let fakeBinDir: string;
+let fakeRelayctl: string;
+let systemctlLog: string;
+let seq = 0;
+
+/** A fresh directory under this file's temp dir. */
+function freshDir(name: string): string {
+  const d = join(work, `${name}-${++seq}`);
+  mkdirSync(d, { recursive: true });
+  return d;
+}
+
+type RunResult = { code: number; stdout: string; stderr: string };
+
+/** Runs install.sh with sh (dash on Debian) inside a throwaway root; never without DESTDIR. */
+function runInstall(destdir: string, args: string[], opts: { env?: Record<string, string>; cwd?: string; script?: string; stdinScript?: boolean } = {}): RunResult {
+  if (!destdir.startsWith(work + "/")) throw new Error(`refusing to run install.sh outside the test dir: ${destdir}`);
+  const env: Record<string, string> = {
+    PATH: `${fakeBinDir}:${process.env.PATH ?? "/usr/bin:/bin"}`,
+    HOME: work,
+    DESTDIR: destdir,
+    FAKE_SYSTEMCTL_LOG: systemctlLog,
+    FAKE_LOG: join(destdir, "doctor.log"),
+    RELAYCTL_INIT: "systemd",
+    RELAYCTL_BINARY: fakeRelayctl,
+    ...opts.env,
+  };
+  const script = opts.script ?? INSTALL_SH;
+  const r = opts.stdinScript
+    ? spawnSync("sh", ["-s", "--", ...args], { env, cwd: opts.cwd ?? work, input: readFileSync(script), encoding: "utf8" })
+    : spawnSync("sh", [script, ...args], { env, cwd: opts.cwd ?? work, encoding: "utf8" });
+  return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** Mode bits of a path, as an octal string like "750". */
+function mode(path: string): string {
+  return (statSync(path).mode & 0o7777).toString(8);
+}
+
+/** Every path under root with its mode and content hash, to compare two runs. */
+function snapshot(root: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  const walk = (dir: string): void => {
+    for (const e of readdirSync(dir, { withFileTypes: true })) {
+      const p = join(dir, e.name);
+      const rel = relative(root, p);
+      if (e.isDirectory()) {
+        out[rel] = `dir ${mode(p)}`;
+        walk(p);
+      } else {
+        out[rel] = `${mode(p)} ${createHash("sha256").update(readFileSync(p)).digest("hex")}`;
+      }
+    }
+  };
+  walk(root);
+  return out;
+}
+
+function writeExecutable(path: string, text: string): void {
+  writeFileSync(path, text);
+  chmodSync(path, 0o755);
+}
+
+/** Puts install.sh, a binary and a matching SHA256SUMS into dir, like an unpacked release. */
+function makeReleaseDir(dir: string, binary = FAKE_RELAYCTL): void {
+  copyFileSync(INSTALL_SH, join(dir, "install.sh"));
+  writeExecutable(join(dir, "relayctl"), binary);
+  const sum = (f: string) => createHash("sha256").update(readFileSync(join(dir, f))).digest("hex");
+  writeFileSync(join(dir, "SHA256SUMS"), `${sum("install.sh")}  install.sh\n${sum("relayctl")}  relayctl\n`);
+}
+
+beforeAll(() => {
+  work = mkdtempSync(join(tmpdir(), "relayctl-install-"));
+  fakeBinDir = join(work, "fakebin");
+  mkdirSync(fakeBinDir);
+  writeExecutable(join(fakeBinDir, "systemctl"), FAKE_SYSTEMCTL);
+  fakeRelayctl = join(work, "relayctl");
+  writeExecutable(fakeRelayctl, FAKE_RELAYCTL);
+  systemctlLog = join(work, "systemctl.log");
+});
+
+afterAll(() => {
+  if (work) rmSync(work, { recursive: true, force: true });
+});
+
+describe("install.sh server", () => {
+  test("installs binary, directories, config skeleton and unit with the documented modes", () => {
+    const root = freshDir("server");
+    const r = runInstall(root, ["server"]);
+    expect(r.stderr).toContain("checksum not verified");
+    expect(r.code).toBe(0);
+    expect(mode(join(root, "usr/local/bin/relayctl"))).toBe("755");
+    expect(readFileSync(join(root, "usr/local/bin/relayctl"), "utf8")).toBe(FAKE_RELAYCTL);
+    expect(mode(join(root, "etc/relayctl"))).toBe("750");
+    expect(mode(join(root, "etc/relayctl/server.toml"))).toBe("640");
+    expect(mode(join(root, "var/lib/relayctl"))).toBe("700");
+    expect(mode(join(root, "etc/postfix/relayctl"))).toBe("755");
+    expect(mode(join(root, "etc/systemd/system/relayctl.service"))).toBe("644");
+    expect(readFileSync(join(root, "etc/systemd/system/relayctl.service"), "utf8")).toBe(readFileSync(join(REPO, "packaging/systemd/relayctl.service"), "utf8"));
+    expect(existsSync(join(root, "etc/systemd/system/relayctl-client.timer"))).toBe(false);
+    expect(r.stdout).toContain(`postconf -e "mynetworks = $(postconf -h mynetworks) hash:/etc/postfix/relayctl/clients"`);
+    expect(r.stdout).toContain("check_client_access hash:/etc/postfix/relayctl/clients");
+    expect(r.stdout).toContain("DESTDIR set: run relayctl doctor in the target system");
+    expect(existsSync(systemctlLog)).toBe(false);
+  });
+
+  test("re-running changes nothing and keeps an edited config", () => {
+    const root = freshDir("rerun");
+    expect(runInstall(root, ["server"]).code).toBe(0);
+    const config = join(root, "etc/relayctl/server.toml");
+    writeFileSync(config, 'ttl = "30m"\n');
+    chmodSync(config, 0o640);
+    const before = snapshot(root);
+    const r = runInstall(root, ["server"]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain(`kept existing ${config}`);
+    expect(snapshot(root)).toEqual(before);
+  });
+
+  test("the unit follows state_dir, map and a privileged port from server.toml", () => {
+    const root = freshDir("custom");
+    mkdirSync(join(root, "etc/relayctl"), { recursive: true });
+    writeFileSync(join(root, "etc/relayctl/server.toml"), ['listen = "0.0.0.0:443"', "state_dir = '/srv/relayctl'", 'map = "/srv/maps/clients"', 'map_type = "lmdb"'].join("\n"));
+    const r = runInstall(root, ["server"]);
+    expect(r.code).toBe(0);
+    const unit = readFileSync(join(root, "etc/systemd/system/relayctl.service"), "utf8");
+    expect(unit).toContain("ReadWritePaths=/srv/relayctl /srv/maps\n");
+    expect(unit).toContain("CapabilityBoundingSet=CAP_NET_BIND_SERVICE\n");
+    expect(unit).toContain("AmbientCapabilities=CAP_NET_BIND_SERVICE\n");
+    expect(mode(join(root, "srv/relayctl"))).toBe("700");
+    expect(mode(join(root, "srv/maps"))).toBe("755");
+    expect(r.stdout).toContain("lmdb:/srv/maps/clients");
+    expect(r.stdout).toContain("TCP port 443");
+  });
+
+  test("default port: no capability at all", () => {
+    const unit = readFileSync(join(REPO, "packaging/systemd/relayctl.service"), "utf8");
+    expect(unit).toMatch(/^CapabilityBoundingSet=$/m);
+    expect(unit).not.toContain("AmbientCapabilities");
+    for (const line of ["User=relayctl", "NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes", "ProtectHome=yes", "Restart=on-failure", "ExecReload=/bin/kill -HUP $MAINPID", "ExecStart=/usr/local/bin/relayctl server --config /etc/relayctl/server.toml", "ReadWritePaths=/var/lib/relayctl /etc/postfix/relayctl"]) {
+      expect(unit.split("\n")).toContain(line);
+    }
+    expect(unit).toMatch(/^RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6$/m);
+  });
+
+  test("the skeleton's keys and example values are ones the server accepts", () => {
+    const root = freshDir("skeleton");
+    expect(runInstall(root, ["server"]).code).toBe(0);
+    const skeleton = readFileSync(join(root, "etc/relayctl/server.toml"), "utf8");
+    const asIs = join(root, "as-is.toml");
+    writeFileSync(asIs, skeleton);
+    expect(loadServerConfig(asIs).listen).toEqual({ host: "::", port: 8443 });
+    const uncommented = join(root, "uncommented.toml");
+    writeFileSync(uncommented, skeleton.replace(/^#([a-z_]+ = )/gm, "$1"));
+    const c = loadServerConfig(uncommented);
+    expect(c.map).toBe("/etc/postfix/relayctl/clients");
+    expect(c.stateDir).toBe("/var/lib/relayctl");
+    expect(c.ttl).toBe(1200);
+  });
+
+  test("the skeleton documents every key the server knows", () => {
+    // The unknown-key error's hint is the server's own list of keys.
+    const probe = join(freshDir("keys"), "probe.toml");
+    writeFileSync(probe, "no_such_key = 1\n");
+    let hint = "";
+    try {
+      loadServerConfig(probe);
+    } catch (err) {
+      hint = (err as { hint?: string }).hint ?? "";
+    }
+    const known = hint.replace(/^known keys: /, "").split(", ").filter(Boolean);
+    expect(known.length).toBeGreaterThan(5);
+    const root = freshDir("keys-root");
+    expect(runInstall(root, ["server"]).code).toBe(0);
+    const documented = [...readFileSync(join(root, "etc/relayctl/server.toml"), "utf8").matchAll(/^#([a-z_]+) = /gm)].map((m) => m[1]);
+    expect(documented.sort()).toEqual(known.sort());
+  });
+
+  test("skips doctor silently when the binary has none", () => {
+    const r = runInstall(freshDir("nodoctor"), ["server"], { env: { RELAYCTL_DOCTOR: "1" } });
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain("no doctor command");
+  });
+
+  test("runs doctor with the installed config and survives its complaints", () => {
+    const root = freshDir("doctor");
+    const r = runInstall(root, ["server"], { env: { RELAYCTL_DOCTOR: "1", FAKE_DOCTOR: "1", FAKE_DOCTOR_EXIT: "1" } });
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain("doctor: one problem found");
+    expect(r.stdout).toContain("relayctl doctor reported problems");
+    expect(readFileSync(join(root, "doctor.log"), "utf8")).toBe(`doctor --config ${root}/etc/relayctl/server.toml\n`);
+  });
+});
+
+describe("install.sh client", () => {
+  test("with systemd: timer and oneshot service, config 0600", () => {
+    const root = freshDir("client");
+    const r = runInstall(root, ["client"], { env: { RELAYCTL_DOCTOR: "1", FAKE_DOCTOR: "1" } });
+    expect(r.code).toBe(0);
+    for (const u of ["relayctl-client.service", "relayctl-client.timer"]) {
+      expect(readFileSync(join(root, "etc/systemd/system", u), "utf8")).toBe(readFileSync(join(REPO, "packaging/systemd", u), "utf8"));
+    }
+    expect(existsSync(join(root, "etc/systemd/system/relayctl.service"))).toBe(false);
+    expect(mode(join(root, "etc/relayctl"))).toBe("750");
+    expect(mode(join(root, "etc/relayctl/client.toml"))).toBe("600");
+    expect(mode(join(root, "var/lib/relayctl"))).toBe("700");
+    expect(readFileSync(join(root, "doctor.log"), "utf8")).toBe(`doctor --client-config ${root}/etc/relayctl/client.toml\n`);
+    const timer = readFileSync(join(REPO, "packaging/systemd/relayctl-client.timer"), "utf8");
+    expect(timer).toMatch(/^OnUnitActiveSec=4min$/m);
+    expect(timer).toMatch(/^OnBootSec=/m);
+    expect(timer).toMatch(/^RandomizedDelaySec=/m);
+    expect(readFileSync(join(REPO, "packaging/systemd/relayctl-client.service"), "utf8")).toMatch(/^Type=oneshot$/m);
+    expect(existsSync(systemctlLog)).toBe(false);
+  });
+
+  test("without systemd: prints the cron line and writes no unit", () => {
+    const root = freshDir("cron");
+    const r = runInstall(root, ["client"], { env: { RELAYCTL_INIT: "cron" } });
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain("*/4 * * * * sleep $(($(od -An -N1 -tu1 /dev/urandom) / 6)) && /usr/local/bin/relayctl client --config /etc/relayctl/client.toml");
+    expect(existsSync(join(root, "etc/systemd"))).toBe(false);
+  });
+
+  test("auto-detection without systemctl on PATH falls back to cron", () => {
+    const root = freshDir("nosystemctl");
+    // Only the tools install.sh needs, so systemctl is certainly absent.
+    const bin = freshDir("minimal-path");
+    for (const tool of ["sh", "cat", "chmod", "cp", "dirname", "basename", "head", "hostname", "mkdir", "mv", "rm", "sed", "awk", "cut", "id", "sha256sum"]) {
+      const found = spawnSync("sh", ["-c", 'command -v "$1"', "sh", tool], { encoding: "utf8" }).stdout.trim();
+      if (found) writeExecutable(join(bin, tool), `#!/bin/sh\nexec ${found} "$@"\n`);
+    }
+    const r = runInstall(root, ["client"], { env: { PATH: bin, RELAYCTL_INIT: "auto" } });
+    expect(r.stderr).not.toContain("not found");
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain("add this line to root's crontab");
+  });
+
+  test("on a host that is also the server, keeps the server's directory owners and modes", () => {
+    const root = freshDir("both");
+    expect(runInstall(root, ["server"]).code).toBe(0);
+    chmodSync(join(root, "var/lib/relayctl"), 0o710);
+    expect(runInstall(root, ["client"]).code).toBe(0);
+    expect(mode(join(root, "var/lib/relayctl"))).toBe("710");
+    expect(existsSync(join(root, "etc/systemd/system/relayctl.service"))).toBe(true);
+    expect(existsSync(join(root, "etc/systemd/system/relayctl-client.timer"))).toBe(true);
+  });
+});
+
+describe("install.sh binary sources", () => {
+  test("from a release directory: verifies SHA256SUMS", () => {
+    const rel = freshDir("release");
+    makeReleaseDir(rel);
+    const root = freshDir("from-release");
+    const r = runInstall(root, ["client"], { script: join(rel, "install.sh"), env: { RELAYCTL_BINARY: "" } });
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain(`verified ${rel}/relayctl against ${rel}/SHA256SUMS`);
+    expect(readFileSync(join(root, "usr/local/bin/relayctl"), "utf8")).toBe(FAKE_RELAYCTL);
+  });
+
+  test("a binary that does not match SHA256SUMS is refused and not installed", () => {
+    const rel = freshDir("tampered");
+    makeReleaseDir(rel);
+    writeFileSync(join(rel, "relayctl"), FAKE_RELAYCTL + "# tampered\n");
+    const root = freshDir("from-tampered");
+    const r = runInstall(root, ["server"], { script: join(rel, "install.sh"), env: { RELAYCTL_BINARY: "" } });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain("does not match");
+    expect(existsSync(join(root, "usr/local/bin/relayctl"))).toBe(false);
+  });
+
+  test("a SHA256SUMS without the binary (the tarballs' list) is refused", () => {
+    const rel = freshDir("wrong-sums");
+    makeReleaseDir(rel);
+    writeFileSync(join(rel, "SHA256SUMS"), `${"0".repeat(64)}  relayctl-1.0.0-linux-x64.tar.gz\n`);
+    const r = runInstall(freshDir("from-wrong-sums"), ["client"], { script: join(rel, "install.sh"), env: { RELAYCTL_BINARY: "" } });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain("lists no relayctl");
+  });
+
+  test("piped into sh: installs ./relayctl from the current directory", () => {
+    const cwd = freshDir("piped-cwd");
+    makeReleaseDir(cwd);
+    rmSync(join(cwd, "install.sh"));
+    const root = freshDir("piped");
+    const r = runInstall(root, ["client"], { stdinScript: true, cwd, env: { RELAYCTL_BINARY: "" } });
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain("verified ./relayctl");
+    expect(existsSync(join(root, "usr/local/bin/relayctl"))).toBe(true);
+  });
+
+  test("piped with nothing to install: a clear error", () => {
+    const r = runInstall(freshDir("piped-empty"), ["client"], { stdinScript: true, cwd: freshDir("empty-cwd"), env: { RELAYCTL_BINARY: "" } });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain("RELAYCTL_BINARY");
+  });
+
+  test("the real host build installs and reports its version", () => {
+    const built = join(REPO, "dist/relayctl");
+    if (!existsSync(built)) return;
+    const root = freshDir("real");
+    const r = runInstall(root, ["server"], { env: { RELAYCTL_BINARY: built } });
+    expect(r.code).toBe(0);
+    const v = spawnSync(join(root, "usr/local/bin/relayctl"), ["--version"], { encoding: "utf8" });
+    expect(v.stdout).toMatch(/^relayctl \S+ \(commit \S+, linux-\S+\)$/m);
+  });
+
+  test("usage errors exit 2", () => {
+    const r = runInstall(freshDir("usage"), ["frobnicate"]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain("usage: install.sh");
+  });
+});
+
+describe("install.sh uninstall", () => {
+  test("removes units and binary, keeps config and state", () => {
+    const root = freshDir("uninstall");
+    expect(runInstall(root, ["server"]).code).toBe(0);
+    expect(runInstall(root, ["client"]).code).toBe(0);
+    const r = runInstall(root, ["uninstall"]);
+    expect(r.code).toBe(0);
+    for (const u of UNITS) expect(existsSync(join(root, "etc/systemd/system", u))).toBe(false);
+    expect(existsSync(join(root, "usr/local/bin/relayctl"))).toBe(false);
+    expect(existsSync(join(root, "etc/relayctl/server.toml"))).toBe(true);
+    expect(existsSync(join(root, "etc/relayctl/client.toml"))).toBe(true);
+    expect(existsSync(join(root, "var/lib/relayctl"))).toBe(true);
+    expect(r.stdout).toContain("postfix reload");
+    expect(runInstall(root, ["uninstall"]).code).toBe(0);
+  });
+
+  test("--purge also removes config, state and the map directory", () => {
+    const root = freshDir("purge");
+    expect(runInstall(root, ["server"]).code).toBe(0);
+    expect(runInstall(root, ["uninstall", "--purge"]).code).toBe(0);
+    for (const p of ["etc/relayctl", "var/lib/relayctl", "etc/postfix/relayctl", "usr/local/bin/relayctl"]) expect(existsSync(join(root, p))).toBe(false);
+    expect(existsSync(systemctlLog)).toBe(false);
+  });
+});
+
+describe("systemd units", () => {
+  test("packaging/systemd holds exactly what install.sh writes by default", () => {
+    const dir = freshDir("units");
+    expect(runInstall(freshDir("units-root"), ["units", dir]).code).toBe(0);
+    for (const u of UNITS) expect(readFileSync(join(dir, u), "utf8")).toBe(readFileSync(join(REPO, "packaging/systemd", u), "utf8"));
+  });
+
+  const analyze = spawnSync("systemd-analyze", ["--version"]).status === 0;
+  test.skipIf(!analyze)("systemd-analyze verify accepts them without warnings", () => {
+    // verify checks that ExecStart's binary exists and loads the targets the units
+    // name, so it gets a root of its own with those, instead of this machine's /.
+    const root = freshDir("analyze");
+    expect(runInstall(root, ["server"]).code).toBe(0);
+    expect(runInstall(root, ["client"]).code).toBe(0);
+    for (const dir of ["/usr/lib/systemd/system", "/lib/systemd/system"]) {
+      if (existsSync(dir)) {
+        cpSync(dir, join(root, "usr/lib/systemd/system"), { recursive: true, dereference: false });
+        break;
+      }
+    }
+    mkdirSync(join(root, "bin"), { recursive: true });
+    copyFileSync(existsSync("/bin/kill") ? "/bin/kill" : "/usr/bin/kill", join(root, "bin/kill"));
+    chmodSync(join(root, "bin/kill"), 0o755);
+    const units = UNITS.map((u) => join(root, "etc/systemd/system", u));
+    const r = spawnSync("systemd-analyze", ["verify", `--root=${root}`, ...units], { encoding: "utf8" });
+    expect(r.stderr).toBe("");
+    expect(r.status).toBe(0);
+  });
+});
+
+const shellcheck = spawnSync("shellcheck", ["--version"]).status === 0;
+test.skipIf(!shellcheck)("install.sh is shellcheck clean as POSIX sh", () => {
+  const r = spawnSync("shellcheck", ["--shell=sh", INSTALL_SH], { encoding: "utf8" });
+  expect(r.stdout + r.stderr).toBe("");
+  expect(r.status).toBe(0);
+});
