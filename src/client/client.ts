@@ -1,4 +1,7 @@
 import { existsSync } from "node:fs";
+import { basename, dirname, join } from "node:path";
+import { FileLock } from "../lib/lock.ts";
+import { log } from "../lib/logging.ts";
 import { loadClientConfig, renderClientConfig, validateHttpsUrl, validateName, DEFAULT_CLIENT_CONFIG, type ClientConfig } from "../lib/config.ts";
 import { ExitCode, RelayError, usageError } from "../lib/errors.ts";
 import { apiError, createApi } from "../lib/http.ts";
@@ -32,6 +35,36 @@ async function call<T>(cfg: Pick<ClientConfig, "server" | "token" | "pin">, path
   }
 }
 
+/** How long a run waits for an overlapping one (cron firing while the last run still retries). */
+const RUN_LOCK_WAIT_MS = 30_000;
+
+/**
+ * Runs fn holding a lock beside the client config, so two overlapping runs
+ * take turns instead of racing each other's release and renewal.
+ */
+export async function withRunLock<T>(configPath: string | undefined, fn: () => Promise<T>): Promise<T> {
+  const cfg = configPath ?? DEFAULT_CLIENT_CONFIG;
+  const path = join(dirname(cfg), `.${basename(cfg)}.lock`);
+  let lock: FileLock | null;
+  try {
+    lock = await FileLock.acquireWithin(path, RUN_LOCK_WAIT_MS);
+  } catch (err) {
+    // A read-only config directory must not stop renewals; only the overlap guard is lost.
+    log.debug(`no run lock at ${path}: ${(err as Error).message}`);
+    return fn();
+  }
+  if (!lock) {
+    throw new RelayError(`another relayctl client run has held ${path} for ${RUN_LOCK_WAIT_MS / 1000}s`, {
+      hint: "a previous run is stuck retrying; check the network, or run the client less often",
+    });
+  }
+  try {
+    return await fn();
+  } finally {
+    lock.release();
+  }
+}
+
 /** Renews (or first grants) this host's lease; `ip` names an address other than the observed one. */
 export async function renewLease(opts: { configPath?: string; ip?: string }): Promise<LeaseAnswer> {
   const cfg = loadClientConfig(opts.configPath);
@@ -41,13 +74,13 @@ export async function renewLease(opts: { configPath?: string; ip?: string }): Pr
     if (!ip) throw usageError(`--ip ${opts.ip}: not a single IPv4 or IPv6 address`);
     body = { ip: ip.text };
   }
-  return call<LeaseAnswer>(cfg, "/v1/lease", { method: "POST", body });
+  return withRunLock(opts.configPath, () => call<LeaseAnswer>(cfg, "/v1/lease", { method: "POST", body }));
 }
 
 /** Releases every lease this client holds. */
 export async function releaseLease(opts: { configPath?: string }): Promise<{ client: string; released: string[] }> {
   const cfg = loadClientConfig(opts.configPath);
-  return call(cfg, "/v1/lease", { method: "DELETE" });
+  return withRunLock(opts.configPath, () => call(cfg, "/v1/lease", { method: "DELETE" }));
 }
 
 /** Shows what the server knows of this client (no change). */

@@ -1,6 +1,40 @@
 import { defineCommand } from "citty";
 import { enroll, leaseStatus, releaseLease, renewLease, type LeaseStatus } from "../client/client.ts";
+import { parseDuration } from "../lib/duration.ts";
+import { ExitCode, formatError, RelayError, usageError } from "../lib/errors.ts";
+import { log } from "../lib/logging.ts";
 import { common, ifNoSubcommand } from "./shared.ts";
+
+/**
+ * `relayctl client --watch`: renew every interval until SIGTERM or SIGINT,
+ * for hosts without cron. Failures that may heal (network, server) are
+ * logged and retried next round; a refusal or a bad config ends the loop.
+ */
+export async function runClientWatch(opts: { config?: string; ip?: string; verbose?: boolean; interval?: string; signal?: AbortSignal }): Promise<void> {
+  const interval = parseDuration(opts.interval ?? "4m", "--interval");
+  const stop = new AbortController();
+  const onSignal = (): void => stop.abort();
+  process.once("SIGTERM", onSignal);
+  process.once("SIGINT", onSignal);
+  opts.signal?.addEventListener("abort", onSignal);
+  try {
+    while (!stop.signal.aborted) {
+      try {
+        await runClient({ config: opts.config, ip: opts.ip, verbose: opts.verbose });
+      } catch (err) {
+        if (err instanceof RelayError && err.exitCode !== ExitCode.FAILED) throw err;
+        log.error(formatError(err));
+      }
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, interval * 1000);
+        stop.signal.addEventListener("abort", () => (clearTimeout(t), resolve()), { once: true });
+      });
+    }
+  } finally {
+    process.off("SIGTERM", onSignal);
+    process.off("SIGINT", onSignal);
+  }
+}
 
 /** `relayctl client`: renew (default) or release; silent on success unless verbose. */
 export async function runClient(opts: { config?: string; release?: boolean; ip?: string; verbose?: boolean }): Promise<void> {
@@ -59,7 +93,15 @@ export const clientCommand = defineCommand({
     ...common,
     release: { type: "boolean", description: "drop the lease instead of renewing it" },
     ip: { type: "string", description: "lease this address instead of the one the server sees (needs an allow list)", valueHint: "ADDR" },
+    watch: { type: "boolean", description: "keep running and renew every --interval (for hosts without cron)" },
+    interval: { type: "string", description: "with --watch: time between renewals (default 4m)", valueHint: "D" },
   },
   subCommands: { enroll: enrollCommand, status: statusCommand },
-  run: ifNoSubcommand(({ args }) => runClient({ config: args.config, release: args.release, ip: args.ip, verbose: args.verbose })),
+  run: ifNoSubcommand(({ args }) => {
+    if (args.watch && args.release) throw usageError("--watch and --release do not go together");
+    if (args.interval !== undefined && !args.watch) throw usageError("--interval only goes with --watch");
+    return args.watch
+      ? runClientWatch({ config: args.config, ip: args.ip, verbose: args.verbose, interval: args.interval })
+      : runClient({ config: args.config, release: args.release, ip: args.ip, verbose: args.verbose });
+  }),
 });

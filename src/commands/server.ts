@@ -1,8 +1,8 @@
 import { defineCommand } from "citty";
 import { parseDuration, formatDuration } from "../lib/duration.ts";
 import { usageError } from "../lib/errors.ts";
-import { log, setVerbosity } from "../lib/logging.ts";
-import { addClient, listClients, readAuditLog, revokeClient, type AuditView, type ClientView } from "../server/admin.ts";
+import { log, setLogLevel, setVerbosity } from "../lib/logging.ts";
+import { addClient, listClients, readAuditLog, revokeClient, serverStatus, type AuditView, type ClientView, type StatusView } from "../server/admin.ts";
 import { startServer } from "../server/server.ts";
 import { common, ifNoSubcommand, repeatedFlag } from "./shared.ts";
 
@@ -12,6 +12,7 @@ export async function runServer(opts: { config?: string; verbose?: boolean }): P
   setVerbosity({ verbose: opts.verbose });
   if (!opts.verbose) log.level = 3;
   const server = await startServer({ configPath: opts.config });
+  if (!opts.verbose) setLogLevel(server.core.config.logLevel);
   await new Promise<void>((resolve) => {
     const stop = (signal: string): void => {
       log.info(`${signal}: shutting down`);
@@ -19,6 +20,10 @@ export async function runServer(opts: { config?: string; verbose?: boolean }): P
     };
     process.once("SIGTERM", () => stop("SIGTERM"));
     process.once("SIGINT", () => stop("SIGINT"));
+    process.on("SIGHUP", () => {
+      log.info("SIGHUP: reloading configuration and TLS files");
+      server.reload().catch((err) => log.error(`reload failed: ${(err as Error).message}`));
+    });
   });
 }
 
@@ -116,6 +121,32 @@ const revoke = defineCommand({
   run: ({ args }) => runServerRevoke({ config: args.config, name: args.name, verbose: args.verbose }),
 });
 
+/** Renders `server status` for people. */
+export function renderStatus(s: StatusView): string {
+  const lines = [s.running ? `server: running (pid ${s.status!.pid}, since ${s.status!.started_at}), listening on ${s.status!.listen}` : "server: not running"];
+  lines.push(`public url: ${s.public_url}`);
+  lines.push(s.cert ? `certificate: ${s.cert.path}, expires ${s.cert.expires_at} (${s.cert.days_left} days), pin ${s.cert.pin}` : "certificate: none yet (created at first start or server add)");
+  if (s.status?.pin_changed_at) lines.push(`  pin changed at ${s.status.pin_changed_at} (certificate replaced): clients enrolled with --pin must re-enroll`);
+  lines.push(`map: ${s.map.type}:${s.map.path}, ${s.map.entries} entries`);
+  if (s.status?.map.last_rebuild_at) lines.push(`  last rebuild ${s.status.map.last_rebuild_at} in ${s.status.map.last_rebuild_ms} ms (${s.status.map.rebuilds} since start)`);
+  lines.push(`clients: ${s.clients}, live leases: ${s.leases}`);
+  lines.push(s.status?.degraded.length ? `degraded: ${s.status.degraded.join("; ")}` : "degraded: no");
+  return lines.join("\n");
+}
+
+/** `server status`: whether it runs, certificate, map and degraded reasons. */
+export async function runServerStatus(opts: { config?: string; json?: boolean }): Promise<StatusView> {
+  const s = await serverStatus({ configPath: opts.config });
+  console.log(opts.json ? JSON.stringify(s, null, 2) : renderStatus(s));
+  return s;
+}
+
+const statusCommand = defineCommand({
+  meta: { name: "status", description: "Show whether the server runs, its certificate, map and health" },
+  args: { ...common, json: { type: "boolean", description: "print JSON" } },
+  run: ({ args }) => runServerStatus({ config: args.config, json: args.json }).then(() => undefined),
+});
+
 const logCommand = defineCommand({
   meta: { name: "log", description: "Show the audit log: grants, renewals, releases, expiries, revocations, refusals" },
   args: {
@@ -131,6 +162,6 @@ const logCommand = defineCommand({
 export const serverCommand = defineCommand({
   meta: { name: "server", description: "Run the lease server on the mail host, or manage its clients" },
   args: { ...common },
-  subCommands: { add, list, revoke, log: logCommand },
+  subCommands: { add, list, revoke, log: logCommand, status: statusCommand },
   run: ifNoSubcommand(({ args }) => runServer({ config: args.config, verbose: args.verbose })),
 });

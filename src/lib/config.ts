@@ -27,7 +27,13 @@ export interface ServerConfig {
   trustedProxies: Cidr[];
   renewalsPerMinute: number;
   postmapTimeout: number;
+  metricsAllow: Cidr[];
+  logFormat: "text" | "json";
+  logLevel: LogLevel;
 }
+
+export const LOG_LEVELS = ["error", "warn", "info", "debug"] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
 
 /** What `relayctl client enroll` writes and `relayctl client` reads. */
 export interface ClientConfig {
@@ -151,7 +157,7 @@ export function loadServerConfig(path?: string): ServerConfig {
   const { data, text } = readToml(file, path !== undefined);
   const k = new Keys(file, text, data, [
     "listen", "public_url", "state_dir", "tls_cert", "tls_key", "map", "map_type", "ttl", "postmap", "trusted_proxies",
-    "renewals_per_minute", "postmap_timeout",
+    "renewals_per_minute", "postmap_timeout", "metrics_allow", "log_format", "log_level",
   ]);
   const listen = parseListen(k.str("listen") ?? "[::]:8443", k.where("listen"));
   const publicUrl = validateHttpsUrl(k.str("public_url") ?? `https://${hostname()}:${listen.port}`, k.where("public_url"));
@@ -176,16 +182,26 @@ export function loadServerConfig(path?: string): ServerConfig {
   }
   const ttl = k.duration("ttl") ?? 1200;
   if (ttl < MIN_TTL) throw k.error("ttl", `must be at least ${MIN_TTL}s`, "clients renew well before expiry; 20m is a good default");
-  const trustedProxies = k.list("trusted_proxies").map((c) => {
-    const net = parseCidr(c);
-    if (!net) throw k.error("trusted_proxies", `"${c}" is not an address or CIDR network`);
-    return net;
-  });
+  const cidrs = (key: string): Cidr[] =>
+    k.list(key).map((c) => {
+      const net = parseCidr(c);
+      if (!net) throw k.error(key, `"${c}" is not an address or CIDR network with zero host bits`);
+      return net;
+    });
+  const trustedProxies = cidrs("trusted_proxies");
+  const oneOf = <T extends string>(key: string, allowed: readonly T[], fallback: T): T => {
+    const v = k.str(key) ?? fallback;
+    if (!(allowed as readonly string[]).includes(v)) throw k.error(key, `"${v}" is not one of ${allowed.join(", ")}`);
+    return v as T;
+  };
   const renewalsPerMinute = k.int("renewals_per_minute") ?? 20;
   return {
     path: file, listen, publicUrl, stateDir, tlsCert, tlsKey, map,
     mapType: mapType as MapType | undefined, ttl, postmap: absolute("postmap"), trustedProxies,
     renewalsPerMinute, postmapTimeout: k.duration("postmap_timeout") ?? 10,
+    metricsAllow: cidrs("metrics_allow"),
+    logFormat: oneOf("log_format", ["text", "json"] as const, "text"),
+    logLevel: oneOf("log_level", LOG_LEVELS, "info"),
   };
 }
 

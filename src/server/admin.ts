@@ -1,10 +1,12 @@
 import { loadServerConfig, MIN_TTL, validateName, type ServerConfig } from "../lib/config.ts";
 import { ExitCode, RelayError, usageError } from "../lib/errors.ts";
 import { parseCidr } from "../lib/ip.ts";
-import { certificatePin, ensureServerCertificate } from "../lib/tls.ts";
+import { certificateExpiry, certificatePin, ensureServerCertificate } from "../lib/tls.ts";
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
 import { LeaseBook } from "./leases.ts";
 import { StateLock } from "./lock.ts";
-import { openCore } from "./server.ts";
+import { openCore, resolveMap, statusPath, type ServerStatus } from "./server.ts";
 import { StateStore, type AuditRow, type LeaseRow } from "./state.ts";
 import { newToken } from "./tokens.ts";
 
@@ -122,4 +124,34 @@ export function readAuditLog(opts: { configPath?: string; client?: string; since
   const since = opts.sinceSeconds === undefined ? 0 : Date.now() - opts.sinceSeconds * 1000;
   const rows: AuditRow[] = withStore(config, (store) => store.auditLog({ client, since, limit: opts.limit }));
   return rows.reverse().map((r) => ({ ts: new Date(r.ts).toISOString(), event: r.event, client: r.client, ip: r.ip, source: r.source, detail: r.detail }));
+}
+
+/** What `server status` reports; `status` is the running server's own account. */
+export interface StatusView {
+  running: boolean;
+  public_url: string;
+  cert: { path: string; pin: string; expires_at: string; days_left: number } | null;
+  map: { path: string; type: string; entries: number };
+  clients: number;
+  leases: number;
+  status: ServerStatus | null;
+}
+
+/** Gathers status from the lock, status.json, the certificate file, the map and the state. */
+export async function serverStatus(opts: { configPath?: string }): Promise<StatusView> {
+  const config = loadServerConfig(opts.configPath);
+  const running = StateLock.isHeld(config.stateDir);
+  let status: ServerStatus | null = null;
+  if (running && existsSync(statusPath(config.stateDir))) status = JSON.parse(readFileSync(statusPath(config.stateDir), "utf8")) as ServerStatus;
+  const certPath = config.tlsCert ?? join(config.stateDir, "tls", "cert.pem");
+  let cert: StatusView["cert"] = null;
+  if (existsSync(certPath)) {
+    const pem = readFileSync(certPath, "utf8");
+    const expires = certificateExpiry(pem);
+    cert = { path: certPath, pin: certificatePin(pem), expires_at: expires.toISOString(), days_left: Math.floor((expires.getTime() - Date.now()) / 86_400_000) };
+  }
+  const type = status?.map.type ?? config.mapType ?? (await resolveMap(config).then((m) => m.type, () => "hash"));
+  const entries = existsSync(config.map) ? readFileSync(config.map, "utf8").split("\n").filter((l) => l && !l.startsWith("#")).length : 0;
+  const counts = withStore(config, (store) => ({ clients: store.listClients().length, leases: store.allLeases().length }));
+  return { running, public_url: config.publicUrl, cert, map: { path: config.map, type, entries }, ...counts, status };
 }

@@ -4,6 +4,7 @@ import { log } from "../lib/logging.ts";
 import { authenticate, bearer } from "./tokens.ts";
 import type { LeaseBook } from "./leases.ts";
 import type { AuthThrottle, RenewalLimiter } from "./throttle.ts";
+import type { Metrics } from "./metrics.ts";
 import type { MapWriter } from "./map.ts";
 import type { ClientRow, LeaseRow, StateStore } from "./state.ts";
 
@@ -15,9 +16,14 @@ export interface ApiContext {
   store: StateStore;
   leases: LeaseBook;
   map: MapWriter;
+  /** Mutable: SIGHUP replaces these with the reloaded configuration's. */
   trustedProxies: Cidr[];
-  authThrottle: AuthThrottle;
+  metricsAllow: Cidr[];
   renewals: RenewalLimiter;
+  authThrottle: AuthThrottle;
+  metrics: Metrics;
+  /** Prometheus text for GET /metrics. */
+  renderMetrics(): string;
   /** Brings the map up to date; rejects when postmap fails (the caller answers 503). */
   syncMap(): Promise<unknown>;
   /** Reasons the server is degraded; empty when healthy. */
@@ -140,6 +146,7 @@ export function createHandler(ctx: ApiContext): (req: Request, server: Server<un
       }
       return await authorized(req, client, peer);
     } catch (err) {
+      if (err instanceof HttpError && err.status < 500) ctx.metrics.refusal(err.code);
       if (err instanceof HttpError && err.status < 500 && err.audit) {
         try {
           ctx.store.audit({ ts: Date.now(), event: "refuse", client: client?.name ?? null, ip: null, source, detail: `${err.code}: ${err.message}` });
@@ -160,6 +167,7 @@ export function createHandler(ctx: ApiContext): (req: Request, server: Server<un
     }
     if (req.method === "DELETE") {
       const gone = ctx.leases.release(client.name, source);
+      ctx.metrics.event("release", gone.length);
       if (gone.length) {
         log.info(`released: ${client.name} ${gone.map((l) => l.ip).join(" ")}`);
         await syncOr503();
@@ -178,6 +186,7 @@ export function createHandler(ctx: ApiContext): (req: Request, server: Server<un
     const requested = (body as Record<string, unknown> | undefined)?.ip;
     const ip = leaseAddress(client, observed, requested);
     const r = ctx.leases.renew(client, ip, source);
+    ctx.metrics.event(r.event);
     if (r.event !== "renew") log.info(`${r.event}: ${client.name} ${ip.text}${r.replaced ? ` (was ${r.replaced})` : ""}`);
     // A plain renewal leaves the map alone unless an earlier rebuild failed.
     if (r.mapChanged || ctx.map.lastError) await syncOr503();
@@ -205,6 +214,14 @@ export function createHandler(ctx: ApiContext): (req: Request, server: Server<un
         if (req.method !== "GET" && req.method !== "HEAD") throw new HttpError(405, "method_not_allowed", "use GET", { allow: "GET, HEAD" });
         const reasons = ctx.degraded();
         return reasons.length ? json(503, { status: "degraded", reasons }) : json(200, { status: "ok" });
+      }
+      if (path === "/metrics") {
+        const peer = parseIp(server.requestIP(req)?.address ?? "");
+        // Anyone else gets the same 404 as for a path that does not exist.
+        const allowed = peer && (specialAddressKind(peer) === "loopback" || ctx.metricsAllow.some((n) => cidrContains(n, peer)));
+        if (!allowed) throw new HttpError(404, "not_found", `no such endpoint: ${path}`);
+        if (req.method !== "GET") throw new HttpError(405, "method_not_allowed", "use GET", { allow: "GET" });
+        return new Response(ctx.renderMetrics(), { headers: { "content-type": "text/plain; version=0.0.4", "cache-control": "no-store" } });
       }
       if (path === "/v1/lease") {
         if (!["GET", "POST", "DELETE"].includes(req.method)) throw new HttpError(405, "method_not_allowed", "use GET, POST or DELETE", { allow: "GET, POST, DELETE" });

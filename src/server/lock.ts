@@ -1,29 +1,19 @@
-import { Database } from "bun:sqlite";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { RelayError, ExitCode } from "../lib/errors.ts";
+import { FileLock } from "../lib/lock.ts";
 import { adoptOwnership } from "./state.ts";
 
-/**
- * An exclusive lock on state_dir, held through SQLite's own file locking:
- * the kernel drops it when the process dies, even by SIGKILL, so there is
- * no stale pid file to clean up.
- */
+/** One server per state_dir: a FileLock on state_dir/server.lock. */
 export class StateLock {
-  private constructor(private db: Database | null) {}
+  private constructor(private readonly lock: FileLock) {}
 
   /** Takes the lock, or returns null when another process holds it. */
   static tryAcquire(stateDir: string): StateLock | null {
     mkdirSync(stateDir, { recursive: true, mode: 0o700 });
-    const db = new Database(join(stateDir, "server.lock"), { create: true });
+    const lock = FileLock.tryAcquire(join(stateDir, "server.lock"));
     adoptOwnership(stateDir, ["server.lock"]);
-    try {
-      db.exec("PRAGMA busy_timeout = 0; PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE;");
-      return new StateLock(db);
-    } catch {
-      db.close();
-      return null;
-    }
+    return lock ? new StateLock(lock) : null;
   }
 
   /** Takes the lock or fails with a message saying a server already runs there. */
@@ -47,7 +37,6 @@ export class StateLock {
 
   /** Lets go of the lock. */
   release(): void {
-    this.db?.close(false);
-    this.db = null;
+    this.lock.release();
   }
 }

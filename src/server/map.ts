@@ -51,6 +51,11 @@ export class MapWriter {
     this.written = this.currentlyInstalled();
   }
 
+  /** The map type postmap builds (hash, lmdb, ...). */
+  get type(): MapType {
+    return this.opts.type;
+  }
+
   /** The database file Postfix actually reads. */
   get dbPath(): string {
     return this.opts.path + mapDbSuffix(this.opts.type);

@@ -1,9 +1,10 @@
-import { mkdirSync } from "node:fs";
-import { dirname } from "node:path";
+import { mkdirSync, renameSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { loadServerConfig, type MapType, type ServerConfig } from "../lib/config.ts";
 import { ExitCode, RelayError } from "../lib/errors.ts";
-import { log } from "../lib/logging.ts";
-import { ensureServerCertificate, certificatePin } from "../lib/tls.ts";
+import { log, setLogFormat, setLogLevel } from "../lib/logging.ts";
+import { Metrics } from "./metrics.ts";
+import { certificateExpiry, certificatePin, ensureServerCertificate, type ServerCertificate } from "../lib/tls.ts";
 import { createHandler, MAX_BODY } from "./http.ts";
 import { LeaseBook, monotonicWallClock, systemClock, type Clock } from "./leases.ts";
 import { StateLock } from "./lock.ts";
@@ -37,17 +38,50 @@ export async function openCore(config: ServerConfig, clock: Clock = systemClock)
   const store = new StateStore(config.stateDir);
   const m = await resolveMap(config);
   mkdirSync(dirname(m.path), { recursive: true });
-  const leases = new LeaseBook(store, () => config.ttl, clock);
+  // Read through the holder so a SIGHUP reload changes the default ttl in place.
+  const leases = new LeaseBook(store, () => core.config.ttl, clock);
   const map = new MapWriter({ ...m, addresses: () => leases.liveAddresses(), timeoutMs: config.postmapTimeout * 1000 });
-  return { config, store, leases, map };
+  const core: Core = { config, store, leases, map };
+  return core;
 }
 
-/** A running server: its URL, certificate pin, and how to stop it. */
+/** A running server: its URL, certificate pin, and how to reload or stop it. */
 export interface RunningServer {
   port: number;
-  pin: string;
+  readonly pin: string;
   core: Core;
+  /** Re-reads server.toml and the TLS files (SIGHUP). */
+  reload(): Promise<void>;
   stop(): Promise<void>;
+}
+
+/** What `relayctl server status` reads from state_dir while a server runs. */
+export interface ServerStatus {
+  pid: number;
+  started_at: string;
+  listen: string;
+  public_url: string;
+  pin: string;
+  pin_changed_at: string | null;
+  cert_path: string;
+  cert_expires_at: string;
+  map: { path: string; db: string; type: string; entries: number; rebuilds: number; last_rebuild_at: string | null; last_rebuild_ms: number | null };
+  degraded: string[];
+  reloaded_at: string | null;
+}
+
+/** Where a running server publishes its status. */
+export function statusPath(stateDir: string): string {
+  return join(stateDir, "status.json");
+}
+
+function certFor(config: ServerConfig): Promise<ServerCertificate> {
+  return ensureServerCertificate({
+    stateDir: config.stateDir,
+    host: new URL(config.publicUrl).hostname.replace(/^\[|\]$/g, ""),
+    certPath: config.tlsCert,
+    keyPath: config.tlsKey,
+  });
 }
 
 /** Starts the HTTPS server: lock, state, map rebuilt from state, timers. */
@@ -58,7 +92,7 @@ export async function startServer(opts: { configPath?: string; config?: ServerCo
   let core: Core | undefined;
   try {
     core = await openCore(config, opts.clock ?? monotonicWallClock());
-    return await serve(core, lock);
+    return await serve(core, lock, opts.configPath);
   } catch (err) {
     core?.store.close();
     lock.release();
@@ -66,19 +100,57 @@ export async function startServer(opts: { configPath?: string; config?: ServerCo
   }
 }
 
-async function serve(core: Core, lock: StateLock): Promise<RunningServer> {
-  const { config, store, leases, map } = core;
-  const cert = await ensureServerCertificate({
-    stateDir: config.stateDir,
-    host: new URL(config.publicUrl).hostname.replace(/^\[|\]$/g, ""),
-    certPath: config.tlsCert,
-    keyPath: config.tlsKey,
-  });
+async function serve(core: Core, lock: StateLock, configPath: string | undefined): Promise<RunningServer> {
+  const { store, leases, map } = core;
+  let config = core.config;
+  setLogFormat(config.logFormat);
+  let cert = await certFor(config);
+  let pin = certificatePin(cert.certPem);
+  let pinChangedAt: string | null = null;
+  let reloadedAt: string | null = null;
+  const startedAt = new Date().toISOString();
+  const metrics = new Metrics();
 
   let retryDelay = 1000;
   let retryTimer: ReturnType<typeof setTimeout> | undefined;
   let expiryTimer: ReturnType<typeof setTimeout> | undefined;
   let stopped = false;
+  let listener: ReturnType<typeof Bun.serve> | undefined;
+
+  const degraded = (): string[] => (map.lastError ? [`map: ${map.lastError}`] : []);
+
+  // A small file beside the state, so `relayctl server status` can show
+  // runtime facts (last rebuild, degraded reasons) without an API of its own.
+  const publishStatus = (): void => {
+    const status: ServerStatus = {
+      pid: process.pid,
+      started_at: startedAt,
+      listen: `${config.listen.host.includes(":") ? `[${config.listen.host}]` : config.listen.host}:${listener?.port ?? config.listen.port}`,
+      public_url: config.publicUrl,
+      pin,
+      pin_changed_at: pinChangedAt,
+      cert_path: cert.certPath,
+      cert_expires_at: certificateExpiry(cert.certPem).toISOString(),
+      map: {
+        path: config.map,
+        db: map.dbPath,
+        type: map.type,
+        entries: map.lastRebuild?.entries ?? leases.liveAddresses().length,
+        rebuilds: map.rebuilds,
+        last_rebuild_at: map.lastRebuild ? new Date(map.lastRebuild.at).toISOString() : null,
+        last_rebuild_ms: map.lastRebuild ? Math.round(map.lastRebuild.ms * 10) / 10 : null,
+      },
+      degraded: degraded(),
+      reloaded_at: reloadedAt,
+    };
+    const path = statusPath(config.stateDir);
+    try {
+      writeFileSync(`${path}.tmp`, JSON.stringify(status, null, 2) + "\n", { mode: 0o644 });
+      renameSync(`${path}.tmp`, path);
+    } catch (err) {
+      log.warn(`cannot write ${path}: ${(err as Error).message}`);
+    }
+  };
 
   // Every map change goes through here, so a failed postmap is retried
   // with backoff until it works, without anyone having to ask again.
@@ -86,8 +158,14 @@ async function serve(core: Core, lock: StateLock): Promise<RunningServer> {
     try {
       const r = await map.sync();
       retryDelay = 1000;
+      if (r.changed) {
+        metrics.rebuild(r.ms);
+        publishStatus();
+      }
       return r;
     } catch (err) {
+      metrics.postmapFailures++;
+      publishStatus();
       if (!retryTimer && !stopped) {
         retryTimer = setTimeout(() => {
           retryTimer = undefined;
@@ -101,6 +179,7 @@ async function serve(core: Core, lock: StateLock): Promise<RunningServer> {
 
   const expireNow = (): void => {
     const gone = leases.expireDue();
+    metrics.event("expire", gone.length);
     for (const l of gone) log.info(`expired: ${l.client} ${l.ip}`);
     syncMap().catch(() => undefined);
     armExpiry();
@@ -117,8 +196,9 @@ async function serve(core: Core, lock: StateLock): Promise<RunningServer> {
 
   // Rebuild from state first: leases that fell due while we were down go now.
   const expired = leases.expireDue();
+  metrics.event("expire", expired.length);
   for (const l of expired) log.info(`expired while stopped: ${l.client} ${l.ip}`);
-  await map.sync().catch((err) => log.error(`initial map build failed: ${(err as Error).message}`));
+  await syncMap().catch((err) => log.error(`initial map build failed: ${(err as Error).message}`));
 
   let dataVersion = store.dataVersion();
   const poll = setInterval(() => {
@@ -129,56 +209,116 @@ async function serve(core: Core, lock: StateLock): Promise<RunningServer> {
     armExpiry();
   }, ADMIN_POLL_MS);
 
-  const handler = createHandler({
+  const ctx = {
     store,
     leases,
     map,
     trustedProxies: config.trustedProxies,
-    authThrottle: new AuthThrottle(),
+    metricsAllow: config.metricsAllow,
     renewals: new RenewalLimiter(config.renewalsPerMinute),
+    authThrottle: new AuthThrottle(),
+    metrics,
+    renderMetrics: () =>
+      metrics.render({ leases: store.allLeases().length, clients: store.listClients().length, degraded: degraded().length > 0, mapEntries: map.lastRebuild?.entries ?? leases.liveAddresses().length }),
     syncMap: async () => {
       const r = await syncMap();
       armExpiry();
       return r;
     },
-    degraded: () => (map.lastError ? [`map: ${map.lastError}`] : []),
-  });
+    degraded,
+  };
+  const handler = createHandler(ctx);
 
-  let server: ReturnType<typeof Bun.serve>;
+  const listen = (): ReturnType<typeof Bun.serve> => {
+    try {
+      return Bun.serve({
+        hostname: config.listen.host,
+        port: config.listen.port,
+        tls: { cert: cert.certPem, key: cert.keyPem },
+        maxRequestBodySize: MAX_BODY * 4,
+        fetch: handler,
+        error: (err) => {
+          log.error(`request failed: ${err.message}`);
+          return new Response('{"error":"internal","message":"internal server error"}\n', { status: 500 });
+        },
+      });
+    } catch (err) {
+      throw new RelayError(`cannot listen on ${config.listen.host}:${config.listen.port}: ${(err as Error).message}`, {
+        exitCode: ExitCode.USAGE,
+        hint: "another process holds the port, or the address is not on this host; change listen in server.toml",
+      });
+    }
+  };
   try {
-    server = Bun.serve({
-      hostname: config.listen.host,
-      port: config.listen.port,
-      tls: { cert: cert.certPem, key: cert.keyPem },
-      maxRequestBodySize: MAX_BODY * 4,
-      fetch: handler,
-      error: (err) => {
-        log.error(`request failed: ${err.message}`);
-        return new Response('{"error":"internal","message":"internal server error"}\n', { status: 500 });
-      },
-    });
+    listener = listen();
   } catch (err) {
     clearInterval(poll);
-    throw new RelayError(`cannot listen on ${config.listen.host}:${config.listen.port}: ${(err as Error).message}`, {
-      exitCode: ExitCode.USAGE,
-      hint: "another process holds the port, or the address is not on this host; change listen in server.toml",
-    });
+    throw err;
   }
   armExpiry();
-  const pin = certificatePin(cert.certPem);
-  log.info(`listening on ${config.listen.host}:${server.port} (${config.publicUrl}), map ${map.dbPath}, pin ${pin}`);
+  publishStatus();
+  log.info(`listening on ${config.listen.host}:${listener.port} (${config.publicUrl}), map ${map.dbPath}, pin ${pin}`);
+
+  // SIGHUP: ttl, allow-list related limits, proxies, logging and TLS files
+  // change in place; what would need new sockets, state or map says so.
+  const reload = async (): Promise<void> => {
+    let next: ServerConfig;
+    let nextCert: ServerCertificate;
+    try {
+      next = loadServerConfig(configPath ?? config.path);
+      nextCert = await certFor(next);
+    } catch (err) {
+      log.error(`reload failed, keeping the running configuration: ${(err as Error).message}`);
+      return;
+    }
+    for (const [key, a, b] of [
+      ["listen", JSON.stringify(config.listen), JSON.stringify(next.listen)],
+      ["state_dir", config.stateDir, next.stateDir],
+      ["map", config.map, next.map],
+      ["map_type", config.mapType ?? "", next.mapType ?? ""],
+      ["postmap", config.postmap ?? "", next.postmap ?? ""],
+    ] as const) {
+      if (a !== b) log.warn(`reload: ${key} changed; restart the server for it to take effect`);
+    }
+    config = { ...next, listen: config.listen, stateDir: config.stateDir, map: config.map, mapType: config.mapType, postmap: config.postmap };
+    core.config = config;
+    ctx.trustedProxies = config.trustedProxies;
+    ctx.metricsAllow = config.metricsAllow;
+    ctx.renewals = new RenewalLimiter(config.renewalsPerMinute);
+    setLogFormat(config.logFormat);
+    setLogLevel(config.logLevel);
+    if (nextCert.certPem !== cert.certPem) {
+      const nextPin = certificatePin(nextCert.certPem);
+      cert = nextCert;
+      // Bun cannot swap certificates on a live socket: listen anew.
+      await listener?.stop();
+      listener = listen();
+      if (nextPin !== pin) {
+        log.warn(`reload: certificate changed, pin is now ${nextPin}; clients enrolled with --pin must re-enroll`);
+        pin = nextPin;
+        pinChangedAt = new Date().toISOString();
+      } else log.info("reload: certificate renewed, pin unchanged");
+    }
+    reloadedAt = new Date().toISOString();
+    publishStatus();
+    armExpiry();
+    log.info("reloaded configuration");
+  };
 
   return {
-    port: server.port!,
-    pin,
+    port: listener.port!,
+    get pin() {
+      return pin;
+    },
     core,
+    reload,
     async stop() {
       if (stopped) return;
       stopped = true;
       clearInterval(poll);
       clearTimeout(expiryTimer);
       clearTimeout(retryTimer);
-      await server.stop();
+      await listener?.stop();
       await map.sync().catch(() => undefined);
       store.close();
       lock.release();

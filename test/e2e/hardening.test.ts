@@ -13,7 +13,7 @@ import { addClient, apiCaller, ensureBinary, onHost, relayctl, startServer, toke
 setDefaultTimeout(60_000);
 type Body = string | ReadableStream;
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-const body = async (r: Response): Promise<Record<string, any>> => (await body(r)) as Record<string, any>;
+const body = async (r: Response): Promise<Record<string, any>> => (await r.json()) as Record<string, any>;
 const enabled = requireE2E();
 
 describe.skipIf(!enabled)("hardening", () => {

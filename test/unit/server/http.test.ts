@@ -7,6 +7,7 @@ import { LeaseBook } from "../../../src/server/leases.ts";
 import { MapWriter } from "../../../src/server/map.ts";
 import { StateStore, type ClientRow } from "../../../src/server/state.ts";
 import { AuthThrottle, RenewalLimiter } from "../../../src/server/throttle.ts";
+import { Metrics } from "../../../src/server/metrics.ts";
 import { newToken } from "../../../src/server/tokens.ts";
 import { FakeClock, fakePostmap, fakeServer, removeTempDirs, silenceLogger, tempDir, type FakePostmap } from "../helpers.ts";
 
@@ -23,6 +24,7 @@ let pm: FakePostmap;
 let mapPath: string;
 let trusted: Cidr[];
 let handler: ReturnType<typeof createHandler>;
+let metrics: Metrics;
 
 beforeEach(() => {
   const dir = tempDir("relayctl-http-");
@@ -34,6 +36,7 @@ beforeEach(() => {
   mapPath = join(dir, "postfix", "clients");
   map = new MapWriter({ path: mapPath, type: "hash", postmap: pm.path, addresses: () => leases.liveAddresses() });
   trusted = [];
+  metrics = new Metrics();
   const ctx: ApiContext = {
     store,
     leases,
@@ -44,6 +47,9 @@ beforeEach(() => {
     // Throttling has its own tests; here it must never get in the way.
     authThrottle: new AuthThrottle(1_000_000),
     renewals: new RenewalLimiter(0),
+    metricsAllow: [],
+    metrics,
+    renderMetrics: () => metrics.render({ leases: 0, clients: 0, degraded: false, mapEntries: 0 }),
     syncMap: () => map.sync(),
     degraded: () => (map.lastError ? [`map: ${map.lastError}`] : []),
   };
@@ -386,5 +392,20 @@ describe("observedAddress and leaseAddress", () => {
     const c = { name: "c", allow: '["192.0.2.0/24"]' } as ClientRow;
     expect(leaseAddress(c, parseIp("203.0.113.1")!, "192.0.2.9").text).toBe("192.0.2.9");
     expect(leaseAddress(c, parseIp("192.0.2.3")!, undefined).text).toBe("192.0.2.3");
+  });
+});
+
+describe("metrics", () => {
+  test("served to loopback with lease events and refusals counted; 404 for anyone else", async () => {
+    const token = addClient("nas");
+    expect((await call("POST", "/v1/lease", { token })).status).toBe(200);
+    expect((await call("POST", "/v1/lease", { token: `${token}x` })).status).toBe(401);
+    const fromLoopback = await handler(new Request(BASE + "/metrics"), fakeServer("127.0.0.1"));
+    expect(fromLoopback.status).toBe(200);
+    const text = await fromLoopback.text();
+    expect(text).toContain('relayctl_lease_events_total{event="grant"} 1');
+    expect(text).toContain('relayctl_refusals_total{reason="unauthorized"} 1');
+    const fromOutside = await handler(new Request(BASE + "/metrics"), fakeServer("198.51.100.7"));
+    expect(fromOutside.status).toBe(404);
   });
 });

@@ -1,0 +1,38 @@
+import { Database } from "bun:sqlite";
+
+/**
+ * An exclusive lock on a file, held through SQLite's own file locking: the
+ * kernel drops it when the process dies, even by SIGKILL, so no stale pid
+ * file is ever left to clean up.
+ */
+export class FileLock {
+  private constructor(private db: Database | null) {}
+
+  /** Takes the lock, or returns null when another process holds it. */
+  static tryAcquire(path: string): FileLock | null {
+    const db = new Database(path, { create: true });
+    try {
+      db.exec("PRAGMA busy_timeout = 0; PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE;");
+      return new FileLock(db);
+    } catch {
+      db.close();
+      return null;
+    }
+  }
+
+  /** Waits up to timeoutMs for the lock, polling; null when it stays taken. */
+  static async acquireWithin(path: string, timeoutMs: number): Promise<FileLock | null> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const lock = FileLock.tryAcquire(path);
+      if (lock || Date.now() >= deadline) return lock;
+      await Bun.sleep(200);
+    }
+  }
+
+  /** Lets go of the lock. */
+  release(): void {
+    this.db?.close(false);
+    this.db = null;
+  }
+}

@@ -1,0 +1,55 @@
+/** Upper bounds (seconds) of the map rebuild duration histogram. */
+const REBUILD_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+
+/** Counters since start, rendered in Prometheus text format for GET /metrics. */
+export class Metrics {
+  readonly events = new Map<string, number>();
+  readonly refusals = new Map<string, number>();
+  postmapFailures = 0;
+  private readonly buckets = REBUILD_BUCKETS.map(() => 0);
+  private rebuildCount = 0;
+  private rebuildSum = 0;
+
+  /** Counts a lease event: grant, renew, replace, release, expire, revoke. */
+  event(name: string, n = 1): void {
+    this.events.set(name, (this.events.get(name) ?? 0) + n);
+  }
+
+  /** Counts a refused request by its error code (unauthorized, address_not_allowed, ...). */
+  refusal(reason: string): void {
+    this.refusals.set(reason, (this.refusals.get(reason) ?? 0) + 1);
+  }
+
+  /** Records one map rebuild's duration in milliseconds. */
+  rebuild(ms: number): void {
+    const s = ms / 1000;
+    this.rebuildCount++;
+    this.rebuildSum += s;
+    REBUILD_BUCKETS.forEach((b, i) => {
+      if (s <= b) this.buckets[i]!++;
+    });
+  }
+
+  /** Renders every metric; gauges come from the caller since they live in state. */
+  render(gauges: { leases: number; clients: number; degraded: boolean; mapEntries: number }): string {
+    const out: string[] = [];
+    const metric = (name: string, type: string, help: string, lines: string[]): void => {
+      out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`, ...lines);
+    };
+    metric("relayctl_leases_active", "gauge", "Leases currently live.", [`relayctl_leases_active ${gauges.leases}`]);
+    metric("relayctl_clients", "gauge", "Enrolled clients.", [`relayctl_clients ${gauges.clients}`]);
+    metric("relayctl_map_entries", "gauge", "Addresses in the Postfix map.", [`relayctl_map_entries ${gauges.mapEntries}`]);
+    metric("relayctl_degraded", "gauge", "1 when the map could not be updated.", [`relayctl_degraded ${gauges.degraded ? 1 : 0}`]);
+    const events = ["grant", "renew", "replace", "release", "expire", "revoke"];
+    metric("relayctl_lease_events_total", "counter", "Lease events since start.", events.map((e) => `relayctl_lease_events_total{event="${e}"} ${this.events.get(e) ?? 0}`));
+    metric("relayctl_refusals_total", "counter", "Refused requests since start, by reason.", [...this.refusals].sort().map(([r, n]) => `relayctl_refusals_total{reason="${r}"} ${n}`));
+    metric("relayctl_postmap_failures_total", "counter", "Failed map rebuilds (postmap error, timeout or missing).", [`relayctl_postmap_failures_total ${this.postmapFailures}`]);
+    metric("relayctl_map_rebuild_duration_seconds", "histogram", "Duration of successful map rebuilds.", [
+      ...REBUILD_BUCKETS.map((b, i) => `relayctl_map_rebuild_duration_seconds_bucket{le="${b}"} ${this.buckets[i]}`),
+      `relayctl_map_rebuild_duration_seconds_bucket{le="+Inf"} ${this.rebuildCount}`,
+      `relayctl_map_rebuild_duration_seconds_sum ${this.rebuildSum.toFixed(6)}`,
+      `relayctl_map_rebuild_duration_seconds_count ${this.rebuildCount}`,
+    ]);
+    return out.join("\n") + "\n";
+  }
+}
