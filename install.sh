@@ -207,6 +207,13 @@ write_server_skeleton() {
 
 # Reverse proxies whose X-Forwarded-For header is believed (addresses or CIDR networks).
 #trusted_proxies = ["127.0.0.1"]
+
+# Who may read GET /metrics besides loopback (addresses or CIDR networks).
+#metrics_allow = ["192.0.2.10"]
+
+# Log lines: "text" (level: message) or "json" (one object per line); level error, warn, info or debug.
+#log_format = "text"
+#log_level = "info"
 EOF
 }
 
