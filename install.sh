@@ -214,6 +214,9 @@ write_server_skeleton() {
 # Log lines: "text" (level: message) or "json" (one object per line); level error, warn, info or debug.
 #log_format = "text"
 #log_level = "info"
+
+# How long the audit log (relayctl server log) keeps entries.
+#audit_retention = "90d"
 EOF
 }
 

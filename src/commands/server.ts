@@ -2,7 +2,7 @@ import { defineCommand } from "citty";
 import { parseDuration, formatDuration } from "../lib/duration.ts";
 import { usageError } from "../lib/errors.ts";
 import { log, setLogLevel, setVerbosity } from "../lib/logging.ts";
-import { addClient, listClients, readAuditLog, revokeClient, serverStatus, type AuditView, type ClientView, type StatusView } from "../server/admin.ts";
+import { addClient, listClients, readAuditLog, revokeClient, rotateToken, serverStatus, type AuditView, type ClientView, type StatusView } from "../server/admin.ts";
 import { startServer } from "../server/server.ts";
 import { common, ifNoSubcommand, repeatedFlag } from "./shared.ts";
 
@@ -35,6 +35,13 @@ export async function runServerAdd(opts: { config?: string; name: string; ttl?: 
     ttl: opts.ttl === undefined ? undefined : parseDuration(opts.ttl, "--ttl"),
     allow: opts.allow,
   });
+  console.log(line);
+  return line;
+}
+
+/** `server rotate`: prints a new enrollment line; the old token stops working at once. */
+export async function runServerRotate(opts: { config?: string; name: string }): Promise<string> {
+  const { line } = await rotateToken({ configPath: opts.config, name: opts.name });
   console.log(line);
   return line;
 }
@@ -115,6 +122,12 @@ const list = defineCommand({
   run: ({ args }) => void runServerList({ config: args.config, json: args.json }),
 });
 
+const rotate = defineCommand({
+  meta: { name: "rotate", description: "Give a client a new token and print its new enrollment line" },
+  args: { ...common, name: { type: "positional", required: true, description: "client name" } },
+  run: ({ args }) => runServerRotate({ config: args.config, name: args.name }).then(() => undefined),
+});
+
 const revoke = defineCommand({
   meta: { name: "revoke", description: "Delete a client: leases gone, map updated, token refused" },
   args: { ...common, name: { type: "positional", required: true, description: "client name" } },
@@ -162,6 +175,6 @@ const logCommand = defineCommand({
 export const serverCommand = defineCommand({
   meta: { name: "server", description: "Run the lease server on the mail host, or manage its clients" },
   args: { ...common },
-  subCommands: { add, list, revoke, log: logCommand, status: statusCommand },
+  subCommands: { add, list, revoke, rotate, log: logCommand, status: statusCommand },
   run: ifNoSubcommand(({ args }) => runServer({ config: args.config, verbose: args.verbose })),
 });

@@ -30,6 +30,7 @@ export interface ServerConfig {
   metricsAllow: Cidr[];
   logFormat: "text" | "json";
   logLevel: LogLevel;
+  auditRetention: number;
 }
 
 export const LOG_LEVELS = ["error", "warn", "info", "debug"] as const;
@@ -157,7 +158,7 @@ export function loadServerConfig(path?: string): ServerConfig {
   const { data, text } = readToml(file, path !== undefined);
   const k = new Keys(file, text, data, [
     "listen", "public_url", "state_dir", "tls_cert", "tls_key", "map", "map_type", "ttl", "postmap", "trusted_proxies",
-    "renewals_per_minute", "postmap_timeout", "metrics_allow", "log_format", "log_level",
+    "renewals_per_minute", "postmap_timeout", "metrics_allow", "log_format", "log_level", "audit_retention",
   ]);
   const listen = parseListen(k.str("listen") ?? "[::]:8443", k.where("listen"));
   const publicUrl = validateHttpsUrl(k.str("public_url") ?? `https://${hostname()}:${listen.port}`, k.where("public_url"));
@@ -202,6 +203,7 @@ export function loadServerConfig(path?: string): ServerConfig {
     metricsAllow: cidrs("metrics_allow"),
     logFormat: oneOf("log_format", ["text", "json"] as const, "text"),
     logLevel: oneOf("log_level", LOG_LEVELS, "info"),
+    auditRetention: k.duration("audit_retention") ?? 90 * 86400,
   };
 }
 

@@ -1,12 +1,12 @@
 import { loadServerConfig, MIN_TTL, validateName, type ServerConfig } from "../lib/config.ts";
 import { ExitCode, RelayError, usageError } from "../lib/errors.ts";
 import { parseCidr } from "../lib/ip.ts";
-import { certificateExpiry, certificatePin, ensureServerCertificate } from "../lib/tls.ts";
+import { certificateExpiry, certificatePin } from "../lib/tls.ts";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { LeaseBook } from "./leases.ts";
 import { StateLock } from "./lock.ts";
-import { openCore, resolveMap, statusPath, type ServerStatus } from "./server.ts";
+import { certFor, openCore, resolveMap, statusPath, type ServerStatus } from "./server.ts";
 import { StateStore, type AuditRow, type LeaseRow } from "./state.ts";
 import { newToken } from "./tokens.ts";
 
@@ -29,6 +29,12 @@ function withStore<T>(config: ServerConfig, fn: (store: StateStore) => T): T {
   }
 }
 
+/** The pin and the `relayctl client enroll ...` line for a client and token. */
+async function enrollmentLine(config: ServerConfig, name: string, token: string): Promise<{ line: string; pin: string }> {
+  const pin = certificatePin((await certFor(config)).certPem);
+  return { line: `relayctl client enroll ${config.publicUrl} --name ${name} --token ${token} --pin ${pin}`, pin };
+}
+
 /** Creates a client and returns the enrollment line to paste on the client host. */
 export async function addClient(opts: { configPath?: string; name: string; ttl?: number; allow?: string[] }): Promise<{ line: string; token: string; pin: string }> {
   const config = loadServerConfig(opts.configPath);
@@ -39,25 +45,38 @@ export async function addClient(opts: { configPath?: string; name: string; ttl?:
     return net.text;
   });
   if (opts.ttl !== undefined && opts.ttl < MIN_TTL) throw usageError(`--ttl must be at least ${MIN_TTL}s`);
-  const cert = await ensureServerCertificate({
-    stateDir: config.stateDir,
-    host: new URL(config.publicUrl).hostname.replace(/^\[|\]$/g, ""),
-    certPath: config.tlsCert,
-    keyPath: config.tlsKey,
-  });
-  const pin = certificatePin(cert.certPem);
   const t = newToken();
+  // Certificate first: a client row whose enrollment line could not be printed would be useless.
+  const { line, pin } = await enrollmentLine(config, name, t.token);
   withStore(config, (store) =>
     store.tx(() => {
       if (store.getClient(name)) {
-        throw new RelayError(`client ${name} already exists`, { exitCode: ExitCode.USAGE, hint: `revoke it first (relayctl server revoke ${name}) or choose another name` });
+        throw new RelayError(`client ${name} already exists`, { exitCode: ExitCode.USAGE, hint: `rotate its token (relayctl server rotate ${name}), or revoke it first` });
       }
       const now = Date.now();
       store.insertClient({ name, token_id: t.tokenId, token_hash: t.hash, ttl: opts.ttl ?? null, allow: JSON.stringify(allow), created_at: now });
       store.audit({ ts: now, event: "add", client: name, ip: null, source: null, detail: allow.length ? `allow ${allow.join(" ")}` : null });
     }),
   );
-  const line = `relayctl client enroll ${config.publicUrl} --name ${name} --token ${t.token} --pin ${pin}`;
+  return { line, token: t.token, pin };
+}
+
+/**
+ * Gives a client a new token: the old one is refused from the next request
+ * on, while the current lease stays until the client re-enrolls and renews.
+ */
+export async function rotateToken(opts: { configPath?: string; name: string }): Promise<{ line: string; token: string; pin: string }> {
+  const config = loadServerConfig(opts.configPath);
+  const name = validateName(opts.name);
+  const t = newToken();
+  const { line, pin } = await enrollmentLine(config, name, t.token);
+  withStore(config, (store) =>
+    store.tx(() => {
+      const changed = store.db.query("UPDATE clients SET token_id = ?, token_hash = ? WHERE name = ?").run(t.tokenId, t.hash, name).changes;
+      if (!changed) throw usageError(`no client named ${name}`, "see relayctl server list");
+      store.audit({ ts: Date.now(), event: "rotate", client: name, ip: null, source: null, detail: null });
+    }),
+  );
   return { line, token: t.token, pin };
 }
 

@@ -11,10 +11,16 @@ const HEADER = [
   "# `relayctl server add|revoke|list`.",
 ];
 
+/** Sorted, de-duplicated addresses; input that is already so (as state returns it) is only checked, in O(n). */
+function sortedUnique(addresses: readonly string[]): string[] {
+  let sorted = true;
+  for (let i = 1; i < addresses.length && sorted; i++) sorted = addresses[i - 1]! < addresses[i]!;
+  return sorted ? [...addresses] : [...new Set(addresses)].sort();
+}
+
 /** Renders the map source: header, then one sorted, de-duplicated `ADDRESS OK` line per address. */
-export function renderMap(addresses: Iterable<string>): string {
-  const unique = [...new Set(addresses)].sort();
-  return [...HEADER, ...unique.map((a) => `${a} OK`)].join("\n") + "\n";
+export function renderMap(addresses: readonly string[]): string {
+  return [...HEADER, ...sortedUnique(addresses).map((a) => `${a} OK`)].join("\n") + "\n";
 }
 
 /** Result of one rebuild, for logs and status. */
@@ -92,9 +98,9 @@ export class MapWriter {
 
   private async rebuild(): Promise<RebuildInfo> {
     const t0 = performance.now();
-    const addresses = this.opts.addresses();
-    const text = renderMap(addresses);
-    const entries = new Set(addresses).size;
+    const unique = sortedUnique(this.opts.addresses());
+    const text = renderMap(unique);
+    const entries = unique.length;
     // Same content: touching the map would make every smtpd restart for nothing.
     if (text === this.written && existsSync(this.dbPath)) return { changed: false, entries, ms: 0 };
     const { path, type } = this.opts;

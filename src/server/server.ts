@@ -75,7 +75,8 @@ export function statusPath(stateDir: string): string {
   return join(stateDir, "status.json");
 }
 
-function certFor(config: ServerConfig): Promise<ServerCertificate> {
+/** The server certificate for a config: the configured files, or the generated pair in state_dir. */
+export function certFor(config: ServerConfig): Promise<ServerCertificate> {
   return ensureServerCertificate({
     stateDir: config.stateDir,
     host: new URL(config.publicUrl).hostname.replace(/^\[|\]$/g, ""),
@@ -200,6 +201,18 @@ async function serve(core: Core, lock: StateLock, configPath: string | undefined
   for (const l of expired) log.info(`expired while stopped: ${l.client} ${l.ip}`);
   await syncMap().catch((err) => log.error(`initial map build failed: ${(err as Error).message}`));
 
+  // Every renewal is audited, so the log is kept to audit_retention.
+  const pruneAudit = (): void => {
+    try {
+      const n = store.pruneAudit(Date.now() - config.auditRetention * 1000);
+      if (n) log.info(`audit log: removed ${n} entries older than ${config.auditRetention / 86400} days`);
+    } catch (err) {
+      log.warn(`audit log pruning failed: ${(err as Error).message}`);
+    }
+  };
+  pruneAudit();
+  const pruner = setInterval(pruneAudit, 3_600_000);
+
   let dataVersion = store.dataVersion();
   const poll = setInterval(() => {
     const v = store.dataVersion();
@@ -253,6 +266,7 @@ async function serve(core: Core, lock: StateLock, configPath: string | undefined
     listener = listen();
   } catch (err) {
     clearInterval(poll);
+    clearInterval(pruner);
     throw err;
   }
   armExpiry();
@@ -316,6 +330,7 @@ async function serve(core: Core, lock: StateLock, configPath: string | undefined
       if (stopped) return;
       stopped = true;
       clearInterval(poll);
+      clearInterval(pruner);
       clearTimeout(expiryTimer);
       clearTimeout(retryTimer);
       await listener?.stop();

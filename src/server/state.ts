@@ -73,7 +73,10 @@ export class StateStore {
     try {
       mkdirSync(stateDir, { recursive: true, mode: 0o700 });
       this.db = new Database(join(stateDir, "state.db"), { create: true, strict: true });
-      this.db.exec("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;");
+      // WAL with synchronous=NORMAL: a crash or kill -9 loses nothing committed;
+      // a power cut may drop the last renewals, which clients redo on their
+      // next run. FULL would cost one disk flush per renewal.
+      this.db.exec("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;");
       this.db.exec(SCHEMA);
     } catch (err) {
       throw new RelayError(`cannot open state in ${stateDir}: ${(err as Error).message}`, {
@@ -156,6 +159,11 @@ export class StateStore {
     return this.db
       .query("SELECT * FROM audit WHERE ($client IS NULL OR client = $client) AND ts >= $since ORDER BY id DESC LIMIT $limit")
       .all({ client: filter.client ?? null, since: filter.since ?? 0, limit: filter.limit ?? 1000 } as never) as AuditRow[];
+  }
+
+  /** Deletes audit entries older than `before` (ms); returns how many went. */
+  pruneAudit(before: number): number {
+    return this.db.query("DELETE FROM audit WHERE ts < ?").run(before).changes;
   }
 
   close(): void {

@@ -127,3 +127,11 @@ describe("StateStore", () => {
     expect((err as RelayError).message).toContain(`cannot open state in ${file}`);
   });
 });
+
+describe("audit retention", () => {
+  test("pruneAudit removes only entries older than the cut-off", () => {
+    for (const ts of [1000, 2000, 3000]) store.audit({ ts, event: "renew", client: null, ip: null, source: null, detail: null });
+    expect(store.pruneAudit(2500)).toBe(2);
+    expect(store.auditLog().map((r) => r.ts)).toEqual([3000]);
+  });
+});
