@@ -4,10 +4,10 @@ import { FileLock } from "../lib/lock.ts";
 import { log } from "../lib/logging.ts";
 import { loadClientConfig, renderClientConfig, validateHttpsUrl, validateName, DEFAULT_CLIENT_CONFIG, type ClientConfig } from "../lib/config.ts";
 import { ExitCode, RelayError, usageError } from "../lib/errors.ts";
-import { apiError, createApi } from "../lib/http.ts";
+import { apiError, createApi, isTlsTrouble } from "../lib/http.ts";
 import { writeFileAtomic } from "../lib/fsutil.ts";
 import { parseIp } from "../lib/ip.ts";
-import { parsePin } from "../lib/tls.ts";
+import { parsePin, verifiedPeerChain } from "../lib/tls.ts";
 
 /** The server's answer to a lease request. */
 export interface LeaseAnswer {
@@ -26,11 +26,13 @@ export interface LeaseStatus {
   leases: { ip: string; family: number; renewed_at: string; expires_at: string }[];
 }
 
-async function call<T>(cfg: Pick<ClientConfig, "server" | "token" | "pin">, path: string, init: { method: "GET" | "POST" | "DELETE"; body?: unknown }, retries?: number): Promise<T> {
-  const api = await createApi({ server: cfg.server, token: cfg.token, pin: cfg.pin, retries });
+async function call<T>(cfg: Pick<ClientConfig, "server" | "token" | "pin" | "serverCert">, path: string, init: { method: "GET" | "POST" | "DELETE"; body?: unknown }, retries?: number): Promise<T> {
+  const api = await createApi({ server: cfg.server, token: cfg.token, pin: cfg.pin, serverCert: cfg.serverCert, retries });
   try {
     return (await api(path, init as never)) as T;
   } catch (err) {
+    // The saved chain no longer verifies: fetch the live one, which names the pin mismatch exactly.
+    if (cfg.pin && cfg.serverCert && isTlsTrouble(err)) await verifiedPeerChain(new URL(cfg.server), cfg.pin);
     throw apiError(err, cfg.server);
   }
 }
@@ -96,7 +98,9 @@ export async function enroll(opts: { url: string; name: string; token: string; p
   if (!/^[\x21-\x7e]{1,200}$/.test(opts.token)) throw usageError("--token: not a token", "copy the whole line printed by `relayctl server add`");
   const pin = opts.pin === undefined ? undefined : parsePin(opts.pin);
   const path = opts.configPath ?? DEFAULT_CLIENT_CONFIG;
-  const status = await call<LeaseStatus>({ server, token: opts.token, pin }, "/v1/lease", { method: "GET" }, 0);
+  // With a pin, fetch and check the chain once here and save it: later runs skip that handshake.
+  const serverCert = pin === undefined ? undefined : await verifiedPeerChain(new URL(server), pin);
+  const status = await call<LeaseStatus>({ server, token: opts.token, pin, serverCert }, "/v1/lease", { method: "GET" }, 0);
   if (status.client !== name) {
     throw new RelayError(`the token belongs to client ${status.client}, not ${name}`, { exitCode: ExitCode.REFUSED, hint: "paste the enrollment line exactly as printed" });
   }
@@ -113,6 +117,6 @@ export async function enroll(opts: { url: string; name: string; token: string; p
       throw usageError(`${path} already holds an enrollment for ${old.name} at ${old.server}`, "add --force to replace it, or pass --config for a second one");
     }
   }
-  writeFileAtomic(path, renderClientConfig({ server, name, token: opts.token, pin }), { mode: 0o600, mkdirMode: 0o750 });
+  writeFileAtomic(path, renderClientConfig({ server, name, token: opts.token, pin, serverCert }), { mode: 0o600, mkdirMode: 0o750 });
   return { path, status };
 }

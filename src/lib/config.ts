@@ -43,6 +43,8 @@ export interface ClientConfig {
   name: string;
   token: string;
   pin?: string;
+  /** The pinned server's certificate chain, saved at enrollment so a run needs one TLS handshake, not two. */
+  serverCert?: string;
 }
 
 /** Checks a client name against `[a-z0-9][a-z0-9._-]{0,62}`. */
@@ -217,7 +219,7 @@ export function loadClientConfig(path?: string): ClientConfig {
     });
   }
   const { data, text } = readToml(file, true);
-  const k = new Keys(file, text, data, ["server", "name", "token", "pin"]);
+  const k = new Keys(file, text, data, ["server", "name", "token", "pin", "server_cert"]);
   const need = (key: string): string => {
     const v = k.str(key);
     if (v === undefined) throw usageError(`${file}: missing key "${key}"`, "re-run relayctl client enroll");
@@ -229,6 +231,7 @@ export function loadClientConfig(path?: string): ClientConfig {
     name: validateName(need("name"), k.where("name")),
     token: need("token"),
     pin: k.str("pin"),
+    serverCert: k.str("server_cert"),
   };
 }
 
@@ -242,5 +245,6 @@ export function renderClientConfig(c: Omit<ClientConfig, "path">): string {
     `token = ${JSON.stringify(c.token)}`,
   ];
   if (c.pin) lines.push(`pin = ${JSON.stringify(c.pin)}`);
+  if (c.serverCert) lines.push("# The server's certificate chain as enrolled (matches pin); saves a TLS handshake per run.", `server_cert = ${JSON.stringify(c.serverCert)}`);
   return lines.join("\n") + "\n";
 }

@@ -7,6 +7,8 @@ export interface ApiOptions {
   server: string;
   token?: string;
   pin?: string;
+  /** Chain saved at enrollment; see serverTlsOptions. */
+  serverCert?: string;
   timeoutMs?: number;
   /** Quick retries on network errors and 5xx, for the blip the seed's 20-minute grace period papered over. */
   retries?: number;
@@ -18,7 +20,7 @@ export interface ApiOptions {
  * verification applies.
  */
 export async function createApi(o: ApiOptions): Promise<$Fetch> {
-  const tls = await serverTlsOptions(new URL(o.server), o.pin);
+  const tls = await serverTlsOptions(new URL(o.server), o.pin, o.serverCert);
   return ofetch.create({
     baseURL: o.server,
     headers: o.token ? { authorization: `Bearer ${o.token}` } : {},
@@ -31,6 +33,13 @@ export async function createApi(o: ApiOptions): Promise<$Fetch> {
 }
 
 const TLS_TROUBLE = /CERT|SELF_SIGNED|ALTNAME|TLS|SSL|pinned/i;
+
+/** True when a request failed in certificate verification rather than on the network or at the server. */
+export function isTlsTrouble(err: unknown): boolean {
+  if (err instanceof RelayError) return false;
+  const cause = (err as { cause?: { code?: string; message?: string } })?.cause;
+  return TLS_TROUBLE.test([cause?.code, cause?.message, (err as Error)?.message].filter(Boolean).join(" "));
+}
 
 /** Turns an HTTP failure into a RelayError with the documented exit code and a hint. */
 export function apiError(err: unknown, server: string): RelayError {
@@ -47,8 +56,7 @@ export function apiError(err: unknown, server: string): RelayError {
     return new RelayError(`server rejected the request (HTTP ${status}): ${said}`, { exitCode: ExitCode.USAGE });
   }
   const cause = (err as { cause?: { code?: string; message?: string } })?.cause;
-  const detail = [cause?.code, cause?.message, (err as Error)?.message].filter(Boolean).join(" ");
-  if (TLS_TROUBLE.test(detail)) {
+  if (isTlsTrouble(err)) {
     return new RelayError(`cannot verify the server certificate of ${server}: ${cause?.code ?? (err as Error).message}`, {
       exitCode: ExitCode.REFUSED,
       hint: "enroll with the --pin printed by `relayctl server add`, or give the server a CA-signed certificate",

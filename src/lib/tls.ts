@@ -402,10 +402,10 @@ export interface PinnedTlsOptions {
 export function pinnedTls(pin: string, peerPem: string): PinnedTlsOptions {
   const expected = parsePin(pin);
   return {
+    ...pinnedCa(peerPem),
     // Bun's fetch checks the chain before checkServerIdentity runs, so it must verify: the peer's
     // own certs make self-signed and private-CA chains verify, and the roots keep public-CA chains
     // verifying, since giving `ca` replaces the default trust store. The pin does the real check.
-    ca: [peerPem, ...nodeTls.rootCertificates],
     // Returning undefined skips the hostname check on purpose: with a pin the name does not matter.
     checkServerIdentity(_host, cert) {
       if (!cert?.raw) return new Error("server certificate unavailable for the pin check");
@@ -415,9 +415,30 @@ export function pinnedTls(pin: string, peerPem: string): PinnedTlsOptions {
   };
 }
 
-/** TLS options for a request to `url`: undefined for normal CA checks, pinned options when `pin` is set. */
-export async function serverTlsOptions(url: URL, pin?: string): Promise<PinnedTlsOptions | undefined> {
-  if (pin === undefined || pin === "") return undefined;
+/**
+ * The trust list for a pinned chain. Bun's fetch verifies the chain before
+ * checkServerIdentity runs: the peer's own certificates make self-signed and
+ * private-CA chains verify, and the system roots (parsed only when needed,
+ * ~150 certificates per run) keep public-CA chains that omit their root verifying.
+ */
+function pinnedCa(chainPem: string): { ca: string[] } {
+  const certs = chainPem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+  const top = certs.length ? new X509Certificate(certs[certs.length - 1]!) : null;
+  const selfContained = top !== null && top.issuer === top.subject;
+  return { ca: selfContained ? [chainPem] : [chainPem, ...nodeTls.rootCertificates] };
+}
+
+/** The pin of the first certificate in a PEM chain. */
+function pinOfChain(chainPem: string): string | null {
+  try {
+    return sha256Pin(firstCertificateDer(chainPem));
+  } catch {
+    return null;
+  }
+}
+
+/** Fetches the server's chain and checks it against the pin before anything else is sent; returns the chain. */
+export async function verifiedPeerChain(url: URL, pin: string): Promise<string> {
   const expected = parsePin(pin);
   const peer = await fetchPeerCertificate(url);
   if (!pinsEqual(peer.pin, expected)) {
@@ -426,5 +447,18 @@ export async function serverTlsOptions(url: URL, pin?: string): Promise<PinnedTl
       hint: "re-enroll with the line printed by `relayctl server add`, or check that you reach the right server",
     });
   }
-  return pinnedTls(expected, peer.chainPem);
+  return peer.chainPem;
+}
+
+/**
+ * TLS options for a request to `url`: undefined for normal CA checks, pinned
+ * options when `pin` is set. A chain saved at enrollment (`knownChain`) whose
+ * pin still matches saves the extra handshake of fetching it first; the pin
+ * is checked again inside the real handshake either way.
+ */
+export async function serverTlsOptions(url: URL, pin?: string, knownChain?: string): Promise<PinnedTlsOptions | undefined> {
+  if (pin === undefined || pin === "") return undefined;
+  const expected = parsePin(pin);
+  if (knownChain && pinsEqual(pinOfChain(knownChain) ?? "", expected)) return pinnedTls(expected, knownChain);
+  return pinnedTls(expected, await verifiedPeerChain(url, expected));
 }

@@ -1,3 +1,4 @@
+import { certificatePin } from "../../../src/lib/tls.ts";
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -46,7 +47,10 @@ describe("enroll", () => {
     expect(r.path).toBe(path);
     expect(r.status).toEqual({ client: "enrollee", ip: "127.0.0.1", ttl: 1200, leases: [] });
     expect(statSync(path).mode & 0o777).toBe(0o600);
-    expect(loadClientConfig(path)).toEqual({ path, server: url, name: "enrollee", token: added.token, pin: added.pin });
+    const saved = loadClientConfig(path);
+    // The enrolled chain is kept so later runs need one handshake; it is the pinned certificate.
+    expect(saved).toEqual({ path, server: url, name: "enrollee", token: added.token, pin: added.pin, serverCert: expect.stringContaining("-----BEGIN CERTIFICATE-----") });
+    expect(certificatePin(saved.serverCert!)).toBe(added.pin);
     // Re-running the same line is harmless.
     await enroll({ url, name: "enrollee", token: added.token, pin: added.pin, configPath: path });
   });
