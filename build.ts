@@ -3,7 +3,7 @@
 //
 // `npm run build -- --release` also cross-compiles the release targets and packs
 // dist/relayctl-VERSION-linux-ARCH[-musl].tar.gz plus dist/SHA256SUMS; the layout
-// is described in docs/operations.md ("Release builds").
+// is described in README.md ("Release builds").
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
@@ -121,7 +121,7 @@ async function buildRelease(t: ReleaseTarget, sourceEpoch: string): Promise<stri
     "relayctl",
     stage("install.sh", root, "install.sh", 0o755),
     ...UNITS.map((u) => stage(join("packaging", "systemd", u), root, join("systemd", u), 0o644)),
-    ...["README.md", "LICENSE", "docs/operations.md"].filter((f) => existsSync(f)).map((f) => stage(f, root, f, 0o644)),
+    ...["README.md", "LICENSE"].filter((f) => existsSync(f)).map((f) => stage(f, root, f, 0o644)),
   ];
   writeFileSync(join(root, "SHA256SUMS"), sha256sums(root, files.sort()));
   chmodSync(join(root, "SHA256SUMS"), 0o644);
