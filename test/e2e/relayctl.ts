@@ -4,7 +4,8 @@
  */
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { run, type Host, type RunResult } from "./harness.ts";
+import { mkdirSync } from "node:fs";
+import { createNetwork, freePort, run, startPostfix, swaks, tmpDir, type Host, type Net, type Postfix, type RunResult, type TmpDir } from "./harness.ts";
 
 /** Absolute path of the binary under test. */
 export const BIN = resolve(import.meta.dir, "../../dist/relayctl");
@@ -21,8 +22,8 @@ export function relayctl(args: string[], timeoutMs = 30_000): Promise<RunResult>
   return run([BIN, ...args], { timeoutMs });
 }
 
-/** Writes a server.toml into dir and returns its path. */
-export function writeServerConfig(dir: string, values: Record<string, string | string[]>): string {
+/** Writes a server.toml into dir and returns its path (values as TOML strings, numbers or string lists). */
+export function writeServerConfig(dir: string, values: Record<string, string | number | string[]>): string {
   const path = join(dir, "server.toml");
   const lines = Object.entries(values).map(([k, v]) => `${k} = ${JSON.stringify(v)}`);
   writeFileSync(path, lines.join("\n") + "\n");
@@ -114,4 +115,107 @@ export function apiCaller(url: string, stateDir: string): (path: string, init?: 
 /** The token from an enrollment line's argv. */
 export function tokenOf(line: string[]): string {
   return line[line.indexOf("--token") + 1]!;
+}
+
+/** What an e2e suite stands on: network with hosts h1 (198.18.0.2) and h2 (.3), a private Postfix, a relayctl server. */
+export interface Stage {
+  tmp: TmpDir;
+  net: Net;
+  h1: Host;
+  h2: Host;
+  postfix: Postfix;
+  /** Postfix's smtpd, ip:port on the test bridge. */
+  smtp: string;
+  url: string;
+  config: string;
+  stateDir: string;
+  mapPath: string;
+  server: ServerProc | undefined;
+  /** A client config path in the stage's temp dir. */
+  cfg(name: string): string;
+  /** (Re)writes server.toml: the stage's listen, url, state and map plus `extra`. */
+  writeConfig(extra?: Record<string, string | number | string[]>): void;
+  /** Starts the server (after a stop or kill) and waits for it. */
+  start(env?: Record<string, string>): Promise<void>;
+  /** `server add` on the host, then `client enroll` inside the host's namespace. */
+  enroll(host: Host, name: string, extra?: string[]): Promise<string[]>;
+  /** One swaks probe; true when RCPT to an outside domain is accepted. */
+  relays(host: Host, bind?: string): Promise<boolean>;
+  /** The map source's entries, without its comment header. */
+  mapEntries(): string[];
+  /** Runs fn at cleanup, before Postfix and the network go. */
+  onCleanup(fn: () => Promise<unknown>): void;
+  cleanup(): Promise<void>;
+}
+
+/**
+ * Builds a Stage. `prepare` runs before the server starts (certificates,
+ * mounts, wrappers, config); anything failing half-way is torn down here,
+ * since bun skips afterAll when beforeAll throws.
+ */
+export async function stage(opts: {
+  prefix: string;
+  mapType?: string;
+  start?: boolean;
+  prepare?: (s: Stage) => Promise<void>;
+  /** Runs after the server started (enrollments, first renewals). */
+  ready?: (s: Stage) => Promise<void>;
+  env?: Record<string, string>;
+}): Promise<Stage> {
+  await ensureBinary();
+  const extraCleanups: (() => Promise<unknown>)[] = [];
+  const s = { server: undefined } as Stage;
+  s.cleanup = async () => {
+    await s.server?.stop();
+    s.server = undefined;
+    for (const fn of extraCleanups.reverse()) await fn().catch(() => undefined);
+    await s.postfix?.stop();
+    await s.net?.destroy();
+    s.tmp?.remove();
+  };
+  try {
+    s.tmp = tmpDir(`relayctl-e2e-${opts.prefix}-`);
+    s.net = await createNetwork(opts.prefix);
+    s.h1 = await s.net.addHost("h1", "198.18.0.2");
+    s.h2 = await s.net.addHost("h2", "198.18.0.3");
+    mkdirSync(join(s.tmp.path, "map"));
+    s.mapPath = join(s.tmp.path, "map", "clients");
+    s.stateDir = join(s.tmp.path, "state");
+    const mapType = opts.mapType ?? "hash";
+    s.smtp = `198.18.0.1:${freePort()}`;
+    s.postfix = await startPostfix({ dir: join(s.tmp.path, "postfix"), mapPath: s.mapPath, mapType, listen: s.smtp });
+    const port = freePort();
+    s.url = `https://198.18.0.1:${port}`;
+    s.cfg = (name) => join(s.tmp.path, `${name}.toml`);
+    s.writeConfig = (extra = {}) => {
+      s.config = writeServerConfig(s.tmp.path, { listen: `198.18.0.1:${port}`, public_url: s.url, state_dir: s.stateDir, map: s.mapPath, map_type: mapType, ...extra });
+    };
+    s.start = async (env) => {
+      s.server = await startServer(s.config, s.url, env ?? opts.env);
+    };
+    s.enroll = async (host, name, extra = []) => {
+      const line = await addClient(s.config, name, extra);
+      const r = await onHost(host, [...line, "--config", s.cfg(name)]);
+      if (r.code !== 0) throw new Error(`enroll ${name} failed (${r.code}): ${r.stderr}`);
+      return line;
+    };
+    s.relays = async (host, bind) => {
+      const r = await swaks({ host, server: s.smtp, bind });
+      if (!r.accepted && !r.denied) throw new Error(`swaks gave neither verdict:\n${r.output}`);
+      return r.accepted;
+    };
+    s.mapEntries = () =>
+      readFileSync(s.mapPath, "utf8")
+        .split("\n")
+        .filter((l) => l && !l.startsWith("#"));
+    s.onCleanup = (fn) => void extraCleanups.push(fn);
+    s.writeConfig();
+    await opts.prepare?.(s);
+    if (opts.start !== false) await s.start();
+    await opts.ready?.(s);
+    return s;
+  } catch (err) {
+    await s.cleanup();
+    throw err;
+  }
 }
