@@ -37,6 +37,8 @@ export interface MapWriterOptions {
   /** Reads the addresses that must be in the map right now (from state). */
   addresses: () => string[];
   timeoutMs?: number;
+  /** Called once per rebuild that ran (not per coalesced caller): its result, or its error. */
+  onRebuild?: (result: RebuildInfo | Error) => void;
 }
 
 /**
@@ -126,6 +128,7 @@ export class MapWriter {
       }
       this.lastError = (err as Error).message;
       log.error(`map ${path}: ${this.lastError}`);
+      this.opts.onRebuild?.(err as Error);
       throw err;
     }
     this.written = text;
@@ -134,6 +137,8 @@ export class MapWriter {
     const ms = performance.now() - t0;
     this.lastRebuild = { at: Date.now(), ms, entries };
     log.debug(`map ${path}: rebuilt with ${entries} entries in ${ms.toFixed(1)} ms`);
-    return { changed: true, entries, ms };
+    const info = { changed: true, entries, ms };
+    this.opts.onRebuild?.(info);
+    return info;
   }
 }

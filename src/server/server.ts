@@ -8,7 +8,7 @@ import { certificateExpiry, certificatePin, ensureServerCertificate, type Server
 import { createHandler, MAX_BODY } from "./http.ts";
 import { LeaseBook, monotonicWallClock, systemClock, type Clock } from "./leases.ts";
 import { StateLock } from "./lock.ts";
-import { MapWriter } from "./map.ts";
+import { MapWriter, type RebuildInfo } from "./map.ts";
 import { defaultMapType, findPostfixTool, requirePostfixTool } from "./postfix.ts";
 import { StateStore } from "./state.ts";
 import { AuthThrottle, RenewalLimiter } from "./throttle.ts";
@@ -31,6 +31,8 @@ export interface Core {
   store: StateStore;
   leases: LeaseBook;
   map: MapWriter;
+  /** Set by a running server: metrics and status.json follow each rebuild. */
+  onRebuild?: (result: RebuildInfo | Error) => void;
 }
 
 /** Opens state and map for a config; the caller decides whether it holds the lock. */
@@ -40,7 +42,12 @@ export async function openCore(config: ServerConfig, clock: Clock = systemClock)
   mkdirSync(dirname(m.path), { recursive: true });
   // Read through the holder so a SIGHUP reload changes the default ttl in place.
   const leases = new LeaseBook(store, () => core.config.ttl, clock);
-  const map = new MapWriter({ ...m, addresses: () => leases.liveAddresses(), timeoutMs: config.postmapTimeout * 1000 });
+  const map = new MapWriter({
+    ...m,
+    addresses: () => leases.liveAddresses(),
+    timeoutMs: config.postmapTimeout * 1000,
+    onRebuild: (r) => core.onRebuild?.(r),
+  });
   const core: Core = { config, store, leases, map };
   return core;
 }
@@ -155,18 +162,17 @@ async function serve(core: Core, lock: StateLock, configPath: string | undefined
 
   // Every map change goes through here, so a failed postmap is retried
   // with backoff until it works, without anyone having to ask again.
+  core.onRebuild = (r) => {
+    if (r instanceof Error) metrics.postmapFailures++;
+    else metrics.rebuild(r.ms);
+    publishStatus();
+  };
   const syncMap = async (): Promise<unknown> => {
     try {
       const r = await map.sync();
       retryDelay = 1000;
-      if (r.changed) {
-        metrics.rebuild(r.ms);
-        publishStatus();
-      }
       return r;
     } catch (err) {
-      metrics.postmapFailures++;
-      publishStatus();
       if (!retryTimer && !stopped) {
         retryTimer = setTimeout(() => {
           retryTimer = undefined;
