@@ -171,6 +171,6 @@ export async function serverStatus(opts: { configPath?: string }): Promise<Statu
   }
   const type = status?.map.type ?? config.mapType ?? (await resolveMap(config).then((m) => m.type, () => "hash"));
   const entries = existsSync(config.map) ? readFileSync(config.map, "utf8").split("\n").filter((l) => l && !l.startsWith("#")).length : 0;
-  const counts = withStore(config, (store) => ({ clients: store.listClients().length, leases: store.allLeases().length }));
+  const counts = withStore(config, (store) => store.counts());
   return { running, public_url: config.publicUrl, cert, map: { path: config.map, type, entries }, ...counts, status };
 }

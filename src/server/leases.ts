@@ -57,8 +57,8 @@ export class LeaseBook {
       };
       this.store.upsertLease(lease);
       const event: RenewEvent = !old ? "grant" : old.ip === ip.text ? "renew" : "replace";
-      // The map only changes when an address appears or disappears; another
-      // client may already hold the same address, so ask the store.
+      // Only a new or different address can change the map; the map writer
+      // still compares content, so a shared address costs no rebuild.
       const mapChanged = event !== "renew";
       this.store.audit({ ts: now, event, client: client.name, ip: ip.text, source, detail: event === "replace" ? `was ${old!.ip}` : null });
       return { event, lease, replaced: event === "replace" ? old!.ip : undefined, mapChanged };

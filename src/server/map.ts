@@ -80,6 +80,11 @@ export class MapWriter {
     return this.queued;
   }
 
+  /** Resolves once no rebuild is running or queued (for shutdown), whatever their outcome. */
+  async settled(): Promise<void> {
+    while (this.running || this.queued) await (this.queued ?? this.running)!.catch(() => undefined);
+  }
+
   private start(): Promise<RebuildInfo> {
     const run = this.rebuild().finally(() => {
       if (this.running === run) this.running = null;

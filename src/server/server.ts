@@ -126,6 +126,8 @@ async function serve(core: Core, lock: StateLock, configPath: string | undefined
   let listener: ReturnType<typeof Bun.serve> | undefined;
 
   const degraded = (): string[] => (map.lastError ? [`map: ${map.lastError}`] : []);
+  // Before the first rebuild the map holds what state says is live.
+  const mapEntries = (): number => map.lastRebuild?.entries ?? leases.liveAddresses().length;
 
   // A small file beside the state, so `relayctl server status` can show
   // runtime facts (last rebuild, degraded reasons) without an API of its own.
@@ -143,7 +145,7 @@ async function serve(core: Core, lock: StateLock, configPath: string | undefined
         path: config.map,
         db: map.dbPath,
         type: map.type,
-        entries: map.lastRebuild?.entries ?? leases.liveAddresses().length,
+        entries: mapEntries(),
         rebuilds: map.rebuilds,
         last_rebuild_at: map.lastRebuild ? new Date(map.lastRebuild.at).toISOString() : null,
         last_rebuild_ms: map.lastRebuild ? Math.round(map.lastRebuild.ms * 10) / 10 : null,
@@ -238,7 +240,7 @@ async function serve(core: Core, lock: StateLock, configPath: string | undefined
     authThrottle: new AuthThrottle(),
     metrics,
     renderMetrics: () =>
-      metrics.render({ leases: store.allLeases().length, clients: store.listClients().length, degraded: degraded().length > 0, mapEntries: map.lastRebuild?.entries ?? leases.liveAddresses().length }),
+      metrics.render({ ...store.counts(), degraded: degraded().length > 0, mapEntries: mapEntries() }),
     syncMap: async () => {
       const r = await syncMap();
       armExpiry();
@@ -340,7 +342,8 @@ async function serve(core: Core, lock: StateLock, configPath: string | undefined
       clearTimeout(expiryTimer);
       clearTimeout(retryTimer);
       await listener?.stop();
-      await map.sync().catch(() => undefined);
+      // Let an in-flight rebuild finish; starting a new one on the way out is not wanted.
+      await map.settled();
       store.close();
       lock.release();
     },

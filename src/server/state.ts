@@ -161,6 +161,11 @@ export class StateStore {
       .all({ client: filter.client ?? null, since: filter.since ?? 0, limit: filter.limit ?? 1000 } as never) as AuditRow[];
   }
 
+  /** How many clients and leases there are, without loading the rows (metrics, status). */
+  counts(): { clients: number; leases: number } {
+    return this.db.query("SELECT (SELECT COUNT(*) FROM clients) AS clients, (SELECT COUNT(*) FROM leases) AS leases").get() as { clients: number; leases: number };
+  }
+
   /** Deletes audit entries older than `before` (ms); returns how many went. */
   pruneAudit(before: number): number {
     return this.db.query("DELETE FROM audit WHERE ts < ?").run(before).changes;

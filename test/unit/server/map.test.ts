@@ -285,3 +285,20 @@ describe("MapWriter", () => {
     }
   });
 });
+
+describe("MapWriter.settled", () => {
+  test("waits for the running and queued rebuilds without starting another", async () => {
+    const f = fixture();
+    f.pm.slow(0.2);
+    f.addrs.push("192.0.2.1");
+    const first = f.writer.sync();
+    f.addrs.push("192.0.2.2");
+    const second = f.writer.sync();
+    await f.writer.settled();
+    expect(entriesOf(readFileSync(f.path, "utf8"))).toEqual(["192.0.2.1 OK", "192.0.2.2 OK"]);
+    expect(f.writer.rebuilds).toBe(2);
+    await Promise.all([first, second]);
+    await f.writer.settled();
+    expect(f.writer.rebuilds).toBe(2);
+  });
+});

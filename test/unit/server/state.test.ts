@@ -135,3 +135,13 @@ describe("audit retention", () => {
     expect(store.auditLog().map((r) => r.ts)).toEqual([3000]);
   });
 });
+
+describe("counts", () => {
+  test("counts clients and leases without loading them", () => {
+    expect(store.counts()).toEqual({ clients: 0, leases: 0 });
+    store.insertClient(clientRow("a"));
+    store.insertClient(clientRow("b", { token_id: "bbbbbbbbbbbbbbbb" }));
+    store.upsertLease(lease("a", 4, "192.0.2.1", 10));
+    expect(store.counts()).toEqual({ clients: 2, leases: 1 });
+  });
+});
