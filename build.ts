@@ -3,7 +3,7 @@
 //
 // `npm run build -- --release` also cross-compiles the release targets and packs
 // dist/relayctl-VERSION-linux-ARCH[-musl].tar.gz plus dist/SHA256SUMS; the layout
-// is described in README.md ("Release builds").
+// is described in docs/operations.md ("Release builds").
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";

@@ -14,7 +14,7 @@
 #   RELAYCTL_INIT    systemd | cron (default: systemd when systemctl is on PATH)
 #   RELAYCTL_DOCTOR  1: run relayctl doctor even with DESTDIR (tests)
 #
-# See README.md ("Installing") for what each step does and why.
+# See docs/operations.md ("Installing") for what each step does and why.
 set -eu
 
 BIN=/usr/local/bin/relayctl
