@@ -121,6 +121,9 @@ async function buildRelease(t: ReleaseTarget, sourceEpoch: string): Promise<stri
     "relayctl",
     stage("install.sh", root, "install.sh", 0o755),
     ...UNITS.map((u) => stage(join("packaging", "systemd", u), root, join("systemd", u), 0o644)),
+    stage(MAN_PAGE, root, "relayctl.1", 0o644),
+    stage(BASH_COMPLETION, root, "completions/relayctl", 0o644),
+    stage(ZSH_COMPLETION, root, "completions/_relayctl", 0o644),
     ...["README.md", "LICENSE"].filter((f) => existsSync(f)).map((f) => stage(f, root, f, 0o644)),
   ];
   writeFileSync(join(root, "SHA256SUMS"), sha256sums(root, files.sort()));
@@ -131,15 +134,35 @@ async function buildRelease(t: ReleaseTarget, sourceEpoch: string): Promise<stri
   return tarball;
 }
 
+/** Generated from the command definitions, so they list exactly what the binary accepts. */
+const MAN_PAGE = join("dist", "relayctl.1");
+const BASH_COMPLETION = join("dist", "completions", "relayctl");
+const ZSH_COMPLETION = join("dist", "completions", "_relayctl");
+
+/** Writes the man page and the bash and zsh completions from src/cli.ts's command tree. */
+async function writeDocs(sourceEpoch: string): Promise<void> {
+  const { main } = await import("./src/cli.ts");
+  const { commandTree } = await import("./src/lib/cmdtree.ts");
+  const { renderManPage } = await import("./src/lib/manpage.ts");
+  const { bashCompletion, zshCompletion } = await import("./src/commands/completion.ts");
+  const tree = await commandTree(main);
+  mkdirSync(join("dist", "completions"), { recursive: true });
+  writeFileSync(MAN_PAGE, renderManPage(tree, { version: pkg.version, date: new Date(Number(sourceEpoch) * 1000) }));
+  writeFileSync(BASH_COMPLETION, bashCompletion(tree));
+  writeFileSync(ZSH_COMPLETION, zshCompletion(tree));
+}
+
 const release = process.argv.includes("--release");
 const hostTarget = `bun-linux-${process.arch === "arm64" ? "arm64" : "x64"}`;
+// The commit date, not now: the man page's date and the tarballs' mtimes must not depend on when the build ran.
+const epoch = process.env.SOURCE_DATE_EPOCH ?? (spawnSync("git", ["log", "-1", "--format=%ct"], { encoding: "utf8" }).stdout?.trim() || "0");
 mkdirSync("dist", { recursive: true });
 await compile({ outfile: "dist/relayctl", targetName: `linux-${process.arch}` });
-console.log(`built dist/relayctl ${pkg.version} (${hostTarget})`);
+await writeDocs(epoch);
+console.log(`built dist/relayctl ${pkg.version} (${hostTarget}), ${MAN_PAGE} and dist/completions/`);
 
 if (release) {
   const started = Date.now();
-  const epoch = process.env.SOURCE_DATE_EPOCH ?? (spawnSync("git", ["log", "-1", "--format=%ct"], { encoding: "utf8" }).stdout?.trim() || "0");
   // Stale tarballs of other versions would otherwise end up next to a SHA256SUMS that does not list them.
   for (const f of readdirSync("dist")) if (/^relayctl-.*\.tar\.gz$/.test(f)) rmSync(join("dist", f));
   const tarballs: string[] = [];
