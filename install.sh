@@ -7,6 +7,7 @@
 #                                         remove units and binary (--purge: config, state, user
 #                                         too; --unhook: first take the map out of main.cf)
 #   ./install.sh units DIR [BIN]          write the default systemd units into DIR (for packagers)
+#   ./install.sh skeleton server|client   print the commented config skeleton (for packagers)
 #   curl -fsSL URL/install.sh | sh -s -- server
 #                                         piped: uses ./relayctl or RELAYCTL_BINARY=PATH
 #
@@ -54,6 +55,7 @@ usage: install.sh server | client | uninstall [--purge] [--unhook] | units DIR [
   uninstall  remove units and binary; keep config and state unless --purge; --purge refuses
              while main.cf uses the map, unless --unhook takes it out of main.cf first
   units DIR  write the default systemd units into DIR, for relayctl at BIN
+  skeleton server|client  print the commented config file install.sh writes
 environment: DESTDIR, RELAYCTL_BINARY, RELAYCTL_INIT (systemd|cron), RELAYCTL_DOCTOR
 EOF
 }
@@ -323,6 +325,7 @@ CapabilityBoundingSet='
 # the capabilities below follow them.
 [Unit]
 Description=relayctl lease server (Postfix relay access for dynamic hosts)
+Documentation=man:relayctl(1)
 Wants=network-online.target
 After=network-online.target
 
@@ -362,6 +365,7 @@ render_sweep_service() {
 # nothing. Written by install.sh from server.toml, like relayctl.service.
 [Unit]
 Description=relayctl sweep: expire leases while the server is down
+Documentation=man:relayctl(1)
 
 [Service]
 Type=oneshot
@@ -400,6 +404,7 @@ render_client_service() {
 # relayctl lease renewal, started by relayctl-client.timer.
 [Unit]
 Description=relayctl lease renewal
+Documentation=man:relayctl(1)
 Wants=network-online.target
 After=network-online.target
 
@@ -734,6 +739,13 @@ main() {
 		BIN=${3:-$BIN}
 		write_units "$2" "$DEFAULT_STATE_DIR" "$(dirname "$DEFAULT_MAP")" "${DEFAULT_LISTEN##*:}" server
 		write_units "$2" "" "" 0 client
+		;;
+	skeleton)
+		case ${2:-} in
+		server) write_server_skeleton ;;
+		client) write_client_skeleton ;;
+		*) die "skeleton: server or client?" ;;
+		esac
 		;;
 	-h | --help | help) usage ;;
 	*)
