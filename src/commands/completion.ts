@@ -17,6 +17,26 @@ function spec(node: CommandNode): { subs: string; flags: string; values: string;
   };
 }
 
+/**
+ * Shell lines (bash and zsh alike) that walk the words typed before the cursor,
+ * from index `first` below `current` in array `words`, into $cmdpath, skipping
+ * each flag's value, then load that command's spec.
+ */
+function findCommandPath(first: string, current: string, words: string): string[] {
+  return [
+    `\tfor ((i = ${first}; i < ${current}; i++)); do`,
+    `\t\tw=\${${words}[i]}`,
+    '\t\t_relayctl_spec "$cmdpath"',
+    '\t\tif [[ " $values " == *" $w "* ]]; then',
+    "\t\t\t((i++))",
+    '\t\telif [[ " $subs " == *" $w "* ]]; then',
+    "\t\t\tcmdpath=${cmdpath:+$cmdpath }$w",
+    "\t\tfi",
+    "\tdone",
+    '\t_relayctl_spec "$cmdpath"',
+  ];
+}
+
 /** Single-quotes a word for bash and zsh. */
 function quote(s: string): string {
   return `'${s.replace(/'/g, `'\\''`)}'`;
@@ -42,16 +62,7 @@ export function bashCompletion(root: CommandNode): string {
     ...specFunction(root, () => []),
     "_relayctl() {",
     "\tlocal cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD-1]} cmdpath= i w subs flags values files dirs",
-    "\tfor ((i = 1; i < COMP_CWORD; i++)); do",
-    "\t\tw=${COMP_WORDS[i]}",
-    '\t\t_relayctl_spec "$cmdpath"',
-    '\t\tif [[ " $values " == *" $w "* ]]; then',
-    "\t\t\t((i++))",
-    '\t\telif [[ " $subs " == *" $w "* ]]; then',
-    "\t\t\tcmdpath=${cmdpath:+$cmdpath }$w",
-    "\t\tfi",
-    "\tdone",
-    '\t_relayctl_spec "$cmdpath"',
+    ...findCommandPath("1", "COMP_CWORD", "COMP_WORDS"),
     '\tif [[ " $files " == *" $prev "* ]]; then',
     '\t\tmapfile -t COMPREPLY < <(compgen -f -- "$cur")',
     '\telif [[ " $dirs " == *" $prev "* ]]; then',
@@ -83,16 +94,7 @@ export function zshCompletion(root: CommandNode): string {
     "_relayctl() {",
     "\tlocal cmdpath= i w subs flags values files dirs",
     "\tlocal -a subdesc flagdesc",
-    "\tfor ((i = 2; i < CURRENT; i++)); do",
-    "\t\tw=${words[i]}",
-    '\t\t_relayctl_spec "$cmdpath"',
-    '\t\tif [[ " $values " == *" $w "* ]]; then',
-    "\t\t\t((i++))",
-    '\t\telif [[ " $subs " == *" $w "* ]]; then',
-    "\t\t\tcmdpath=${cmdpath:+$cmdpath }$w",
-    "\t\tfi",
-    "\tdone",
-    '\t_relayctl_spec "$cmdpath"',
+    ...findCommandPath("2", "CURRENT", "words"),
     "\tlocal prev=${words[CURRENT-1]}",
     '\tif [[ " $files " == *" $prev "* ]]; then',
     "\t\t_files",

@@ -539,7 +539,9 @@ describe("systemd units", () => {
     copyFileSync(existsSync("/bin/kill") ? "/bin/kill" : "/usr/bin/kill", join(root, "bin/kill"));
     chmodSync(join(root, "bin/kill"), 0o755);
     const units = UNITS.map((u) => join(root, "etc/systemd/system", u));
-    const r = spawnSync("systemd-analyze", ["verify", `--root=${root}`, ...units], { encoding: "utf8" });
+    // --man=no: Documentation=man:relayctl(1) names a page this machine has not installed
+    // (the release and first-contact tests check the page itself).
+    const r = spawnSync("systemd-analyze", ["verify", "--man=no", `--root=${root}`, ...units], { encoding: "utf8" });
     expect(r.stderr).toBe("");
     expect(r.status).toBe(0);
   });
