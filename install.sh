@@ -90,7 +90,7 @@ sha256_of() {
 # owner, so a later `npm test` by that user can still overwrite dist/.
 build_checkout() {
 	[ -x "$1/node_modules/.bin/bun" ] || die "$1 is a source checkout without dist/relayctl and without node_modules: run \`npm ci\` there first (it installs bun), then install.sh again"
-	say "building $1/dist/relayctl (npm run build)"
+	say "building $1/dist/relayctl (bun build.ts, as npm run build does)"
 	owner=$(stat -c %U "$1" 2>/dev/null || echo root)
 	if [ "$(id -u)" = 0 ] && [ "$owner" != root ] && command -v runuser >/dev/null 2>&1; then
 		(cd "$1" && runuser -u "$owner" -- node_modules/.bin/bun build.ts) || die "the build failed (above); fix it and run install.sh again"
