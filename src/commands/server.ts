@@ -4,6 +4,8 @@ import { usageError } from "../lib/errors.ts";
 import { log, setLogLevel, setVerbosity } from "../lib/logging.ts";
 import { addClient, listClients, readAuditLog, revokeClient, rotateToken, serverStatus, type AuditView, type ClientView, type StatusView } from "../server/admin.ts";
 import { startServer } from "../server/server.ts";
+import { sweep } from "../server/runtime/sweep.ts";
+import { loadServerConfig } from "../lib/config.ts";
 import { common, ifNoSubcommand, repeatedFlag } from "./shared.ts";
 
 /** Runs the server until SIGTERM or SIGINT, then stops cleanly. */
@@ -28,12 +30,13 @@ export async function runServer(opts: { config?: string; verbose?: boolean }): P
 }
 
 /** `server add`: prints the enrollment line on stdout. */
-export async function runServerAdd(opts: { config?: string; name: string; ttl?: string; allow?: string[] }): Promise<string> {
+export async function runServerAdd(opts: { config?: string; name: string; ttl?: string; allow?: string[]; ipv6Prefix?: string }): Promise<string> {
   const { line } = await addClient({
     configPath: opts.config,
     name: opts.name,
     ttl: opts.ttl === undefined ? undefined : parseDuration(opts.ttl, "--ttl"),
     allow: opts.allow,
+    ipv6Prefix: opts.ipv6Prefix === undefined ? undefined : Number(opts.ipv6Prefix),
   });
   console.log(line);
   return line;
@@ -83,7 +86,7 @@ export async function runServerRevoke(opts: { config?: string; name: string; ver
 /** Renders audit entries one per line: time, event, client, address, source, detail. */
 export function renderAuditLog(rows: AuditView[]): string {
   return rows
-    .map((r) => [r.ts, r.event, r.client ?? "-", r.ip ?? "-", r.source ? `from ${r.source}` : "", r.detail ?? ""].filter(Boolean).join("  "))
+    .map((r) => [r.ts, r.event, r.client ?? "-", r.ip ?? "-", r.source ? `from ${r.source}` : "", r.count > 1 ? `x${r.count}` : "", r.detail ?? ""].filter(Boolean).join("  "))
     .join("\n");
 }
 
@@ -109,10 +112,11 @@ const add = defineCommand({
     name: { type: "positional", required: true, description: "client name: [a-z0-9][a-z0-9._-]{0,62}" },
     ttl: { type: "string", description: "lease lifetime for this client (90s, 20m, 1h); default: server ttl" },
     allow: { type: "string", description: "CIDR the client may lease or name (repeatable)" },
+    "ipv6-prefix": { type: "string", description: "lease the /N (48-128) around the client's IPv6 address; needs lookup = \"policy\" below 128", valueHint: "N" },
   },
   run: ({ args, rawArgs }) => {
     const allow = repeatedFlag(rawArgs, "allow");
-    return runServerAdd({ config: args.config, name: args.name, ttl: args.ttl, allow }).then(() => undefined);
+    return runServerAdd({ config: args.config, name: args.name, ttl: args.ttl, allow, ipv6Prefix: args["ipv6-prefix"] }).then(() => undefined);
   },
 });
 
@@ -140,12 +144,29 @@ export function renderStatus(s: StatusView): string {
   lines.push(`public url: ${s.public_url}`);
   lines.push(s.cert ? `certificate: ${s.cert.path}, expires ${s.cert.expires_at} (${s.cert.days_left} days), pin ${s.cert.pin}` : "certificate: none yet (created at first start or server add)");
   if (s.status?.pin_changed_at) lines.push(`  pin changed at ${s.status.pin_changed_at} (certificate replaced): clients enrolled with --pin must re-enroll`);
-  lines.push(`map: ${s.map.type}:${s.map.path}, ${s.map.entries} entries`);
-  if (s.status?.map.last_rebuild_at) lines.push(`  last rebuild ${s.status.map.last_rebuild_at} in ${s.status.map.last_rebuild_ms} ms (${s.status.map.rebuilds} since start)`);
+  if (s.map) {
+    lines.push(`map: ${s.map.type}:${s.map.path}, ${s.map.entries} entries`);
+    if (s.map.frozen.entries) lines.push(`  FROZEN: ${s.map.frozen.entries} entries have no live lease and still relay (since ${s.map.frozen.since}); start the server, or run relayctl server sweep`);
+    const l = s.status?.lookup;
+    if (l?.last_rebuild_at) lines.push(`  last rebuild ${l.last_rebuild_at} in ${l.last_rebuild_ms} ms (${l.rebuilds} since start)`);
+  }
+  if (s.policy) lines.push(`policy: ${s.policy.socket}, ${s.policy.listening ? "listening" : "not listening (Postfix defers relay attempts with 451)"}`);
   lines.push(`clients: ${s.clients}, live leases: ${s.leases}`);
   lines.push(s.status?.degraded.length ? `degraded: ${s.status.degraded.join("; ")}` : "degraded: no");
   return lines.join("\n");
 }
+
+/** `server sweep`: with no server running, expires due leases and rebuilds the map; with one, does nothing. */
+export async function runServerSweep(opts: { config?: string; verbose?: boolean }): Promise<void> {
+  const r = await sweep(loadServerConfig(opts.config));
+  if (opts.verbose) console.log(r.serverRunning ? "server running: nothing to do" : `expired ${r.expired.length} leases; lookup rebuilt from the live leases`);
+}
+
+const sweepCommand = defineCommand({
+  meta: { name: "sweep", description: "With the server stopped, expire due leases and rebuild the map (run every minute from a timer or cron)" },
+  args: { ...common },
+  run: ({ args }) => runServerSweep({ config: args.config, verbose: args.verbose }),
+});
 
 /** `server status`: whether it runs, certificate, map and degraded reasons. */
 export async function runServerStatus(opts: { config?: string; json?: boolean }): Promise<StatusView> {
@@ -175,6 +196,6 @@ const logCommand = defineCommand({
 export const serverCommand = defineCommand({
   meta: { name: "server", description: "Run the lease server on the mail host, or manage its clients" },
   args: { ...common },
-  subCommands: { add, list, revoke, rotate, log: logCommand, status: statusCommand },
+  subCommands: { add, list, revoke, rotate, log: logCommand, status: statusCommand, sweep: sweepCommand },
   run: ifNoSubcommand(({ args }) => runServer({ config: args.config, verbose: args.verbose })),
 });

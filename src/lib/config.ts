@@ -10,6 +10,8 @@ export const MAP_TYPES = ["hash", "lmdb", "btree", "cdb"] as const;
 export type MapType = (typeof MAP_TYPES)[number];
 /** Shortest lease ttl: below this, cron jitter alone would drop working clients. */
 export const MIN_TTL = 10;
+/** Widest IPv6 prefix lease: a /48 is a whole site. */
+export const MIN_IPV6_PREFIX = 48;
 const NAME_RE = /^[a-z0-9][a-z0-9._-]{0,62}$/;
 
 /** Effective server settings after defaults; map_type stays undefined until postconf is asked. */
@@ -31,6 +33,11 @@ export interface ServerConfig {
   logFormat: "text" | "json";
   logLevel: LogLevel;
   auditRetention: number;
+  /** How Postfix asks: the postmap map (default) or the policy service. */
+  lookup: "map" | "policy";
+  policySocket: string;
+  /** Default prefix length of IPv6 leases (128 = the address alone). */
+  ipv6Prefix: number;
 }
 
 export const LOG_LEVELS = ["error", "warn", "info", "debug"] as const;
@@ -161,6 +168,7 @@ export function loadServerConfig(path?: string): ServerConfig {
   const k = new Keys(file, text, data, [
     "listen", "public_url", "state_dir", "tls_cert", "tls_key", "map", "map_type", "ttl", "postmap", "trusted_proxies",
     "renewals_per_minute", "postmap_timeout", "metrics_allow", "log_format", "log_level", "audit_retention",
+    "lookup", "policy_socket", "ipv6_prefix",
   ]);
   const listen = parseListen(k.str("listen") ?? "[::]:8443", k.where("listen"));
   const publicUrl = validateHttpsUrl(k.str("public_url") ?? `https://${hostname()}:${listen.port}`, k.where("public_url"));
@@ -198,6 +206,10 @@ export function loadServerConfig(path?: string): ServerConfig {
     return v as T;
   };
   const renewalsPerMinute = k.int("renewals_per_minute") ?? 20;
+  const lookup = oneOf("lookup", ["map", "policy"] as const, "map");
+  const ipv6Prefix = k.int("ipv6_prefix") ?? 128;
+  if (ipv6Prefix < MIN_IPV6_PREFIX || ipv6Prefix > 128) throw k.error("ipv6_prefix", `must be ${MIN_IPV6_PREFIX} to 128`, "64 covers one LAN with its privacy addresses");
+  if (ipv6Prefix < 128 && lookup === "map") throw k.error("ipv6_prefix", `a /${ipv6Prefix} lease cannot be expressed in a Postfix map`, 'set lookup = "policy", which matches prefixes exactly');
   return {
     path: file, listen, publicUrl, stateDir, tlsCert, tlsKey, map,
     mapType: mapType as MapType | undefined, ttl, postmap: absolute("postmap"), trustedProxies,
@@ -206,6 +218,9 @@ export function loadServerConfig(path?: string): ServerConfig {
     logFormat: oneOf("log_format", ["text", "json"] as const, "text"),
     logLevel: oneOf("log_level", LOG_LEVELS, "info"),
     auditRetention: k.duration("audit_retention") ?? 90 * 86400,
+    lookup,
+    policySocket: absolute("policy_socket") ?? "/var/spool/postfix/relayctl/policy",
+    ipv6Prefix,
   };
 }
 

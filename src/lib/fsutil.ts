@@ -1,4 +1,6 @@
-import { closeSync, fchmodSync, fsyncSync, mkdirSync, openSync, renameSync, unlinkSync, writeSync } from "node:fs";
+import { closeSync, constants, fchmodSync, fchownSync, fstatSync, fsyncSync, lstatSync, mkdirSync, mkdtempSync, openSync, renameSync, unlinkSync, writeSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { ExitCode, RelayError } from "./errors.ts";
 import { dirname, basename, join } from "node:path";
 
 /** Flushes a directory entry so a rename survives a power cut. */
@@ -11,11 +13,11 @@ export function fsyncDir(dir: string): void {
   }
 }
 
-/** Writes and fsyncs a file at `path` with `mode`, replacing any existing one. */
+/** Writes and fsyncs a new file at `path` with `mode`; an existing file or link there is an error, never followed. */
 export function writeFileSynced(path: string, data: string | Uint8Array, mode = 0o644): void {
-  const fd = openSync(path, "w", mode);
+  const fd = openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, mode);
   try {
-    // open() applies mode only to a new file: a leftover temp file keeps its old mode.
+    // The umask would otherwise narrow the mode given to open().
     fchmodSync(fd, mode);
     writeSync(fd, typeof data === "string" ? Buffer.from(data) : data);
     fsyncSync(fd);
@@ -31,7 +33,8 @@ export function writeFileSynced(path: string, data: string | Uint8Array, mode = 
 export function writeFileAtomic(path: string, data: string | Uint8Array, opts: { mode?: number; mkdirMode?: number } = {}): void {
   const dir = dirname(path);
   mkdirSync(dir, { recursive: true, mode: opts.mkdirMode ?? 0o755 });
-  const tmp = join(dir, `.${basename(path)}.${process.pid}.tmp`);
+  // A name nobody can guess, created with O_EXCL: a planted file or link fails the write instead of receiving it.
+  const tmp = join(dir, `.${basename(path)}.${process.pid}.${randomBytes(6).toString("hex")}.tmp`);
   try {
     writeFileSynced(tmp, data, opts.mode ?? 0o644);
     renameSync(tmp, path);
@@ -44,4 +47,68 @@ export function writeFileAtomic(path: string, data: string | Uint8Array, opts: {
     throw err;
   }
   fsyncDir(dir);
+}
+
+/**
+ * Refuses a path that is a symlink, a hard link or not a regular file, for
+ * files that must be opened by name (SQLite): root must never open a file
+ * someone planted a link to. A missing file is fine: it gets created.
+ */
+export function refuseLink(path: string): void {
+  let st;
+  try {
+    st = lstatSync(path);
+  } catch {
+    return;
+  }
+  if (!st.isFile() || st.nlink > 1) {
+    throw new RelayError(`${path} is not a plain file (a symlink or hard link was put there)`, {
+      exitCode: ExitCode.USAGE,
+      hint: `remove ${path}; relayctl never follows links in its directories`,
+    });
+  }
+}
+
+/** Who should own what relayctl creates in a directory: the directory's owner (the service user). */
+export function ownerOf(dir: string): { uid: number; gid: number } {
+  const st = lstatSync(dir);
+  return { uid: st.uid, gid: st.gid };
+}
+
+/**
+ * Hands a file that this process just created to `owner` through its open
+ * descriptor, refusing to follow a symlink: root must never chown a file a
+ * planted link points at. Only root changes ownership; others need not.
+ */
+export function handOver(path: string, owner: { uid: number; gid: number }, mode?: number): void {
+  const fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  try {
+    if (!fstatSync(fd).isFile()) throw new Error(`${path} is not a regular file`);
+    if (mode !== undefined) fchmodSync(fd, mode);
+    if (process.getuid?.() === 0) fchownSync(fd, owner.uid, owner.gid);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * Opens an existing or new file for writing without ever following a
+ * symlink at `path`, and refuses hard links to files elsewhere.
+ */
+export function openNoFollow(path: string, flags: number, mode = 0o600): number {
+  const fd = openSync(path, flags | constants.O_NOFOLLOW, mode);
+  const st = fstatSync(fd);
+  if (!st.isFile() || st.nlink > 1) {
+    closeSync(fd);
+    throw new Error(`${path} is not a plain file of its own (a link was planted there?)`);
+  }
+  return fd;
+}
+
+/**
+ * Makes a directory only this process's user can write, inside `parent`, for
+ * temporary files whose names nobody else can predict or pre-empt.
+ */
+export function privateDir(parent: string): string {
+  return mkdtempSync(join(parent, ".relayctl-"));
 }

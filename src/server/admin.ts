@@ -1,12 +1,17 @@
-import { loadServerConfig, MIN_TTL, validateName, type ServerConfig } from "../lib/config.ts";
+import { loadServerConfig, MIN_IPV6_PREFIX, MIN_TTL, validateName, type ServerConfig } from "../lib/config.ts";
 import { ExitCode, RelayError, usageError } from "../lib/errors.ts";
 import { parseCidr } from "../lib/ip.ts";
 import { certificateExpiry, certificatePin } from "../lib/tls.ts";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { LeaseBook } from "./leases.ts";
 import { StateLock } from "./lock.ts";
-import { certFor, openCore, resolveMap, statusPath, type ServerStatus } from "./server.ts";
+import { certFor } from "./server.ts";
+import { withoutServer } from "./runtime/sweep.ts";
+import { statusPath, type ServerStatus } from "./runtime/status.ts";
+import { lookupTypeOf, type LookupName } from "./lookups/index.ts";
+import { frozenEntries, installedKeys, resolveMap, type Frozen } from "./lookups/map.ts";
+import { mapDbSuffix } from "./postfix.ts";
 import { StateStore, type AuditRow, type LeaseRow } from "./state.ts";
 import { newToken } from "./tokens.ts";
 
@@ -35,8 +40,20 @@ async function enrollmentLine(config: ServerConfig, name: string, token: string)
   return { line: `relayctl client enroll ${config.publicUrl} --name ${name} --token ${token} --pin ${pin}`, pin };
 }
 
+/**
+ * Checks an IPv6 prefix length for a client: 48..128, and below 128 only
+ * with a lookup that matches prefixes exactly (the map cannot).
+ */
+export function checkIpv6Prefix(config: ServerConfig, n: number): number {
+  if (!Number.isInteger(n) || n < MIN_IPV6_PREFIX || n > 128) throw usageError(`--ipv6-prefix ${n}: must be a whole number from ${MIN_IPV6_PREFIX} to 128`, "64 covers one LAN with its privacy addresses");
+  if (n < 128 && !lookupTypeOf(config).prefixes) {
+    throw usageError(`--ipv6-prefix ${n}: lookup = "${config.lookup}" cannot express a /${n} lease exactly`, 'set lookup = "policy" in server.toml (and hook it into Postfix, see relayctl doctor) for prefix leases');
+  }
+  return n;
+}
+
 /** Creates a client and returns the enrollment line to paste on the client host. */
-export async function addClient(opts: { configPath?: string; name: string; ttl?: number; allow?: string[] }): Promise<{ line: string; token: string; pin: string }> {
+export async function addClient(opts: { configPath?: string; name: string; ttl?: number; allow?: string[]; ipv6Prefix?: number }): Promise<{ line: string; token: string; pin: string }> {
   const config = loadServerConfig(opts.configPath);
   const name = validateName(opts.name);
   const allow = (opts.allow ?? []).map((c) => {
@@ -45,6 +62,7 @@ export async function addClient(opts: { configPath?: string; name: string; ttl?:
     return net.text;
   });
   if (opts.ttl !== undefined && opts.ttl < MIN_TTL) throw usageError(`--ttl must be at least ${MIN_TTL}s`);
+  const ipv6Prefix = opts.ipv6Prefix === undefined ? null : checkIpv6Prefix(config, opts.ipv6Prefix);
   const t = newToken();
   // Certificate first: a client row whose enrollment line could not be printed would be useless.
   const { line, pin } = await enrollmentLine(config, name, t.token);
@@ -54,8 +72,9 @@ export async function addClient(opts: { configPath?: string; name: string; ttl?:
         throw new RelayError(`client ${name} already exists`, { exitCode: ExitCode.USAGE, hint: `rotate its token (relayctl server rotate ${name}), or revoke it first` });
       }
       const now = Date.now();
-      store.insertClient({ name, token_id: t.tokenId, token_hash: t.hash, ttl: opts.ttl ?? null, allow: JSON.stringify(allow), created_at: now });
-      store.audit({ ts: now, event: "add", client: name, ip: null, source: null, detail: allow.length ? `allow ${allow.join(" ")}` : null });
+      store.insertClient({ name, token_id: t.tokenId, token_hash: t.hash, ttl: opts.ttl ?? null, allow: JSON.stringify(allow), created_at: now, ipv6_prefix: ipv6Prefix });
+      const detail = [allow.length ? `allow ${allow.join(" ")}` : "", ipv6Prefix !== null ? `ipv6-prefix /${ipv6Prefix}` : ""].filter(Boolean).join(", ");
+      store.audit({ ts: now, event: "add", client: name, ip: null, source: null, detail: detail || null });
     }),
   );
   return { line, token: t.token, pin };
@@ -72,8 +91,7 @@ export async function rotateToken(opts: { configPath?: string; name: string }): 
   const { line, pin } = await enrollmentLine(config, name, t.token);
   withStore(config, (store) =>
     store.tx(() => {
-      const changed = store.db.query("UPDATE clients SET token_id = ?, token_hash = ? WHERE name = ?").run(t.tokenId, t.hash, name).changes;
-      if (!changed) throw usageError(`no client named ${name}`, "see relayctl server list");
+      if (!store.setToken(name, t.tokenId, t.hash)) throw usageError(`no client named ${name}`, "see relayctl server list");
       store.audit({ ts: Date.now(), event: "rotate", client: name, ip: null, source: null, detail: null });
     }),
   );
@@ -105,25 +123,14 @@ export function listClients(opts: { configPath?: string }): ClientView[] {
 export async function revokeClient(opts: { configPath?: string; name: string }): Promise<{ removed: string[]; mapUpdatedBy: "server" | "here" }> {
   const config = loadServerConfig(opts.configPath);
   const name = validateName(opts.name);
-  const lock = StateLock.tryAcquire(config.stateDir);
-  if (!lock) {
-    const gone = withStore(config, (store) => new LeaseBook(store, () => config.ttl).revoke(name, null));
+  const revoke = (leases: LeaseBook): string[] => {
+    const gone = leases.revoke(name, null);
     if (!gone) throw usageError(`no client named ${name}`, "see relayctl server list");
-    return { removed: gone.map((l) => l.ip), mapUpdatedBy: "server" };
-  }
-  const core = await openCore(config).catch((err) => {
-    lock.release();
-    throw err;
-  });
-  try {
-    const gone = core.leases.revoke(name, null);
-    if (!gone) throw usageError(`no client named ${name}`, "see relayctl server list");
-    await core.map.sync();
-    return { removed: gone.map((l) => l.ip), mapUpdatedBy: "here" };
-  } finally {
-    core.store.close();
-    lock.release();
-  }
+    return gone.map((l) => l.ip);
+  };
+  const here = await withoutServer(config, (core) => revoke(core.leases));
+  if (here) return { removed: here.result, mapUpdatedBy: "here" };
+  return { removed: withStore(config, (store) => revoke(new LeaseBook(store, () => config.ttl))), mapUpdatedBy: "server" };
 }
 
 /** One audit entry as `server log` shows it. */
@@ -134,6 +141,8 @@ export interface AuditView {
   ip: string | null;
   source: string | null;
   detail: string | null;
+  /** How often it happened: a burst of refusals from one source is one entry. */
+  count: number;
 }
 
 /** Reads the audit log, oldest first: grants, renewals, refusals and the rest, optionally for one client and a recent span. */
@@ -142,21 +151,27 @@ export function readAuditLog(opts: { configPath?: string; client?: string; since
   const client = opts.client === undefined ? undefined : validateName(opts.client, "--client");
   const since = opts.sinceSeconds === undefined ? 0 : Date.now() - opts.sinceSeconds * 1000;
   const rows: AuditRow[] = withStore(config, (store) => store.auditLog({ client, since, limit: opts.limit }));
-  return rows.reverse().map((r) => ({ ts: new Date(r.ts).toISOString(), event: r.event, client: r.client, ip: r.ip, source: r.source, detail: r.detail }));
+  return rows.reverse().map((r) => ({ ts: new Date(r.ts).toISOString(), event: r.event, client: r.client, ip: r.ip, source: r.source, detail: r.detail, count: r.count }));
 }
 
 /** What `server status` reports; `status` is the running server's own account. */
 export interface StatusView {
   running: boolean;
+  /** Running and nothing degraded or frozen: `server status` exits 0 only then. */
+  healthy: boolean;
   public_url: string;
   cert: { path: string; pin: string; expires_at: string; days_left: number } | null;
-  map: { path: string; type: string; entries: number };
+  lookup: LookupName;
+  /** The map Postfix reads (lookup = "map"), read from its database, with entries no live lease backs. */
+  map: { path: string; type: string; entries: number; frozen: Frozen } | null;
+  /** The policy socket (lookup = "policy"). */
+  policy: { socket: string; listening: boolean } | null;
   clients: number;
   leases: number;
   status: ServerStatus | null;
 }
 
-/** Gathers status from the lock, status.json, the certificate file, the map and the state. */
+/** Gathers status from the lock, status.json, the certificate file, the installed lookup and the state. */
 export async function serverStatus(opts: { configPath?: string }): Promise<StatusView> {
   const config = loadServerConfig(opts.configPath);
   const running = StateLock.isHeld(config.stateDir);
@@ -169,8 +184,21 @@ export async function serverStatus(opts: { configPath?: string }): Promise<Statu
     const expires = certificateExpiry(pem);
     cert = { path: certPath, pin: certificatePin(pem), expires_at: expires.toISOString(), days_left: Math.floor((expires.getTime() - Date.now()) / 86_400_000) };
   }
-  const type = status?.map.type ?? config.mapType ?? (await resolveMap(config).then((m) => m.type, () => "hash"));
-  const entries = existsSync(config.map) ? readFileSync(config.map, "utf8").split("\n").filter((l) => l && !l.startsWith("#")).length : 0;
-  const counts = withStore(config, (store) => store.counts());
-  return { running, public_url: config.publicUrl, cert, map: { path: config.map, type, entries }, ...counts, status };
+  const now = Date.now();
+  const { counts, rows } = withStore(config, (store) => ({ counts: store.counts(), rows: store.allLeases() }));
+  let map: StatusView["map"] = null;
+  let policy: StatusView["policy"] = null;
+  if (config.lookup === "map") {
+    const m = await resolveMap(config).catch(() => null);
+    const type = m?.type ?? config.mapType ?? "hash";
+    const keys = m ? await installedKeys(m) : null;
+    const dbPath = config.map + mapDbSuffix(type);
+    const installedAt = existsSync(dbPath) ? statSync(dbPath).mtimeMs : now;
+    map = { path: config.map, type, entries: keys?.length ?? 0, frozen: frozenEntries(keys ?? [], rows, now, installedAt) };
+  } else {
+    policy = { socket: config.policySocket, listening: running && existsSync(config.policySocket) };
+  }
+  const live = rows.filter((l) => l.expires_at > now).length;
+  const healthy = running && (status?.degraded.length ?? 0) === 0 && (map?.frozen.entries ?? 0) === 0;
+  return { running, healthy, public_url: config.publicUrl, cert, lookup: config.lookup, map, policy, clients: counts.clients, leases: live, status };
 }

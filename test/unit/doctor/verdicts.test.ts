@@ -21,6 +21,7 @@ function input(values: { mynetworks?: string; relay?: string; recipient?: string
         mail_version: "3.7.11",
         default_database_type: "hash",
         mail_owner: "postfix",
+        queue_directory: "/var/spool/postfix",
       },
       explicit: new Map(Object.entries(explicit)),
       mainCf,

@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync, chmodSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync, chmodSync } from "node:fs";
 import { join } from "node:path";
 import { writeFileAtomic, writeFileSynced, fsyncDir } from "../../../src/lib/fsutil.ts";
 import { removeTempDirs, tempDir } from "../helpers.ts";
@@ -18,14 +18,17 @@ describe("writeFileSynced", () => {
     expect(Array.from(readFileSync(join(dir, "b")))).toEqual([0, 1, 255]);
   });
 
-  test("truncates a longer existing file and applies the mode to it too", () => {
+  test("never writes into an existing file or through a planted symlink", () => {
     const dir = tempDir();
     const p = join(dir, "f");
-    writeFileSync(p, "a much longer previous content");
-    chmodSync(p, 0o644);
-    writeFileSynced(p, "short", 0o600);
-    expect(readFileSync(p, "utf8")).toBe("short");
-    expect(modeOf(p)).toBe(0o600);
+    writeFileSync(p, "previous");
+    expect(() => writeFileSynced(p, "short", 0o600)).toThrow();
+    expect(readFileSync(p, "utf8")).toBe("previous");
+    const victim = join(dir, "victim");
+    writeFileSync(victim, "untouched");
+    symlinkSync(victim, join(dir, "link"));
+    expect(() => writeFileSynced(join(dir, "link"), "evil")).toThrow();
+    expect(readFileSync(victim, "utf8")).toBe("untouched");
   });
 });
 
@@ -51,14 +54,16 @@ describe("writeFileAtomic", () => {
     expect(readdirSync(dir)).toEqual(["f"]);
   });
 
-  test("a stale temp file from a crash does not leak its mode into the result", () => {
+  test("a file at the old predictable temp name is neither used nor followed", () => {
     const dir = tempDir();
-    const stale = join(dir, `.secret.${process.pid}.tmp`);
-    writeFileSync(stale, "old");
-    chmodSync(stale, 0o666);
+    const victim = join(dir, "victim");
+    writeFileSync(victim, "untouched");
+    chmodSync(victim, 0o666);
+    symlinkSync(victim, join(dir, `.secret.${process.pid}.tmp`));
     writeFileAtomic(join(dir, "secret"), "s3cret", { mode: 0o600 });
     expect(modeOf(join(dir, "secret"))).toBe(0o600);
-    expect(readdirSync(dir)).toEqual(["secret"]);
+    expect(readFileSync(victim, "utf8")).toBe("untouched");
+    expect(modeOf(victim)).toBe(0o666);
   });
 
   test("on failure the old file stays and the temp file is removed", () => {

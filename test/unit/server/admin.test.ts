@@ -3,11 +3,11 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { loadServerConfig } from "../../../src/lib/config.ts";
 import { ExitCode } from "../../../src/lib/errors.ts";
-import { parseIp } from "../../../src/lib/ip.ts";
+import { parseCidr } from "../../../src/lib/ip.ts";
 import { certificatePin } from "../../../src/lib/tls.ts";
-import { addClient, listClients, revokeClient } from "../../../src/server/admin.ts";
+import { addClient, listClients, revokeClient, rotateToken } from "../../../src/server/admin.ts";
 import { StateLock } from "../../../src/server/lock.ts";
-import { openCore } from "../../../src/server/server.ts";
+import { openCore, openLookup } from "../../../src/server/server.ts";
 import { StateStore } from "../../../src/server/state.ts";
 import { authenticate } from "../../../src/server/tokens.ts";
 import { fakePostmap, relayError, removeTempDirs, silenceLogger, tempDir, writeServerConfig } from "../helpers.ts";
@@ -43,7 +43,7 @@ describe("addClient", () => {
     expect(m![3]).toBe(r.pin);
     expect(r.pin).toBe(certificatePin(readFileSync(join(s.stateDir, "tls", "cert.pem"), "utf8")));
     withStore(s.stateDir, (store) => {
-      expect(authenticate(store, r.token)?.name).toBe("office");
+      expect(authenticate(store, { token: r.token })?.name).toBe("office");
       expect(store.auditLog({ client: "office" })[0]).toMatchObject({ event: "add", detail: null });
     });
     // The certificate is made once: a second client gets the same pin.
@@ -59,7 +59,7 @@ describe("addClient", () => {
     expect(err.exitCode).toBe(ExitCode.USAGE);
     expect(err.message).toBe("client office already exists");
     withStore(s.stateDir, (store) => {
-      expect(authenticate(store, first.token)?.name).toBe("office");
+      expect(authenticate(store, { token: first.token })?.name).toBe("office");
       expect(store.listClients()).toHaveLength(1);
     });
   });
@@ -87,14 +87,39 @@ describe("addClient", () => {
   });
 });
 
+describe("rotateToken", () => {
+  test("the new token works, the old one is refused, the lease stays and the rotation is audited", async () => {
+    const s = setup();
+    const first = await addClient({ configPath: s.configPath, name: "office" });
+    const core = openCore(loadServerConfig(s.configPath));
+    try {
+      core.leases.renew(core.store.getClient("office")!, parseCidr("198.51.100.7")!, "t");
+    } finally {
+      core.store.close();
+    }
+    const r = await rotateToken({ configPath: s.configPath, name: "office" });
+    expect(r.token).not.toBe(first.token);
+    expect(r.pin).toBe(first.pin);
+    expect(ENROLL_LINE.exec(r.line)?.[2]).toBe(r.token);
+    withStore(s.stateDir, (store) => {
+      expect(authenticate(store, { token: r.token })?.name).toBe("office");
+      expect(authenticate(store, { token: first.token })).toBeNull();
+      expect(store.leasesOf("office").map((l) => l.ip)).toEqual(["198.51.100.7"]);
+      expect(store.auditLog({ client: "office" })[0]!.event).toBe("rotate");
+    });
+    const err = await relayError(() => rotateToken({ configPath: s.configPath, name: "nobody" }));
+    expect(err.exitCode).toBe(ExitCode.USAGE);
+  });
+});
+
 describe("listClients", () => {
   test("clients sorted by name with the effective ttl and their leases", async () => {
     const s = setup('ttl = "30m"');
     await addClient({ configPath: s.configPath, name: "zeta" });
     await addClient({ configPath: s.configPath, name: "alpha", ttl: 600 });
-    const core = await openCore(loadServerConfig(s.configPath), { now: () => Date.UTC(2030, 0, 1) });
+    const core = openCore(loadServerConfig(s.configPath), { now: () => Date.UTC(2030, 0, 1) });
     try {
-      core.leases.renew(core.store.getClient("zeta")!, parseIp("198.51.100.7")!, "t");
+      core.leases.renew(core.store.getClient("zeta")!, parseCidr("198.51.100.7")!, "t");
     } finally {
       core.store.close();
     }
@@ -117,11 +142,13 @@ describe("revokeClient", () => {
   async function withLease(s: ReturnType<typeof setup>): Promise<void> {
     await addClient({ configPath: s.configPath, name: "office" });
     await addClient({ configPath: s.configPath, name: "home" });
-    const core = await openCore(loadServerConfig(s.configPath));
+    const core = openCore(loadServerConfig(s.configPath));
     try {
-      core.leases.renew(core.store.getClient("office")!, parseIp("198.51.100.7")!, "t");
-      core.leases.renew(core.store.getClient("home")!, parseIp("203.0.113.5")!, "t");
-      await core.map.sync();
+      core.leases.renew(core.store.getClient("office")!, parseCidr("198.51.100.7")!, "t");
+      core.leases.renew(core.store.getClient("home")!, parseCidr("203.0.113.5")!, "t");
+      const lookup = await openLookup(core);
+      await lookup.publish();
+      await lookup.close();
     } finally {
       core.store.close();
     }
