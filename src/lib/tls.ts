@@ -390,7 +390,16 @@ export function fetchPeerCertificate(url: URL, timeoutMs = 10000): Promise<PeerC
   });
 }
 
+/**
+ * Always set explicitly: Bun's fetch otherwise takes its default from
+ * NODE_TLS_REJECT_UNAUTHORIZED, and with that set to 0 it skips both the
+ * chain check and checkServerIdentity, so a pin would check nothing.
+ */
+export const VERIFY_PEER = { rejectUnauthorized: true } as const;
+
+/** The `tls` option for fetch: chain verification forced on, plus the pin check when pinned. */
 export interface PinnedTlsOptions {
+  rejectUnauthorized: true;
   ca: string[];
   checkServerIdentity: (host: string, cert: { raw?: Uint8Array }) => Error | undefined;
 }
@@ -402,6 +411,7 @@ export interface PinnedTlsOptions {
 export function pinnedTls(pin: string, peerPem: string): PinnedTlsOptions {
   const expected = parsePin(pin);
   return {
+    ...VERIFY_PEER,
     ...pinnedCa(peerPem),
     // Bun's fetch checks the chain before checkServerIdentity runs, so it must verify: the peer's
     // own certs make self-signed and private-CA chains verify, and the roots keep public-CA chains
