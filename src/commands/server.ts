@@ -32,7 +32,7 @@ export async function runServerAdd(opts: { config?: string; name: string; ttl?: 
   const { line } = await addClient({
     configPath: opts.config,
     name: opts.name,
-    ttl: opts.ttl === undefined ? undefined : parseDuration(opts.ttl, "--ttl"),
+    ttl: opts.ttl === undefined ? undefined : parseDuration(opts.ttl, "ttl", "--ttl"),
     allow: opts.allow,
   });
   console.log(line);
@@ -94,7 +94,7 @@ export function runServerLog(opts: { config?: string; client?: string; since?: s
   const rows = readAuditLog({
     configPath: opts.config,
     client: opts.client,
-    sinceSeconds: opts.since === undefined ? undefined : parseDuration(opts.since, "--since"),
+    sinceSeconds: opts.since === undefined ? undefined : parseDuration(opts.since, "since", "--since"),
     limit,
   });
   const out = opts.json ? JSON.stringify({ events: rows }, null, 2) : renderAuditLog(rows);

@@ -1,4 +1,5 @@
-import { loadServerConfig, MIN_TTL, validateName, type ServerConfig } from "../lib/config.ts";
+import { loadServerConfig, validateName, type ServerConfig } from "../lib/config.ts";
+import { checkDuration } from "../lib/duration.ts";
 import { ExitCode, RelayError, usageError } from "../lib/errors.ts";
 import { parseCidr } from "../lib/ip.ts";
 import { certificateExpiry, certificatePin } from "../lib/tls.ts";
@@ -44,7 +45,7 @@ export async function addClient(opts: { configPath?: string; name: string; ttl?:
     if (!net) throw usageError(`--allow ${c}: not an address or CIDR network with zero host bits`, "use e.g. --allow 198.51.100.0/24");
     return net.text;
   });
-  if (opts.ttl !== undefined && opts.ttl < MIN_TTL) throw usageError(`--ttl must be at least ${MIN_TTL}s`);
+  if (opts.ttl !== undefined) checkDuration(opts.ttl, "ttl", "--ttl");
   const t = newToken();
   // Certificate first: a client row whose enrollment line could not be printed would be useless.
   const { line, pin } = await enrollmentLine(config, name, t.token);

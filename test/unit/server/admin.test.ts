@@ -75,6 +75,9 @@ describe("addClient", () => {
       expect(err.message).toStartWith("--allow ");
     }
     expect((await relayError(() => addClient({ configPath: s.configPath, name: "ok", ttl: 5 }))).exitCode).toBe(ExitCode.USAGE);
+    const huge = await relayError(() => addClient({ configPath: s.configPath, name: "ok", ttl: 401 * 86400 }));
+    expect(huge.exitCode).toBe(ExitCode.USAGE);
+    expect(huge.message).toBe("--ttl: 401d is above the maximum of 400d");
     withStore(s.stateDir, (store) => expect(store.listClients()).toEqual([]));
   });
 
