@@ -2,7 +2,7 @@ import { defineCommand } from "citty";
 import { parseDuration, formatDuration } from "../lib/duration.ts";
 import { usageError } from "../lib/errors.ts";
 import { log, setLogLevel, setVerbosity } from "../lib/logging.ts";
-import { addClient, listClients, readAuditLog, revokeClient, rotateToken, serverStatus, type AuditView, type ClientView, type StatusView } from "../server/admin.ts";
+import { addClient, editClient, listClients, readAuditLog, revokeClient, rotateToken, serverStatus, type AuditView, type ClientView, type EditResult, type StatusView } from "../server/admin.ts";
 import { startServer } from "../server/server.ts";
 import { common, ifNoSubcommand, repeatedFlag } from "./shared.ts";
 
@@ -80,6 +80,29 @@ export async function runServerRevoke(opts: { config?: string; name: string; ver
   }
 }
 
+/** Renders what `server edit` did as one line per fact, dropped leases included. */
+export function renderEdit(name: string, r: EditResult): string {
+  if (!r.changes.length) return `${name}: nothing changed`;
+  const lines = [`${name}: ${r.changes.join(", ")}`];
+  for (const d of r.dropped) lines.push(`dropped lease ${d.ip}: ${d.why}`);
+  for (const x of r.shortened) lines.push(`lease ${x.ip} now expires ${x.expires_at} (the new ttl from now)`);
+  if (r.dropped.length) lines.push(`map updated ${r.mapUpdatedBy === "here" ? "now" : "by the running server"}`);
+  return lines.join("\n");
+}
+
+/** `server edit`: changes ttl or allow list, keeping the token; always says what changed, since leases may go. */
+export async function runServerEdit(opts: { config?: string; name: string; ttl?: string; allow?: string[]; clearAllow?: boolean }): Promise<EditResult> {
+  const r = await editClient({
+    configPath: opts.config,
+    name: opts.name,
+    ttl: opts.ttl === undefined ? undefined : parseDuration(opts.ttl, "ttl", "--ttl"),
+    allow: opts.allow,
+    clearAllow: opts.clearAllow,
+  });
+  console.log(renderEdit(opts.name, r));
+  return r;
+}
+
 /** Renders audit entries one per line: time, event, client, address, source, detail. */
 export function renderAuditLog(rows: AuditView[]): string {
   return rows
@@ -107,12 +130,27 @@ const add = defineCommand({
   args: {
     ...common,
     name: { type: "positional", required: true, description: "client name: [a-z0-9][a-z0-9._-]{0,62}" },
-    ttl: { type: "string", description: "lease lifetime for this client (90s, 20m, 1h); default: server ttl" },
+    ttl: { type: "string", description: "lease lifetime for this client (90s, 20m, 1h, at most 400d); default: server ttl" },
     allow: { type: "string", description: "CIDR the client may lease or name (repeatable)" },
   },
   run: ({ args, rawArgs }) => {
     const allow = repeatedFlag(rawArgs, "allow");
     return runServerAdd({ config: args.config, name: args.name, ttl: args.ttl, allow }).then(() => undefined);
+  },
+});
+
+const edit = defineCommand({
+  meta: { name: "edit", description: "Change a client's ttl or allow list, keeping its token; leases outside a new allow list are dropped" },
+  args: {
+    ...common,
+    name: { type: "positional", required: true, description: "client name" },
+    ttl: { type: "string", description: "new lease lifetime (90s, 20m, 1h, at most 400d); a current lease is cut to end within it" },
+    allow: { type: "string", description: "CIDR the client may lease or name (repeatable); replaces the whole list" },
+    "clear-allow": { type: "boolean", description: "empty the allow list: the client may lease only the address it connects from" },
+  },
+  run: ({ args, rawArgs }) => {
+    const allow = repeatedFlag(rawArgs, "allow");
+    return runServerEdit({ config: args.config, name: args.name, ttl: args.ttl, allow, clearAllow: args["clear-allow"] }).then(() => undefined);
   },
 });
 
@@ -175,6 +213,6 @@ const logCommand = defineCommand({
 export const serverCommand = defineCommand({
   meta: { name: "server", description: "Run the lease server on the mail host, or manage its clients" },
   args: { ...common },
-  subCommands: { add, list, revoke, rotate, log: logCommand, status: statusCommand },
+  subCommands: { add, edit, list, revoke, rotate, log: logCommand, status: statusCommand },
   run: ifNoSubcommand(({ args }) => runServer({ config: args.config, verbose: args.verbose })),
 });

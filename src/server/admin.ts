@@ -1,14 +1,15 @@
 import { loadServerConfig, validateName, type ServerConfig } from "../lib/config.ts";
-import { checkDuration } from "../lib/duration.ts";
+import { checkDuration, formatDuration } from "../lib/duration.ts";
 import { ExitCode, RelayError, usageError } from "../lib/errors.ts";
-import { parseCidr } from "../lib/ip.ts";
+import { parseCidr, parseIp } from "../lib/ip.ts";
+import { leaseAddress } from "./http.ts";
 import { certificateExpiry, certificatePin } from "../lib/tls.ts";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { LeaseBook } from "./leases.ts";
 import { StateLock } from "./lock.ts";
 import { certFor, openCore, resolveMap, statusPath, type ServerStatus } from "./server.ts";
-import { StateStore, type AuditRow, type LeaseRow } from "./state.ts";
+import { StateStore, type AuditRow, type ClientRow, type LeaseRow } from "./state.ts";
 import { newToken } from "./tokens.ts";
 
 /** A client with its leases, as `server list` shows it. */
@@ -36,15 +37,20 @@ async function enrollmentLine(config: ServerConfig, name: string, token: string)
   return { line: `relayctl client enroll ${config.publicUrl} --name ${name} --token ${token} --pin ${pin}`, pin };
 }
 
-/** Creates a client and returns the enrollment line to paste on the client host. */
-export async function addClient(opts: { configPath?: string; name: string; ttl?: number; allow?: string[] }): Promise<{ line: string; token: string; pin: string }> {
-  const config = loadServerConfig(opts.configPath);
-  const name = validateName(opts.name);
-  const allow = (opts.allow ?? []).map((c) => {
+/** Normalises --allow entries, refusing anything but an address or a CIDR network with zero host bits. */
+function parseAllow(entries: string[]): string[] {
+  return entries.map((c) => {
     const net = parseCidr(c);
     if (!net) throw usageError(`--allow ${c}: not an address or CIDR network with zero host bits`, "use e.g. --allow 198.51.100.0/24");
     return net.text;
   });
+}
+
+/** Creates a client and returns the enrollment line to paste on the client host. */
+export async function addClient(opts: { configPath?: string; name: string; ttl?: number; allow?: string[] }): Promise<{ line: string; token: string; pin: string }> {
+  const config = loadServerConfig(opts.configPath);
+  const name = validateName(opts.name);
+  const allow = parseAllow(opts.allow ?? []);
   if (opts.ttl !== undefined) checkDuration(opts.ttl, "ttl", "--ttl");
   const t = newToken();
   // Certificate first: a client row whose enrollment line could not be printed would be useless.
@@ -99,32 +105,106 @@ export function listClients(opts: { configPath?: string }): ClientView[] {
 }
 
 /**
- * Deletes a client and its leases. A running server notices within a second
- * and rebuilds the map; with no server running, the map is rebuilt here,
- * under the same lock the server takes, so the two never write it at once.
+ * Runs a state change and gets it into the map. A running server notices
+ * the commit within a second (data_version) and rebuilds the map itself;
+ * with none running, the map is rebuilt here, under the same lock the
+ * server takes, so the two never write it at once.
  */
-export async function revokeClient(opts: { configPath?: string; name: string }): Promise<{ removed: string[]; mapUpdatedBy: "server" | "here" }> {
-  const config = loadServerConfig(opts.configPath);
-  const name = validateName(opts.name);
+async function changeState<T>(config: ServerConfig, change: (store: StateStore, leases: LeaseBook) => T): Promise<{ result: T; mapUpdatedBy: "server" | "here" }> {
   const lock = StateLock.tryAcquire(config.stateDir);
-  if (!lock) {
-    const gone = withStore(config, (store) => new LeaseBook(store, () => config.ttl).revoke(name, null));
-    if (!gone) throw usageError(`no client named ${name}`, "see relayctl server list");
-    return { removed: gone.map((l) => l.ip), mapUpdatedBy: "server" };
-  }
+  if (!lock) return { result: withStore(config, (store) => change(store, new LeaseBook(store, () => config.ttl))), mapUpdatedBy: "server" };
   const core = await openCore(config).catch((err) => {
     lock.release();
     throw err;
   });
   try {
-    const gone = core.leases.revoke(name, null);
-    if (!gone) throw usageError(`no client named ${name}`, "see relayctl server list");
+    const result = change(core.store, core.leases);
     await core.map.sync();
-    return { removed: gone.map((l) => l.ip), mapUpdatedBy: "here" };
+    return { result, mapUpdatedBy: "here" };
   } finally {
     core.store.close();
     lock.release();
   }
+}
+
+/** Deletes a client and its leases; the map follows at once (see changeState). */
+export async function revokeClient(opts: { configPath?: string; name: string }): Promise<{ removed: string[]; mapUpdatedBy: "server" | "here" }> {
+  const config = loadServerConfig(opts.configPath);
+  const name = validateName(opts.name);
+  const { result: gone, mapUpdatedBy } = await changeState(config, (_store, leases) => {
+    const gone = leases.revoke(name, null);
+    if (!gone) throw usageError(`no client named ${name}`, "see relayctl server list");
+    return gone;
+  });
+  return { removed: gone.map((l) => l.ip), mapUpdatedBy };
+}
+
+/** What `server edit` changed: settings as `what old -> new`, leases dropped or cut short, and who updated the map. */
+export interface EditResult {
+  changes: string[];
+  dropped: { ip: string; why: string }[];
+  shortened: { ip: string; expires_at: string }[];
+  mapUpdatedBy: "server" | "here";
+}
+
+/** Why a lease's address is no longer admitted by a client's allow list, or null when it still is. */
+function refusedBy(client: ClientRow, ip: string): string | null {
+  try {
+    // The same rule a renewal applies, with the leased address as the one observed.
+    leaseAddress(client, parseIp(ip)!, undefined);
+    return null;
+  } catch (err) {
+    return (err as Error).message;
+  }
+}
+
+/**
+ * Changes a client's ttl and allow list in place, keeping its token. A lease
+ * outside the new allow list is dropped now; one that would outlive the new
+ * ttl is cut to end a ttl from now. Either way the next renewal follows the
+ * new settings. An empty allow list admits only the address the client
+ * connects from, which only a renewal can tell, so clearing keeps leases.
+ */
+export async function editClient(opts: { configPath?: string; name: string; ttl?: number; allow?: string[]; clearAllow?: boolean }): Promise<EditResult> {
+  const config = loadServerConfig(opts.configPath);
+  const name = validateName(opts.name);
+  if (opts.ttl !== undefined) checkDuration(opts.ttl, "ttl", "--ttl");
+  const given = opts.allow ?? [];
+  if (opts.clearAllow && given.length) throw usageError("--allow and --clear-allow do not go together", "--allow replaces the whole list; --clear-allow empties it");
+  if (opts.ttl === undefined && !given.length && !opts.clearAllow) throw usageError("nothing to change", "give --ttl D, --allow CIDR (repeatable) or --clear-allow");
+  const allow = opts.clearAllow ? [] : given.length ? parseAllow(given) : undefined;
+  const { result, mapUpdatedBy } = await changeState(config, (store) =>
+    store.tx(() => {
+      const before = store.getClient(name);
+      if (!before) throw usageError(`no client named ${name}`, "see relayctl server list");
+      const after: ClientRow = { ...before, ttl: opts.ttl ?? before.ttl, allow: allow === undefined ? before.allow : JSON.stringify(allow) };
+      const changes: string[] = [];
+      const shownTtl = (t: number | null) => (t === null ? `default (${formatDuration(config.ttl)})` : formatDuration(t));
+      if (after.ttl !== before.ttl) changes.push(`ttl ${shownTtl(before.ttl)} -> ${shownTtl(after.ttl)}`);
+      const shownAllow = (a: string) => (JSON.parse(a) as string[]).join(" ") || "(none)";
+      if (after.allow !== before.allow) changes.push(`allow ${shownAllow(before.allow)} -> ${shownAllow(after.allow)}`);
+      const dropped: EditResult["dropped"] = [];
+      const shortened: EditResult["shortened"] = [];
+      if (!changes.length) return { changes, dropped, shortened };
+      store.db.query("UPDATE clients SET ttl = ?, allow = ? WHERE name = ?").run(after.ttl, after.allow, name);
+      const now = Date.now();
+      const latest = now + (after.ttl ?? config.ttl) * 1000;
+      for (const l of store.leasesOf(name)) {
+        const why = after.allow === before.allow ? null : refusedBy(after, l.ip);
+        if (why) {
+          store.db.query("DELETE FROM leases WHERE client = ? AND family = ?").run(name, l.family);
+          dropped.push({ ip: l.ip, why });
+        } else if (l.expires_at > latest) {
+          store.db.query("UPDATE leases SET expires_at = ? WHERE client = ? AND family = ?").run(latest, name, l.family);
+          shortened.push({ ip: l.ip, expires_at: new Date(latest).toISOString() });
+        }
+      }
+      const detail = [...changes, ...dropped.map((d) => `dropped ${d.ip}: ${d.why}`), ...shortened.map((x) => `${x.ip} now expires ${x.expires_at}`)];
+      store.audit({ ts: now, event: "edit", client: name, ip: dropped.map((d) => d.ip).join(" ") || null, source: null, detail: detail.join("; ") });
+      return { changes, dropped, shortened };
+    }),
+  );
+  return { ...result, mapUpdatedBy };
 }
 
 /** One audit entry as `server log` shows it. */
