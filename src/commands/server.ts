@@ -1,6 +1,6 @@
 import { defineCommand } from "citty";
 import { parseDuration, formatDuration } from "../lib/duration.ts";
-import { usageError } from "../lib/errors.ts";
+import { RelayError, usageError } from "../lib/errors.ts";
 import { log, setLogLevel, setVerbosity } from "../lib/logging.ts";
 import { addClient, editClient, listClients, readAuditLog, revokeClient, rotateToken, serverStatus, type AuditView, type ClientView, type EditResult, type StatusView } from "../server/admin.ts";
 import { startServer } from "../server/server.ts";
@@ -185,15 +185,29 @@ export function renderStatus(s: StatusView): string {
   return lines.join("\n");
 }
 
-/** `server status`: whether it runs, certificate, map and degraded reasons. */
+/**
+ * Why `server status` must exit non-zero, or null when the server runs and
+ * is healthy. Stopped, starting and degraded all exit 1 (FAILED: look, and
+ * it may heal or need a start); 2 stays a bad config, as for every command.
+ */
+export function statusProblem(s: StatusView): RelayError | null {
+  if (!s.running) return new RelayError("server is not running", { hint: "start it: systemctl start relayctl (or relayctl server --config PATH)" });
+  if (!s.status) return new RelayError("server holds its state but has not published its status yet", { hint: "it is starting; ask again in a few seconds, or see journalctl -u relayctl" });
+  if (s.status.degraded.length) return new RelayError(`server is degraded: ${s.status.degraded.join("; ")}`, { hint: "see the server log (journalctl -u relayctl); it retries by itself" });
+  return null;
+}
+
+/** `server status`: prints whether it runs, certificate, map and degraded reasons, then exits 0 only when healthy. */
 export async function runServerStatus(opts: { config?: string; json?: boolean }): Promise<StatusView> {
   const s = await serverStatus({ configPath: opts.config });
   console.log(opts.json ? JSON.stringify(s, null, 2) : renderStatus(s));
+  const problem = statusProblem(s);
+  if (problem) throw problem;
   return s;
 }
 
 const statusCommand = defineCommand({
-  meta: { name: "status", description: "Show whether the server runs, its certificate, map and health" },
+  meta: { name: "status", description: "Show whether the server runs, its certificate, map and health; exit 0 only when it runs and is healthy, else 1" },
   args: { ...common, json: { type: "boolean", description: "print JSON" } },
   run: ({ args }) => runServerStatus({ config: args.config, json: args.json }).then(() => undefined),
 });

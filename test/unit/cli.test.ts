@@ -130,4 +130,13 @@ describe("cli", () => {
     expect(r.code).toBe(2);
     expect(r.stderr).toStartWith(`relayctl: ${cfg}:1: ttl: `);
   });
+
+  test("server status of a stopped server prints its JSON and exits 1", async () => {
+    const dir = tempDir("relayctl-cli-");
+    const cfg = writeServerConfig(dir, { postmap: fakePostmap(dir).path });
+    const r = await run("server", "status", "--json", "--config", cfg);
+    expect(r.code).toBe(1);
+    expect(JSON.parse(r.stdout)).toMatchObject({ running: false, status: null });
+    expect(r.stderr).toBe("relayctl: server is not running: start it: systemctl start relayctl (or relayctl server --config PATH)\n");
+  });
 });
