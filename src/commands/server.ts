@@ -1,4 +1,5 @@
 import { defineCommand } from "citty";
+import { serverConfigToRun } from "../lib/config.ts";
 import { parseDuration, formatDuration } from "../lib/duration.ts";
 import { RelayError, usageError } from "../lib/errors.ts";
 import { log, setLogLevel, setVerbosity } from "../lib/logging.ts";
@@ -6,12 +7,12 @@ import { addClient, editClient, listClients, readAuditLog, revokeClient, rotateT
 import { startServer } from "../server/server.ts";
 import { common, ifNoSubcommand, repeatedFlag } from "./shared.ts";
 
-/** Runs the server until SIGTERM or SIGINT, then stops cleanly. */
+/** Runs the server until SIGTERM or SIGINT, then stops cleanly; refuses to run without a config file. */
 export async function runServer(opts: { config?: string; verbose?: boolean }): Promise<void> {
   // A service logs what it does; only cron-run commands stay quiet.
   setVerbosity({ verbose: opts.verbose });
   if (!opts.verbose) log.level = 3;
-  const server = await startServer({ configPath: opts.config });
+  const server = await startServer({ configPath: serverConfigToRun(opts.config) });
   if (!opts.verbose) setLogLevel(server.core.config.logLevel);
   await new Promise<void>((resolve) => {
     const stop = (signal: string): void => {
@@ -225,7 +226,10 @@ const logCommand = defineCommand({
 });
 
 export const serverCommand = defineCommand({
-  meta: { name: "server", description: "Run the lease server on the mail host, or manage its clients" },
+  meta: {
+    name: "server",
+    description: "Bare `relayctl server` runs the lease server on the mail host (needs /etc/relayctl/server.toml or --config; `install.sh server` writes it); the subcommands manage its clients",
+  },
   args: { ...common },
   subCommands: { add, edit, list, revoke, rotate, log: logCommand, status: statusCommand },
   run: ifNoSubcommand(({ args }) => runServer({ config: args.config, verbose: args.verbose })),

@@ -153,6 +153,19 @@ export function validateHttpsUrl(value: string, where: string): string {
   return url.origin;
 }
 
+/**
+ * The config file `relayctl server` runs with. A missing one is refused: on
+ * built-in defaults the server would listen on every address and create
+ * state as whoever started it, which is never what an operator meant.
+ */
+export function serverConfigToRun(path?: string): string {
+  const file = path ?? DEFAULT_SERVER_CONFIG;
+  if (!existsSync(file)) {
+    throw usageError(`no server config at ${file}, so the server does not start`, `create one with \`install.sh server\`, or pass --config PATH`);
+  }
+  return file;
+}
+
 /** Loads server.toml (missing default file = defaults) and validates every key. */
 export function loadServerConfig(path?: string): ServerConfig {
   const file = path ?? DEFAULT_SERVER_CONFIG;
