@@ -260,7 +260,11 @@ function tlsChecks(ctx: Ctx): CheckResult[] {
   const pems: string[] = [];
   for (const p of [cert, key]) {
     const why = accessProblem(p, ctx.serverUser, "read");
-    if (why) return [fail("server.tls", why, `chown ${shellQuote(ctx.serverUser.name)} ${shellQuote(p)}${p === key ? ` && chmod 600 ${shellQuote(p)}` : ""}`)];
+    // A generated pair lives in its own directory, which root may have made too (server add before the first start).
+    const fix = generated
+      ? `chown -R --reference=${shellQuote(ctx.config.stateDir)} ${shellQuote(dirname(cert))}`
+      : `chown ${shellQuote(ctx.serverUser.name)} ${shellQuote(p)}${p === key ? ` && chmod 600 ${shellQuote(p)}` : ""}`;
+    if (why) return [fail("server.tls", why, fix)];
     try {
       pems.push(readFileSync(p, "utf8"));
     } catch (err) {

@@ -8,12 +8,12 @@ import {
   X509Certificate,
   type KeyObject,
 } from "node:crypto";
-import { chmodSync, existsSync, mkdirSync, readFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import * as nodeTls from "node:tls";
 import { domainToASCII } from "node:url";
 import { ExitCode, RelayError, usageError } from "./errors.ts";
-import { writeFileAtomic } from "./fsutil.ts";
+import { makeOwnedDir, ownerFor, writeFileAtomic } from "./fsutil.ts";
 import { parseIp } from "./ip.ts";
 
 // ---------------------------------------------------------------------------
@@ -279,18 +279,19 @@ export async function ensureServerCertificate(opts: {
   const { certPem, keyPem } = generateSelfSigned({ hosts: [opts.host.trim() || "localhost"] });
   try {
     mkdirSync(opts.stateDir, { recursive: true, mode: 0o700 });
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
-    chmodSync(dir, 0o700);
-    writeFileAtomic(keyPath, keyPem, { mode: 0o600, mkdirMode: 0o700 });
-    // The umask may have narrowed the requested modes; set them exactly.
-    chmodSync(keyPath, 0o600);
-    writeFileAtomic(certPath, certPem, { mode: 0o644, mkdirMode: 0o700 });
-    chmodSync(certPath, 0o644);
+    // Root running `server add` before the first start must not leave a tls/
+    // the service user (state_dir's owner) cannot open: it would never start.
+    const owner = ownerFor(opts.stateDir);
+    makeOwnedDir(dir, 0o700, owner);
+    writeFileAtomic(keyPath, keyPem, { mode: 0o600, mkdirMode: 0o700, owner });
+    writeFileAtomic(certPath, certPem, { mode: 0o644, mkdirMode: 0o700, owner });
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code ?? "error";
+    // O_NOFOLLOW on a symlink fails with ELOOP, or ENOTDIR when a directory was asked for.
+    const planted = code === "ELOOP" || code === "ENOTDIR";
     throw new RelayError(`cannot write the TLS certificate to ${dir} (${code})`, {
       exitCode: ExitCode.USAGE,
-      hint: "check that the state directory is writable by relayctl",
+      hint: planted ? `${dir} or a file in it is a symbolic link or not a directory, and relayctl follows no links there: remove it` : "check that the state directory is writable by relayctl",
       cause: err,
     });
   }
