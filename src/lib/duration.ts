@@ -40,9 +40,9 @@ export const DURATION_LIMITS = {
   },
   interval: {
     setting: "`--interval` of `client --watch`",
-    min: 10,
+    min: 1,
     max: DAY,
-    why: "renewing more often than every 10s only meets the server's rate limit; a day is longer than any sensible ttl",
+    why: "a day is longer than any sensible ttl; too frequent renewals meet the server's rate limit, not a floor here",
   },
   since: {
     setting: "`--since` of `server log`",
