@@ -325,12 +325,12 @@ function tlsPaths(config: ServerConfig): { cert: string; key: string; generated:
   return { cert: join(config.stateDir, "tls", "cert.pem"), key: join(config.stateDir, "tls", "key.pem"), generated: true };
 }
 
-function startCommand(config: ServerConfig): string {
-  return `systemctl start relayctl (or: relayctl server --config ${shellQuote(config.path)})`;
+function startCommand(configPath: string): string {
+  return `systemctl start relayctl (or: relayctl server --config ${shellQuote(configPath)})`;
 }
 
 function tlsChecks(ctx: Ctx): CheckResult[] {
-  const start = startCommand(ctx.config);
+  const start = startCommand(ctx.config.path);
   const { cert, key, generated } = tlsPaths(ctx.config);
   if (generated && !existsSync(cert)) {
     return [warn("server.tls", `no certificate yet: the server creates a self-signed one in ${dirname(cert)} on first start`, `nothing to do before the first start; ${start}`)];
@@ -338,7 +338,11 @@ function tlsChecks(ctx: Ctx): CheckResult[] {
   const pems: string[] = [];
   for (const p of [cert, key]) {
     const why = accessProblem(p, ctx.serverUser, "read");
-    if (why) return [fail("server.tls", why, `chown ${shellQuote(ctx.serverUser.name)} ${shellQuote(p)}${p === key ? ` && chmod 600 ${shellQuote(p)}` : ""}`)];
+    // A generated pair lives in its own directory, which root may have made too (server add before the first start).
+    const fix = generated
+      ? `chown -R --reference=${shellQuote(ctx.config.stateDir)} ${shellQuote(dirname(cert))}`
+      : `chown ${shellQuote(ctx.serverUser.name)} ${shellQuote(p)}${p === key ? ` && chmod 600 ${shellQuote(p)}` : ""}`;
+    if (why) return [fail("server.tls", why, fix)];
     try {
       pems.push(readFileSync(p, "utf8"));
     } catch (err) {
@@ -390,20 +394,53 @@ function serverRunning(stateDir: string): boolean {
   }
 }
 
+/** What the listen verdicts look at: gathered by listenChecks, judged by listenVerdicts. */
+export interface ListenFacts {
+  configPath: string;
+  stateDir: string;
+  /** host:port as written in listen, IPv6 bracketed. */
+  shown: string;
+  port: number;
+  /** A relayctl server holds the lock on state_dir. */
+  running: boolean;
+  /** Whether binding listen failed because something holds it, or for another reason. */
+  bind: { busy: boolean; error?: string };
+}
+
+/**
+ * Verdicts on `server.listen` and, unless a running server should be asked
+ * itself, `server.health`. On the mail host a stopped server is a failure:
+ * no client can renew, so relaying ends when the last lease expires.
+ */
+export function listenVerdicts(f: ListenFacts): { checks: CheckResult[]; askServer: boolean } {
+  const start = startCommand(f.configPath);
+  const stopped = fail("server.health", `no relayctl server is running on ${f.stateDir}: clients cannot renew, and relaying stops as their leases expire`, start);
+  if (f.bind.error) return { checks: [fail("server.listen", `cannot listen on ${f.shown}: ${f.bind.error}`, `change listen in ${f.configPath} to an address of this host`)], askServer: false };
+  if (!f.running) {
+    const listen = f.bind.busy
+      ? fail("server.listen", `${f.shown} is in use by another process`, `find it with: ss -ltnp 'sport = :${f.port}'; stop it or change listen in ${f.configPath}`)
+      : pass("server.listen", `${f.shown} is free`);
+    return { checks: [listen, stopped], askServer: false };
+  }
+  if (!f.bind.busy) {
+    return { checks: [fail("server.listen", `a relayctl server holds ${f.stateDir} but nothing listens on ${f.shown}: clients cannot renew`, "restart it: systemctl restart relayctl")], askServer: false };
+  }
+  return { checks: [pass("server.listen", `${f.shown} is held by the running relayctl server`)], askServer: true };
+}
+
 async function listenChecks(ctx: Ctx): Promise<CheckResult[]> {
   const { config } = ctx;
   const { host, port } = config.listen;
-  const shown = host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
-  const running = serverRunning(config.stateDir);
-  const bind = portBusy(host, port);
-  const start = startCommand(config);
-  if (bind.error) return [fail("server.listen", `cannot listen on ${shown}: ${bind.error}`, `change listen in ${config.path} to an address of this host`)];
-  if (!running) {
-    if (bind.busy) return [fail("server.listen", `${shown} is in use by another process`, `find it with: ss -ltnp 'sport = :${port}'; stop it or change listen in ${config.path}`)];
-    return [pass("server.listen", `${shown} is free`), warn("server.health", "no relayctl server is running on this state_dir", start)];
-  }
-  if (!bind.busy) return [warn("server.listen", `a relayctl server holds ${config.stateDir} but nothing listens on ${shown}`, `restart it after changing listen: systemctl restart relayctl`)];
-  return [pass("server.listen", `${shown} is held by the running relayctl server`), await healthCheck(ctx, port)];
+  const facts: ListenFacts = {
+    configPath: config.path,
+    stateDir: config.stateDir,
+    shown: host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`,
+    port,
+    running: serverRunning(config.stateDir),
+    bind: portBusy(host, port),
+  };
+  const { checks, askServer } = listenVerdicts(facts);
+  return askServer ? [...checks, await healthCheck(ctx, port)] : checks;
 }
 
 async function healthCheck(ctx: Ctx, port: number): Promise<CheckResult> {

@@ -1,15 +1,13 @@
 import { existsSync, readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { ExitCode, RelayError, usageError } from "./errors.ts";
-import { parseDuration } from "./duration.ts";
+import { parseDuration, type DurationSetting } from "./duration.ts";
 import { parseCidr, parseIp, type Cidr } from "./ip.ts";
 
 export const DEFAULT_SERVER_CONFIG = "/etc/relayctl/server.toml";
 export const DEFAULT_CLIENT_CONFIG = "/etc/relayctl/client.toml";
 export const MAP_TYPES = ["hash", "lmdb", "btree", "cdb"] as const;
 export type MapType = (typeof MAP_TYPES)[number];
-/** Shortest lease ttl: below this, cron jitter alone would drop working clients. */
-export const MIN_TTL = 10;
 /** Widest IPv6 prefix lease: a /48 is a whole site. */
 export const MIN_IPV6_PREFIX = 48;
 const NAME_RE = /^[a-z0-9][a-z0-9._-]{0,62}$/;
@@ -127,11 +125,12 @@ class Keys {
     return v;
   }
 
-  duration(key: string): number | undefined {
+  /** A duration within its bounds in DURATION_LIMITS, where the key names its row. */
+  duration(key: DurationSetting): number | undefined {
     const v = this.data[key];
     if (v === undefined) return undefined;
     if (typeof v !== "string" && typeof v !== "number") throw this.error(key, "must be a duration like \"20m\"");
-    return parseDuration(v, this.where(key));
+    return parseDuration(v, key, this.where(key));
   }
 
   int(key: string): number | undefined {
@@ -159,6 +158,19 @@ export function validateHttpsUrl(value: string, where: string): string {
   }
   if (url.protocol !== "https:" || !url.hostname) throw usageError(`${where}: "${value}" must be an https:// URL`);
   return url.origin;
+}
+
+/**
+ * The config file `relayctl server` runs with. A missing one is refused: on
+ * built-in defaults the server would listen on every address and create
+ * state as whoever started it, which is never what an operator meant.
+ */
+export function serverConfigToRun(path?: string): string {
+  const file = path ?? DEFAULT_SERVER_CONFIG;
+  if (!existsSync(file)) {
+    throw usageError(`no server config at ${file}, so the server does not start`, `create one with \`install.sh server\`, or pass --config PATH`);
+  }
+  return file;
 }
 
 /** Loads server.toml (missing default file = defaults) and validates every key. */
@@ -192,7 +204,6 @@ export function loadServerConfig(path?: string): ServerConfig {
     throw k.error(tlsCert === undefined ? "tls_key" : "tls_cert", "tls_cert and tls_key must be set together");
   }
   const ttl = k.duration("ttl") ?? 1200;
-  if (ttl < MIN_TTL) throw k.error("ttl", `must be at least ${MIN_TTL}s`, "clients renew well before expiry; 20m is a good default");
   const cidrs = (key: string): Cidr[] =>
     k.list(key).map((c) => {
       const net = parseCidr(c);

@@ -1,10 +1,12 @@
-import { loadServerConfig, MIN_IPV6_PREFIX, MIN_TTL, validateName, type ServerConfig } from "../lib/config.ts";
+import { loadServerConfig, MIN_IPV6_PREFIX, validateName, type ServerConfig } from "../lib/config.ts";
+import { checkDuration, formatDuration } from "../lib/duration.ts";
 import { ExitCode, RelayError, usageError } from "../lib/errors.ts";
 import { parseCidr } from "../lib/ip.ts";
+import { leaseNetwork } from "./service.ts";
 import { certificateExpiry, certificatePin } from "../lib/tls.ts";
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { LeaseBook } from "./leases.ts";
+import { LeaseBook, leaseText } from "./leases.ts";
 import { StateLock } from "./lock.ts";
 import { certFor } from "./server.ts";
 import { withoutServer } from "./runtime/sweep.ts";
@@ -12,7 +14,7 @@ import { statusPath, type ServerStatus } from "./runtime/status.ts";
 import { lookupTypeOf, type LookupName } from "./lookups/index.ts";
 import { frozenEntries, installedKeys, resolveMap, type Frozen } from "./lookups/map.ts";
 import { mapDbSuffix } from "./postfix.ts";
-import { StateStore, type AuditRow, type LeaseRow } from "./state.ts";
+import { StateStore, type AuditRow, type ClientRow, type LeaseRow } from "./state.ts";
 import { newToken } from "./tokens.ts";
 
 /** A client with its leases, as `server list` shows it. */
@@ -52,16 +54,21 @@ export function checkIpv6Prefix(config: ServerConfig, n: number): number {
   return n;
 }
 
-/** Creates a client and returns the enrollment line to paste on the client host. */
-export async function addClient(opts: { configPath?: string; name: string; ttl?: number; allow?: string[]; ipv6Prefix?: number }): Promise<{ line: string; token: string; pin: string }> {
-  const config = loadServerConfig(opts.configPath);
-  const name = validateName(opts.name);
-  const allow = (opts.allow ?? []).map((c) => {
+/** Normalises --allow entries, refusing anything but an address or a CIDR network with zero host bits. */
+function parseAllow(entries: string[]): string[] {
+  return entries.map((c) => {
     const net = parseCidr(c);
     if (!net) throw usageError(`--allow ${c}: not an address or CIDR network with zero host bits`, "use e.g. --allow 198.51.100.0/24");
     return net.text;
   });
-  if (opts.ttl !== undefined && opts.ttl < MIN_TTL) throw usageError(`--ttl must be at least ${MIN_TTL}s`);
+}
+
+/** Creates a client and returns the enrollment line to paste on the client host. */
+export async function addClient(opts: { configPath?: string; name: string; ttl?: number; allow?: string[]; ipv6Prefix?: number }): Promise<{ line: string; token: string; pin: string }> {
+  const config = loadServerConfig(opts.configPath);
+  const name = validateName(opts.name);
+  const allow = parseAllow(opts.allow ?? []);
+  if (opts.ttl !== undefined) checkDuration(opts.ttl, "ttl", "--ttl");
   const ipv6Prefix = opts.ipv6Prefix === undefined ? null : checkIpv6Prefix(config, opts.ipv6Prefix);
   const t = newToken();
   // Certificate first: a client row whose enrollment line could not be printed would be useless.
@@ -116,21 +123,101 @@ export function listClients(opts: { configPath?: string }): ClientView[] {
 }
 
 /**
- * Deletes a client and its leases. A running server notices within a second
- * and rebuilds the map; with no server running, the map is rebuilt here,
- * under the same lock the server takes, so the two never write it at once.
+ * Runs a state change and gets it into the map. A running server notices
+ * the commit within a second (data_version) and rebuilds the map itself;
+ * with none running, the map is rebuilt here, under the same lock the
+ * server takes, so the two never write it at once.
  */
+async function changeState<T>(config: ServerConfig, change: (store: StateStore, leases: LeaseBook) => T): Promise<{ result: T; mapUpdatedBy: "server" | "here" }> {
+  const here = await withoutServer(config, (core) => change(core.store, core.leases));
+  if (here) return { result: here.result, mapUpdatedBy: "here" };
+  return { result: withStore(config, (store) => change(store, new LeaseBook(store, () => config.ttl))), mapUpdatedBy: "server" };
+}
+
+/** Deletes a client and its leases; the map follows at once (see changeState). */
 export async function revokeClient(opts: { configPath?: string; name: string }): Promise<{ removed: string[]; mapUpdatedBy: "server" | "here" }> {
   const config = loadServerConfig(opts.configPath);
   const name = validateName(opts.name);
-  const revoke = (leases: LeaseBook): string[] => {
+  const { result: gone, mapUpdatedBy } = await changeState(config, (_store, leases) => {
     const gone = leases.revoke(name, null);
     if (!gone) throw usageError(`no client named ${name}`, "see relayctl server list");
-    return gone.map((l) => l.ip);
-  };
-  const here = await withoutServer(config, (core) => revoke(core.leases));
-  if (here) return { removed: here.result, mapUpdatedBy: "here" };
-  return { removed: withStore(config, (store) => revoke(new LeaseBook(store, () => config.ttl))), mapUpdatedBy: "server" };
+    return gone;
+  });
+  return { removed: gone.map((l) => l.ip), mapUpdatedBy };
+}
+
+/** What `server edit` changed: settings as `what old -> new`, leases dropped or cut short, and who updated the map. */
+export interface EditResult {
+  changes: string[];
+  dropped: { ip: string; why: string }[];
+  shortened: { ip: string; expires_at: string }[];
+  mapUpdatedBy: "server" | "here";
+}
+
+/** Why a lease is no longer admitted by a client's allow list, or null when it still is. */
+function refusedBy(client: ClientRow, ip: string, ipv6Prefix: number): string | null {
+  const net = parseCidr(ip);
+  if (!net) return `"${ip}" is not a valid address or network`;
+  try {
+    // The same rule a renewal applies, with the leased network's first address as the one observed.
+    const now = leaseText(leaseNetwork(client, { family: net.family, bytes: net.bytes, text: ip.split("/")[0]! }, undefined, ipv6Prefix));
+    return now === ip ? null : `the client's leases are now ${now.includes("/") ? `/${ipv6Prefix} prefixes` : "single addresses"}`;
+  } catch (err) {
+    return (err as Error).message;
+  }
+}
+
+/**
+ * Changes a client's ttl and allow list in place, keeping its token. A lease
+ * outside the new allow list is dropped now; one that would outlive the new
+ * ttl is cut to end a ttl from now. Either way the next renewal follows the
+ * new settings. An empty allow list admits only the address the client
+ * connects from, which only a renewal can tell, so clearing keeps leases.
+ */
+export async function editClient(opts: { configPath?: string; name: string; ttl?: number; allow?: string[]; clearAllow?: boolean; ipv6Prefix?: number }): Promise<EditResult> {
+  const config = loadServerConfig(opts.configPath);
+  const name = validateName(opts.name);
+  if (opts.ttl !== undefined) checkDuration(opts.ttl, "ttl", "--ttl");
+  const given = opts.allow ?? [];
+  if (opts.clearAllow && given.length) throw usageError("--allow and --clear-allow do not go together", "--allow replaces the whole list; --clear-allow empties it");
+  if (opts.ttl === undefined && !given.length && !opts.clearAllow && opts.ipv6Prefix === undefined) throw usageError("nothing to change", "give --ttl D, --allow CIDR (repeatable), --clear-allow or --ipv6-prefix N");
+  const ipv6Prefix = opts.ipv6Prefix === undefined ? undefined : checkIpv6Prefix(config, opts.ipv6Prefix);
+  const allow = opts.clearAllow ? [] : given.length ? parseAllow(given) : undefined;
+  const { result, mapUpdatedBy } = await changeState(config, (store) =>
+    store.tx(() => {
+      const before = store.getClient(name);
+      if (!before) throw usageError(`no client named ${name}`, "see relayctl server list");
+      const after: ClientRow = { ...before, ttl: opts.ttl ?? before.ttl, allow: allow === undefined ? before.allow : JSON.stringify(allow), ipv6_prefix: ipv6Prefix ?? before.ipv6_prefix };
+      const changes: string[] = [];
+      const shownTtl = (t: number | null) => (t === null ? `default (${formatDuration(config.ttl)})` : formatDuration(t));
+      if (after.ttl !== before.ttl) changes.push(`ttl ${shownTtl(before.ttl)} -> ${shownTtl(after.ttl)}`);
+      const shownAllow = (a: string) => (JSON.parse(a) as string[]).join(" ") || "(none)";
+      if (after.allow !== before.allow) changes.push(`allow ${shownAllow(before.allow)} -> ${shownAllow(after.allow)}`);
+      const shownPrefix = (p: number | null) => (p === null ? `default (/${config.ipv6Prefix})` : `/${p}`);
+      if (after.ipv6_prefix !== before.ipv6_prefix) changes.push(`ipv6-prefix ${shownPrefix(before.ipv6_prefix)} -> ${shownPrefix(after.ipv6_prefix)}`);
+      const dropped: EditResult["dropped"] = [];
+      const shortened: EditResult["shortened"] = [];
+      if (!changes.length) return { changes, dropped, shortened };
+      store.updateClient(name, after.ttl, after.allow, after.ipv6_prefix);
+      const now = Date.now();
+      const latest = now + (after.ttl ?? config.ttl) * 1000;
+      for (const l of store.leasesOf(name)) {
+        const prefix = after.ipv6_prefix ?? config.ipv6Prefix;
+        const why = after.allow === before.allow && after.ipv6_prefix === before.ipv6_prefix ? null : refusedBy(after, l.ip, prefix);
+        if (why) {
+          store.deleteLeasesOf(name, l.family);
+          dropped.push({ ip: l.ip, why });
+        } else if (l.expires_at > latest) {
+          store.setLeaseExpiry(name, l.family, latest);
+          shortened.push({ ip: l.ip, expires_at: new Date(latest).toISOString() });
+        }
+      }
+      const detail = [...changes, ...dropped.map((d) => `dropped ${d.ip}: ${d.why}`), ...shortened.map((x) => `${x.ip} now expires ${x.expires_at}`)];
+      store.audit({ ts: now, event: "edit", client: name, ip: dropped.map((d) => d.ip).join(" ") || null, source: null, detail: detail.join("; ") });
+      return { changes, dropped, shortened };
+    }),
+  );
+  return { ...result, mapUpdatedBy };
 }
 
 /** One audit entry as `server log` shows it. */

@@ -1,6 +1,6 @@
 import { Database } from "bun:sqlite";
-import { mkdirSync, statSync } from "node:fs";
-import { handOver, refuseLink } from "../lib/fsutil.ts";
+import { mkdirSync } from "node:fs";
+import { handOver, ownerFor, refuseLink } from "../lib/fsutil.ts";
 import { join } from "node:path";
 import { RelayError, ExitCode } from "../lib/errors.ts";
 
@@ -161,6 +161,16 @@ export class StateStore {
       .run(c as never);
   }
 
+  /** Changes a client's ttl, allow list and IPv6 prefix in place (server edit). */
+  updateClient(name: string, ttl: number | null, allow: string, ipv6Prefix: number | null): void {
+    this.db.query("UPDATE clients SET ttl = ?, allow = ?, ipv6_prefix = ? WHERE name = ?").run(ttl, allow, ipv6Prefix, name);
+  }
+
+  /** Moves a lease's expiry (server edit cutting it to a shorter ttl). */
+  setLeaseExpiry(client: string, family: number, expiresAt: number): void {
+    this.db.query("UPDATE leases SET expires_at = ? WHERE client = ? AND family = ?").run(expiresAt, client, family);
+  }
+
   /** Gives a client a new token; false when there is no such client. */
   setToken(name: string, tokenId: string, hash: Uint8Array): boolean {
     return this.db.query("UPDATE clients SET token_id = ?, token_hash = ? WHERE name = ?").run(tokenId, hash, name).changes > 0;
@@ -254,9 +264,8 @@ export function readLeases(stateDir: string): LeaseRow[] {
  * to state_dir's owner, so the service user can still open them.
  */
 export function adoptOwnership(dir: string, names: string[]): void {
-  if (process.getuid?.() !== 0) return;
-  const owner = statSync(dir);
-  if (owner.uid === 0) return;
+  const owner = ownerFor(dir);
+  if (!owner) return;
   for (const name of names) {
     try {
       handOver(join(dir, name), owner);

@@ -40,9 +40,15 @@ export interface ServerProc {
   kill9(): Promise<void>;
 }
 
-/** Starts `relayctl server --config PATH` and waits until /healthz answers on url. */
-export async function startServer(configPath: string, url: string, env?: Record<string, string>): Promise<ServerProc> {
-  const proc = Bun.spawn([BIN, "server", "--config", configPath], { stdout: "pipe", stderr: "pipe", env: env ? { ...process.env, ...env } : undefined });
+/** argv that runs `argv` as uid:gid, by exec (setpriv, not runuser), so the pid and exit code stay the program's own. */
+export function asUser(ids: { uid: number; gid: number }, argv: string[]): string[] {
+  return ["setpriv", `--reuid=${ids.uid}`, `--regid=${ids.gid}`, "--clear-groups", "--", ...argv];
+}
+
+/** Starts `relayctl server --config PATH` (as `user` when given) and waits until /healthz answers on url. */
+export async function startServer(configPath: string, url: string, env?: Record<string, string>, user?: { uid: number; gid: number }): Promise<ServerProc> {
+  const argv = [BIN, "server", "--config", configPath];
+  const proc = Bun.spawn(user ? asUser(user, argv) : argv, { stdout: "pipe", stderr: "pipe", env: env ? { ...process.env, ...env } : undefined });
   let err = "";
   const reader = (async () => {
     for await (const chunk of proc.stderr) err += new TextDecoder().decode(chunk);

@@ -2,7 +2,7 @@ import { lstatSync, mkdirSync, readFileSync, renameSync, rmSync, type Stats } fr
 import { basename, dirname, join } from "node:path";
 import type { MapType, ServerConfig } from "../../lib/config.ts";
 import { usageError } from "../../lib/errors.ts";
-import { fsyncDir, handOver, ownerOf, privateDir, writeFileSynced } from "../../lib/fsutil.ts";
+import { fsyncDir, handOver, ownerFor, privateDir, writeFileSynced } from "../../lib/fsutil.ts";
 import type { Cidr } from "../../lib/ip.ts";
 import { log } from "../../lib/logging.ts";
 import type { LiveIndex } from "../live.ts";
@@ -191,7 +191,7 @@ export class MapWriter {
       if (r.timedOut) throw postmapError(`timed out after ${timeoutMs / 1000}s`);
       if (r.code !== 0) throw postmapError(r.stderr || `exit code ${r.code}`);
       // Root (an admin command, sweep) hands the files to the map directory's owner, through the open descriptor.
-      const owner = ownerOf(dir);
+      const owner = ownerFor(dir);
       handOver(tmpDb, owner, 0o644);
       handOver(tmp, owner, 0o644);
       // Database first: Postfix reads it, and a source newer than its

@@ -17,6 +17,8 @@ export async function withoutServer<T>(config: ServerConfig, fn: (core: Core) =>
   try {
     core = openCore(config);
     const result = fn(core);
+    // fn may have changed state directly (server edit): publish what state now holds.
+    core.leases.reload();
     if (core.lookupType.outlivesServer) {
       const lookup = await openLookup(core);
       try {
