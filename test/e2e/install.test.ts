@@ -11,7 +11,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { loadServerConfig } from "../../src/lib/config.ts";
@@ -346,6 +346,25 @@ describe("install.sh binary sources", () => {
     const v = spawnSync(join(root, "usr/local/bin/relayctl"), ["--version"], { encoding: "utf8" });
     expect(v.stdout).toMatch(/^relayctl \S+ \(commit \S+, linux-\S+\)$/m);
   });
+
+  test("from a fresh copy of this tree, as README says: after npm ci, install.sh server builds and installs", () => {
+    // The tracked files as they are now, and this tree's node_modules standing in for `npm ci`.
+    const clone = freshDir("fresh-clone");
+    const files = spawnSync("git", ["-C", REPO, "ls-files", "-z"], { encoding: "utf8" }).stdout.split("\0").filter((f) => f && existsSync(join(REPO, f)));
+    expect(files).toContain("build.ts");
+    for (const f of files) {
+      mkdirSync(join(clone, f, ".."), { recursive: true });
+      copyFileSync(join(REPO, f), join(clone, f));
+    }
+    symlinkSync(join(REPO, "node_modules"), join(clone, "node_modules"));
+    const root = freshDir("fresh-clone-root");
+    const r = runInstall(root, ["server"], { script: join(clone, "install.sh"), cwd: clone, env: { RELAYCTL_BINARY: "" } });
+    expect(r.code).toBe(0);
+    const v = spawnSync(join(root, "usr/local/bin/relayctl"), ["--version"], { encoding: "utf8" });
+    expect(v.stdout).toMatch(/^relayctl \S+ \(commit \S+, linux-\S+\)$/m);
+    expect(readFileSync(join(root, "usr/local/share/man/man1/relayctl.1"), "utf8")).toContain('.SS "relayctl server add"');
+    expect(existsSync(join(root, "etc/systemd/system/relayctl-sweep.timer"))).toBe(true);
+  }, 120_000);
 
   test("usage errors exit 2", () => {
     const r = runInstall(freshDir("usage"), ["frobnicate"]);
