@@ -1,11 +1,12 @@
 /**
- * Map rebuild: the server's own MapWriter.sync() (read live addresses from a
- * seeded state DB, render, write + fsync, postmap, rename, fsync dir) vs a plain
+ * Map rebuild: the server's own MapWriter.sync() (live addresses from the
+ * in-memory index, render, write + fsync, postmap, rename, fsync dir) vs a plain
  * `postmap TYPE:file` of the same file, alternating, in this process.
  */
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { MapWriter } from "../src/server/map.ts";
+import { LiveIndex } from "../src/server/live.ts";
+import { MapWriter } from "../src/server/lookups/map.ts";
 import { StateStore } from "../src/server/state.ts";
 import { benchAddress, median, mmm, ratio, scratch, seedState, toolPath, type Row } from "./lib.ts";
 
@@ -32,13 +33,16 @@ export async function benchMap(o: { sizes: number[]; types: string[]; runs: numb
         mkdirSync(join(dir, type), { recursive: true });
         const mapPath = join(dir, type, "clients");
         const plain = join(dir, type, "plain");
-        const writer = new MapWriter({ path: mapPath, type: type as never, postmap, addresses: () => store.liveAddresses(Date.now()) });
+        const index = new LiveIndex();
+        index.load(store.allLeases());
+        const first = store.allLeases().find((l) => l.client === "s000000")!;
+        const writer = new MapWriter({ path: mapPath, type: type as never, postmap, addresses: () => index.liveNets(Date.now()).map((n) => n.text.slice(0, n.text.indexOf("/"))) });
         await writer.sync(); // initial build, not timed
         const mine: number[] = [];
         const base: number[] = [];
         for (let i = 0; i < o.runs; i++) {
           // One lease moves to another address, as a grant or replace does, so every sync really rebuilds.
-          store.db.run("UPDATE leases SET ip = ? WHERE client = ?", [benchAddress(n + 1 + (i % 2)), "s000000"]);
+          index.put({ ...first, ip: benchAddress(n + 1 + (i % 2)) });
           const t0 = performance.now();
           const info = await writer.sync();
           const ms = performance.now() - t0;
@@ -66,7 +70,7 @@ export async function benchMap(o: { sizes: number[]; types: string[]; runs: numb
   return {
     rows,
     details: [
-      `map rebuild: ${o.runs} rebuilds per size and type, each after one lease moved to another address; relayctl = MapWriter.sync() as the server runs it (SQLite read of live addresses, render, write + fsync of map.tmp, postmap, two renames, fsync of the directory); baseline = \`postmap TYPE:file\` of a copy of the same source file, timed right after, in the same directory.`,
+      `map rebuild: ${o.runs} rebuilds per size and type, each after one lease moved to another address; relayctl = MapWriter.sync() as the server runs it (live addresses from the in-memory index, render, write + fsync of the source in a private directory, postmap, two renames, fsync of the directory); baseline = \`postmap TYPE:file\` of a copy of the same source file, timed right after, in the same directory.`,
     ],
   };
 }

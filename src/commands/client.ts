@@ -11,7 +11,7 @@ import { common, ifNoSubcommand } from "./shared.ts";
  * logged and retried next round; a refusal or a bad config ends the loop.
  */
 export async function runClientWatch(opts: { config?: string; ip?: string; verbose?: boolean; interval?: string; signal?: AbortSignal }): Promise<void> {
-  const interval = parseDuration(opts.interval ?? "4m", "--interval");
+  const interval = parseDuration(opts.interval ?? "4m", "interval", "--interval");
   const stop = new AbortController();
   const onSignal = (): void => stop.abort();
   process.once("SIGTERM", onSignal);

@@ -1,17 +1,20 @@
 import { defineCommand } from "citty";
+import { serverConfigToRun } from "../lib/config.ts";
 import { parseDuration, formatDuration } from "../lib/duration.ts";
-import { usageError } from "../lib/errors.ts";
+import { RelayError, usageError } from "../lib/errors.ts";
 import { log, setLogLevel, setVerbosity } from "../lib/logging.ts";
-import { addClient, listClients, readAuditLog, revokeClient, rotateToken, serverStatus, type AuditView, type ClientView, type StatusView } from "../server/admin.ts";
+import { addClient, editClient, listClients, readAuditLog, revokeClient, rotateToken, serverStatus, type AuditView, type ClientView, type EditResult, type StatusView } from "../server/admin.ts";
 import { startServer } from "../server/server.ts";
+import { sweep } from "../server/runtime/sweep.ts";
+import { loadServerConfig } from "../lib/config.ts";
 import { common, ifNoSubcommand, repeatedFlag } from "./shared.ts";
 
-/** Runs the server until SIGTERM or SIGINT, then stops cleanly. */
+/** Runs the server until SIGTERM or SIGINT, then stops cleanly; refuses to run without a config file. */
 export async function runServer(opts: { config?: string; verbose?: boolean }): Promise<void> {
   // A service logs what it does; only cron-run commands stay quiet.
   setVerbosity({ verbose: opts.verbose });
   if (!opts.verbose) log.level = 3;
-  const server = await startServer({ configPath: opts.config });
+  const server = await startServer({ configPath: serverConfigToRun(opts.config) });
   if (!opts.verbose) setLogLevel(server.core.config.logLevel);
   await new Promise<void>((resolve) => {
     const stop = (signal: string): void => {
@@ -28,12 +31,13 @@ export async function runServer(opts: { config?: string; verbose?: boolean }): P
 }
 
 /** `server add`: prints the enrollment line on stdout. */
-export async function runServerAdd(opts: { config?: string; name: string; ttl?: string; allow?: string[] }): Promise<string> {
+export async function runServerAdd(opts: { config?: string; name: string; ttl?: string; allow?: string[]; ipv6Prefix?: string }): Promise<string> {
   const { line } = await addClient({
     configPath: opts.config,
     name: opts.name,
-    ttl: opts.ttl === undefined ? undefined : parseDuration(opts.ttl, "--ttl"),
+    ttl: opts.ttl === undefined ? undefined : parseDuration(opts.ttl, "ttl", "--ttl"),
     allow: opts.allow,
+    ipv6Prefix: opts.ipv6Prefix === undefined ? undefined : Number(opts.ipv6Prefix),
   });
   console.log(line);
   return line;
@@ -80,10 +84,34 @@ export async function runServerRevoke(opts: { config?: string; name: string; ver
   }
 }
 
+/** Renders what `server edit` did as one line per fact, dropped leases included. */
+export function renderEdit(name: string, r: EditResult): string {
+  if (!r.changes.length) return `${name}: nothing changed`;
+  const lines = [`${name}: ${r.changes.join(", ")}`];
+  for (const d of r.dropped) lines.push(`dropped lease ${d.ip}: ${d.why}`);
+  for (const x of r.shortened) lines.push(`lease ${x.ip} now expires ${x.expires_at} (the new ttl from now)`);
+  if (r.dropped.length) lines.push(`map updated ${r.mapUpdatedBy === "here" ? "now" : "by the running server"}`);
+  return lines.join("\n");
+}
+
+/** `server edit`: changes ttl or allow list, keeping the token; always says what changed, since leases may go. */
+export async function runServerEdit(opts: { config?: string; name: string; ttl?: string; allow?: string[]; clearAllow?: boolean; ipv6Prefix?: string }): Promise<EditResult> {
+  const r = await editClient({
+    configPath: opts.config,
+    name: opts.name,
+    ttl: opts.ttl === undefined ? undefined : parseDuration(opts.ttl, "ttl", "--ttl"),
+    allow: opts.allow,
+    clearAllow: opts.clearAllow,
+    ipv6Prefix: opts.ipv6Prefix === undefined ? undefined : Number(opts.ipv6Prefix),
+  });
+  console.log(renderEdit(opts.name, r));
+  return r;
+}
+
 /** Renders audit entries one per line: time, event, client, address, source, detail. */
 export function renderAuditLog(rows: AuditView[]): string {
   return rows
-    .map((r) => [r.ts, r.event, r.client ?? "-", r.ip ?? "-", r.source ? `from ${r.source}` : "", r.detail ?? ""].filter(Boolean).join("  "))
+    .map((r) => [r.ts, r.event, r.client ?? "-", r.ip ?? "-", r.source ? `from ${r.source}` : "", r.count > 1 ? `x${r.count}` : "", r.detail ?? ""].filter(Boolean).join("  "))
     .join("\n");
 }
 
@@ -94,7 +122,7 @@ export function runServerLog(opts: { config?: string; client?: string; since?: s
   const rows = readAuditLog({
     configPath: opts.config,
     client: opts.client,
-    sinceSeconds: opts.since === undefined ? undefined : parseDuration(opts.since, "--since"),
+    sinceSeconds: opts.since === undefined ? undefined : parseDuration(opts.since, "since", "--since"),
     limit,
   });
   const out = opts.json ? JSON.stringify({ events: rows }, null, 2) : renderAuditLog(rows);
@@ -102,17 +130,36 @@ export function runServerLog(opts: { config?: string; client?: string; since?: s
   return rows;
 }
 
+const ipv6PrefixFlag = { type: "string", description: "lease the /N (48-128) around the client's IPv6 address; needs lookup = \"policy\" below 128", valueHint: "N" } as const;
+
 const add = defineCommand({
   meta: { name: "add", description: "Create a client and print its enrollment line" },
   args: {
     ...common,
     name: { type: "positional", required: true, description: "client name: [a-z0-9][a-z0-9._-]{0,62}" },
-    ttl: { type: "string", description: "lease lifetime for this client (90s, 20m, 1h); default: server ttl" },
+    ttl: { type: "string", description: "lease lifetime for this client (90s, 20m, 1h, at most 400d); default: server ttl" },
     allow: { type: "string", description: "CIDR the client may lease or name (repeatable)" },
+    "ipv6-prefix": ipv6PrefixFlag,
   },
   run: ({ args, rawArgs }) => {
     const allow = repeatedFlag(rawArgs, "allow");
-    return runServerAdd({ config: args.config, name: args.name, ttl: args.ttl, allow }).then(() => undefined);
+    return runServerAdd({ config: args.config, name: args.name, ttl: args.ttl, allow, ipv6Prefix: args["ipv6-prefix"] }).then(() => undefined);
+  },
+});
+
+const edit = defineCommand({
+  meta: { name: "edit", description: "Change a client's ttl or allow list, keeping its token; leases outside a new allow list are dropped" },
+  args: {
+    ...common,
+    name: { type: "positional", required: true, description: "client name" },
+    ttl: { type: "string", description: "new lease lifetime (90s, 20m, 1h, at most 400d); a current lease is cut to end within it" },
+    allow: { type: "string", description: "CIDR the client may lease or name (repeatable); replaces the whole list" },
+    "clear-allow": { type: "boolean", description: "empty the allow list: the client may lease only the address it connects from" },
+    "ipv6-prefix": ipv6PrefixFlag,
+  },
+  run: ({ args, rawArgs }) => {
+    const allow = repeatedFlag(rawArgs, "allow");
+    return runServerEdit({ config: args.config, name: args.name, ttl: args.ttl, allow, clearAllow: args["clear-allow"], ipv6Prefix: args["ipv6-prefix"] }).then(() => undefined);
   },
 });
 
@@ -140,22 +187,54 @@ export function renderStatus(s: StatusView): string {
   lines.push(`public url: ${s.public_url}`);
   lines.push(s.cert ? `certificate: ${s.cert.path}, expires ${s.cert.expires_at} (${s.cert.days_left} days), pin ${s.cert.pin}` : "certificate: none yet (created at first start or server add)");
   if (s.status?.pin_changed_at) lines.push(`  pin changed at ${s.status.pin_changed_at} (certificate replaced): clients enrolled with --pin must re-enroll`);
-  lines.push(`map: ${s.map.type}:${s.map.path}, ${s.map.entries} entries`);
-  if (s.status?.map.last_rebuild_at) lines.push(`  last rebuild ${s.status.map.last_rebuild_at} in ${s.status.map.last_rebuild_ms} ms (${s.status.map.rebuilds} since start)`);
+  if (s.map) {
+    lines.push(`map: ${s.map.type}:${s.map.path}, ${s.map.entries} entries`);
+    if (s.map.frozen.entries) lines.push(`  FROZEN: ${s.map.frozen.entries} entries have no live lease and still relay (since ${s.map.frozen.since}); start the server, or run relayctl server sweep`);
+    const l = s.status?.lookup;
+    if (l?.last_rebuild_at) lines.push(`  last rebuild ${l.last_rebuild_at} in ${l.last_rebuild_ms} ms (${l.rebuilds} since start)`);
+  }
+  if (s.policy) lines.push(`policy: ${s.policy.socket}, ${s.policy.listening ? "listening" : "not listening (Postfix defers relay attempts with 451)"}`);
   lines.push(`clients: ${s.clients}, live leases: ${s.leases}`);
   lines.push(s.status?.degraded.length ? `degraded: ${s.status.degraded.join("; ")}` : "degraded: no");
   return lines.join("\n");
 }
 
-/** `server status`: whether it runs, certificate, map and degraded reasons. */
+/** `server sweep`: with no server running, expires due leases and rebuilds the map; with one, does nothing. */
+export async function runServerSweep(opts: { config?: string; verbose?: boolean }): Promise<void> {
+  const r = await sweep(loadServerConfig(opts.config));
+  if (opts.verbose) console.log(r.serverRunning ? "server running: nothing to do" : `expired ${r.expired.length} leases; lookup rebuilt from the live leases`);
+}
+
+const sweepCommand = defineCommand({
+  meta: { name: "sweep", description: "With the server stopped, expire due leases and rebuild the map (run every minute from a timer or cron)" },
+  args: { ...common },
+  run: ({ args }) => runServerSweep({ config: args.config, verbose: args.verbose }),
+});
+
+/**
+ * Why `server status` must exit non-zero, or null when the server runs and
+ * is healthy. Stopped, starting and degraded all exit 1 (FAILED: look, and
+ * it may heal or need a start); 2 stays a bad config, as for every command.
+ */
+export function statusProblem(s: StatusView): RelayError | null {
+  if (!s.running) return new RelayError("server is not running", { hint: "start it: systemctl start relayctl (or relayctl server --config PATH)" });
+  if (!s.status) return new RelayError("server holds its state but has not published its status yet", { hint: "it is starting; ask again in a few seconds, or see journalctl -u relayctl" });
+  if (s.status.degraded.length) return new RelayError(`server is degraded: ${s.status.degraded.join("; ")}`, { hint: "see the server log (journalctl -u relayctl); it retries by itself" });
+  if (s.map?.frozen.entries) return new RelayError(`${s.map.frozen.entries} map entries have no live lease and still relay`, { hint: "the server is not keeping the map current; see journalctl -u relayctl" });
+  return null;
+}
+
+/** `server status`: prints whether it runs, certificate, map and degraded reasons, then exits 0 only when healthy. */
 export async function runServerStatus(opts: { config?: string; json?: boolean }): Promise<StatusView> {
   const s = await serverStatus({ configPath: opts.config });
   console.log(opts.json ? JSON.stringify(s, null, 2) : renderStatus(s));
+  const problem = statusProblem(s);
+  if (problem) throw problem;
   return s;
 }
 
 const statusCommand = defineCommand({
-  meta: { name: "status", description: "Show whether the server runs, its certificate, map and health" },
+  meta: { name: "status", description: "Show whether the server runs, its certificate, map and health; exit 0 only when it runs and is healthy, else 1" },
   args: { ...common, json: { type: "boolean", description: "print JSON" } },
   run: ({ args }) => runServerStatus({ config: args.config, json: args.json }).then(() => undefined),
 });
@@ -173,8 +252,11 @@ const logCommand = defineCommand({
 });
 
 export const serverCommand = defineCommand({
-  meta: { name: "server", description: "Run the lease server on the mail host, or manage its clients" },
+  meta: {
+    name: "server",
+    description: "Bare `relayctl server` runs the lease server on the mail host (needs /etc/relayctl/server.toml or --config; `install.sh server` writes it); the subcommands manage its clients",
+  },
   args: { ...common },
-  subCommands: { add, list, revoke, rotate, log: logCommand, status: statusCommand },
+  subCommands: { add, edit, list, revoke, rotate, log: logCommand, status: statusCommand, sweep: sweepCommand },
   run: ifNoSubcommand(({ args }) => runServer({ config: args.config, verbose: args.verbose })),
 });

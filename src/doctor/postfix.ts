@@ -13,6 +13,7 @@ export const PARAMS = [
   "mail_version",
   "default_database_type",
   "mail_owner",
+  "queue_directory",
 ] as const;
 export type Param = (typeof PARAMS)[number];
 

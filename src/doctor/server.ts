@@ -1,5 +1,4 @@
-import { Database } from "bun:sqlite";
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, lstatSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { FetchError } from "ofetch";
@@ -8,10 +7,14 @@ import { usageError } from "../lib/errors.ts";
 import { apiError, createApi } from "../lib/http.ts";
 import { certificateExpiry, certificatePin, keyMatchesCertificate } from "../lib/tls.ts";
 import { StateLock } from "../server/lock.ts";
+import { readLeases } from "../server/state.ts";
 import { findPostfixTool, mapDbSuffix, runTool } from "../server/postfix.ts";
 import { fail, pass, shellQuote, warn, type CheckResult } from "./checks.ts";
 import { accessProblem, currentUser, lookupUser, type Principal } from "./files.ts";
 import { hookChecks } from "./hook.ts";
+import { policyHookChecks, policyHookFacts, policySocketChecks } from "./policy.ts";
+import { frozenEntries, installedKeys } from "../server/lookups/map.ts";
+import { postfixGid } from "../server/lookups/policy.ts";
 import { defaultConfigDir, readPostfix, type PostfixView } from "./postfix.ts";
 
 const TOOL_TIMEOUT_MS = 10_000;
@@ -55,7 +58,7 @@ export async function serverChecks(o: ServerDoctorOptions): Promise<CheckResult[
   const owner = existsSync(config.stateDir) ? lookupUser(statSync(config.stateDir).uid) : null;
   const ctx: Ctx = { config, serverUser: owner ?? currentUser() };
   out.push(...(await postfixChecks(ctx, o.postfixDir)));
-  out.push(...(await mapChecks(ctx)));
+  out.push(...(config.lookup === "policy" ? await policyChecks(ctx) : await mapChecks(ctx)));
   out.push(...stateDirCheck(ctx), ...tlsChecks(ctx), ...(await listenChecks(ctx)));
   return out;
 }
@@ -108,8 +111,94 @@ async function postfixChecks(ctx: Ctx, postfixDir?: string): Promise<CheckResult
   const fallback = (MAP_TYPES as readonly string[]).includes(dbType) ? (dbType as MapType) : "hash";
   ctx.mapType = config.mapType ?? fallback;
   out.push(mapTypeCheck(ctx, view, dbType));
-  if (view.mapTypes.includes(ctx.mapType)) out.push(...hookChecks({ view, mapType: ctx.mapType, mapPath: config.map }));
+  if (config.lookup === "policy") out.push(...policyHookChecks(view.configDir, config, policyHookFacts(view, config)));
+  else if (view.mapTypes.includes(ctx.mapType)) out.push(...hookChecks({ view, mapType: ctx.mapType, mapPath: config.map }));
   return out;
+}
+
+/** Asks the policy socket about a documentation address, as smtpd would; the action, or why not. */
+async function probePolicy(path: string): Promise<{ action: string } | { error: string }> {
+  let got = "";
+  try {
+    return await new Promise((resolve) => {
+      const timer = setTimeout(() => resolve({ error: "no answer within 5 s" }), 5_000);
+      Bun.connect({
+        unix: path,
+        socket: {
+          open(sock) {
+            sock.write(`request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address=${SCRATCH_IP}\nclient_name=unknown\nrecipient=relayctl-doctor@example.org\n\n`);
+          },
+          data(sock, chunk) {
+            got += Buffer.from(chunk).toString();
+            const m = /^action=([^\n]*)\n\n/.exec(got);
+            if (m) {
+              clearTimeout(timer);
+              // Before end(): closing runs the close handler at once, which would settle first.
+              resolve({ action: m[1]! });
+              sock.end();
+            }
+          },
+          close() {
+            clearTimeout(timer);
+            resolve({ error: got ? `unexpected answer ${JSON.stringify(got.slice(0, 60))}` : "closed without an answer" });
+          },
+          error(_sock, err) {
+            clearTimeout(timer);
+            resolve({ error: err.message });
+          },
+        },
+      }).catch((err: Error) => {
+        clearTimeout(timer);
+        resolve({ error: err.message });
+      });
+    });
+  } catch (err) {
+    return { error: (err as Error).message };
+  }
+}
+
+/** Facts about the policy socket and Postfix's view of it, then the verdicts. */
+async function policyChecks(ctx: Ctx): Promise<CheckResult[]> {
+  const { config } = ctx;
+  const st = (p: string) => {
+    try {
+      return lstatSync(p);
+    } catch {
+      return null;
+    }
+  };
+  const sock = st(config.policySocket);
+  const dir = st(dirname(config.policySocket));
+  let chroot = false;
+  if (ctx.postconf && ctx.view) {
+    const r = await runTool([ctx.postconf, "-c", ctx.view.configDir, "-M"], TOOL_TIMEOUT_MS).catch(() => null);
+    chroot = (r?.stdout ?? "").split("\n").some((l) => {
+      const f = l.trim().split(/\s+/);
+      return f[7] === "smtpd" && f[4] === "y";
+    });
+  }
+  return policySocketChecks({
+    path: config.policySocket,
+    socket: sock ? { isSocket: sock.isSocket(), mode: sock.mode, gid: sock.gid } : null,
+    dir: dir ? { mode: dir.mode, uid: dir.uid, gid: dir.gid } : null,
+    postfixGid: postfixGid(),
+    serviceUid: ctx.serverUser.uid,
+    queueDirectory: ctx.view?.values.queue_directory || "/var/spool/postfix",
+    chroot,
+    probe: sock?.isSocket() ? await probePolicy(config.policySocket) : null,
+  });
+}
+
+/** Verdict on `map.frozen`: entries in the installed map that no live lease backs still relay. */
+async function frozenCheck(ctx: Ctx, type: MapType): Promise<CheckResult> {
+  const m = { path: ctx.config.map, type, postmap: ctx.postmap! };
+  const keys = await installedKeys(m);
+  if (!keys) return warn("map.frozen", `postmap -s ${type}:${m.path} cannot read the map`, "see map.files and map.lookup");
+  const rows = readLeases(ctx.config.stateDir);
+  const f = frozenEntries(keys, rows, Date.now(), statSync(m.path + mapDbSuffix(type)).mtimeMs);
+  if (!f.entries) return pass("map.frozen", `every entry of the map (${keys.length}) has a live lease`);
+  return fail("map.frozen", `${f.entries} map entries have no live lease and still relay (since ${f.since}): the server is not keeping the map current`,
+    `systemctl start relayctl, or run: relayctl server sweep${ctx.config.path === DEFAULT_SERVER_CONFIG ? "" : ` --config ${shellQuote(ctx.config.path)}`} (install the relayctl-sweep.timer so it runs every minute)`);
 }
 
 /** Verdict on `postfix.version`: smtpd_relay_restrictions needs Postfix 2.10 or later. */
@@ -154,7 +243,7 @@ async function mapChecks(ctx: Ctx): Promise<CheckResult[]> {
   const stale = statSync(db).mtimeMs + 1000 < statSync(src).mtimeMs;
   out.push(stale ? fail("map.fresh", `${db} is older than ${src}: Postfix still uses the old entries`, build) : pass("map.fresh", `${db} is up to date with its source`));
   out.push(mapPermissionCheck(ctx, src, db));
-  if (ctx.postmap) out.push(await lookupCheck(ctx, type, src));
+  if (ctx.postmap) out.push(await lookupCheck(ctx, type, src), await frozenCheck(ctx, type));
   return out;
 }
 
@@ -183,18 +272,7 @@ function mapPermissionCheck(ctx: Ctx, src: string, db: string): CheckResult {
 
 /** The address of a live lease in state_dir, read without changing anything. */
 function liveLease(stateDir: string): { client: string; ip: string } | null {
-  const path = join(stateDir, "state.db");
-  if (!existsSync(path)) return null;
-  try {
-    const db = new Database(path, { readonly: true });
-    try {
-      return db.query("SELECT client, ip FROM leases WHERE expires_at > ? ORDER BY expires_at DESC LIMIT 1").get(Date.now()) as { client: string; ip: string } | null;
-    } finally {
-      db.close();
-    }
-  } catch {
-    return null;
-  }
+  return readLeases(stateDir).find((l) => l.expires_at > Date.now()) ?? null;
 }
 
 async function query(ctx: Ctx, type: string, path: string, key: string): Promise<{ found: boolean; error?: string }> {
@@ -247,12 +325,12 @@ function tlsPaths(config: ServerConfig): { cert: string; key: string; generated:
   return { cert: join(config.stateDir, "tls", "cert.pem"), key: join(config.stateDir, "tls", "key.pem"), generated: true };
 }
 
-function startCommand(config: ServerConfig): string {
-  return `systemctl start relayctl (or: relayctl server --config ${shellQuote(config.path)})`;
+function startCommand(configPath: string): string {
+  return `systemctl start relayctl (or: relayctl server --config ${shellQuote(configPath)})`;
 }
 
 function tlsChecks(ctx: Ctx): CheckResult[] {
-  const start = startCommand(ctx.config);
+  const start = startCommand(ctx.config.path);
   const { cert, key, generated } = tlsPaths(ctx.config);
   if (generated && !existsSync(cert)) {
     return [warn("server.tls", `no certificate yet: the server creates a self-signed one in ${dirname(cert)} on first start`, `nothing to do before the first start; ${start}`)];
@@ -260,7 +338,11 @@ function tlsChecks(ctx: Ctx): CheckResult[] {
   const pems: string[] = [];
   for (const p of [cert, key]) {
     const why = accessProblem(p, ctx.serverUser, "read");
-    if (why) return [fail("server.tls", why, `chown ${shellQuote(ctx.serverUser.name)} ${shellQuote(p)}${p === key ? ` && chmod 600 ${shellQuote(p)}` : ""}`)];
+    // A generated pair lives in its own directory, which root may have made too (server add before the first start).
+    const fix = generated
+      ? `chown -R --reference=${shellQuote(ctx.config.stateDir)} ${shellQuote(dirname(cert))}`
+      : `chown ${shellQuote(ctx.serverUser.name)} ${shellQuote(p)}${p === key ? ` && chmod 600 ${shellQuote(p)}` : ""}`;
+    if (why) return [fail("server.tls", why, fix)];
     try {
       pems.push(readFileSync(p, "utf8"));
     } catch (err) {
@@ -312,20 +394,53 @@ function serverRunning(stateDir: string): boolean {
   }
 }
 
+/** What the listen verdicts look at: gathered by listenChecks, judged by listenVerdicts. */
+export interface ListenFacts {
+  configPath: string;
+  stateDir: string;
+  /** host:port as written in listen, IPv6 bracketed. */
+  shown: string;
+  port: number;
+  /** A relayctl server holds the lock on state_dir. */
+  running: boolean;
+  /** Whether binding listen failed because something holds it, or for another reason. */
+  bind: { busy: boolean; error?: string };
+}
+
+/**
+ * Verdicts on `server.listen` and, unless a running server should be asked
+ * itself, `server.health`. On the mail host a stopped server is a failure:
+ * no client can renew, so relaying ends when the last lease expires.
+ */
+export function listenVerdicts(f: ListenFacts): { checks: CheckResult[]; askServer: boolean } {
+  const start = startCommand(f.configPath);
+  const stopped = fail("server.health", `no relayctl server is running on ${f.stateDir}: clients cannot renew, and relaying stops as their leases expire`, start);
+  if (f.bind.error) return { checks: [fail("server.listen", `cannot listen on ${f.shown}: ${f.bind.error}`, `change listen in ${f.configPath} to an address of this host`)], askServer: false };
+  if (!f.running) {
+    const listen = f.bind.busy
+      ? fail("server.listen", `${f.shown} is in use by another process`, `find it with: ss -ltnp 'sport = :${f.port}'; stop it or change listen in ${f.configPath}`)
+      : pass("server.listen", `${f.shown} is free`);
+    return { checks: [listen, stopped], askServer: false };
+  }
+  if (!f.bind.busy) {
+    return { checks: [fail("server.listen", `a relayctl server holds ${f.stateDir} but nothing listens on ${f.shown}: clients cannot renew`, "restart it: systemctl restart relayctl")], askServer: false };
+  }
+  return { checks: [pass("server.listen", `${f.shown} is held by the running relayctl server`)], askServer: true };
+}
+
 async function listenChecks(ctx: Ctx): Promise<CheckResult[]> {
   const { config } = ctx;
   const { host, port } = config.listen;
-  const shown = host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
-  const running = serverRunning(config.stateDir);
-  const bind = portBusy(host, port);
-  const start = startCommand(config);
-  if (bind.error) return [fail("server.listen", `cannot listen on ${shown}: ${bind.error}`, `change listen in ${config.path} to an address of this host`)];
-  if (!running) {
-    if (bind.busy) return [fail("server.listen", `${shown} is in use by another process`, `find it with: ss -ltnp 'sport = :${port}'; stop it or change listen in ${config.path}`)];
-    return [pass("server.listen", `${shown} is free`), warn("server.health", "no relayctl server is running on this state_dir", start)];
-  }
-  if (!bind.busy) return [warn("server.listen", `a relayctl server holds ${config.stateDir} but nothing listens on ${shown}`, `restart it after changing listen: systemctl restart relayctl`)];
-  return [pass("server.listen", `${shown} is held by the running relayctl server`), await healthCheck(ctx, port)];
+  const facts: ListenFacts = {
+    configPath: config.path,
+    stateDir: config.stateDir,
+    shown: host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`,
+    port,
+    running: serverRunning(config.stateDir),
+    bind: portBusy(host, port),
+  };
+  const { checks, askServer } = listenVerdicts(facts);
+  return askServer ? [...checks, await healthCheck(ctx, port)] : checks;
 }
 
 async function healthCheck(ctx: Ctx, port: number): Promise<CheckResult> {

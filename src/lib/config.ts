@@ -1,15 +1,15 @@
 import { existsSync, readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { ExitCode, RelayError, usageError } from "./errors.ts";
-import { parseDuration } from "./duration.ts";
+import { parseDuration, type DurationSetting } from "./duration.ts";
 import { parseCidr, parseIp, type Cidr } from "./ip.ts";
 
 export const DEFAULT_SERVER_CONFIG = "/etc/relayctl/server.toml";
 export const DEFAULT_CLIENT_CONFIG = "/etc/relayctl/client.toml";
 export const MAP_TYPES = ["hash", "lmdb", "btree", "cdb"] as const;
 export type MapType = (typeof MAP_TYPES)[number];
-/** Shortest lease ttl: below this, cron jitter alone would drop working clients. */
-export const MIN_TTL = 10;
+/** Widest IPv6 prefix lease: a /48 is a whole site. */
+export const MIN_IPV6_PREFIX = 48;
 const NAME_RE = /^[a-z0-9][a-z0-9._-]{0,62}$/;
 
 /** Effective server settings after defaults; map_type stays undefined until postconf is asked. */
@@ -31,6 +31,11 @@ export interface ServerConfig {
   logFormat: "text" | "json";
   logLevel: LogLevel;
   auditRetention: number;
+  /** How Postfix asks: the postmap map (default) or the policy service. */
+  lookup: "map" | "policy";
+  policySocket: string;
+  /** Default prefix length of IPv6 leases (128 = the address alone). */
+  ipv6Prefix: number;
 }
 
 export const LOG_LEVELS = ["error", "warn", "info", "debug"] as const;
@@ -120,11 +125,12 @@ class Keys {
     return v;
   }
 
-  duration(key: string): number | undefined {
+  /** A duration within its bounds in DURATION_LIMITS, where the key names its row. */
+  duration(key: DurationSetting): number | undefined {
     const v = this.data[key];
     if (v === undefined) return undefined;
     if (typeof v !== "string" && typeof v !== "number") throw this.error(key, "must be a duration like \"20m\"");
-    return parseDuration(v, this.where(key));
+    return parseDuration(v, key, this.where(key));
   }
 
   int(key: string): number | undefined {
@@ -154,6 +160,19 @@ export function validateHttpsUrl(value: string, where: string): string {
   return url.origin;
 }
 
+/**
+ * The config file `relayctl server` runs with. A missing one is refused: on
+ * built-in defaults the server would listen on every address and create
+ * state as whoever started it, which is never what an operator meant.
+ */
+export function serverConfigToRun(path?: string): string {
+  const file = path ?? DEFAULT_SERVER_CONFIG;
+  if (!existsSync(file)) {
+    throw usageError(`no server config at ${file}, so the server does not start`, `create one with \`install.sh server\`, or pass --config PATH`);
+  }
+  return file;
+}
+
 /** Loads server.toml (missing default file = defaults) and validates every key. */
 export function loadServerConfig(path?: string): ServerConfig {
   const file = path ?? DEFAULT_SERVER_CONFIG;
@@ -161,6 +180,7 @@ export function loadServerConfig(path?: string): ServerConfig {
   const k = new Keys(file, text, data, [
     "listen", "public_url", "state_dir", "tls_cert", "tls_key", "map", "map_type", "ttl", "postmap", "trusted_proxies",
     "renewals_per_minute", "postmap_timeout", "metrics_allow", "log_format", "log_level", "audit_retention",
+    "lookup", "policy_socket", "ipv6_prefix",
   ]);
   const listen = parseListen(k.str("listen") ?? "[::]:8443", k.where("listen"));
   const publicUrl = validateHttpsUrl(k.str("public_url") ?? `https://${hostname()}:${listen.port}`, k.where("public_url"));
@@ -184,7 +204,6 @@ export function loadServerConfig(path?: string): ServerConfig {
     throw k.error(tlsCert === undefined ? "tls_key" : "tls_cert", "tls_cert and tls_key must be set together");
   }
   const ttl = k.duration("ttl") ?? 1200;
-  if (ttl < MIN_TTL) throw k.error("ttl", `must be at least ${MIN_TTL}s`, "clients renew well before expiry; 20m is a good default");
   const cidrs = (key: string): Cidr[] =>
     k.list(key).map((c) => {
       const net = parseCidr(c);
@@ -198,6 +217,10 @@ export function loadServerConfig(path?: string): ServerConfig {
     return v as T;
   };
   const renewalsPerMinute = k.int("renewals_per_minute") ?? 20;
+  const lookup = oneOf("lookup", ["map", "policy"] as const, "map");
+  const ipv6Prefix = k.int("ipv6_prefix") ?? 128;
+  if (ipv6Prefix < MIN_IPV6_PREFIX || ipv6Prefix > 128) throw k.error("ipv6_prefix", `must be ${MIN_IPV6_PREFIX} to 128`, "64 covers one LAN with its privacy addresses");
+  if (ipv6Prefix < 128 && lookup === "map") throw k.error("ipv6_prefix", `a /${ipv6Prefix} lease cannot be expressed in a Postfix map`, 'set lookup = "policy", which matches prefixes exactly');
   return {
     path: file, listen, publicUrl, stateDir, tlsCert, tlsKey, map,
     mapType: mapType as MapType | undefined, ttl, postmap: absolute("postmap"), trustedProxies,
@@ -206,6 +229,9 @@ export function loadServerConfig(path?: string): ServerConfig {
     logFormat: oneOf("log_format", ["text", "json"] as const, "text"),
     logLevel: oneOf("log_level", LOG_LEVELS, "info"),
     auditRetention: k.duration("audit_retention") ?? 90 * 86400,
+    lookup,
+    policySocket: absolute("policy_socket") ?? "/var/spool/postfix/relayctl/policy",
+    ipv6Prefix,
   };
 }
 

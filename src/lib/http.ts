@@ -1,6 +1,6 @@
 import { FetchError, ofetch, type $Fetch } from "ofetch";
 import { ExitCode, RelayError } from "./errors.ts";
-import { serverTlsOptions } from "./tls.ts";
+import { serverTlsOptions, VERIFY_PEER } from "./tls.ts";
 
 /** Where and how to reach a relayctl server. */
 export interface ApiOptions {
@@ -17,7 +17,7 @@ export interface ApiOptions {
 /**
  * The one HTTP factory. With a pin, the server certificate is checked before
  * any request (and so the token) leaves this host; without one, normal CA
- * verification applies.
+ * verification applies. Neither depends on the environment: see VERIFY_PEER.
  */
 export async function createApi(o: ApiOptions): Promise<$Fetch> {
   const tls = await serverTlsOptions(new URL(o.server), o.pin, o.serverCert);
@@ -28,7 +28,7 @@ export async function createApi(o: ApiOptions): Promise<$Fetch> {
     retry: o.retries ?? 2,
     retryDelay: 700,
     retryStatusCodes: [408, 500, 502, 503, 504],
-    ...(tls ? { tls } : {}),
+    tls: tls ?? VERIFY_PEER,
   } as Parameters<typeof ofetch.create>[0]);
 }
 

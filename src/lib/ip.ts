@@ -169,8 +169,23 @@ const SPECIAL: Array<[string, string]> = [
 ];
 const SPECIAL_NETS = SPECIAL.map(([c, why]) => [parseCidr(c)!, why] as const);
 
+/** True when every address of `inner` lies inside `outer`. */
+export function cidrWithin(inner: Cidr, outer: Cidr): boolean {
+  return inner.prefix >= outer.prefix && cidrContains(outer, { family: inner.family, bytes: inner.bytes, text: inner.text });
+}
+
+/** The special range an address lies in (loopback, multicast, ...) and its kind, or null. */
+export function specialRange(ip: Ip): { net: Cidr; kind: string } | null {
+  for (const [net, kind] of SPECIAL_NETS) if (cidrContains(net, ip)) return { net, kind };
+  return null;
+}
+
+/** The special ranges a network overlaps (lies in, or contains), with their kinds. */
+export function specialRangesTouching(net: Cidr): { net: Cidr; kind: string }[] {
+  return SPECIAL_NETS.filter(([r]) => r.family === net.family && (cidrWithin(net, r) || cidrWithin(r, net))).map(([r, kind]) => ({ net: r, kind }));
+}
+
 /** Names why an address can never be a sensible relay client (loopback, multicast, ...), or null. */
 export function specialAddressKind(ip: Ip): string | null {
-  for (const [net, why] of SPECIAL_NETS) if (cidrContains(net, ip)) return why;
-  return null;
+  return specialRange(ip)?.kind ?? null;
 }

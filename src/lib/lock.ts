@@ -1,4 +1,5 @@
 import { Database } from "bun:sqlite";
+import { refuseLink } from "./fsutil.ts";
 
 /**
  * An exclusive lock on a file, held through SQLite's own file locking: the
@@ -10,6 +11,7 @@ export class FileLock {
 
   /** Takes the lock, or returns null when another process holds it. */
   static tryAcquire(path: string): FileLock | null {
+    refuseLink(path);
     const db = new Database(path, { create: true });
     try {
       db.exec("PRAGMA busy_timeout = 0; PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE;");

@@ -8,12 +8,12 @@ import {
   X509Certificate,
   type KeyObject,
 } from "node:crypto";
-import { chmodSync, existsSync, mkdirSync, readFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import * as nodeTls from "node:tls";
 import { domainToASCII } from "node:url";
 import { ExitCode, RelayError, usageError } from "./errors.ts";
-import { writeFileAtomic } from "./fsutil.ts";
+import { makeOwnedDir, ownerFor, writeFileAtomic } from "./fsutil.ts";
 import { parseIp } from "./ip.ts";
 
 // ---------------------------------------------------------------------------
@@ -279,18 +279,19 @@ export async function ensureServerCertificate(opts: {
   const { certPem, keyPem } = generateSelfSigned({ hosts: [opts.host.trim() || "localhost"] });
   try {
     mkdirSync(opts.stateDir, { recursive: true, mode: 0o700 });
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
-    chmodSync(dir, 0o700);
-    writeFileAtomic(keyPath, keyPem, { mode: 0o600, mkdirMode: 0o700 });
-    // The umask may have narrowed the requested modes; set them exactly.
-    chmodSync(keyPath, 0o600);
-    writeFileAtomic(certPath, certPem, { mode: 0o644, mkdirMode: 0o700 });
-    chmodSync(certPath, 0o644);
+    // Root running `server add` before the first start must not leave a tls/
+    // the service user (state_dir's owner) cannot open: it would never start.
+    const owner = ownerFor(opts.stateDir);
+    makeOwnedDir(dir, 0o700, owner);
+    writeFileAtomic(keyPath, keyPem, { mode: 0o600, mkdirMode: 0o700, owner });
+    writeFileAtomic(certPath, certPem, { mode: 0o644, mkdirMode: 0o700, owner });
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code ?? "error";
+    // O_NOFOLLOW on a symlink fails with ELOOP, or ENOTDIR when a directory was asked for.
+    const planted = code === "ELOOP" || code === "ENOTDIR";
     throw new RelayError(`cannot write the TLS certificate to ${dir} (${code})`, {
       exitCode: ExitCode.USAGE,
-      hint: "check that the state directory is writable by relayctl",
+      hint: planted ? `${dir} or a file in it is a symbolic link or not a directory, and relayctl follows no links there: remove it` : "check that the state directory is writable by relayctl",
       cause: err,
     });
   }
@@ -390,7 +391,16 @@ export function fetchPeerCertificate(url: URL, timeoutMs = 10000): Promise<PeerC
   });
 }
 
+/**
+ * Always set explicitly: Bun's fetch otherwise takes its default from
+ * NODE_TLS_REJECT_UNAUTHORIZED, and with that set to 0 it skips both the
+ * chain check and checkServerIdentity, so a pin would check nothing.
+ */
+export const VERIFY_PEER = { rejectUnauthorized: true } as const;
+
+/** The `tls` option for fetch: chain verification forced on, plus the pin check when pinned. */
 export interface PinnedTlsOptions {
+  rejectUnauthorized: true;
   ca: string[];
   checkServerIdentity: (host: string, cert: { raw?: Uint8Array }) => Error | undefined;
 }
@@ -402,6 +412,7 @@ export interface PinnedTlsOptions {
 export function pinnedTls(pin: string, peerPem: string): PinnedTlsOptions {
   const expected = parsePin(pin);
   return {
+    ...VERIFY_PEER,
     ...pinnedCa(peerPem),
     // Bun's fetch checks the chain before checkServerIdentity runs, so it must verify: the peer's
     // own certs make self-signed and private-CA chains verify, and the roots keep public-CA chains

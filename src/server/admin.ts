@@ -1,13 +1,20 @@
-import { loadServerConfig, MIN_TTL, validateName, type ServerConfig } from "../lib/config.ts";
+import { loadServerConfig, MIN_IPV6_PREFIX, validateName, type ServerConfig } from "../lib/config.ts";
+import { checkDuration, formatDuration } from "../lib/duration.ts";
 import { ExitCode, RelayError, usageError } from "../lib/errors.ts";
 import { parseCidr } from "../lib/ip.ts";
+import { leaseNetwork } from "./service.ts";
 import { certificateExpiry, certificatePin } from "../lib/tls.ts";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { LeaseBook } from "./leases.ts";
+import { LeaseBook, leaseText } from "./leases.ts";
 import { StateLock } from "./lock.ts";
-import { certFor, openCore, resolveMap, statusPath, type ServerStatus } from "./server.ts";
-import { StateStore, type AuditRow, type LeaseRow } from "./state.ts";
+import { certFor } from "./server.ts";
+import { withoutServer } from "./runtime/sweep.ts";
+import { statusPath, type ServerStatus } from "./runtime/status.ts";
+import { lookupTypeOf, type LookupName } from "./lookups/index.ts";
+import { frozenEntries, installedKeys, resolveMap, type Frozen } from "./lookups/map.ts";
+import { mapDbSuffix } from "./postfix.ts";
+import { StateStore, type AuditRow, type ClientRow, type LeaseRow } from "./state.ts";
 import { newToken } from "./tokens.ts";
 
 /** A client with its leases, as `server list` shows it. */
@@ -35,16 +42,34 @@ async function enrollmentLine(config: ServerConfig, name: string, token: string)
   return { line: `relayctl client enroll ${config.publicUrl} --name ${name} --token ${token} --pin ${pin}`, pin };
 }
 
-/** Creates a client and returns the enrollment line to paste on the client host. */
-export async function addClient(opts: { configPath?: string; name: string; ttl?: number; allow?: string[] }): Promise<{ line: string; token: string; pin: string }> {
-  const config = loadServerConfig(opts.configPath);
-  const name = validateName(opts.name);
-  const allow = (opts.allow ?? []).map((c) => {
+/**
+ * Checks an IPv6 prefix length for a client: 48..128, and below 128 only
+ * with a lookup that matches prefixes exactly (the map cannot).
+ */
+export function checkIpv6Prefix(config: ServerConfig, n: number): number {
+  if (!Number.isInteger(n) || n < MIN_IPV6_PREFIX || n > 128) throw usageError(`--ipv6-prefix ${n}: must be a whole number from ${MIN_IPV6_PREFIX} to 128`, "64 covers one LAN with its privacy addresses");
+  if (n < 128 && !lookupTypeOf(config).prefixes) {
+    throw usageError(`--ipv6-prefix ${n}: lookup = "${config.lookup}" cannot express a /${n} lease exactly`, 'set lookup = "policy" in server.toml (and hook it into Postfix, see relayctl doctor) for prefix leases');
+  }
+  return n;
+}
+
+/** Normalises --allow entries, refusing anything but an address or a CIDR network with zero host bits. */
+function parseAllow(entries: string[]): string[] {
+  return entries.map((c) => {
     const net = parseCidr(c);
     if (!net) throw usageError(`--allow ${c}: not an address or CIDR network with zero host bits`, "use e.g. --allow 198.51.100.0/24");
     return net.text;
   });
-  if (opts.ttl !== undefined && opts.ttl < MIN_TTL) throw usageError(`--ttl must be at least ${MIN_TTL}s`);
+}
+
+/** Creates a client and returns the enrollment line to paste on the client host. */
+export async function addClient(opts: { configPath?: string; name: string; ttl?: number; allow?: string[]; ipv6Prefix?: number }): Promise<{ line: string; token: string; pin: string }> {
+  const config = loadServerConfig(opts.configPath);
+  const name = validateName(opts.name);
+  const allow = parseAllow(opts.allow ?? []);
+  if (opts.ttl !== undefined) checkDuration(opts.ttl, "ttl", "--ttl");
+  const ipv6Prefix = opts.ipv6Prefix === undefined ? null : checkIpv6Prefix(config, opts.ipv6Prefix);
   const t = newToken();
   // Certificate first: a client row whose enrollment line could not be printed would be useless.
   const { line, pin } = await enrollmentLine(config, name, t.token);
@@ -54,8 +79,9 @@ export async function addClient(opts: { configPath?: string; name: string; ttl?:
         throw new RelayError(`client ${name} already exists`, { exitCode: ExitCode.USAGE, hint: `rotate its token (relayctl server rotate ${name}), or revoke it first` });
       }
       const now = Date.now();
-      store.insertClient({ name, token_id: t.tokenId, token_hash: t.hash, ttl: opts.ttl ?? null, allow: JSON.stringify(allow), created_at: now });
-      store.audit({ ts: now, event: "add", client: name, ip: null, source: null, detail: allow.length ? `allow ${allow.join(" ")}` : null });
+      store.insertClient({ name, token_id: t.tokenId, token_hash: t.hash, ttl: opts.ttl ?? null, allow: JSON.stringify(allow), created_at: now, ipv6_prefix: ipv6Prefix });
+      const detail = [allow.length ? `allow ${allow.join(" ")}` : "", ipv6Prefix !== null ? `ipv6-prefix /${ipv6Prefix}` : ""].filter(Boolean).join(", ");
+      store.audit({ ts: now, event: "add", client: name, ip: null, source: null, detail: detail || null });
     }),
   );
   return { line, token: t.token, pin };
@@ -72,8 +98,7 @@ export async function rotateToken(opts: { configPath?: string; name: string }): 
   const { line, pin } = await enrollmentLine(config, name, t.token);
   withStore(config, (store) =>
     store.tx(() => {
-      const changed = store.db.query("UPDATE clients SET token_id = ?, token_hash = ? WHERE name = ?").run(t.tokenId, t.hash, name).changes;
-      if (!changed) throw usageError(`no client named ${name}`, "see relayctl server list");
+      if (!store.setToken(name, t.tokenId, t.hash)) throw usageError(`no client named ${name}`, "see relayctl server list");
       store.audit({ ts: Date.now(), event: "rotate", client: name, ip: null, source: null, detail: null });
     }),
   );
@@ -98,32 +123,101 @@ export function listClients(opts: { configPath?: string }): ClientView[] {
 }
 
 /**
- * Deletes a client and its leases. A running server notices within a second
- * and rebuilds the map; with no server running, the map is rebuilt here,
- * under the same lock the server takes, so the two never write it at once.
+ * Runs a state change and gets it into the map. A running server notices
+ * the commit within a second (data_version) and rebuilds the map itself;
+ * with none running, the map is rebuilt here, under the same lock the
+ * server takes, so the two never write it at once.
  */
+async function changeState<T>(config: ServerConfig, change: (store: StateStore, leases: LeaseBook) => T): Promise<{ result: T; mapUpdatedBy: "server" | "here" }> {
+  const here = await withoutServer(config, (core) => change(core.store, core.leases));
+  if (here) return { result: here.result, mapUpdatedBy: "here" };
+  return { result: withStore(config, (store) => change(store, new LeaseBook(store, () => config.ttl))), mapUpdatedBy: "server" };
+}
+
+/** Deletes a client and its leases; the map follows at once (see changeState). */
 export async function revokeClient(opts: { configPath?: string; name: string }): Promise<{ removed: string[]; mapUpdatedBy: "server" | "here" }> {
   const config = loadServerConfig(opts.configPath);
   const name = validateName(opts.name);
-  const lock = StateLock.tryAcquire(config.stateDir);
-  if (!lock) {
-    const gone = withStore(config, (store) => new LeaseBook(store, () => config.ttl).revoke(name, null));
+  const { result: gone, mapUpdatedBy } = await changeState(config, (_store, leases) => {
+    const gone = leases.revoke(name, null);
     if (!gone) throw usageError(`no client named ${name}`, "see relayctl server list");
-    return { removed: gone.map((l) => l.ip), mapUpdatedBy: "server" };
-  }
-  const core = await openCore(config).catch((err) => {
-    lock.release();
-    throw err;
+    return gone;
   });
+  return { removed: gone.map((l) => l.ip), mapUpdatedBy };
+}
+
+/** What `server edit` changed: settings as `what old -> new`, leases dropped or cut short, and who updated the map. */
+export interface EditResult {
+  changes: string[];
+  dropped: { ip: string; why: string }[];
+  shortened: { ip: string; expires_at: string }[];
+  mapUpdatedBy: "server" | "here";
+}
+
+/** Why a lease is no longer admitted by a client's allow list, or null when it still is. */
+function refusedBy(client: ClientRow, ip: string, ipv6Prefix: number): string | null {
+  const net = parseCidr(ip);
+  if (!net) return `"${ip}" is not a valid address or network`;
   try {
-    const gone = core.leases.revoke(name, null);
-    if (!gone) throw usageError(`no client named ${name}`, "see relayctl server list");
-    await core.map.sync();
-    return { removed: gone.map((l) => l.ip), mapUpdatedBy: "here" };
-  } finally {
-    core.store.close();
-    lock.release();
+    // The same rule a renewal applies, with the leased network's first address as the one observed.
+    const now = leaseText(leaseNetwork(client, { family: net.family, bytes: net.bytes, text: ip.split("/")[0]! }, undefined, ipv6Prefix));
+    return now === ip ? null : `the client's leases are now ${now.includes("/") ? `/${ipv6Prefix} prefixes` : "single addresses"}`;
+  } catch (err) {
+    return (err as Error).message;
   }
+}
+
+/**
+ * Changes a client's ttl and allow list in place, keeping its token. A lease
+ * outside the new allow list is dropped now; one that would outlive the new
+ * ttl is cut to end a ttl from now. Either way the next renewal follows the
+ * new settings. An empty allow list admits only the address the client
+ * connects from, which only a renewal can tell, so clearing keeps leases.
+ */
+export async function editClient(opts: { configPath?: string; name: string; ttl?: number; allow?: string[]; clearAllow?: boolean; ipv6Prefix?: number }): Promise<EditResult> {
+  const config = loadServerConfig(opts.configPath);
+  const name = validateName(opts.name);
+  if (opts.ttl !== undefined) checkDuration(opts.ttl, "ttl", "--ttl");
+  const given = opts.allow ?? [];
+  if (opts.clearAllow && given.length) throw usageError("--allow and --clear-allow do not go together", "--allow replaces the whole list; --clear-allow empties it");
+  if (opts.ttl === undefined && !given.length && !opts.clearAllow && opts.ipv6Prefix === undefined) throw usageError("nothing to change", "give --ttl D, --allow CIDR (repeatable), --clear-allow or --ipv6-prefix N");
+  const ipv6Prefix = opts.ipv6Prefix === undefined ? undefined : checkIpv6Prefix(config, opts.ipv6Prefix);
+  const allow = opts.clearAllow ? [] : given.length ? parseAllow(given) : undefined;
+  const { result, mapUpdatedBy } = await changeState(config, (store) =>
+    store.tx(() => {
+      const before = store.getClient(name);
+      if (!before) throw usageError(`no client named ${name}`, "see relayctl server list");
+      const after: ClientRow = { ...before, ttl: opts.ttl ?? before.ttl, allow: allow === undefined ? before.allow : JSON.stringify(allow), ipv6_prefix: ipv6Prefix ?? before.ipv6_prefix };
+      const changes: string[] = [];
+      const shownTtl = (t: number | null) => (t === null ? `default (${formatDuration(config.ttl)})` : formatDuration(t));
+      if (after.ttl !== before.ttl) changes.push(`ttl ${shownTtl(before.ttl)} -> ${shownTtl(after.ttl)}`);
+      const shownAllow = (a: string) => (JSON.parse(a) as string[]).join(" ") || "(none)";
+      if (after.allow !== before.allow) changes.push(`allow ${shownAllow(before.allow)} -> ${shownAllow(after.allow)}`);
+      const shownPrefix = (p: number | null) => (p === null ? `default (/${config.ipv6Prefix})` : `/${p}`);
+      if (after.ipv6_prefix !== before.ipv6_prefix) changes.push(`ipv6-prefix ${shownPrefix(before.ipv6_prefix)} -> ${shownPrefix(after.ipv6_prefix)}`);
+      const dropped: EditResult["dropped"] = [];
+      const shortened: EditResult["shortened"] = [];
+      if (!changes.length) return { changes, dropped, shortened };
+      store.updateClient(name, after.ttl, after.allow, after.ipv6_prefix);
+      const now = Date.now();
+      const latest = now + (after.ttl ?? config.ttl) * 1000;
+      for (const l of store.leasesOf(name)) {
+        const prefix = after.ipv6_prefix ?? config.ipv6Prefix;
+        const why = after.allow === before.allow && after.ipv6_prefix === before.ipv6_prefix ? null : refusedBy(after, l.ip, prefix);
+        if (why) {
+          store.deleteLeasesOf(name, l.family);
+          dropped.push({ ip: l.ip, why });
+        } else if (l.expires_at > latest) {
+          store.setLeaseExpiry(name, l.family, latest);
+          shortened.push({ ip: l.ip, expires_at: new Date(latest).toISOString() });
+        }
+      }
+      const detail = [...changes, ...dropped.map((d) => `dropped ${d.ip}: ${d.why}`), ...shortened.map((x) => `${x.ip} now expires ${x.expires_at}`)];
+      store.audit({ ts: now, event: "edit", client: name, ip: dropped.map((d) => d.ip).join(" ") || null, source: null, detail: detail.join("; ") });
+      return { changes, dropped, shortened };
+    }),
+  );
+  return { ...result, mapUpdatedBy };
 }
 
 /** One audit entry as `server log` shows it. */
@@ -134,6 +228,8 @@ export interface AuditView {
   ip: string | null;
   source: string | null;
   detail: string | null;
+  /** How often it happened: a burst of refusals from one source is one entry. */
+  count: number;
 }
 
 /** Reads the audit log, oldest first: grants, renewals, refusals and the rest, optionally for one client and a recent span. */
@@ -142,21 +238,27 @@ export function readAuditLog(opts: { configPath?: string; client?: string; since
   const client = opts.client === undefined ? undefined : validateName(opts.client, "--client");
   const since = opts.sinceSeconds === undefined ? 0 : Date.now() - opts.sinceSeconds * 1000;
   const rows: AuditRow[] = withStore(config, (store) => store.auditLog({ client, since, limit: opts.limit }));
-  return rows.reverse().map((r) => ({ ts: new Date(r.ts).toISOString(), event: r.event, client: r.client, ip: r.ip, source: r.source, detail: r.detail }));
+  return rows.reverse().map((r) => ({ ts: new Date(r.ts).toISOString(), event: r.event, client: r.client, ip: r.ip, source: r.source, detail: r.detail, count: r.count }));
 }
 
 /** What `server status` reports; `status` is the running server's own account. */
 export interface StatusView {
   running: boolean;
+  /** Running and nothing degraded or frozen: `server status` exits 0 only then. */
+  healthy: boolean;
   public_url: string;
   cert: { path: string; pin: string; expires_at: string; days_left: number } | null;
-  map: { path: string; type: string; entries: number };
+  lookup: LookupName;
+  /** The map Postfix reads (lookup = "map"), read from its database, with entries no live lease backs. */
+  map: { path: string; type: string; entries: number; frozen: Frozen } | null;
+  /** The policy socket (lookup = "policy"). */
+  policy: { socket: string; listening: boolean } | null;
   clients: number;
   leases: number;
   status: ServerStatus | null;
 }
 
-/** Gathers status from the lock, status.json, the certificate file, the map and the state. */
+/** Gathers status from the lock, status.json, the certificate file, the installed lookup and the state. */
 export async function serverStatus(opts: { configPath?: string }): Promise<StatusView> {
   const config = loadServerConfig(opts.configPath);
   const running = StateLock.isHeld(config.stateDir);
@@ -169,8 +271,21 @@ export async function serverStatus(opts: { configPath?: string }): Promise<Statu
     const expires = certificateExpiry(pem);
     cert = { path: certPath, pin: certificatePin(pem), expires_at: expires.toISOString(), days_left: Math.floor((expires.getTime() - Date.now()) / 86_400_000) };
   }
-  const type = status?.map.type ?? config.mapType ?? (await resolveMap(config).then((m) => m.type, () => "hash"));
-  const entries = existsSync(config.map) ? readFileSync(config.map, "utf8").split("\n").filter((l) => l && !l.startsWith("#")).length : 0;
-  const counts = withStore(config, (store) => store.counts());
-  return { running, public_url: config.publicUrl, cert, map: { path: config.map, type, entries }, ...counts, status };
+  const now = Date.now();
+  const { counts, rows } = withStore(config, (store) => ({ counts: store.counts(), rows: store.allLeases() }));
+  let map: StatusView["map"] = null;
+  let policy: StatusView["policy"] = null;
+  if (config.lookup === "map") {
+    const m = await resolveMap(config).catch(() => null);
+    const type = m?.type ?? config.mapType ?? "hash";
+    const keys = m ? await installedKeys(m) : null;
+    const dbPath = config.map + mapDbSuffix(type);
+    const installedAt = existsSync(dbPath) ? statSync(dbPath).mtimeMs : now;
+    map = { path: config.map, type, entries: keys?.length ?? 0, frozen: frozenEntries(keys ?? [], rows, now, installedAt) };
+  } else {
+    policy = { socket: config.policySocket, listening: running && existsSync(config.policySocket) };
+  }
+  const live = rows.filter((l) => l.expires_at > now).length;
+  const healthy = running && (status?.degraded.length ?? 0) === 0 && (map?.frozen.entries ?? 0) === 0;
+  return { running, healthy, public_url: config.publicUrl, cert, lookup: config.lookup, map, policy, clients: counts.clients, leases: live, status };
 }

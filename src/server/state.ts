@@ -1,5 +1,6 @@
 import { Database } from "bun:sqlite";
-import { chownSync, mkdirSync, statSync } from "node:fs";
+import { mkdirSync } from "node:fs";
+import { handOver, ownerFor, refuseLink } from "../lib/fsutil.ts";
 import { join } from "node:path";
 import { RelayError, ExitCode } from "../lib/errors.ts";
 
@@ -11,6 +12,8 @@ export interface ClientRow {
   ttl: number | null;
   allow: string;
   created_at: number;
+  /** IPv6 prefix length of this client's leases; null = the server's ipv6_prefix. */
+  ipv6_prefix: number | null;
 }
 
 /** One live lease; times are wall-clock milliseconds. */
@@ -21,6 +24,8 @@ export interface LeaseRow {
   granted_at: number;
   renewed_at: number;
   expires_at: number;
+  /** Plain renewals since the lease was granted: kept on the lease, not as audit rows. */
+  renewals: number;
 }
 
 /** One audit log entry. */
@@ -32,6 +37,8 @@ export interface AuditRow {
   ip: string | null;
   source: string | null;
   detail: string | null;
+  /** How many times this happened: refusals from one source in one burst share a row. */
+  count: number;
 }
 
 const SCHEMA = `
@@ -65,6 +72,21 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE INDEX IF NOT EXISTS audit_ts ON audit(ts);
 `;
 
+/**
+ * Schema changes after the first release, in order; PRAGMA user_version
+ * counts how many have run. Each runs once, in the same transaction as the
+ * version bump, so a crash leaves the old or the new schema, never half.
+ */
+const MIGRATIONS: string[] = [
+  // 1: renewal counters on the lease, per-client IPv6 prefix, aggregated audit rows.
+  `ALTER TABLE leases ADD COLUMN renewals INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE clients ADD COLUMN ipv6_prefix INTEGER;
+   ALTER TABLE audit ADD COLUMN count INTEGER NOT NULL DEFAULT 1;`,
+];
+
+/** The schema version this build writes; a newer database is refused rather than misread. */
+export const SCHEMA_VERSION = MIGRATIONS.length;
+
 /** The SQLite state in state_dir: clients, leases and the audit log. */
 export class StateStore {
   readonly db: Database;
@@ -72,19 +94,43 @@ export class StateStore {
   constructor(readonly stateDir: string) {
     try {
       mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+      for (const f of ["state.db", "state.db-wal", "state.db-shm"]) refuseLink(join(stateDir, f));
       this.db = new Database(join(stateDir, "state.db"), { create: true, strict: true });
       // WAL with synchronous=NORMAL: a crash or kill -9 loses nothing committed;
       // a power cut may drop the last renewals, which clients redo on their
       // next run. FULL would cost one disk flush per renewal.
-      this.db.exec("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;");
-      this.db.exec(SCHEMA);
+      // journal_size_limit: the WAL is truncated back to 4 MB after each checkpoint instead of keeping its peak size.
+      this.db.exec("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; PRAGMA journal_size_limit = 4194304;");
+      this.migrate();
     } catch (err) {
+      if (err instanceof RelayError) throw err;
       throw new RelayError(`cannot open state in ${stateDir}: ${(err as Error).message}`, {
         exitCode: ExitCode.USAGE,
         hint: "check that state_dir exists and is writable by this user (run admin commands as root or as the relayctl user)",
       });
     }
     adoptOwnership(stateDir, ["state.db", "state.db-wal", "state.db-shm"]);
+  }
+
+  /** Creates the tables, then runs the migrations this database has not seen yet. */
+  private migrate(): void {
+    const current = (): number => (this.db.query("PRAGMA user_version").get() as { user_version: number }).user_version;
+    // Checked before a write transaction, so a read-only state_dir still opens for reading.
+    if (current() === SCHEMA_VERSION) return;
+    this.tx(() => {
+      const version = current();
+      if (version > SCHEMA_VERSION) {
+        throw new RelayError(`state.db has schema version ${version}, newer than this relayctl knows (${SCHEMA_VERSION})`, {
+          exitCode: ExitCode.USAGE,
+          hint: "run the relayctl version that wrote it, or restore a backup",
+        });
+      }
+      if (version === SCHEMA_VERSION) return;
+      // A new database has no tables yet: the base schema, then every migration.
+      this.db.exec(SCHEMA);
+      for (let v = version; v < SCHEMA_VERSION; v++) this.db.exec(MIGRATIONS[v]!);
+      this.db.exec(`PRAGMA user_version = ${SCHEMA_VERSION}`);
+    });
   }
 
   /** Runs fn in one IMMEDIATE transaction (writers queue instead of failing mid-way). */
@@ -110,7 +156,24 @@ export class StateStore {
   }
 
   insertClient(c: ClientRow): void {
-    this.db.query("INSERT INTO clients (name, token_id, token_hash, ttl, allow, created_at) VALUES ($name, $token_id, $token_hash, $ttl, $allow, $created_at)").run(c as never);
+    this.db
+      .query("INSERT INTO clients (name, token_id, token_hash, ttl, allow, created_at, ipv6_prefix) VALUES ($name, $token_id, $token_hash, $ttl, $allow, $created_at, $ipv6_prefix)")
+      .run(c as never);
+  }
+
+  /** Changes a client's ttl, allow list and IPv6 prefix in place (server edit). */
+  updateClient(name: string, ttl: number | null, allow: string, ipv6Prefix: number | null): void {
+    this.db.query("UPDATE clients SET ttl = ?, allow = ?, ipv6_prefix = ? WHERE name = ?").run(ttl, allow, ipv6Prefix, name);
+  }
+
+  /** Moves a lease's expiry (server edit cutting it to a shorter ttl). */
+  setLeaseExpiry(client: string, family: number, expiresAt: number): void {
+    this.db.query("UPDATE leases SET expires_at = ? WHERE client = ? AND family = ?").run(expiresAt, client, family);
+  }
+
+  /** Gives a client a new token; false when there is no such client. */
+  setToken(name: string, tokenId: string, hash: Uint8Array): boolean {
+    return this.db.query("UPDATE clients SET token_id = ?, token_hash = ? WHERE name = ?").run(tokenId, hash, name).changes > 0;
   }
 
   deleteClient(name: string): boolean {
@@ -128,31 +191,31 @@ export class StateStore {
   upsertLease(l: LeaseRow): void {
     this.db
       .query(
-        `INSERT INTO leases (client, family, ip, granted_at, renewed_at, expires_at) VALUES ($client, $family, $ip, $granted_at, $renewed_at, $expires_at)
-         ON CONFLICT (client, family) DO UPDATE SET ip = excluded.ip, granted_at = excluded.granted_at, renewed_at = excluded.renewed_at, expires_at = excluded.expires_at`,
+        `INSERT INTO leases (client, family, ip, granted_at, renewed_at, expires_at, renewals) VALUES ($client, $family, $ip, $granted_at, $renewed_at, $expires_at, $renewals)
+         ON CONFLICT (client, family) DO UPDATE SET ip = excluded.ip, granted_at = excluded.granted_at, renewed_at = excluded.renewed_at, expires_at = excluded.expires_at, renewals = excluded.renewals`,
       )
       .run(l as never);
   }
 
-  deleteLeasesOf(client: string): LeaseRow[] {
-    return this.db.query("DELETE FROM leases WHERE client = ? RETURNING *").all(client) as LeaseRow[];
+  /** Deletes the client's lease of one family, or all of them; returns what went. */
+  deleteLeasesOf(client: string, family?: number): LeaseRow[] {
+    return this.db.query("DELETE FROM leases WHERE client = ? AND (? IS NULL OR family = ?) RETURNING *").all(client, family ?? null, family ?? null) as LeaseRow[];
   }
 
   deleteExpired(now: number): LeaseRow[] {
     return this.db.query("DELETE FROM leases WHERE expires_at <= ? RETURNING *").all(now) as LeaseRow[];
   }
 
-  /** Addresses with a lease still live at `now`: exactly what the map must hold. */
-  liveAddresses(now: number): string[] {
-    return (this.db.query("SELECT DISTINCT ip FROM leases WHERE expires_at > ? ORDER BY ip").all(now) as { ip: string }[]).map((r) => r.ip);
+  /** Appends an audit entry; returns its id (refusal bursts raise its count later). */
+  audit(e: Omit<AuditRow, "id" | "count"> & { count?: number }): number {
+    return Number(
+      this.db.query("INSERT INTO audit (ts, event, client, ip, source, detail, count) VALUES ($ts, $event, $client, $ip, $source, $detail, $count)").run({ ...e, count: e.count ?? 1 } as never).lastInsertRowid,
+    );
   }
 
-  nextExpiry(): number | null {
-    return (this.db.query("SELECT MIN(expires_at) AS t FROM leases").get() as { t: number | null }).t;
-  }
-
-  audit(e: Omit<AuditRow, "id">): void {
-    this.db.query("INSERT INTO audit (ts, event, client, ip, source, detail) VALUES ($ts, $event, $client, $ip, $source, $detail)").run(e as never);
+  /** Sets the count and time of the last occurrence of an aggregated audit entry. */
+  setAuditCount(id: number, count: number): void {
+    this.db.query("UPDATE audit SET count = ? WHERE id = ?").run(count, id);
   }
 
   auditLog(filter: { client?: string; since?: number; limit?: number } = {}): AuditRow[] {
@@ -177,18 +240,37 @@ export class StateStore {
 }
 
 /**
+ * Every lease in a state directory, read-only and without creating or
+ * migrating anything (doctor looks, never touches); empty when there is no
+ * readable state.
+ */
+export function readLeases(stateDir: string): LeaseRow[] {
+  const path = join(stateDir, "state.db");
+  try {
+    refuseLink(path);
+    const db = new Database(path, { readonly: true });
+    try {
+      return db.query("SELECT * FROM leases ORDER BY expires_at DESC").all() as LeaseRow[];
+    } finally {
+      db.close();
+    }
+  } catch {
+    return [];
+  }
+}
+
+/**
  * When root runs an admin command, files it creates in state_dir are handed
  * to state_dir's owner, so the service user can still open them.
  */
 export function adoptOwnership(dir: string, names: string[]): void {
-  if (process.getuid?.() !== 0) return;
-  const { uid, gid } = statSync(dir);
-  if (uid === 0) return;
+  const owner = ownerFor(dir);
+  if (!owner) return;
   for (const name of names) {
     try {
-      chownSync(join(dir, name), uid, gid);
+      handOver(join(dir, name), owner);
     } catch {
-      // Not created (yet): nothing to hand over.
+      // Not created (yet), or not a plain file: never followed, nothing handed over.
     }
   }
 }

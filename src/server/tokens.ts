@@ -16,18 +16,42 @@ export function newToken(): { token: string; tokenId: string; hash: Buffer } {
   return { token: `${tokenId}.${secret}`, tokenId, hash: hashSecret(secret) };
 }
 
-/** Finds the client a bearer token belongs to, comparing hashes in constant time; null if none. */
-export function authenticate(store: StateStore, token: string | null): ClientRow | null {
-  const m = token ? TOKEN_RE.exec(token) : null;
+/**
+ * A credential as a front door extracted it: the token, and for doors that
+ * also send a user name (HTTP Basic, dyndns2) the client name it must match.
+ */
+export interface Credential {
+  token: string;
+  name?: string;
+}
+
+/**
+ * Finds the client a credential belongs to, comparing hashes in constant
+ * time; null if none. One token store, whatever door the credential came
+ * through (deSEC's several extractors over one store).
+ */
+export function authenticate(store: StateStore, credential: Credential | null): ClientRow | null {
+  const m = credential ? TOKEN_RE.exec(credential.token) : null;
   const client = m ? store.getClientByTokenId(m[1]!) : null;
   const presented = hashSecret(m ? m[2]! : "");
   const expected = client ? Buffer.from(client.token_hash) : DUMMY_HASH;
   const ok = timingSafeEqual(presented, expected);
-  return ok && client ? client : null;
+  // A user name, when one is sent, must be the token's own client.
+  const nameOk = credential?.name === undefined || credential.name === client?.name;
+  return ok && nameOk && client ? client : null;
 }
 
 /** Extracts the token from an `Authorization: Bearer ...` header value (scheme in any case). */
-export function bearer(header: string | null): string | null {
+export function bearer(header: string | null): Credential | null {
   const m = header ? /^Bearer ([^\s]+)$/i.exec(header) : null; // the scheme is case-insensitive (RFC 9110)
-  return m ? m[1]! : null;
+  return m ? { token: m[1]! } : null;
+}
+
+/** Extracts name and token from an `Authorization: Basic ...` header value. */
+export function basic(header: string | null): Credential | null {
+  const m = header ? /^Basic ([A-Za-z0-9+/=]{1,400})$/i.exec(header) : null;
+  if (!m) return null;
+  const text = Buffer.from(m[1]!, "base64").toString("utf8");
+  const colon = text.indexOf(":");
+  return colon > 0 ? { name: text.slice(0, colon), token: text.slice(colon + 1) } : null;
 }

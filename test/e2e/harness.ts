@@ -36,7 +36,8 @@ export type PostfixOptions = {
   mapPath: string;
   mapType: string;
   listen: string;
-  hook?: "mynetworks" | "check_client_access";
+  /** How the relayctl lookup is hooked in; "policy" asks relayctl/policy under the queue directory. */
+  hook?: "mynetworks" | "check_client_access" | "policy";
 };
 
 /** A network namespace attached to the test bridge. */
@@ -64,11 +65,13 @@ export type SwaksOptions = {
   from?: string;
   /** Source address to bind, e.g. a secondary address added with Host.addIp. */
   bind?: string;
+  /** Pretend to be this client address (XCLIENT ADDR; documentation prefixes only). */
+  xclientAddr?: string;
   timeoutMs?: number;
 };
 
-/** Outcome of one swaks relay probe. */
-export type SwaksResult = { accepted: boolean; denied: boolean; output: string };
+/** Outcome of one swaks relay probe: the verdict and the RCPT reply code (0 when none came). */
+export type SwaksResult = { accepted: boolean; denied: boolean; code: number; output: string };
 
 /** A temporary directory and a way to remove it. */
 export type TmpDir = { path: string; remove(): void };
@@ -330,12 +333,17 @@ function mainCf(o: PostfixOptions, dirs: { queue: string; data: string; log: str
     "myorigin = relayctl.test",
     "mydestination = relayctl.test",
     `inet_interfaces = ${host}`,
-    `inet_protocols = ${ipv6 ? "ipv6" : "ipv4"}`,
+    // "all" even on an IPv4 listener: XCLIENT refuses IPv6 client addresses unless IPv6 is enabled.
+    `inet_protocols = ${ipv6 ? "ipv6" : "all"}`,
     // Any explicit mynetworks value disables mynetworks_style, so the host subnet is never implied.
     hook === "mynetworks" ? `mynetworks = ${table}` : "mynetworks =",
     hook === "mynetworks"
       ? "smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination"
-      : `smtpd_relay_restrictions = check_client_access ${table}, reject_unauth_destination`,
+      : hook === "policy"
+        ? "smtpd_relay_restrictions = permit_mynetworks, permit_auth_destination, check_policy_service { unix:relayctl/policy, timeout=5s }, reject_unauth_destination"
+        : `smtpd_relay_restrictions = check_client_access ${table}, reject_unauth_destination`,
+    // Tests probe other client addresses (IPv6 too) with XCLIENT from the test bridge.
+    "smtpd_authorized_xclient_hosts = 198.18.0.0/24, 127.0.0.0/8",
     "smtpd_recipient_restrictions =",
     "smtpd_client_restrictions =",
     "smtpd_helo_restrictions =",
@@ -773,6 +781,12 @@ export async function swaks(opts: SwaksOptions): Promise<SwaksResult> {
     }
     argv.push("--local-interface", opts.bind);
   }
+  if (opts.xclientAddr) {
+    if (!/^(192\.0\.2\.\d{1,3}|198\.18\.0\.\d{1,3}|2001:db8:[0-9a-f:]*)$/i.test(opts.xclientAddr)) {
+      throw new Error(`refusing XCLIENT ADDR ${opts.xclientAddr}: only documentation prefixes or 198.18.0.0/24`);
+    }
+    argv.push("--xclient-addr", opts.xclientAddr.includes(":") ? `IPV6:${opts.xclientAddr}` : opts.xclientAddr);
+  }
   // Give swaks' own timeout a head start so we normally get its output rather than a kill.
   const runOpts = { timeoutMs: timeoutMs + 2_000 };
   const r = opts.host ? await opts.host.run(argv, runOpts) : await run(argv, runOpts);
@@ -783,6 +797,7 @@ export async function swaks(opts: SwaksOptions): Promise<SwaksResult> {
   return {
     accepted: reply !== undefined && /^\s*<~?-\s+250[ -]/.test(reply),
     denied: output.includes("Relay access denied"),
+    code: Number(/^\s*<[~*-]*\s+(\d{3})[ -]/.exec(reply ?? "")?.[1] ?? 0),
     output,
   };
 }

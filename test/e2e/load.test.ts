@@ -28,8 +28,8 @@ function seed(stateDir: string, from: number, count: number, withLease: boolean)
       const t = newToken();
       tokens.push(t.token);
       const name = `load${i}`;
-      store.insertClient({ name, token_id: t.tokenId, token_hash: t.hash, ttl: null, allow: JSON.stringify(["198.18.0.0/15"]), created_at: now });
-      if (withLease) store.upsertLease({ client: name, family: 4, ip: addressOf(i), granted_at: now, renewed_at: now, expires_at: now + 3_600_000 });
+      store.insertClient({ name, token_id: t.tokenId, token_hash: t.hash, ttl: null, allow: JSON.stringify(["198.18.0.0/15"]), created_at: now, ipv6_prefix: null });
+      if (withLease) store.upsertLease({ client: name, family: 4, ip: addressOf(i), granted_at: now, renewed_at: now, expires_at: now + 3_600_000, renewals: 0 });
     }
   });
   store.close();

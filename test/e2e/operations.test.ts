@@ -51,7 +51,7 @@ describe.skipIf(!enabled)("operations", () => {
     expect(st.status.listen).toBe(new URL(s.url).host);
     expect(st.cert.pin).toMatch(/^sha256:[0-9a-f]{64}$/);
     expect(st.cert.days_left).toBeGreaterThanOrEqual(29);
-    expect(st.map).toEqual({ path: join(s.tmp.path, "map", "clients"), type: "hash", entries: 1 });
+    expect(st.map).toEqual({ path: join(s.tmp.path, "map", "clients"), type: "hash", entries: 1, frozen: { entries: 0, since: null } });
     expect(st.status.map.rebuilds).toBeGreaterThanOrEqual(1);
     expect(st.status.degraded).toEqual([]);
     const text = (await relayctl(["server", "status", "--config", s.config])).stdout;

@@ -40,9 +40,15 @@ export interface ServerProc {
   kill9(): Promise<void>;
 }
 
-/** Starts `relayctl server --config PATH` and waits until /healthz answers on url. */
-export async function startServer(configPath: string, url: string, env?: Record<string, string>): Promise<ServerProc> {
-  const proc = Bun.spawn([BIN, "server", "--config", configPath], { stdout: "pipe", stderr: "pipe", env: env ? { ...process.env, ...env } : undefined });
+/** argv that runs `argv` as uid:gid, by exec (setpriv, not runuser), so the pid and exit code stay the program's own. */
+export function asUser(ids: { uid: number; gid: number }, argv: string[]): string[] {
+  return ["setpriv", `--reuid=${ids.uid}`, `--regid=${ids.gid}`, "--clear-groups", "--", ...argv];
+}
+
+/** Starts `relayctl server --config PATH` (as `user` when given) and waits until /healthz answers on url. */
+export async function startServer(configPath: string, url: string, env?: Record<string, string>, user?: { uid: number; gid: number }): Promise<ServerProc> {
+  const argv = [BIN, "server", "--config", configPath];
+  const proc = Bun.spawn(user ? asUser(user, argv) : argv, { stdout: "pipe", stderr: "pipe", env: env ? { ...process.env, ...env } : undefined });
   let err = "";
   const reader = (async () => {
     for await (const chunk of proc.stderr) err += new TextDecoder().decode(chunk);
@@ -141,6 +147,10 @@ export interface Stage {
   enroll(host: Host, name: string, extra?: string[]): Promise<string[]>;
   /** One swaks probe; true when RCPT to an outside domain is accepted. */
   relays(host: Host, bind?: string): Promise<boolean>;
+  /** One swaks probe from the root namespace pretending (XCLIENT) to be `addr`. */
+  relaysFor(addr: string): Promise<boolean>;
+  /** The policy socket under this stage's Postfix queue directory. */
+  policySocket: string;
   /** The map source's entries, without its comment header. */
   mapEntries(): string[];
   /** Runs fn at cleanup, before Postfix and the network go. */
@@ -156,6 +166,7 @@ export interface Stage {
 export async function stage(opts: {
   prefix: string;
   mapType?: string;
+  hook?: "mynetworks" | "check_client_access" | "policy";
   start?: boolean;
   prepare?: (s: Stage) => Promise<void>;
   /** Runs after the server started (enrollments, first renewals). */
@@ -183,7 +194,8 @@ export async function stage(opts: {
     s.stateDir = join(s.tmp.path, "state");
     const mapType = opts.mapType ?? "hash";
     s.smtp = `198.18.0.1:${freePort()}`;
-    s.postfix = await startPostfix({ dir: join(s.tmp.path, "postfix"), mapPath: s.mapPath, mapType, listen: s.smtp });
+    s.postfix = await startPostfix({ dir: join(s.tmp.path, "postfix"), mapPath: s.mapPath, mapType, listen: s.smtp, hook: opts.hook });
+    s.policySocket = join(s.postfix.queueDir, "relayctl", "policy");
     const port = freePort();
     s.url = `https://198.18.0.1:${port}`;
     s.cfg = (name) => join(s.tmp.path, `${name}.toml`);
@@ -202,6 +214,11 @@ export async function stage(opts: {
     s.relays = async (host, bind) => {
       const r = await swaks({ host, server: s.smtp, bind });
       if (!r.accepted && !r.denied) throw new Error(`swaks gave neither verdict:\n${r.output}`);
+      return r.accepted;
+    };
+    s.relaysFor = async (addr) => {
+      const r = await swaks({ server: s.smtp, bind: "198.18.0.1", xclientAddr: addr });
+      if (!r.accepted && !r.denied) throw new Error(`swaks gave neither verdict for ${addr}:\n${r.output}`);
       return r.accepted;
     };
     s.mapEntries = () =>

@@ -2,7 +2,7 @@ import { afterAll, afterEach, describe, expect, test } from "bun:test";
 import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { cli, forStream } from "../../src/cli.ts";
-import { renderClientConfig } from "../../src/lib/config.ts";
+import { DEFAULT_SERVER_CONFIG, renderClientConfig } from "../../src/lib/config.ts";
 import { log } from "../../src/lib/logging.ts";
 import { capture, fakePostmap, removeTempDirs, tempDir, writeServerConfig } from "./helpers.ts";
 
@@ -155,5 +155,31 @@ describe("cli", () => {
     const r = await run("server", "list", "--config", cfg);
     expect(r.code).toBe(2);
     expect(r.stderr).toStartWith(`relayctl: ${cfg}:1: ttl: `);
+  });
+
+  test("`relayctl server` refuses to run without a config file, and --help says the bare form runs it", async () => {
+    const missing = join(tempDir("relayctl-cli-"), "server.toml");
+    const r = await run("server", "--config", missing);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toBe(`relayctl: no server config at ${missing}, so the server does not start: create one with \`install.sh server\`, or pass --config PATH\n`);
+    const help = await run("server", "--help");
+    expect(help.code).toBe(0);
+    expect(help.stdout).toContain("Bare `relayctl server` runs the lease server");
+  });
+
+  // Never run where a real default config exists: the bare command would start a server.
+  test.skipIf(existsSync(DEFAULT_SERVER_CONFIG))("bare `relayctl server` with no default config is exit 2", async () => {
+    const r = await run("server");
+    expect(r.code).toBe(2);
+    expect(r.stderr).toStartWith(`relayctl: no server config at ${DEFAULT_SERVER_CONFIG}, so the server does not start: `);
+  });
+
+  test("server status of a stopped server prints its JSON and exits 1", async () => {
+    const dir = tempDir("relayctl-cli-");
+    const cfg = writeServerConfig(dir, { postmap: fakePostmap(dir).path });
+    const r = await run("server", "status", "--json", "--config", cfg);
+    expect(r.code).toBe(1);
+    expect(JSON.parse(r.stdout)).toMatchObject({ running: false, status: null });
+    expect(r.stderr).toBe("relayctl: server is not running: start it: systemctl start relayctl (or relayctl server --config PATH)\n");
   });
 });

@@ -2,12 +2,20 @@
 // clock, output capture and a quiet logger. Nothing here touches the real
 // Postfix, the network beyond loopback, or anything outside the temp dirs.
 import type { Server } from "bun";
-import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { RelayError } from "../../src/lib/errors.ts";
 import { log } from "../../src/lib/logging.ts";
-import type { Clock } from "../../src/server/leases.ts";
+import type { ServerConfig } from "../../src/lib/config.ts";
+import { dispatcher, routes, type Route } from "../../src/server/doors/routes.ts";
+import { LeaseBook, leaseText, type Clock } from "../../src/server/leases.ts";
+import { MapLookup, MapWriter } from "../../src/server/lookups/map.ts";
+import { Metrics } from "../../src/server/metrics.ts";
+import { RefusalLog } from "../../src/server/refusals.ts";
+import { LeaseService } from "../../src/server/service.ts";
+import { StateStore } from "../../src/server/state.ts";
+import { AuthThrottle, RenewalLimiter } from "../../src/server/throttle.ts";
 
 const made: string[] = [];
 process.once("exit", () => removeTempDirs());
@@ -213,4 +221,91 @@ export async function relayError(fn: () => unknown): Promise<RelayError> {
     throw new Error(`expected a RelayError, got ${String(err)}`);
   }
   throw new Error("expected a RelayError, but nothing was thrown");
+}
+
+/** Everything a lease-service test needs, wired as the running server wires it (map lookup, fake postmap). */
+export interface TestService {
+  service: LeaseService;
+  store: StateStore;
+  leases: LeaseBook;
+  writer: MapWriter;
+  lookup: MapLookup;
+  pm: FakePostmap;
+  metrics: Metrics;
+  refusals: RefusalLog;
+  /** The live configuration: change trustedProxies, metricsAllow or ipv6Prefix in place. */
+  config: ServerConfig;
+  mapPath: string;
+  /** The HTTPS routes as Bun.serve would dispatch them. */
+  dispatch: (req: Request, server: Server<unknown>) => Promise<Response>;
+}
+
+/**
+ * A LeaseService over a state in dir, a MapLookup whose MapWriter runs a fake
+ * postmap, and the routes of the HTTPS listener. Throttling and renewal
+ * limits are off unless given (they have their own tests).
+ */
+export function testService(
+  dir: string,
+  clock: Clock,
+  opts: { authThrottle?: AuthThrottle; renewals?: RenewalLimiter; ttl?: number; refusalsPerMinute?: number } = {},
+): TestService {
+  const store = new StateStore(join(dir, "state"));
+  const leases = new LeaseBook(store, () => config.ttl, clock);
+  const pm = fakePostmap(dir);
+  mkdirSync(join(dir, "postfix"), { recursive: true });
+  const mapPath = join(dir, "postfix", "clients");
+  const config: ServerConfig = {
+    path: join(dir, "server.toml"),
+    listen: { host: "127.0.0.1", port: 8443 },
+    publicUrl: "https://127.0.0.1:8443",
+    stateDir: join(dir, "state"),
+    map: mapPath,
+    mapType: "hash",
+    ttl: opts.ttl ?? 1200,
+    postmap: pm.path,
+    trustedProxies: [],
+    renewalsPerMinute: 0,
+    postmapTimeout: 10,
+    metricsAllow: [],
+    logFormat: "text",
+    logLevel: "info",
+    auditRetention: 90 * 86400,
+    lookup: "map",
+    policySocket: join(dir, "policy"),
+    ipv6Prefix: 128,
+  };
+  const metrics = new Metrics();
+  const writer = new MapWriter({
+    path: mapPath,
+    type: "hash",
+    postmap: pm.path,
+    addresses: () => leases.index.liveNets(clock.now()).map(leaseText),
+    onRebuild: (r) => {
+      if (r instanceof Error) metrics.postmapFailures++;
+      else metrics.rebuild(r.ms);
+    },
+  });
+  const lookup = new MapLookup(writer);
+  const refusals = new RefusalLog(store, clock, opts.refusalsPerMinute);
+  const renewals = opts.renewals ?? new RenewalLimiter(0);
+  const service = new LeaseService({
+    store,
+    leases,
+    lookup,
+    clock,
+    metrics,
+    refusals,
+    authThrottle: opts.authThrottle ?? new AuthThrottle(1_000_000),
+    config: () => config,
+    renewals: () => renewals,
+    publish: () => lookup.publish(),
+  });
+  const table: Record<string, Route> = routes({
+    service,
+    degraded: () => lookup.problems(),
+    metricsAllow: () => config.metricsAllow,
+    renderMetrics: () => metrics.render({ ...store.counts(), degraded: lookup.problems().length > 0, mapEntries: lookup.status().entries }),
+  });
+  return { service, store, leases, writer, lookup, pm, metrics, refusals, config, mapPath, dispatch: dispatcher(table) };
 }

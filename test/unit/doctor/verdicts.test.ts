@@ -2,7 +2,7 @@ import { describe, expect, test } from "bun:test";
 import { hookChecks, isBroadNetwork, type HookInput } from "../../../src/doctor/hook.ts";
 import { permissionsCheck, leaseCheck, sharedAddressCheck } from "../../../src/doctor/client.ts";
 import { parseSmtpTarget, smtpVerdict } from "../../../src/doctor/smtp.ts";
-import { versionCheck } from "../../../src/doctor/server.ts";
+import { listenVerdicts, versionCheck, type ListenFacts } from "../../../src/doctor/server.ts";
 import { parseCidr } from "../../../src/lib/ip.ts";
 import type { CheckResult } from "../../../src/doctor/checks.ts";
 
@@ -21,6 +21,7 @@ function input(values: { mynetworks?: string; relay?: string; recipient?: string
         mail_version: "3.7.11",
         default_database_type: "hash",
         mail_owner: "postfix",
+        queue_directory: "/var/spool/postfix",
       },
       explicit: new Map(Object.entries(explicit)),
       mainCf,
@@ -166,4 +167,35 @@ describe("client verdicts", () => {
 test("postfix.version warns before 2.10", () => {
   expect(versionCheck("3.7.11").status).toBe("pass");
   expect(versionCheck("2.9.6").status).toBe("warn");
+});
+
+describe("server.listen and server.health", () => {
+  const facts = (f: Partial<ListenFacts>): ListenFacts => ({ configPath: "/etc/relayctl/server.toml", stateDir: "/var/lib/relayctl", shown: "[::]:8443", port: 8443, running: true, bind: { busy: true }, ...f });
+  const statuses = (f: Partial<ListenFacts>) => listenVerdicts(facts(f)).checks.map((c) => `${c.id} ${c.status}`);
+
+  test("a stopped server is a failure on the mail host, with the start command as fix", () => {
+    const v = listenVerdicts(facts({ running: false, bind: { busy: false } }));
+    expect(v.askServer).toBe(false);
+    expect(v.checks.map((c) => `${c.id} ${c.status}`)).toEqual(["server.listen pass", "server.health fail"]);
+    expect(v.checks[1]!.message).toBe("no relayctl server is running on /var/lib/relayctl: clients cannot renew, and relaying stops as their leases expire");
+    expect(v.checks[1]!.hint).toBe("systemctl start relayctl (or: relayctl server --config /etc/relayctl/server.toml)");
+  });
+
+  test("stopped with the port taken by someone else: both fail", () => {
+    expect(statuses({ running: false, bind: { busy: true } })).toEqual(["server.listen fail", "server.health fail"]);
+  });
+
+  test("running but not listening fails: clients cannot renew", () => {
+    expect(statuses({ running: true, bind: { busy: false } })).toEqual(["server.listen fail"]);
+  });
+
+  test("running and listening: listen passes and the server itself is asked for its health", () => {
+    const v = listenVerdicts(facts({}));
+    expect(v.checks.map((c) => `${c.id} ${c.status}`)).toEqual(["server.listen pass"]);
+    expect(v.askServer).toBe(true);
+  });
+
+  test("an address that cannot be bound fails listen alone", () => {
+    expect(statuses({ running: false, bind: { busy: false, error: "EADDRNOTAVAIL" } })).toEqual(["server.listen fail"]);
+  });
 });

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { execFileSync } from "node:child_process";
 import { createHash, X509Certificate } from "node:crypto";
-import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { RelayError } from "../../../src/lib/errors.ts";
@@ -158,6 +158,30 @@ describe("ensureServerCertificate", () => {
     expect(second.generated).toBe(false);
     expect(second.certPem).toBe(first.certPem);
     expect(second.keyPem).toBe(first.keyPem);
+  });
+
+  test.skipIf(process.getuid?.() !== 0)("as root: tls/ and its files belong to state_dir's owner, so the service user can start", async () => {
+    const stateDir = join(dir, "owned");
+    mkdirSync(stateDir, { mode: 0o700 });
+    chownSync(stateDir, 64_999, 64_998);
+    const c = await ensureServerCertificate({ stateDir, host: "relay.example.org" });
+    for (const p of [join(stateDir, "tls"), c.keyPath, c.certPath]) {
+      const st = statSync(p);
+      expect({ p, uid: st.uid, gid: st.gid }).toEqual({ p, uid: 64_999, gid: 64_998 });
+    }
+    expect(readdirSync(join(stateDir, "tls")).sort()).toEqual(["cert.pem", "key.pem"]);
+  });
+
+  test("a symlink in place of tls/ is refused with exit 2, and nothing is written where it points", async () => {
+    const stateDir = join(dir, "planted");
+    const elsewhere = join(dir, "elsewhere");
+    mkdirSync(stateDir);
+    mkdirSync(elsewhere);
+    symlinkSync(elsewhere, join(stateDir, "tls"));
+    const err = await expectRelayError(ensureServerCertificate({ stateDir, host: "relay.example.org" }), 2);
+    expect(err.message).toMatch(new RegExp(`^cannot write the TLS certificate to ${join(stateDir, "tls")} \\((ELOOP|ENOTDIR)\\)$`));
+    expect(err.hint).toContain("follows no links there: remove it");
+    expect(readdirSync(elsewhere)).toEqual([]);
   });
 
   test("empty host means localhost; IP hosts become iPAddress", async () => {

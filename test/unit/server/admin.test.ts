@@ -3,11 +3,11 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { loadServerConfig } from "../../../src/lib/config.ts";
 import { ExitCode } from "../../../src/lib/errors.ts";
-import { parseIp } from "../../../src/lib/ip.ts";
+import { parseCidr } from "../../../src/lib/ip.ts";
 import { certificatePin } from "../../../src/lib/tls.ts";
-import { addClient, listClients, revokeClient } from "../../../src/server/admin.ts";
+import { addClient, editClient, listClients, revokeClient, rotateToken } from "../../../src/server/admin.ts";
 import { StateLock } from "../../../src/server/lock.ts";
-import { openCore } from "../../../src/server/server.ts";
+import { openCore, openLookup } from "../../../src/server/server.ts";
 import { StateStore } from "../../../src/server/state.ts";
 import { authenticate } from "../../../src/server/tokens.ts";
 import { fakePostmap, relayError, removeTempDirs, silenceLogger, tempDir, writeServerConfig } from "../helpers.ts";
@@ -43,7 +43,7 @@ describe("addClient", () => {
     expect(m![3]).toBe(r.pin);
     expect(r.pin).toBe(certificatePin(readFileSync(join(s.stateDir, "tls", "cert.pem"), "utf8")));
     withStore(s.stateDir, (store) => {
-      expect(authenticate(store, r.token)?.name).toBe("office");
+      expect(authenticate(store, { token: r.token })?.name).toBe("office");
       expect(store.auditLog({ client: "office" })[0]).toMatchObject({ event: "add", detail: null });
     });
     // The certificate is made once: a second client gets the same pin.
@@ -59,7 +59,7 @@ describe("addClient", () => {
     expect(err.exitCode).toBe(ExitCode.USAGE);
     expect(err.message).toBe("client office already exists");
     withStore(s.stateDir, (store) => {
-      expect(authenticate(store, first.token)?.name).toBe("office");
+      expect(authenticate(store, { token: first.token })?.name).toBe("office");
       expect(store.listClients()).toHaveLength(1);
     });
   });
@@ -75,6 +75,9 @@ describe("addClient", () => {
       expect(err.message).toStartWith("--allow ");
     }
     expect((await relayError(() => addClient({ configPath: s.configPath, name: "ok", ttl: 5 }))).exitCode).toBe(ExitCode.USAGE);
+    const huge = await relayError(() => addClient({ configPath: s.configPath, name: "ok", ttl: 401 * 86400 }));
+    expect(huge.exitCode).toBe(ExitCode.USAGE);
+    expect(huge.message).toBe("--ttl: 401d is above the maximum of 400d");
     withStore(s.stateDir, (store) => expect(store.listClients()).toEqual([]));
   });
 
@@ -87,14 +90,39 @@ describe("addClient", () => {
   });
 });
 
+describe("rotateToken", () => {
+  test("the new token works, the old one is refused, the lease stays and the rotation is audited", async () => {
+    const s = setup();
+    const first = await addClient({ configPath: s.configPath, name: "office" });
+    const core = openCore(loadServerConfig(s.configPath));
+    try {
+      core.leases.renew(core.store.getClient("office")!, parseCidr("198.51.100.7")!, "t");
+    } finally {
+      core.store.close();
+    }
+    const r = await rotateToken({ configPath: s.configPath, name: "office" });
+    expect(r.token).not.toBe(first.token);
+    expect(r.pin).toBe(first.pin);
+    expect(ENROLL_LINE.exec(r.line)?.[2]).toBe(r.token);
+    withStore(s.stateDir, (store) => {
+      expect(authenticate(store, { token: r.token })?.name).toBe("office");
+      expect(authenticate(store, { token: first.token })).toBeNull();
+      expect(store.leasesOf("office").map((l) => l.ip)).toEqual(["198.51.100.7"]);
+      expect(store.auditLog({ client: "office" })[0]!.event).toBe("rotate");
+    });
+    const err = await relayError(() => rotateToken({ configPath: s.configPath, name: "nobody" }));
+    expect(err.exitCode).toBe(ExitCode.USAGE);
+  });
+});
+
 describe("listClients", () => {
   test("clients sorted by name with the effective ttl and their leases", async () => {
     const s = setup('ttl = "30m"');
     await addClient({ configPath: s.configPath, name: "zeta" });
     await addClient({ configPath: s.configPath, name: "alpha", ttl: 600 });
-    const core = await openCore(loadServerConfig(s.configPath), { now: () => Date.UTC(2030, 0, 1) });
+    const core = openCore(loadServerConfig(s.configPath), { now: () => Date.UTC(2030, 0, 1) });
     try {
-      core.leases.renew(core.store.getClient("zeta")!, parseIp("198.51.100.7")!, "t");
+      core.leases.renew(core.store.getClient("zeta")!, parseCidr("198.51.100.7")!, "t");
     } finally {
       core.store.close();
     }
@@ -117,11 +145,13 @@ describe("revokeClient", () => {
   async function withLease(s: ReturnType<typeof setup>): Promise<void> {
     await addClient({ configPath: s.configPath, name: "office" });
     await addClient({ configPath: s.configPath, name: "home" });
-    const core = await openCore(loadServerConfig(s.configPath));
+    const core = openCore(loadServerConfig(s.configPath));
     try {
-      core.leases.renew(core.store.getClient("office")!, parseIp("198.51.100.7")!, "t");
-      core.leases.renew(core.store.getClient("home")!, parseIp("203.0.113.5")!, "t");
-      await core.map.sync();
+      core.leases.renew(core.store.getClient("office")!, parseCidr("198.51.100.7")!, "t");
+      core.leases.renew(core.store.getClient("home")!, parseCidr("203.0.113.5")!, "t");
+      const lookup = await openLookup(core);
+      await lookup.publish();
+      await lookup.close();
     } finally {
       core.store.close();
     }
@@ -179,5 +209,123 @@ describe("revokeClient", () => {
     await expect(revokeClient({ configPath, name: "office" })).rejects.toThrow("broken");
     expect(listClients({ configPath })).toEqual([]);
     expect(StateLock.isHeld(join(dir, "state"))).toBe(false);
+  });
+});
+
+describe("editClient", () => {
+  /** A client with allow list `allow` and a live lease on `ip`, already in the map. */
+  async function leased(allow: string[], ip = "198.51.100.7", extra?: string) {
+    const s = setup(extra);
+    const { token } = await addClient({ configPath: s.configPath, name: "office", allow });
+    const core = openCore(loadServerConfig(s.configPath));
+    const lookup = await openLookup(core);
+    try {
+      core.leases.renew(core.store.getClient("office")!, parseCidr(ip)!, "t");
+      await lookup.publish();
+    } finally {
+      await lookup.close();
+      core.store.close();
+    }
+    expect(readFileSync(s.mapPath, "utf8")).toContain(`${ip} OK`);
+    return { ...s, token };
+  }
+  const leasesOf = (stateDir: string) => withStore(stateDir, (store) => store.leasesOf("office"));
+  const lastAudit = (stateDir: string) => withStore(stateDir, (store) => store.auditLog({ client: "office", limit: 1 })[0]);
+
+  test("a new allow list that leaves the lease out drops it and rebuilds the map here; the token keeps working", async () => {
+    const s = await leased(["198.51.100.0/24"]);
+    const r = await editClient({ configPath: s.configPath, name: "office", allow: ["203.0.113.0/24"] });
+    expect(r).toEqual({
+      changes: ["allow 198.51.100.0/24 -> 203.0.113.0/24"],
+      dropped: [{ ip: "198.51.100.7", why: "198.51.100.7 is outside the allow list of client office" }],
+      shortened: [],
+      mapUpdatedBy: "here",
+    });
+    expect(readFileSync(s.mapPath, "utf8")).not.toContain("198.51.100.7");
+    expect(leasesOf(s.stateDir)).toEqual([]);
+    expect(listClients({ configPath: s.configPath })[0]!.allow).toEqual(["203.0.113.0/24"]);
+    withStore(s.stateDir, (store) => expect(authenticate(store, { token: s.token })?.name).toBe("office"));
+    expect(lastAudit(s.stateDir)).toMatchObject({ event: "edit", ip: "198.51.100.7", detail: "allow 198.51.100.0/24 -> 203.0.113.0/24; dropped 198.51.100.7: 198.51.100.7 is outside the allow list of client office" });
+    expect(StateLock.isHeld(s.stateDir)).toBe(false);
+  });
+
+  test("a lease still inside the new list stays, and so does the map", async () => {
+    const s = await leased(["198.51.100.0/24"]);
+    const r = await editClient({ configPath: s.configPath, name: "office", allow: ["198.51.100.0/25", "2001:db8::/32"] });
+    expect(r.dropped).toEqual([]);
+    expect(leasesOf(s.stateDir).map((l) => l.ip)).toEqual(["198.51.100.7"]);
+    expect(readFileSync(s.mapPath, "utf8")).toContain("198.51.100.7 OK");
+  });
+
+  test("a wide list does not keep a special address that only a narrow entry admitted", async () => {
+    const s = await leased(["127.0.0.0/8"], "127.0.0.5");
+    const r = await editClient({ configPath: s.configPath, name: "office", allow: ["0.0.0.0/0"] });
+    expect(r.dropped).toEqual([{ ip: "127.0.0.5", why: "127.0.0.5 is a loopback address and cannot be leased" }]);
+  });
+
+  test("--clear-allow keeps an ordinary lease (only a renewal can tell where the client connects from)", async () => {
+    const s = await leased(["198.51.100.0/24"]);
+    const r = await editClient({ configPath: s.configPath, name: "office", clearAllow: true });
+    expect(r.changes).toEqual(["allow 198.51.100.0/24 -> (none)"]);
+    expect(r.dropped).toEqual([]);
+    expect(listClients({ configPath: s.configPath })[0]!.allow).toEqual([]);
+  });
+
+  test("with a server holding the lock, state changes and the map is left to the server", async () => {
+    const s = await leased(["198.51.100.0/24"]);
+    const before = readFileSync(s.mapPath, "utf8");
+    const lock = StateLock.acquire(s.stateDir);
+    try {
+      const r = await editClient({ configPath: s.configPath, name: "office", allow: ["192.0.2.0/24"] });
+      expect(r.mapUpdatedBy).toBe("server");
+      expect(r.dropped.map((d) => d.ip)).toEqual(["198.51.100.7"]);
+      expect(readFileSync(s.mapPath, "utf8")).toBe(before);
+      expect(leasesOf(s.stateDir)).toEqual([]);
+    } finally {
+      lock.release();
+    }
+  });
+
+  test("a shorter ttl cuts the current lease to end a ttl from now; a longer one leaves it", async () => {
+    const s = await leased([], "198.51.100.7", 'ttl = "1h"');
+    const longer = await editClient({ configPath: s.configPath, name: "office", ttl: 2 * 3600 });
+    expect(longer.changes).toEqual(["ttl default (1h) -> 2h"]);
+    expect(longer.shortened).toEqual([]);
+    const t0 = Date.now();
+    const shorter = await editClient({ configPath: s.configPath, name: "office", ttl: 60 });
+    expect(shorter.changes).toEqual(["ttl 2h -> 1m"]);
+    expect(shorter.shortened.map((x) => x.ip)).toEqual(["198.51.100.7"]);
+    const [lease] = leasesOf(s.stateDir);
+    expect(lease!.expires_at).toBeGreaterThanOrEqual(t0 + 60_000);
+    expect(lease!.expires_at).toBeLessThanOrEqual(Date.now() + 60_000);
+    expect(new Date(lease!.expires_at).toISOString()).toBe(shorter.shortened[0]!.expires_at);
+    expect(listClients({ configPath: s.configPath })[0]!.ttl).toBe(60);
+  });
+
+  test("the same values change nothing and write no audit entry", async () => {
+    const s = await leased(["198.51.100.0/24"]);
+    const before = lastAudit(s.stateDir);
+    const r = await editClient({ configPath: s.configPath, name: "office", allow: ["198.51.100.0/24"] });
+    expect(r.changes).toEqual([]);
+    expect(lastAudit(s.stateDir)).toEqual(before);
+  });
+
+  test("bad requests are usage errors and change nothing", async () => {
+    const s = await leased(["198.51.100.0/24"]);
+    const cases: [Parameters<typeof editClient>[0], string][] = [
+      [{ name: "office" }, "nothing to change"],
+      [{ name: "office", allow: ["192.0.2.0/24"], clearAllow: true }, "--allow and --clear-allow do not go together"],
+      [{ name: "nobody", ttl: 60 }, "no client named nobody"],
+      [{ name: "office", allow: ["10.0.0.1/8"] }, "--allow 10.0.0.1/8: not an address or CIDR network with zero host bits"],
+      [{ name: "office", ttl: 401 * 86400 }, "--ttl: 401d is above the maximum of 400d"],
+      [{ name: "Bad Name", ttl: 60 }, "name: \"Bad Name\" is not a valid client name"],
+    ];
+    for (const [o, message] of cases) {
+      const err = await relayError(() => editClient({ configPath: s.configPath, ...o }));
+      expect({ message: err.message, code: err.exitCode }).toEqual({ message, code: ExitCode.USAGE });
+    }
+    expect(listClients({ configPath: s.configPath })[0]).toMatchObject({ allow: ["198.51.100.0/24"], ttl: 1200 });
+    expect(lastAudit(s.stateDir)!.event).not.toBe("edit");
+    expect(StateLock.isHeld(s.stateDir)).toBe(false);
   });
 });

@@ -1,68 +1,39 @@
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } from "bun:test";
-import { mkdirSync, readFileSync } from "node:fs";
-import { join } from "node:path";
-import { parseCidr, parseIp, type Cidr } from "../../../src/lib/ip.ts";
-import { createHandler, leaseAddress, MAX_BODY, observedAddress, type ApiContext } from "../../../src/server/http.ts";
-import { LeaseBook } from "../../../src/server/leases.ts";
-import { MapWriter } from "../../../src/server/map.ts";
-import { StateStore, type ClientRow } from "../../../src/server/state.ts";
-import { AuthThrottle, RenewalLimiter } from "../../../src/server/throttle.ts";
-import { Metrics } from "../../../src/server/metrics.ts";
+import { readFileSync } from "node:fs";
+import { parseCidr } from "../../../src/lib/ip.ts";
+import { MAX_BODY } from "../../../src/server/doors/api.ts";
+import type { LeaseBook } from "../../../src/server/leases.ts";
+import type { MapWriter } from "../../../src/server/lookups/map.ts";
+import type { ClientRow, StateStore } from "../../../src/server/state.ts";
 import { newToken } from "../../../src/server/tokens.ts";
-import { FakeClock, fakePostmap, fakeServer, removeTempDirs, silenceLogger, tempDir, type FakePostmap } from "../helpers.ts";
+import { FakeClock, fakeServer, removeTempDirs, silenceLogger, tempDir, testService, type FakePostmap, type TestService } from "../helpers.ts";
 
 beforeAll(silenceLogger);
 afterAll(removeTempDirs);
 
 const BASE = "https://127.0.0.1:8443";
 
+let t: TestService;
 let store: StateStore;
 let clock: FakeClock;
 let leases: LeaseBook;
 let map: MapWriter;
 let pm: FakePostmap;
 let mapPath: string;
-let trusted: Cidr[];
-let handler: ReturnType<typeof createHandler>;
-let metrics: Metrics;
 
 beforeEach(() => {
-  const dir = tempDir("relayctl-http-");
-  store = new StateStore(join(dir, "state"));
   clock = new FakeClock();
-  leases = new LeaseBook(store, () => 1200, clock);
-  pm = fakePostmap(dir);
-  mkdirSync(join(dir, "postfix"));
-  mapPath = join(dir, "postfix", "clients");
-  map = new MapWriter({ path: mapPath, type: "hash", postmap: pm.path, addresses: () => leases.liveAddresses() });
-  trusted = [];
-  metrics = new Metrics();
-  const ctx: ApiContext = {
-    store,
-    leases,
-    map,
-    get trustedProxies() {
-      return trusted;
-    },
-    // Throttling has its own tests; here it must never get in the way.
-    authThrottle: new AuthThrottle(1_000_000),
-    renewals: new RenewalLimiter(0),
-    metricsAllow: [],
-    metrics,
-    renderMetrics: () => metrics.render({ leases: 0, clients: 0, degraded: false, mapEntries: 0 }),
-    syncMap: () => map.sync(),
-    degraded: () => (map.lastError ? [`map: ${map.lastError}`] : []),
-  };
-  handler = createHandler(ctx);
+  t = testService(tempDir("relayctl-http-"), clock);
+  ({ store, leases, writer: map, pm, mapPath } = t);
 });
 afterEach(() => store.close());
 
 /** Creates a client and returns its bearer token. */
-function addClient(name: string, opts: { allow?: string[]; ttl?: number } = {}): string {
-  const t = newToken();
-  const row: ClientRow = { name, token_id: t.tokenId, token_hash: t.hash, ttl: opts.ttl ?? null, allow: JSON.stringify(opts.allow ?? []), created_at: clock.now() };
+function addClient(name: string, opts: { allow?: string[]; ttl?: number; ipv6Prefix?: number } = {}): string {
+  const tok = newToken();
+  const row: ClientRow = { name, token_id: tok.tokenId, token_hash: tok.hash, ttl: opts.ttl ?? null, allow: JSON.stringify(opts.allow ?? []), created_at: clock.now(), ipv6_prefix: opts.ipv6Prefix ?? null };
   store.insertClient(row);
-  return t.token;
+  return tok.token;
 }
 
 interface Answer {
@@ -84,7 +55,7 @@ async function call(
     headers["content-type"] ??= "application/json";
   }
   const req = new Request(BASE + path, { method, headers, body, ...(body instanceof ReadableStream ? { duplex: "half" } : {}) } as RequestInit);
-  const res = await handler(req, fakeServer(opts.peer === undefined ? "198.51.100.7" : opts.peer));
+  const res = await t.dispatch(req, fakeServer(opts.peer === undefined ? "198.51.100.7" : opts.peer));
   expect(res.headers.get("content-type")).toBe("application/json");
   expect(res.headers.get("cache-control")).toBe("no-store");
   const text = await res.text();
@@ -172,10 +143,25 @@ describe("POST /v1/lease", () => {
     const tok = addClient("dual");
     const v4 = await call("POST", "/v1/lease", { token: tok, peer: "::ffff:198.51.100.7" });
     expect(v4.body.ip).toBe("198.51.100.7");
-    const v6 = await call("POST", "/v1/lease", { token: tok, peer: "2001:DB8:0:0::7" });
-    expect(v6.body.ip).toBe("2001:db8::7");
-    expect(mapEntries()).toEqual(["198.51.100.7 OK", "2001:db8::7 OK"]);
+    const v6 = await call("POST", "/v1/lease", { token: tok, peer: "2001:DB8:1:2:3:4:5:0007" });
+    expect(v6.body.ip).toBe("2001:db8:1:2:3:4:5:7");
+    expect(mapEntries()).toEqual(["198.51.100.7 OK", "2001:db8:1:2:3:4:5:7 OK"]);
     expect(store.leasesOf("dual").map((l) => l.family)).toEqual([4, 6]);
+  });
+
+  test("the map lookup refuses what it cannot hold exactly: an inner zero run, an IPv6 prefix", async () => {
+    const tok = addClient("v6");
+    const zeroRun = await call("POST", "/v1/lease", { token: tok, peer: "2001:DB8:0:0::7" });
+    expect(zeroRun.status).toBe(403);
+    expect(zeroRun.body.error).toBe("lookup_cannot_hold");
+    expect(String(zeroRun.body.message)).toContain("2001:db8::7");
+    const prefix = addClient("lan", { ipv6Prefix: 64 });
+    const r = await call("POST", "/v1/lease", { token: prefix, peer: "2001:db8:1:2:3:4:5:6" });
+    expect(r.status).toBe(403);
+    expect(r.body.error).toBe("lookup_cannot_hold");
+    expect(String(r.body.message)).toContain("/64");
+    expect(store.allLeases()).toEqual([]);
+    expect(pm.calls()).toBe(0);
   });
 
   test("naming the own address is fine; naming another one needs an allow list", async () => {
@@ -193,13 +179,13 @@ describe("POST /v1/lease", () => {
     const inside = await call("POST", "/v1/lease", { token: tok, json: { ip: "192.0.2.77" } });
     expect(inside.status).toBe(200);
     expect(inside.body.ip).toBe("192.0.2.77");
-    expect((await call("POST", "/v1/lease", { token: tok, json: { ip: "2001:db8:1::5" } })).status).toBe(200);
+    expect((await call("POST", "/v1/lease", { token: tok, json: { ip: "2001:db8:1:2:3:4:5:6" } })).status).toBe(200);
     const outside = await call("POST", "/v1/lease", { token: tok, json: { ip: "192.0.3.1" } });
     expect(outside.status).toBe(403);
     expect(String(outside.body.message)).toContain("outside the allow list");
     const observed = await call("POST", "/v1/lease", { token: tok });
     expect(observed.status).toBe(403);
-    expect(mapEntries()).toEqual(["192.0.2.77 OK", "2001:db8:1::5 OK"]);
+    expect(mapEntries()).toEqual(["192.0.2.77 OK", "2001:db8:1:2:3:4:5:6 OK"]);
   });
 
   test("loopback and other special addresses are refused unless the allow list names them", async () => {
@@ -305,13 +291,13 @@ describe("DELETE /v1/lease", () => {
     const tok = addClient("office");
     const other = addClient("other");
     await call("POST", "/v1/lease", { token: tok });
-    await call("POST", "/v1/lease", { token: tok, peer: "2001:db8::7" });
+    await call("POST", "/v1/lease", { token: tok, peer: "2001:db8:1:2:3:4:5:7" });
     await call("POST", "/v1/lease", { token: other, peer: "203.0.113.5" });
     pm.slow(0.2);
     const r = await call("DELETE", "/v1/lease", { token: tok });
     expect(mapEntries()).toEqual(["203.0.113.5 OK"]);
     expect(r.status).toBe(200);
-    expect(r.body).toEqual({ client: "office", released: ["198.51.100.7", "2001:db8::7"] });
+    expect(r.body).toEqual({ client: "office", released: ["198.51.100.7", "2001:db8:1:2:3:4:5:7"] });
     const none = await call("DELETE", "/v1/lease", { token: tok });
     expect(none.body).toEqual({ client: "office", released: [] });
   });
@@ -328,7 +314,7 @@ describe("X-Forwarded-For", () => {
 
   test("from a trusted proxy, the right-most untrusted hop is the client", async () => {
     const tok = addClient("office");
-    trusted = [parseCidr("127.0.0.1")!, parseCidr("10.0.0.0/8")!];
+    t.config.trustedProxies = [parseCidr("127.0.0.1")!, parseCidr("10.0.0.0/8")!];
     const one = await call("POST", "/v1/lease", { token: tok, peer: "127.0.0.1", headers: { "x-forwarded-for": "203.0.113.9" } });
     expect(one.body.ip).toBe("203.0.113.9");
     // A spoofed left-most entry is not believed.
@@ -371,7 +357,7 @@ describe("routing and /healthz", () => {
     expect(r.body).toEqual({ status: "ok" });
     pm.fail("postmap: fatal: cannot write");
     leases.release("secret-client-name", null);
-    await map.sync().catch(() => undefined);
+    await t.lookup.publish().catch(() => undefined);
     const d = await call("GET", "/healthz");
     expect(d.status).toBe(503);
     expect(Object.keys(d.body).sort()).toEqual(["reasons", "status"]);
@@ -381,31 +367,46 @@ describe("routing and /healthz", () => {
   });
 });
 
-describe("observedAddress and leaseAddress", () => {
-  test("observedAddress normalises and validates the peer", () => {
-    expect(observedAddress("::ffff:192.0.2.1", null, []).text).toBe("192.0.2.1");
-    expect(() => observedAddress(undefined, null, [])).toThrow();
-    expect(() => observedAddress("not-an-ip", null, [])).toThrow();
-  });
-
-  test("leaseAddress returns the target as parsed", () => {
-    const c = { name: "c", allow: '["192.0.2.0/24"]' } as ClientRow;
-    expect(leaseAddress(c, parseIp("203.0.113.1")!, "192.0.2.9").text).toBe("192.0.2.9");
-    expect(leaseAddress(c, parseIp("192.0.2.3")!, undefined).text).toBe("192.0.2.3");
-  });
-});
-
 describe("metrics", () => {
   test("served to loopback with lease events and refusals counted; 404 for anyone else", async () => {
     const token = addClient("nas");
     expect((await call("POST", "/v1/lease", { token })).status).toBe(200);
     expect((await call("POST", "/v1/lease", { token: `${token}x` })).status).toBe(401);
-    const fromLoopback = await handler(new Request(BASE + "/metrics"), fakeServer("127.0.0.1"));
+    const fromLoopback = await t.dispatch(new Request(BASE + "/metrics"), fakeServer("127.0.0.1"));
     expect(fromLoopback.status).toBe(200);
     const text = await fromLoopback.text();
     expect(text).toContain('relayctl_lease_events_total{event="grant"} 1');
     expect(text).toContain('relayctl_refusals_total{reason="unauthorized"} 1');
-    const fromOutside = await handler(new Request(BASE + "/metrics"), fakeServer("198.51.100.7"));
+    const fromOutside = await t.dispatch(new Request(BASE + "/metrics"), fakeServer("198.51.100.7"));
     expect(fromOutside.status).toBe(404);
+  });
+});
+
+describe("audit log", () => {
+  test("grant and replace are audited; plain renewals are not, they count on the lease", async () => {
+    const tok = addClient("office");
+    await call("POST", "/v1/lease", { token: tok });
+    for (let i = 0; i < 3; i++) {
+      clock.advance(60_000);
+      expect((await call("POST", "/v1/lease", { token: tok })).body.event).toBe("renew");
+    }
+    expect(store.leasesOf("office")[0]!.renewals).toBe(3);
+    await call("POST", "/v1/lease", { token: tok, peer: "203.0.113.5" });
+    expect(store.auditLog({ client: "office" }).map((r) => r.event)).toEqual(["replace", "grant"]);
+    expect(store.leasesOf("office")[0]!.renewals).toBe(0);
+  });
+
+  test("refusals from one source for one reason share a row whose count grows; other reasons get their own", async () => {
+    const tok = addClient("office");
+    for (let i = 0; i < 4; i++) expect((await call("POST", "/v1/lease", { token: `${tok}x` })).status).toBe(401);
+    expect((await call("POST", "/v1/lease", { token: tok, json: { ip: "192.0.2.1" } })).status).toBe(403);
+    t.refusals.flush();
+    const rows = store.auditLog().filter((r) => r.event === "refuse");
+    expect(rows.map((r) => [r.client, r.source, r.detail!.split(":")[0], r.count])).toEqual([
+      ["office", "198.51.100.7", "address_not_allowed", 1],
+      [null, "198.51.100.7", "unauthorized", 4],
+    ]);
+    // Metrics still count every refusal.
+    expect(t.metrics.refusals.get("unauthorized")).toBe(4);
   });
 });

@@ -1,12 +1,12 @@
 import { afterAll, afterEach, beforeEach, describe, expect, test } from "bun:test";
-import { parseIp, type Ip } from "../../../src/lib/ip.ts";
-import { LeaseBook } from "../../../src/server/leases.ts";
+import { parseCidr, parseIp, type Cidr } from "../../../src/lib/ip.ts";
+import { LeaseBook, leaseText } from "../../../src/server/leases.ts";
 import { StateStore, type ClientRow } from "../../../src/server/state.ts";
 import { FakeClock, removeTempDirs, tempDir } from "../helpers.ts";
 
 afterAll(removeTempDirs);
 
-const ip = (s: string): Ip => parseIp(s)!;
+const ip = (s: string): Cidr => parseCidr(s)!;
 const MIN = 60_000;
 
 let store: StateStore;
@@ -15,7 +15,7 @@ let ttl: number;
 let book: LeaseBook;
 
 function client(name: string, opts: { ttl?: number | null } = {}): ClientRow {
-  const row: ClientRow = { name, token_id: name.padEnd(16, "0").slice(0, 16), token_hash: new Uint8Array(32), ttl: opts.ttl ?? null, allow: "[]", created_at: clock.now() };
+  const row: ClientRow = { name, token_id: name.padEnd(16, "0").slice(0, 16), token_hash: new Uint8Array(32), ttl: opts.ttl ?? null, allow: "[]", created_at: clock.now(), ipv6_prefix: null };
   store.insertClient(row);
   return store.getClient(name)!;
 }
@@ -28,6 +28,9 @@ beforeEach(() => {
 });
 afterEach(() => store.close());
 
+/** What the lookups would publish now. */
+const live = (): string[] => book.index.liveNets(clock.now()).map(leaseText);
+
 describe("LeaseBook.renew", () => {
   test("first renewal is a grant: lease expires ttl later, map must change", () => {
     const c = client("office");
@@ -36,9 +39,9 @@ describe("LeaseBook.renew", () => {
     expect(r.event).toBe("grant");
     expect(r.mapChanged).toBe(true);
     expect(r.replaced).toBeUndefined();
-    expect(r.lease).toEqual({ client: "office", family: 4, ip: "198.51.100.7", granted_at: t0, renewed_at: t0, expires_at: t0 + 1200_000 });
+    expect(r.lease).toEqual({ client: "office", family: 4, ip: "198.51.100.7", granted_at: t0, renewed_at: t0, expires_at: t0 + 1200_000, renewals: 0 });
     expect(store.leasesOf("office")).toEqual([r.lease]);
-    expect(book.liveAddresses()).toEqual(["198.51.100.7"]);
+    expect(live()).toEqual(["198.51.100.7"]);
   });
 
   test("renewing the same address extends expiry, keeps granted_at, leaves the map alone", () => {
@@ -65,7 +68,7 @@ describe("LeaseBook.renew", () => {
     expect(r.mapChanged).toBe(true);
     expect(r.lease.granted_at).toBe(clock.now());
     // No grace period: the old address is gone immediately, not at its old expiry.
-    expect(book.liveAddresses()).toEqual(["203.0.113.9"]);
+    expect(live()).toEqual(["203.0.113.9"]);
     expect(store.leasesOf("office").map((l) => l.ip)).toEqual(["203.0.113.9"]);
     const audit = store.auditLog({ client: "office" });
     expect(audit[0]).toMatchObject({ event: "replace", ip: "203.0.113.9", source: "b", detail: "was 198.51.100.7" });
@@ -75,9 +78,9 @@ describe("LeaseBook.renew", () => {
     const c = client("dual");
     expect(book.renew(c, ip("198.51.100.7"), "s").event).toBe("grant");
     expect(book.renew(c, ip("2001:db8::7"), "s").event).toBe("grant");
-    expect(book.liveAddresses().sort()).toEqual(["198.51.100.7", "2001:db8::7"]);
+    expect(live().sort()).toEqual(["198.51.100.7", "2001:db8::7"]);
     expect(book.renew(c, ip("2001:db8::8"), "s").event).toBe("replace");
-    expect(book.liveAddresses().sort()).toEqual(["198.51.100.7", "2001:db8::8"]);
+    expect(live().sort()).toEqual(["198.51.100.7", "2001:db8::8"]);
     expect(store.leasesOf("dual").map((l) => [l.family, l.ip])).toEqual([
       [4, "198.51.100.7"],
       [6, "2001:db8::8"],
@@ -106,14 +109,28 @@ describe("LeaseBook.renew", () => {
     expect(store.leasesOf("office")).toHaveLength(1);
   });
 
-  test("grant and renew events are audited with source and time", () => {
+  test("a grant is audited with source and time; plain renewals are counted on the lease, not audited", () => {
     const c = client("office");
     book.renew(c, ip("192.0.2.1"), "192.0.2.1");
-    clock.advance(1000);
-    book.renew(c, ip("192.0.2.1"), "192.0.2.1");
+    for (let i = 1; i <= 3; i++) {
+      clock.advance(1000);
+      expect(book.renew(c, ip("192.0.2.1"), "192.0.2.1").lease.renewals).toBe(i);
+    }
     const log = store.auditLog({ client: "office" });
-    expect(log.map((e) => e.event)).toEqual(["renew", "grant"]);
-    expect(log[1]).toMatchObject({ ts: clock.now() - 1000, ip: "192.0.2.1", source: "192.0.2.1", detail: null });
+    expect(log.map((e) => e.event)).toEqual(["grant"]);
+    expect(log[0]).toMatchObject({ ts: clock.now() - 3000, ip: "192.0.2.1", source: "192.0.2.1", detail: null, count: 1 });
+    expect(store.leasesOf("office")[0]).toMatchObject({ renewals: 3, renewed_at: clock.now() });
+    // A move starts the count again.
+    expect(book.renew(c, ip("192.0.2.2"), "192.0.2.2").lease.renewals).toBe(0);
+  });
+
+  test("an IPv6 prefix lease is stored as NET/LEN and published as one network", () => {
+    const c = client("lan");
+    const r = book.renew(c, ip("2001:db8:1:2::/64"), "2001:db8:1:2::10");
+    expect(r.lease.ip).toBe("2001:db8:1:2::/64");
+    expect(live()).toEqual(["2001:db8:1:2::/64"]);
+    expect(book.index.covers(parseIp("2001:db8:1:2:aaaa:bbbb:cccc:dddd")!, clock.now())).toBe(true);
+    expect(book.index.covers(parseIp("2001:db8:1:3::1")!, clock.now())).toBe(false);
   });
 });
 
@@ -122,11 +139,11 @@ describe("expiry", () => {
     const c = client("office", { ttl: 60 });
     const { lease } = book.renew(c, ip("192.0.2.1"), "s");
     clock.t = lease.expires_at - 1;
-    expect(book.liveAddresses()).toEqual(["192.0.2.1"]);
+    expect(live()).toEqual(["192.0.2.1"]);
     expect(book.expireDue()).toEqual([]);
     expect(book.msUntilNextExpiry()).toBe(1);
     clock.t = lease.expires_at;
-    expect(book.liveAddresses()).toEqual([]);
+    expect(live()).toEqual([]);
     expect(book.msUntilNextExpiry()).toBe(0);
     const gone = book.expireDue();
     expect(gone).toEqual([lease]);
@@ -143,7 +160,7 @@ describe("expiry", () => {
     clock.advance(90_000);
     const gone = book.expireDue();
     expect(gone.map((l) => l.ip).sort()).toEqual(["192.0.2.1", "2001:db8::1"]);
-    expect(book.liveAddresses()).toEqual(["192.0.2.2"]);
+    expect(live()).toEqual(["192.0.2.2"]);
     const expires = store.auditLog().filter((e) => e.event === "expire");
     expect(expires.map((e) => [e.client, e.ip, e.ts, e.source]).sort()).toEqual([
       ["a", "192.0.2.1", clock.now(), null],
@@ -160,7 +177,7 @@ describe("expiry", () => {
       clock.advance(59_000);
       expect(book.expireDue()).toEqual([]);
     }
-    expect(book.liveAddresses()).toEqual(["192.0.2.1"]);
+    expect(live()).toEqual(["192.0.2.1"]);
   });
 });
 
@@ -173,7 +190,7 @@ describe("release and revoke", () => {
     book.renew(other, ip("192.0.2.9"), "s");
     const gone = book.release("office", "192.0.2.1");
     expect(gone.map((l) => l.ip).sort()).toEqual(["192.0.2.1", "2001:db8::1"]);
-    expect(book.liveAddresses()).toEqual(["192.0.2.9"]);
+    expect(live()).toEqual(["192.0.2.9"]);
     expect(store.getClient("office")).not.toBeNull();
     expect(store.auditLog({ client: "office" }).filter((e) => e.event === "release")).toHaveLength(2);
     expect(book.release("office", null)).toEqual([]);
@@ -187,7 +204,7 @@ describe("release and revoke", () => {
     expect(gone?.map((l) => l.ip).sort()).toEqual(["192.0.2.1", "2001:db8::1"]);
     expect(store.getClient("office")).toBeNull();
     expect(store.leasesOf("office")).toEqual([]);
-    expect(book.liveAddresses()).toEqual([]);
+    expect(live()).toEqual([]);
     const revokes = store.auditLog({ client: "office" }).filter((e) => e.event === "revoke");
     expect(revokes).toHaveLength(1);
     expect(revokes[0]!.ip).toBe("192.0.2.1 2001:db8::1");
@@ -207,17 +224,17 @@ describe("two clients behind one address", () => {
     const b = client("b", { ttl: 600 });
     book.renew(a, ip("192.0.2.1"), "s");
     book.renew(b, ip("192.0.2.1"), "s");
-    expect(book.liveAddresses()).toEqual(["192.0.2.1"]);
+    expect(live()).toEqual(["192.0.2.1"]);
     book.release("b", null);
-    expect(book.liveAddresses()).toEqual(["192.0.2.1"]);
+    expect(live()).toEqual(["192.0.2.1"]);
     book.renew(b, ip("192.0.2.1"), "s");
     clock.advance(60_000);
     book.expireDue();
     expect(store.leasesOf("a")).toEqual([]);
-    expect(book.liveAddresses()).toEqual(["192.0.2.1"]);
+    expect(live()).toEqual(["192.0.2.1"]);
     // b moves away: now nobody holds the address.
     expect(book.renew(b, ip("192.0.2.2"), "s").event).toBe("replace");
-    expect(book.liveAddresses()).toEqual(["192.0.2.2"]);
+    expect(live()).toEqual(["192.0.2.2"]);
   });
 
   test("one client replacing away from a shared address does not remove it for the other", () => {
@@ -226,8 +243,8 @@ describe("two clients behind one address", () => {
     book.renew(a, ip("192.0.2.1"), "s");
     book.renew(b, ip("192.0.2.1"), "s");
     book.renew(a, ip("192.0.2.3"), "s");
-    expect(book.liveAddresses()).toEqual(["192.0.2.1", "192.0.2.3"]);
+    expect(live()).toEqual(["192.0.2.1", "192.0.2.3"]);
     book.revoke("b", null);
-    expect(book.liveAddresses()).toEqual(["192.0.2.3"]);
+    expect(live()).toEqual(["192.0.2.3"]);
   });
 });

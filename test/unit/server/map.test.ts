@@ -2,7 +2,8 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync, utimesSync } from "node:fs";
 import { join } from "node:path";
 import { RelayError } from "../../../src/lib/errors.ts";
-import { MapWriter, renderMap } from "../../../src/server/map.ts";
+import { parseCidr } from "../../../src/lib/ip.ts";
+import { frozenEntries, MapLookup, mapRefuses, MapWriter, renderMap } from "../../../src/server/lookups/map.ts";
 import { fakePostmap, killPid, processAlive, removeTempDirs, silenceLogger, tempDir, type FakePostmap } from "../helpers.ts";
 
 beforeAll(silenceLogger);
@@ -108,18 +109,37 @@ describe("MapWriter", () => {
     expect(existsSync(f.db)).toBe(true);
   });
 
-  test("a new writer adopts an up-to-date installed map instead of rebuilding", async () => {
+  test("a new writer never trusts an installed map: its first sync rebuilds, later ones only on change", async () => {
     const f = fixture();
     f.addrs.push("192.0.2.1");
     await f.writer.sync();
     const second = new MapWriter({ path: f.path, type: "hash", postmap: f.pm.path, addresses: () => [...f.addrs] });
+    expect((await second.sync()).changed).toBe(true);
+    expect(second.rebuilds).toBe(1);
     expect((await second.sync()).changed).toBe(false);
-    expect(second.rebuilds).toBe(0);
-    // A source much newer than its database was edited by hand: rebuild.
+    expect(second.rebuilds).toBe(1);
+    expect(f.pm.calls()).toBe(2);
+  });
+
+  test("tampered() notices a source or database changed by another program; invalidate forces a rebuild", async () => {
+    const f = fixture();
+    expect(f.writer.tampered()).toBeNull(); // nothing written yet: nothing to compare
+    f.addrs.push("192.0.2.1");
+    await f.writer.sync();
+    expect(f.writer.tampered()).toBeNull();
+    // A source edited by hand (newer mtime) is not the one this process installed.
     const later = new Date(Date.now() + 10_000);
     utimesSync(f.path, later, later);
-    const third = new MapWriter({ path: f.path, type: "hash", postmap: f.pm.path, addresses: () => [...f.addrs] });
-    expect((await third.sync()).changed).toBe(true);
+    expect(f.writer.tampered()).toContain("was replaced, changed or removed");
+    expect((await f.writer.sync()).changed).toBe(true);
+    expect(f.writer.tampered()).toBeNull();
+    writeFileSync(f.db, "192.0.2.66 OK\n");
+    expect(f.writer.tampered()).toContain("replaced or changed");
+    expect((await f.writer.sync()).changed).toBe(true);
+    expect(readFileSync(f.db, "utf8")).toBe(renderMap(["192.0.2.1"]));
+    f.writer.invalidate();
+    expect((await f.writer.sync()).changed).toBe(true);
+    expect(f.writer.rebuilds).toBe(4);
   });
 
   test("the database is renamed into place before the source", async () => {
@@ -300,5 +320,76 @@ describe("MapWriter.settled", () => {
     await Promise.all([first, second]);
     await f.writer.settled();
     expect(f.writer.rebuilds).toBe(2);
+  });
+});
+
+describe("mapRefuses", () => {
+  const refuses = (text: string): string | null => mapRefuses(parseCidr(text)!);
+
+  test("single IPv4 addresses are fine", () => {
+    for (const a of ["192.0.2.1", "198.51.100.0", "10.0.0.255"]) expect(refuses(a)).toBeNull();
+  });
+
+  test("IPv6 addresses whose text has no zero run, or ends in it, are fine", () => {
+    expect(refuses("2001:db8:1:2:3:4:5:6")).toBeNull();
+    expect(refuses("2001:db8::")).toBeNull();
+  });
+
+  test("an IPv6 address with an inner zero run is a parent key and is refused", () => {
+    const why = refuses("2001:db8::1");
+    expect(why).not.toBeNull();
+    expect(why).toContain("2001:db8::1");
+    expect(why).toContain('lookup = "policy"');
+    expect(refuses("::1")).not.toBeNull();
+  });
+
+  test("prefixes are refused, whatever the family", () => {
+    expect(refuses("2001:db8:1:2::/64")).toContain("/64 prefix");
+    expect(refuses("192.0.2.0/24")).toContain("/24 prefix");
+  });
+});
+
+describe("frozenEntries", () => {
+  test("counts installed keys without a live lease; since is the earliest expiry or the map's time", () => {
+    const now = 10_000;
+    const leases = [
+      { ip: "192.0.2.1", expires_at: 20_000 },
+      { ip: "192.0.2.2", expires_at: 5_000 },
+      { ip: "192.0.2.3", expires_at: 8_000 },
+    ];
+    expect(frozenEntries(["192.0.2.1"], leases, now, 1_000)).toEqual({ entries: 0, since: null });
+    expect(frozenEntries(["192.0.2.1", "192.0.2.2", "192.0.2.3"], leases, now, 1_000)).toEqual({ entries: 2, since: new Date(5_000).toISOString() });
+    // Gone altogether (released while nobody rebuilt): since the map was installed.
+    expect(frozenEntries(["192.0.2.9", "192.0.2.3"], leases, now, 1_000)).toEqual({ entries: 2, since: new Date(1_000).toISOString() });
+    // Expiring exactly now is no longer live.
+    expect(frozenEntries(["192.0.2.1"], leases, 20_000, 1_000).entries).toBe(1);
+  });
+});
+
+describe("MapLookup", () => {
+  test("publish syncs, problems report a failing rebuild, check repairs a deleted database", async () => {
+    const f = fixture();
+    const lookup = new MapLookup(f.writer);
+    f.addrs.push("192.0.2.1");
+    await lookup.publish();
+    expect(lookup.status()).toMatchObject({ lookup: "map", target: f.db, entries: 1, type: "hash", rebuilds: 1 });
+    expect(lookup.problems()).toEqual([]);
+    await lookup.check(); // nothing wrong: nothing rebuilt
+    expect(f.writer.rebuilds).toBe(1);
+
+    Bun.spawnSync(["rm", f.db]);
+    await lookup.check();
+    expect(existsSync(f.db)).toBe(true);
+    expect(f.writer.rebuilds).toBe(2);
+    expect(lookup.problems()).toEqual([]);
+
+    f.pm.fail("postmap: fatal: disk full");
+    f.addrs.push("192.0.2.2");
+    await expect(lookup.publish()).rejects.toThrow("disk full");
+    expect(lookup.problems().join()).toContain("disk full");
+    f.pm.ok();
+    await lookup.publish();
+    expect(lookup.problems()).toEqual([]);
+    await lookup.close();
   });
 });

@@ -1,8 +1,9 @@
 import { afterAll, afterEach, beforeEach, describe, expect, test } from "bun:test";
-import { statSync, writeFileSync } from "node:fs";
+import { mkdirSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ExitCode, RelayError } from "../../../src/lib/errors.ts";
-import { StateStore, type ClientRow, type LeaseRow } from "../../../src/server/state.ts";
+import { Database } from "bun:sqlite";
+import { SCHEMA_VERSION, StateStore, type ClientRow, type LeaseRow } from "../../../src/server/state.ts";
 import { removeTempDirs, tempDir } from "../helpers.ts";
 
 afterAll(removeTempDirs);
@@ -22,9 +23,10 @@ const clientRow = (name: string, over: Partial<ClientRow> = {}): ClientRow => ({
   ttl: null,
   allow: "[]",
   created_at: 1000,
+  ipv6_prefix: null,
   ...over,
 });
-const lease = (client: string, family: number, ip: string, expires_at: number): LeaseRow => ({ client, family, ip, granted_at: 1, renewed_at: 2, expires_at });
+const lease = (client: string, family: number, ip: string, expires_at: number): LeaseRow => ({ client, family, ip, granted_at: 1, renewed_at: 2, expires_at, renewals: 0 });
 
 describe("StateStore", () => {
   test("creates state_dir (0700) and state.db", () => {
@@ -66,18 +68,48 @@ describe("StateStore", () => {
     expect(store.deleteClient("a")).toBe(false);
   });
 
-  test("liveAddresses is distinct, sorted and strictly before expiry; deleteExpired is the complement", () => {
+  test("deleteExpired removes exactly the leases expired at now and returns them", () => {
     for (const n of ["a", "b", "c"]) store.insertClient(clientRow(n));
     store.upsertLease(lease("a", 4, "192.0.2.9", 100));
     store.upsertLease(lease("b", 4, "192.0.2.9", 200));
     store.upsertLease(lease("c", 4, "192.0.2.1", 100));
-    expect(store.liveAddresses(99)).toEqual(["192.0.2.1", "192.0.2.9"]);
-    expect(store.liveAddresses(100)).toEqual(["192.0.2.9"]);
-    expect(store.liveAddresses(200)).toEqual([]);
-    expect(store.nextExpiry()).toBe(100);
     expect(store.deleteExpired(99)).toEqual([]);
     expect(store.deleteExpired(100).map((l) => l.client).sort()).toEqual(["a", "c"]);
-    expect(store.nextExpiry()).toBe(200);
+    expect(store.allLeases().map((l) => l.client)).toEqual(["b"]);
+  });
+
+  test("ipv6_prefix and renewals round-trip; an upsert replaces the renewal count", () => {
+    store.insertClient(clientRow("a", { ipv6_prefix: 56 }));
+    store.insertClient(clientRow("b", { token_id: "bbbbbbbbbbbbbbbb" }));
+    expect(store.getClient("a")!.ipv6_prefix).toBe(56);
+    expect(store.getClient("b")!.ipv6_prefix).toBeNull();
+    store.upsertLease({ ...lease("a", 4, "192.0.2.1", 100), renewals: 3 });
+    expect(store.leasesOf("a")[0]!.renewals).toBe(3);
+    store.upsertLease({ ...lease("a", 4, "192.0.2.1", 200), renewals: 4 });
+    expect(store.leasesOf("a")[0]).toMatchObject({ renewals: 4, expires_at: 200 });
+  });
+
+  test("setToken swaps the token of an existing client only", () => {
+    store.insertClient(clientRow("a"));
+    const hash = new Uint8Array(32).fill(9);
+    expect(store.setToken("a", "0123456789abcdef", hash)).toBe(true);
+    expect(store.getClientByTokenId("axxxxxxxxxxxxxxx")).toBeNull();
+    const a = store.getClientByTokenId("0123456789abcdef")!;
+    expect(a.name).toBe("a");
+    expect(Array.from(a.token_hash)).toEqual(new Array(32).fill(9));
+    expect(store.setToken("ghost", "fedcba9876543210", hash)).toBe(false);
+  });
+
+  test("audit rows count 1 by default; setAuditCount raises one row's count", () => {
+    const id = store.audit({ ts: 1, event: "refuse", client: null, ip: null, source: "192.0.2.1", detail: "unauthorized: x" });
+    const other = store.audit({ ts: 2, event: "refuse", client: null, ip: null, source: null, detail: "summary", count: 40 });
+    expect(other).toBeGreaterThan(id);
+    store.setAuditCount(id, 7);
+    const rows = store.auditLog();
+    expect(rows.map((r) => [r.id, r.count])).toEqual([
+      [other, 40],
+      [id, 7],
+    ]);
   });
 
   test("tx rolls back everything when fn throws", () => {
@@ -143,5 +175,97 @@ describe("counts", () => {
     store.insertClient(clientRow("b", { token_id: "bbbbbbbbbbbbbbbb" }));
     store.upsertLease(lease("a", 4, "192.0.2.1", 10));
     expect(store.counts()).toEqual({ clients: 2, leases: 1 });
+  });
+});
+
+/** The schema of the first release (user_version 0): no renewals, ipv6_prefix or count columns. */
+const V0_SCHEMA = `
+CREATE TABLE clients (
+  name TEXT PRIMARY KEY,
+  token_id TEXT NOT NULL UNIQUE,
+  token_hash BLOB NOT NULL,
+  ttl INTEGER,
+  allow TEXT NOT NULL DEFAULT '[]',
+  created_at INTEGER NOT NULL
+) STRICT;
+CREATE TABLE leases (
+  client TEXT NOT NULL REFERENCES clients(name) ON DELETE CASCADE,
+  family INTEGER NOT NULL,
+  ip TEXT NOT NULL,
+  granted_at INTEGER NOT NULL,
+  renewed_at INTEGER NOT NULL,
+  expires_at INTEGER NOT NULL,
+  PRIMARY KEY (client, family)
+) STRICT;
+CREATE INDEX leases_expiry ON leases(expires_at);
+CREATE TABLE audit (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  ts INTEGER NOT NULL,
+  event TEXT NOT NULL,
+  client TEXT,
+  ip TEXT,
+  source TEXT,
+  detail TEXT
+) STRICT;
+CREATE INDEX audit_ts ON audit(ts);
+`;
+
+describe("schema migrations", () => {
+  test("SCHEMA_VERSION is at least 1 and a new database is created at it", () => {
+    expect(SCHEMA_VERSION).toBeGreaterThanOrEqual(1);
+    expect((store.db.query("PRAGMA user_version").get() as { user_version: number }).user_version).toBe(SCHEMA_VERSION);
+  });
+
+  test("a v0 database is migrated in place and keeps its rows", () => {
+    const old = join(tempDir("relayctl-state-v0-"), "state");
+    mkdirSync(old, { mode: 0o700 });
+    const db = new Database(join(old, "state.db"), { create: true });
+    db.exec(V0_SCHEMA);
+    db.query("INSERT INTO clients (name, token_id, token_hash, ttl, allow, created_at) VALUES (?, ?, ?, ?, ?, ?)").run("office", "0123456789abcdef", new Uint8Array(32).fill(3), 600, '["192.0.2.0/24"]', 1000);
+    db.query("INSERT INTO leases (client, family, ip, granted_at, renewed_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)").run("office", 4, "192.0.2.7", 10, 20, 30);
+    db.query("INSERT INTO audit (ts, event, client, ip, source, detail) VALUES (?, ?, ?, ?, ?, ?)").run(5, "grant", "office", "192.0.2.7", "192.0.2.7", null);
+    expect((db.query("PRAGMA user_version").get() as { user_version: number }).user_version).toBe(0);
+    db.close();
+
+    const migrated = new StateStore(old);
+    try {
+      expect((migrated.db.query("PRAGMA user_version").get() as { user_version: number }).user_version).toBe(SCHEMA_VERSION);
+      const c = migrated.getClientByTokenId("0123456789abcdef")!;
+      expect(c).toMatchObject({ name: "office", ttl: 600, allow: '["192.0.2.0/24"]', created_at: 1000, ipv6_prefix: null });
+      expect(Array.from(c.token_hash)).toEqual(new Array(32).fill(3));
+      expect(migrated.allLeases()).toEqual([{ client: "office", family: 4, ip: "192.0.2.7", granted_at: 10, renewed_at: 20, expires_at: 30, renewals: 0 }]);
+      const [a] = migrated.auditLog();
+      expect(a).toMatchObject({ ts: 5, event: "grant", client: "office", ip: "192.0.2.7", count: 1 });
+      // The new columns are writable.
+      migrated.upsertLease({ client: "office", family: 4, ip: "192.0.2.7", granted_at: 10, renewed_at: 40, expires_at: 50, renewals: 1 });
+      expect(migrated.leasesOf("office")[0]!.renewals).toBe(1);
+    } finally {
+      migrated.close();
+    }
+    // Opening again runs nothing twice.
+    const again = new StateStore(old);
+    try {
+      expect(again.allLeases()).toHaveLength(1);
+      expect((again.db.query("PRAGMA user_version").get() as { user_version: number }).user_version).toBe(SCHEMA_VERSION);
+    } finally {
+      again.close();
+    }
+  });
+
+  test("a database from a newer relayctl is refused, untouched", () => {
+    const newer = join(tempDir("relayctl-state-new-"), "state");
+    mkdirSync(newer, { mode: 0o700 });
+    const db = new Database(join(newer, "state.db"), { create: true });
+    db.exec(`PRAGMA user_version = ${SCHEMA_VERSION + 1}`);
+    db.close();
+    let err: unknown;
+    try {
+      new StateStore(newer).close();
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(RelayError);
+    expect((err as RelayError).exitCode).toBe(ExitCode.USAGE);
+    expect((err as RelayError).message).toContain(`schema version ${SCHEMA_VERSION + 1}`);
   });
 });

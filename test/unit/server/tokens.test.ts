@@ -1,7 +1,7 @@
 import { afterAll, afterEach, beforeEach, describe, expect, test } from "bun:test";
 import { createHash } from "node:crypto";
 import { StateStore } from "../../../src/server/state.ts";
-import { authenticate, bearer, newToken } from "../../../src/server/tokens.ts";
+import { authenticate, basic, bearer, newToken } from "../../../src/server/tokens.ts";
 import { removeTempDirs, tempDir } from "../helpers.ts";
 
 afterAll(removeTempDirs);
@@ -12,9 +12,12 @@ beforeEach(() => {
 });
 afterEach(() => store.close());
 
+/** A bare token as a door would extract it; null stays null. */
+const cred = (token: string | null) => (token === null ? null : { token });
+
 function enroll(name: string): string {
   const t = newToken();
-  store.insertClient({ name, token_id: t.tokenId, token_hash: t.hash, ttl: null, allow: "[]", created_at: 0 });
+  store.insertClient({ name, token_id: t.tokenId, token_hash: t.hash, ttl: null, allow: "[]", created_at: 0, ipv6_prefix: null });
   return t.token;
 }
 
@@ -38,20 +41,20 @@ describe("authenticate", () => {
   test("the right token finds its client", () => {
     const tok = enroll("office");
     enroll("other");
-    expect(authenticate(store, tok)?.name).toBe("office");
+    expect(authenticate(store, cred(tok))?.name).toBe("office");
   });
 
   test("a wrong secret with a valid id is refused", () => {
     const tok = enroll("office");
     const [id, secret] = tok.split(".") as [string, string];
     const flipped = secret.slice(0, -1) + (secret.endsWith("A") ? "B" : "A");
-    expect(authenticate(store, `${id}.${flipped}`)).toBeNull();
+    expect(authenticate(store, cred(`${id}.${flipped}`))).toBeNull();
   });
 
   test("another client's secret under this id is refused", () => {
     const a = enroll("a");
     const b = enroll("b");
-    expect(authenticate(store, `${a.split(".")[0]}.${b.split(".")[1]}`)).toBeNull();
+    expect(authenticate(store, cred(`${a.split(".")[0]}.${b.split(".")[1]}`))).toBeNull();
   });
 
   test("unknown ids, malformed tokens and no token are refused", () => {
@@ -73,32 +76,61 @@ describe("authenticate", () => {
       `${id}:${secret}`,
       `Bearer ${tok}`,
     ]) {
-      expect(authenticate(store, bad)).toBeNull();
+      expect(authenticate(store, cred(bad))).toBeNull();
     }
   });
 
   test("a revoked (deleted) client's token is refused", () => {
     const tok = enroll("office");
-    expect(authenticate(store, tok)).not.toBeNull();
+    expect(authenticate(store, cred(tok))).not.toBeNull();
     store.deleteClient("office");
-    expect(authenticate(store, tok)).toBeNull();
+    expect(authenticate(store, cred(tok))).toBeNull();
+  });
+
+  test("a user name, when sent, must be the token's own client", () => {
+    const tok = enroll("office");
+    enroll("other");
+    expect(authenticate(store, { token: tok, name: "office" })?.name).toBe("office");
+    expect(authenticate(store, { token: tok, name: "other" })).toBeNull();
+    expect(authenticate(store, { token: tok, name: "" })).toBeNull();
   });
 });
 
 describe("bearer", () => {
   test("extracts the token", () => {
-    expect(bearer("Bearer abc.def")).toBe("abc.def");
-    expect(bearer("Bearer 0123456789abcdef.x-_y")).toBe("0123456789abcdef.x-_y");
+    expect(bearer("Bearer abc.def")).toEqual({ token: "abc.def" });
+    expect(bearer("Bearer 0123456789abcdef.x-_y")).toEqual({ token: "0123456789abcdef.x-_y" });
   });
 
   test("the scheme is case-insensitive (RFC 9110)", () => {
-    expect(bearer("bearer abc")).toBe("abc");
-    expect(bearer("BEARER abc")).toBe("abc");
+    expect(bearer("bearer abc")).toEqual({ token: "abc" });
+    expect(bearer("BEARER abc")).toEqual({ token: "abc" });
   });
 
   test("anything else is no token", () => {
     for (const bad of [null, "", "Bearer", "Bearer ", "Bearer  abc", "Basic dXNlcjpwYXNz", "Bearer abc def", "Bearer abc\n", "Token abc", "abc", " Bearer abc", "Bearerabc"]) {
       expect(bearer(bad)).toBeNull();
     }
+  });
+});
+
+describe("basic", () => {
+  const b64 = (s: string): string => Buffer.from(s, "utf8").toString("base64");
+
+  test("extracts name and token; the scheme is case-insensitive", () => {
+    expect(basic(`Basic ${b64("office:abc.def")}`)).toEqual({ name: "office", token: "abc.def" });
+    expect(basic(`basic ${b64("office:a:b")}`)).toEqual({ name: "office", token: "a:b" });
+  });
+
+  test("anything else is no credential", () => {
+    for (const bad of [null, "", "Basic", `Basic ${b64(":abc")}`, `Basic ${b64("nocolon")}`, `Bearer ${b64("office:abc")}`, `Basic ${b64("office:abc")} x`, "Basic !!!!"]) {
+      expect(basic(bad)).toBeNull();
+    }
+  });
+
+  test("a Basic credential authenticates only under its client's name", () => {
+    const tok = enroll("office");
+    expect(authenticate(store, basic(`Basic ${b64(`office:${tok}`)}`))?.name).toBe("office");
+    expect(authenticate(store, basic(`Basic ${b64(`home:${tok}`)}`))).toBeNull();
   });
 });

@@ -1,0 +1,127 @@
+import { beforeAll, describe, expect, test } from "bun:test";
+import { parseIp, type Ip } from "../../../src/lib/ip.ts";
+import { LiveIndex, maskText } from "../../../src/server/live.ts";
+import type { LeaseRow } from "../../../src/server/state.ts";
+import { silenceLogger } from "../helpers.ts";
+
+beforeAll(silenceLogger);
+
+const T = 1_000_000;
+const ip = (s: string): Ip => parseIp(s)!;
+const row = (client: string, family: number, addr: string, expires_at = T + 60_000): LeaseRow => ({
+  client,
+  family,
+  ip: addr,
+  granted_at: T,
+  renewed_at: T,
+  expires_at,
+  renewals: 0,
+});
+const nets = (index: LiveIndex, now = T): string[] => index.liveNets(now).map((n) => n.text);
+
+describe("LiveIndex.covers", () => {
+  test("an exact lease covers its own address only, IPv4 and IPv6", () => {
+    const index = new LiveIndex();
+    index.load([row("a", 4, "192.0.2.7"), row("a", 6, "2001:db8:1:2:3:4:5:6")]);
+    expect(index.covers(ip("192.0.2.7"), T)).toBe(true);
+    expect(index.covers(ip("::ffff:192.0.2.7"), T)).toBe(true);
+    expect(index.covers(ip("192.0.2.8"), T)).toBe(false);
+    expect(index.covers(ip("2001:DB8:1:2:3:4:5:6"), T)).toBe(true);
+    expect(index.covers(ip("2001:db8:1:2:3:4:5:7"), T)).toBe(false);
+  });
+
+  test("a /64 prefix lease covers every address in the /64 and nothing outside it", () => {
+    const index = new LiveIndex();
+    index.put(row("lan", 6, "2001:db8:1:2::/64"));
+    for (const inside of ["2001:db8:1:2::1", "2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2:abcd::9"]) expect(index.covers(ip(inside), T)).toBe(true);
+    for (const outside of ["2001:db8:1:3::1", "2001:db8:1:1:ffff:ffff:ffff:ffff", "2001:db8::1", "192.0.2.1"]) expect(index.covers(ip(outside), T)).toBe(false);
+  });
+
+  test("a lease stops covering at its expiry (strictly before expires_at)", () => {
+    const index = new LiveIndex();
+    index.load([row("a", 4, "192.0.2.7", T + 1000), row("lan", 6, "2001:db8:1:2::/64", T + 1000)]);
+    expect(index.covers(ip("192.0.2.7"), T + 999)).toBe(true);
+    expect(index.covers(ip("192.0.2.7"), T + 1000)).toBe(false);
+    expect(index.covers(ip("2001:db8:1:2::5"), T + 999)).toBe(true);
+    expect(index.covers(ip("2001:db8:1:2::5"), T + 1000)).toBe(false);
+    expect(index.liveCount(T + 999)).toBe(2);
+    expect(index.liveCount(T + 1000)).toBe(0);
+    expect(nets(index, T + 1000)).toEqual([]);
+  });
+
+  test("an address shared by two clients stays covered while either lease lives", () => {
+    const index = new LiveIndex();
+    index.load([row("a", 4, "192.0.2.7", T + 1000), row("b", 4, "192.0.2.7", T + 5000)]);
+    expect(nets(index)).toEqual(["192.0.2.7/32"]);
+    expect(index.covers(ip("192.0.2.7"), T + 2000)).toBe(true);
+    index.remove("b", 4);
+    expect(index.covers(ip("192.0.2.7"), T)).toBe(true);
+    expect(index.covers(ip("192.0.2.7"), T + 2000)).toBe(false);
+  });
+});
+
+describe("LiveIndex rows", () => {
+  test("a row with an invalid address or a family that does not match is skipped, the rest loaded", () => {
+    const index = new LiveIndex();
+    index.load([
+      row("bad", 4, "192.0.2.300"),
+      row("mismatch", 6, "192.0.2.9"),
+      row("hostbits", 6, "2001:db8:1:2::1/64"),
+      row("junk", 4, "192.0.2.1 OK\n10.0.0.0/8"),
+      row("good", 4, "192.0.2.7"),
+    ]);
+    expect(nets(index)).toEqual(["192.0.2.7/32"]);
+    expect(index.liveCount(T)).toBe(1);
+    expect(index.covers(ip("192.0.2.9"), T)).toBe(false);
+    expect(index.covers(ip("10.1.2.3"), T)).toBe(false);
+  });
+
+  test("an invalid row replacing a valid one drops the old lease instead of keeping it", () => {
+    const index = new LiveIndex();
+    index.put(row("a", 4, "192.0.2.7"));
+    index.put(row("a", 4, "not an address"));
+    expect(index.covers(ip("192.0.2.7"), T)).toBe(false);
+    expect(index.liveCount(T)).toBe(0);
+  });
+
+  test("put replaces the lease of the same client and family; families are independent", () => {
+    const index = new LiveIndex();
+    index.put(row("a", 4, "192.0.2.7"));
+    index.put(row("a", 6, "2001:db8:1:2:3:4:5:6"));
+    index.put(row("a", 4, "203.0.113.5"));
+    expect(nets(index)).toEqual(["2001:db8:1:2:3:4:5:6/128", "203.0.113.5/32"]);
+    expect(index.covers(ip("192.0.2.7"), T)).toBe(false);
+    index.removeClient("a");
+    expect(nets(index)).toEqual([]);
+    expect(index.covers(ip("203.0.113.5"), T)).toBe(false);
+    index.remove("nobody", 4); // no-op
+  });
+
+  test("load replaces everything; liveNets is sorted and de-duplicated", () => {
+    const index = new LiveIndex();
+    index.put(row("old", 4, "10.0.0.1"));
+    index.load([row("c", 4, "198.51.100.1"), row("a", 4, "192.0.2.1"), row("b", 4, "192.0.2.1"), row("d", 6, "2001:db8:1:2::/64")]);
+    expect(nets(index)).toEqual(["192.0.2.1/32", "198.51.100.1/32", "2001:db8:1:2::/64"]);
+    expect(index.covers(ip("10.0.0.1"), T)).toBe(false);
+    expect(index.liveCount(T)).toBe(4);
+  });
+
+  test("nextExpiry is the earliest expiry held, null when empty", () => {
+    const index = new LiveIndex();
+    expect(index.nextExpiry()).toBeNull();
+    index.load([row("a", 4, "192.0.2.1", T + 500), row("b", 4, "192.0.2.2", T + 100), row("c", 4, "192.0.2.3", T + 900)]);
+    expect(index.nextExpiry()).toBe(T + 100);
+    index.remove("b", 4);
+    expect(index.nextExpiry()).toBe(T + 500);
+  });
+});
+
+describe("maskText", () => {
+  test("masks to the prefix and writes the network as parseCidr does", () => {
+    expect(maskText(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), 64)).toBe("2001:db8:1:2::/64");
+    expect(maskText(ip("2001:db8:1:2:3:4:5:6"), 128)).toBe("2001:db8:1:2:3:4:5:6/128");
+    expect(maskText(ip("192.0.2.77"), 24)).toBe("192.0.2.0/24");
+    expect(maskText(ip("192.0.2.77"), 0)).toBe("0.0.0.0/0");
+    expect(maskText(ip("192.0.2.77"), 64)).toBeNull();
+  });
+});

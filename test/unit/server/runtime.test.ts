@@ -1,0 +1,231 @@
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } from "bun:test";
+import { parseCidr } from "../../../src/lib/ip.ts";
+import { LeaseBook } from "../../../src/server/leases.ts";
+import { Metrics } from "../../../src/server/metrics.ts";
+import { ExpiryTimer, MAX_TIMER_MS } from "../../../src/server/runtime/expiry.ts";
+import { Retrier } from "../../../src/server/runtime/retry.ts";
+import type { Timers } from "../../../src/server/runtime/timers.ts";
+import { StateStore, type ClientRow } from "../../../src/server/state.ts";
+import { FakeClock, removeTempDirs, silenceLogger, tempDir } from "../helpers.ts";
+
+beforeAll(silenceLogger);
+afterAll(removeTempDirs);
+
+/** One-shot timers on a FakeClock: advance() moves the clock and fires what fell due, in order. */
+class FakeTimers implements Timers {
+  private next = 1;
+  readonly pending = new Map<number, { fn: () => void; at: number }>();
+  constructor(private readonly clock: FakeClock) {}
+  set(fn: () => void, ms: number): unknown {
+    const id = this.next++;
+    this.pending.set(id, { fn, at: this.clock.now() + ms });
+    return id;
+  }
+  clear(handle: unknown): void {
+    this.pending.delete(handle as number);
+  }
+  /** Delays (from now) of the timers waiting. */
+  delays(): number[] {
+    return [...this.pending.values()].map((t) => t.at - this.clock.now());
+  }
+  async advance(ms: number): Promise<void> {
+    const end = this.clock.now() + ms;
+    for (;;) {
+      const due = [...this.pending].filter(([, t]) => t.at <= end).sort((a, b) => a[1].at - b[1].at)[0];
+      if (!due) break;
+      this.pending.delete(due[0]);
+      this.clock.t = Math.max(this.clock.t, due[1].at);
+      due[1].fn();
+      await settle();
+    }
+    this.clock.t = end;
+  }
+}
+
+/** Lets promise callbacks run. */
+const settle = (): Promise<void> => new Promise((r) => setImmediate(r));
+
+describe("Retrier", () => {
+  let clock: FakeClock;
+  let timers: FakeTimers;
+  beforeEach(() => {
+    clock = new FakeClock();
+    timers = new FakeTimers(clock);
+  });
+
+  test("a success schedules nothing", async () => {
+    let calls = 0;
+    const r = new Retrier(async () => void calls++, timers);
+    await r.run();
+    expect(calls).toBe(1);
+    expect(r.pending).toBe(false);
+    expect(timers.pending.size).toBe(0);
+  });
+
+  test("a failure rethrows and retries in the background, doubling from 1 s until it works", async () => {
+    let calls = 0;
+    let failUntil = 4;
+    const r = new Retrier(async () => {
+      calls++;
+      if (calls < failUntil) throw new Error(`fail ${calls}`);
+    }, timers);
+    await expect(r.run()).rejects.toThrow("fail 1");
+    expect(r.pending).toBe(true);
+    expect(timers.delays()).toEqual([1000]);
+    await timers.advance(999);
+    expect(calls).toBe(1);
+    await timers.advance(1);
+    expect(calls).toBe(2);
+    expect(timers.delays()).toEqual([2000]);
+    await timers.advance(2000);
+    expect(calls).toBe(3);
+    expect(timers.delays()).toEqual([4000]);
+    await timers.advance(4000);
+    expect(calls).toBe(4); // worked
+    expect(r.pending).toBe(false);
+    expect(timers.pending.size).toBe(0);
+    // The delay starts again at 1 s after a success.
+    failUntil = 6;
+    await expect(r.run()).rejects.toThrow("fail 5");
+    expect(timers.delays()).toEqual([1000]);
+    await timers.advance(1000);
+    expect(calls).toBe(6);
+    expect(r.pending).toBe(false);
+  });
+
+  test("the delay is capped at the maximum", async () => {
+    let calls = 0;
+    const r = new Retrier(async () => {
+      calls++;
+      throw new Error("down");
+    }, timers);
+    await r.run().catch(() => undefined);
+    const seen: number[] = [];
+    for (let i = 0; i < 8; i++) {
+      seen.push(timers.delays()[0]!);
+      await timers.advance(seen[i]!);
+    }
+    expect(seen).toEqual([1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]);
+    expect(calls).toBe(9);
+    r.stop();
+  });
+
+  test("a run while a retry waits does not schedule a second one", async () => {
+    const r = new Retrier(async () => {
+      throw new Error("down");
+    }, timers);
+    await r.run().catch(() => undefined);
+    await r.run().catch(() => undefined);
+    expect(timers.pending.size).toBe(1);
+  });
+
+  test("stop cancels the waiting retry and none is scheduled afterwards", async () => {
+    let calls = 0;
+    const r = new Retrier(async () => {
+      calls++;
+      throw new Error("down");
+    }, timers);
+    await r.run().catch(() => undefined);
+    r.stop();
+    expect(r.pending).toBe(false);
+    expect(timers.pending.size).toBe(0);
+    await expect(r.run()).rejects.toThrow("down");
+    expect(timers.pending.size).toBe(0);
+    await timers.advance(120_000);
+    expect(calls).toBe(2);
+  });
+});
+
+describe("ExpiryTimer", () => {
+  let clock: FakeClock;
+  let timers: FakeTimers;
+  let store: StateStore;
+  let leases: LeaseBook;
+  let metrics: Metrics;
+  let published: number;
+  let expiry: ExpiryTimer;
+
+  const client = (name: string, ttl: number): ClientRow => {
+    store.insertClient({ name, token_id: name.padEnd(16, "0"), token_hash: new Uint8Array(32), ttl, allow: "[]", created_at: 0, ipv6_prefix: null });
+    return store.getClient(name)!;
+  };
+
+  beforeEach(() => {
+    clock = new FakeClock();
+    timers = new FakeTimers(clock);
+    store = new StateStore(tempDir("relayctl-expiry-"));
+    leases = new LeaseBook(store, () => 1200, clock);
+    metrics = new Metrics();
+    published = 0;
+    expiry = new ExpiryTimer(leases, metrics, async () => void published++, timers);
+  });
+  afterEach(() => {
+    expiry.stop();
+    store.close();
+  });
+
+  test("with no lease, it sleeps at most MAX_TIMER_MS and publishes nothing", async () => {
+    expiry.arm();
+    expect(timers.delays()).toEqual([MAX_TIMER_MS]);
+    await timers.advance(MAX_TIMER_MS);
+    expect(published).toBe(0);
+    expect(timers.delays()).toEqual([MAX_TIMER_MS]);
+  });
+
+  test("aims at the next expiry, expires the lease then, publishes once and re-arms", async () => {
+    leases.renew(client("a", 10), parseCidr("192.0.2.1")!, "t");
+    leases.renew(client("b", 20), parseCidr("192.0.2.2")!, "t");
+    expiry.arm();
+    expect(timers.delays()).toEqual([10_005]);
+    await timers.advance(10_004);
+    expect(store.allLeases()).toHaveLength(2);
+    expect(published).toBe(0);
+    await timers.advance(1);
+    expect(store.allLeases().map((l) => l.client)).toEqual(["b"]);
+    expect(leases.index.liveNets(clock.now()).map((n) => n.text)).toEqual(["192.0.2.2/32"]);
+    expect(published).toBe(1);
+    expect(metrics.events.get("expire")).toBe(1);
+    expect(store.auditLog()[0]).toMatchObject({ event: "expire", client: "a" });
+    // Re-armed at b's expiry, 10 s later.
+    expect(timers.delays()).toEqual([10_000]);
+    await timers.advance(10_000);
+    expect(store.allLeases()).toEqual([]);
+    expect(published).toBe(2);
+    expect(timers.delays()).toEqual([MAX_TIMER_MS]);
+  });
+
+  test("a far expiry is approached in MAX_TIMER_MS steps", async () => {
+    leases.renew(client("a", 3600), parseCidr("192.0.2.1")!, "t");
+    expiry.arm();
+    expect(timers.delays()).toEqual([MAX_TIMER_MS]);
+    await timers.advance(MAX_TIMER_MS);
+    expect(published).toBe(0);
+    expect(store.allLeases()).toHaveLength(1);
+    expect(timers.pending.size).toBe(1);
+  });
+
+  test("arm replaces the waiting timer; stop clears it for good", () => {
+    leases.renew(client("a", 100), parseCidr("192.0.2.1")!, "t");
+    expiry.arm();
+    leases.renew(client("b", 10), parseCidr("192.0.2.2")!, "t");
+    expiry.arm();
+    expect(timers.delays()).toEqual([10_005]);
+    expiry.stop();
+    expect(timers.pending.size).toBe(0);
+    expiry.arm();
+    expect(timers.pending.size).toBe(0);
+  });
+
+  test("a publication that fails does not stop the timer", async () => {
+    expiry = new ExpiryTimer(leases, metrics, async () => {
+      published++;
+      throw new Error("postmap down");
+    }, timers);
+    leases.renew(client("a", 10), parseCidr("192.0.2.1")!, "t");
+    expiry.arm();
+    await timers.advance(10_005);
+    expect(published).toBe(1);
+    expect(store.allLeases()).toEqual([]);
+    expect(timers.pending.size).toBe(1);
+  });
+});

@@ -1,0 +1,275 @@
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } from "bun:test";
+import { parseCidr, parseIp, type Ip } from "../../../src/lib/ip.ts";
+import type { Lookup } from "../../../src/server/lookups/index.ts";
+import { policyLookupType } from "../../../src/server/lookups/policy.ts";
+import { LeaseError, LeaseService, leaseNetwork, observedAddress, sourceKey } from "../../../src/server/service.ts";
+import type { ClientRow } from "../../../src/server/state.ts";
+import { AuthThrottle, RenewalLimiter } from "../../../src/server/throttle.ts";
+import { newToken } from "../../../src/server/tokens.ts";
+import { FakeClock, removeTempDirs, silenceLogger, tempDir, testService, type TestService } from "../helpers.ts";
+
+beforeAll(silenceLogger);
+afterAll(removeTempDirs);
+
+const ip = (s: string): Ip => parseIp(s)!;
+const clientWith = (allow: string[], name = "c"): ClientRow => ({ name, token_id: "0123456789abcdef", token_hash: new Uint8Array(32), ttl: null, allow: JSON.stringify(allow), created_at: 0, ipv6_prefix: null });
+
+/** The LeaseError fn throws; fails when it throws nothing or something else. */
+function leaseError(fn: () => unknown): LeaseError {
+  try {
+    fn();
+  } catch (err) {
+    if (err instanceof LeaseError) return err;
+    throw err;
+  }
+  throw new Error("expected a LeaseError, but nothing was thrown");
+}
+
+async function leaseErrorAsync(fn: () => Promise<unknown>): Promise<LeaseError> {
+  try {
+    await fn();
+  } catch (err) {
+    if (err instanceof LeaseError) return err;
+    throw err;
+  }
+  throw new Error("expected a LeaseError, but nothing was thrown");
+}
+
+describe("observedAddress", () => {
+  test("normalises and validates the peer", () => {
+    expect(observedAddress("::ffff:192.0.2.1", null, []).text).toBe("192.0.2.1");
+    expect(leaseError(() => observedAddress(undefined, null, [])).code).toBe("no_address");
+    expect(leaseError(() => observedAddress("not-an-ip", null, [])).code).toBe("no_address");
+  });
+
+  test("a forwarded chain is walked right to left only from a trusted peer", () => {
+    const trusted = [parseCidr("10.0.0.0/8")!];
+    expect(observedAddress("10.0.0.1", "192.0.2.66, 203.0.113.10, 10.1.2.3", trusted).text).toBe("203.0.113.10");
+    expect(observedAddress("198.51.100.7", "203.0.113.10", trusted).text).toBe("198.51.100.7");
+    expect(leaseError(() => observedAddress("10.0.0.1", "bogus", trusted)).code).toBe("bad_forwarded");
+  });
+});
+
+describe("leaseNetwork", () => {
+  test("returns the observed or requested address as a host network", () => {
+    const c = clientWith(["192.0.2.0/24"]);
+    expect(leaseNetwork(c, ip("203.0.113.1"), "192.0.2.9", 128).text).toBe("192.0.2.9/32");
+    expect(leaseNetwork(c, ip("192.0.2.3"), undefined, 128).text).toBe("192.0.2.3/32");
+    expect(leaseError(() => leaseNetwork(c, ip("192.0.2.3"), "192.0.2.0/24", 128)).code).toBe("invalid_ip");
+    expect(leaseError(() => leaseNetwork(c, ip("192.0.2.3"), 5, 128)).code).toBe("invalid_ip");
+  });
+
+  test("127.0.0.1 is refused under allow 0.0.0.0/0 and under 0.0.0.0/1 + 128.0.0.0/1", () => {
+    for (const allow of [["0.0.0.0/0"], ["0.0.0.0/1", "128.0.0.0/1"]]) {
+      const err = leaseError(() => leaseNetwork(clientWith(allow), ip("127.0.0.1"), undefined, 128));
+      expect(err.code).toBe("address_not_allowed");
+      expect(err.message).toContain("loopback");
+      // An ordinary address under the same list is fine.
+      expect(leaseNetwork(clientWith(allow), ip("192.0.2.1"), undefined, 128).text).toBe("192.0.2.1/32");
+    }
+  });
+
+  test("127.0.0.1 is admitted with allow 127.0.0.1/32 (an entry inside the special range)", () => {
+    expect(leaseNetwork(clientWith(["127.0.0.1/32"]), ip("127.0.0.1"), undefined, 128).text).toBe("127.0.0.1/32");
+    expect(leaseNetwork(clientWith(["127.0.0.0/8"]), ip("203.0.113.1"), "127.0.0.2", 128).text).toBe("127.0.0.2/32");
+    // With no allow list, not even the own loopback address.
+    expect(leaseError(() => leaseNetwork(clientWith([]), ip("127.0.0.1"), undefined, 128)).code).toBe("address_not_allowed");
+    expect(leaseError(() => leaseNetwork(clientWith(["::/0"]), ip("::1"), undefined, 128)).code).toBe("address_not_allowed");
+  });
+
+  test("a /64 lease needs one allow entry holding the whole /64", () => {
+    const addr = ip("2001:db8:1:2:3:4:5:6");
+    expect(leaseNetwork(clientWith(["2001:db8:1::/48"]), addr, undefined, 64).text).toBe("2001:db8:1:2::/64");
+    expect(leaseNetwork(clientWith(["2001:db8:1:2::/64"]), addr, undefined, 64).text).toBe("2001:db8:1:2::/64");
+    // The address is inside, the /64 is not.
+    const inNarrow = ip("2001:db8:1:2::6");
+    const narrow = leaseError(() => leaseNetwork(clientWith(["2001:db8:1:2::/80"]), inNarrow, undefined, 64));
+    expect(narrow.code).toBe("address_not_allowed");
+    expect(narrow.message).toContain("2001:db8:1:2::/64");
+    // Two halves together cover the /64, but no single entry does.
+    expect(leaseError(() => leaseNetwork(clientWith(["2001:db8:1:2::/65", "2001:db8:1:2:8000::/65"]), addr, undefined, 64)).code).toBe("address_not_allowed");
+    // The same allow list is fine for the address alone.
+    expect(leaseNetwork(clientWith(["2001:db8:1:2::/80"]), inNarrow, undefined, 128).text).toBe("2001:db8:1:2::6/128");
+  });
+
+  // SRC BUG (service.ts:102-105): the special-range rule looks at the target
+  // address only, not at the leased network. With a /64 prefix, ::2 widens to
+  // ::/64, which holds ::1 (loopback) and :: (unspecified), and ::/0 admits it.
+  test("a /64 that contains a special address (::/64 holds ::1) is refused like the address itself", () => {
+    const err = leaseError(() => leaseNetwork(clientWith(["::/0"]), ip("::2"), undefined, 64));
+    expect(err.code).toBe("address_not_allowed");
+  });
+
+  test("without an allow list, only the observed address (widened to its prefix)", () => {
+    const c = clientWith([]);
+    expect(leaseNetwork(c, ip("2001:db8:1:2:3:4:5:6"), undefined, 64).text).toBe("2001:db8:1:2::/64");
+    expect(leaseError(() => leaseNetwork(c, ip("198.51.100.7"), "198.51.100.8", 128)).code).toBe("address_not_allowed");
+  });
+});
+
+describe("sourceKey", () => {
+  test("IPv4 by address, IPv6 by /64", () => {
+    expect(sourceKey(ip("192.0.2.1"))).toBe("192.0.2.1");
+    expect(sourceKey(ip("2001:db8:1:2:3:4:5:6"))).toBe("2001:db8:1:2::/64");
+    expect(sourceKey(ip("2001:db8:1:2::99"))).toBe(sourceKey(ip("2001:db8:1:2:3:4:5:6")));
+  });
+});
+
+describe("LeaseService", () => {
+  let t: TestService;
+  let clock: FakeClock;
+  let mono: number;
+
+  beforeEach(() => {
+    clock = new FakeClock();
+    mono = 0;
+    // Blocks after 3 failures in a minute, for 60 s.
+    t = testService(tempDir("relayctl-service-"), clock, { authThrottle: new AuthThrottle(3, 60_000, 60_000, 3_600_000, () => mono), renewals: new RenewalLimiter(2, () => mono) });
+  });
+  afterEach(() => t.store.close());
+
+  function enroll(name: string, over: Partial<ClientRow> = {}): string {
+    const tok = newToken();
+    t.store.insertClient({ name, token_id: tok.tokenId, token_hash: tok.hash, ttl: null, allow: "[]", created_at: 0, ipv6_prefix: null, ...over });
+    return tok.token;
+  }
+  const bad = { token: "0123456789abcdef.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA" };
+
+  describe("authenticate", () => {
+    test("a valid token authenticates even from a source the throttle blocks", () => {
+      const token = enroll("office");
+      const src = ip("198.51.100.7");
+      for (let i = 0; i < 3; i++) expect(leaseError(() => t.service.authenticate(bad, src)).code).toBe("unauthorized");
+      // Blocked now for bad tokens...
+      expect(leaseError(() => t.service.authenticate(bad, src)).code).toBe("too_many_failures");
+      // ...but never for the client that holds a valid one.
+      expect(t.service.authenticate({ token }, src).name).toBe("office");
+    });
+
+    test("a bad token from a blocked source gets too_many_failures with a retry time, not audited", () => {
+      const src = ip("198.51.100.7");
+      for (let i = 0; i < 3; i++) leaseError(() => t.service.authenticate(null, src));
+      const err = leaseError(() => t.service.authenticate(bad, src));
+      expect(err.code).toBe("too_many_failures");
+      expect(err.retryAfter).toBe(60);
+      expect(err.audit).toBe(false);
+      expect(err.refusal).toBe(true);
+      // Another source is unaffected.
+      expect(leaseError(() => t.service.authenticate(bad, ip("198.51.100.8"))).code).toBe("unauthorized");
+      // The block ends.
+      mono += 60_001;
+      expect(leaseError(() => t.service.authenticate(bad, src)).code).toBe("unauthorized");
+    });
+
+    test("IPv6 sources are throttled per /64", () => {
+      for (const s of ["2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:ffff::3"]) leaseError(() => t.service.authenticate(bad, ip(s)));
+      expect(leaseError(() => t.service.authenticate(bad, ip("2001:db8:1:2::99"))).code).toBe("too_many_failures");
+      expect(leaseError(() => t.service.authenticate(bad, ip("2001:db8:1:3::1"))).code).toBe("unauthorized");
+    });
+  });
+
+  describe("renew", () => {
+    test("grants, publishes before answering, and rate-limits per client", async () => {
+      const token = enroll("office");
+      const c = t.service.authenticate({ token }, ip("198.51.100.7"));
+      const r = await t.service.renew(c, ip("198.51.100.7"));
+      expect(r).toMatchObject({ client: "office", event: "grant", ttl: 1200, lease: { ip: "198.51.100.7" } });
+      expect(t.leases.index.covers(ip("198.51.100.7"), clock.now())).toBe(true);
+      expect(t.writer.rebuilds).toBe(1);
+      expect((await t.service.renew(c, ip("198.51.100.7"))).event).toBe("renew");
+      const err = await leaseErrorAsync(() => t.service.renew(c, ip("198.51.100.7")));
+      expect(err.code).toBe("rate_limited");
+      expect(err.retryAfter).toBeGreaterThan(0);
+      mono += 60_000;
+      expect((await t.service.renew(c, ip("198.51.100.7"))).event).toBe("renew");
+    });
+
+    test("a client's ipv6_prefix overrides the server's; the map lookup cannot hold it", async () => {
+      enroll("lan", { ipv6_prefix: 64, allow: '["2001:db8::/32"]' });
+      const c = t.store.getClient("lan")!;
+      expect(t.service.ipv6PrefixOf(c)).toBe(64);
+      expect(t.service.ipv6PrefixOf({ ...c, ipv6_prefix: null })).toBe(128);
+      const err = await leaseErrorAsync(() => t.service.renew(c, ip("2001:db8:1:2:3:4:5:6")));
+      expect(err.code).toBe("lookup_cannot_hold");
+      expect(t.store.allLeases()).toEqual([]);
+    });
+
+    test("with a lookup that holds prefixes, a /64 lease is granted and covers the LAN", async () => {
+      let published = 0;
+      const lookup: Lookup = {
+        type: policyLookupType,
+        publish: async () => void published++,
+        check: async () => undefined,
+        problems: () => [],
+        status: () => ({ lookup: "policy", target: "-", entries: 0 }),
+        close: async () => undefined,
+      };
+      const service = new LeaseService({
+        store: t.store,
+        leases: t.leases,
+        lookup,
+        clock,
+        metrics: t.metrics,
+        refusals: t.refusals,
+        authThrottle: new AuthThrottle(),
+        config: () => t.config,
+        renewals: () => new RenewalLimiter(0),
+        publish: () => lookup.publish(),
+      });
+      enroll("lan", { ipv6_prefix: 64, allow: '["2001:db8::/32"]' });
+      const r = await service.renew(t.store.getClient("lan")!, ip("2001:db8:1:2:3:4:5:6"));
+      expect(r.lease.ip).toBe("2001:db8:1:2::/64");
+      expect(published).toBe(1);
+      expect(t.leases.index.covers(ip("2001:db8:1:2:aaaa::1"), clock.now())).toBe(true);
+      expect(t.leases.index.covers(ip("2001:db8:1:3::1"), clock.now())).toBe(false);
+      // Another address in the same /64 is a renewal, not a replacement.
+      expect((await service.renew(t.store.getClient("lan")!, ip("2001:db8:1:2::7"))).event).toBe("renew");
+      expect(published).toBe(1);
+    });
+
+    test("a failed publication keeps the lease, is a 503-class error, and the next renewal publishes again", async () => {
+      const token = enroll("office");
+      const c = t.service.authenticate({ token }, ip("198.51.100.7"));
+      t.pm.fail("postmap: fatal: disk full");
+      const err = await leaseErrorAsync(() => t.service.renew(c, ip("198.51.100.7")));
+      expect(err.refusal).toBe(false);
+      expect(err.retryAfter).toBe(5);
+      expect(err.message).toContain("disk full");
+      expect(t.store.leasesOf("office")).toHaveLength(1);
+      t.pm.ok();
+      mono += 60_000;
+      expect((await t.service.renew(c, ip("198.51.100.7"))).event).toBe("renew");
+      expect(t.lookup.problems()).toEqual([]);
+    });
+  });
+
+  describe("release", () => {
+    test("drops one family or all, publishes, and audits each release", async () => {
+      const token = enroll("dual");
+      const c = t.service.authenticate({ token }, ip("198.51.100.7"));
+      await t.service.renew(c, ip("198.51.100.7"));
+      await t.service.renew(c, ip("2001:db8:1:2:3:4:5:6"));
+      const v6 = await t.service.release(c, ip("198.51.100.7"), 6);
+      expect(v6.map((l) => l.ip)).toEqual(["2001:db8:1:2:3:4:5:6"]);
+      expect(t.service.leasesOf(c).map((l) => l.ip)).toEqual(["198.51.100.7"]);
+      expect(t.leases.index.covers(ip("2001:db8:1:2:3:4:5:6"), clock.now())).toBe(false);
+      const rebuilds = t.writer.rebuilds;
+      expect((await t.service.release(c, ip("198.51.100.7"))).map((l) => l.ip)).toEqual(["198.51.100.7"]);
+      expect(t.writer.rebuilds).toBe(rebuilds + 1);
+      expect(await t.service.release(c, ip("198.51.100.7"))).toEqual([]);
+      expect(t.writer.rebuilds).toBe(rebuilds + 1);
+      expect(t.store.auditLog({ client: "dual" }).filter((r) => r.event === "release")).toHaveLength(2);
+    });
+  });
+
+  describe("refused", () => {
+    test("counts every refusal in metrics; audits only those that ask for it", () => {
+      t.service.refused(new LeaseError("too_many_failures", "slow down", 60, false), null, ip("198.51.100.7"));
+      t.service.refused(new LeaseError("address_not_allowed", "no"), "office", ip("198.51.100.7"));
+      t.refusals.flush();
+      expect(t.metrics.refusals.get("too_many_failures")).toBe(1);
+      expect(t.metrics.refusals.get("address_not_allowed")).toBe(1);
+      expect(t.store.auditLog().map((r) => [r.event, r.client, r.detail])).toEqual([["refuse", "office", "address_not_allowed: no"]]);
+    });
+  });
+});
