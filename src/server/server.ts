@@ -24,6 +24,8 @@ const ADMIN_POLL_MS = 250;
 const LOOKUP_CHECK_MS = 2_000;
 /** How often aggregated refusal counts reach the audit log. */
 const REFUSAL_FLUSH_MS = 5_000;
+/** How often the WAL is folded into the database and truncated, when anything was written. */
+const CHECKPOINT_MS = 10_000;
 
 /** State, lease rules and the lookup type of a config: what server, admin commands and sweep share. */
 export interface Core {
@@ -163,6 +165,20 @@ async function serve(
   const intervals = [
     setInterval(pruneAudit, 3_600_000),
     setInterval(() => refusals.flush(), REFUSAL_FLUSH_MS),
+    (() => {
+      let written = -1;
+      return setInterval(() => {
+        // total_changes counts this connection's writes: checkpoint only after some.
+        const n = store.totalChanges();
+        if (n === written) return;
+        written = n;
+        try {
+          store.checkpoint();
+        } catch (err) {
+          log.warn(`state checkpoint failed: ${(err as Error).message}`);
+        }
+      }, CHECKPOINT_MS);
+    })(),
     // Admin commands change state from another process: reload the index and publish.
     (() => {
       let dataVersion = store.dataVersion();
