@@ -12,6 +12,15 @@ export interface Refusal {
   source: Ip | null;
 }
 
+/** This minute's budget: rows written, refusals beyond the cap, and the row that counts them. */
+interface Minute {
+  start: number;
+  rows: number;
+  over: number;
+  sources: Set<string>;
+  summary: Burst | null;
+}
+
 interface Burst {
   id: number;
   count: number;
@@ -23,13 +32,13 @@ interface Burst {
  * The audit log of refusals, bounded: refusals with the same reason from
  * the same source (IPv6: the same /64) and client share one row while they
  * keep coming (a burst), with a count; at most `perMinute` new rows a
- * minute, beyond which only a counter grows and one summary row per minute
- * says how many went unrecorded. A flood from rotating sources costs at most
+ * minute, beyond which only counters grow, in one summary row per minute
+ * that says how many went unrecorded and from how many sources. A flood from rotating sources costs at most
  * perMinute + 1 rows a minute.
  */
 export class RefusalLog {
   private readonly bursts = new Map<string, Burst>();
-  private minute = { start: 0, rows: 0, over: 0, sources: new Set<string>() };
+  private minute: Minute = { start: 0, rows: 0, over: 0, sources: new Set(), summary: null };
 
   constructor(
     private readonly store: StateStore,
@@ -53,8 +62,7 @@ export class RefusalLog {
     // The ended burst's last refusals reach its row before a new burst replaces it.
     if (burst) this.write(burst);
     if (this.minute.rows >= this.perMinute) {
-      this.minute.over++;
-      this.minute.sources.add(source);
+      this.overCap(source, now);
       return;
     }
     try {
@@ -72,6 +80,7 @@ export class RefusalLog {
     const now = this.clock.now();
     this.rollMinute(now);
     try {
+      this.writeSummary();
       for (const [key, b] of this.bursts) {
         this.write(b);
         if (now - b.last >= this.burstGapMs) this.bursts.delete(key);
@@ -87,16 +96,39 @@ export class RefusalLog {
     b.flushed = b.count;
   }
 
-  private rollMinute(now: number): void {
-    if (now - this.minute.start < 60_000) return;
+  /** Counts a refusal beyond the cap in the minute's summary row (written once, its count kept current by flush). */
+  private overCap(source: string, now: number): void {
     const m = this.minute;
-    this.minute = { start: now, rows: 0, over: 0, sources: new Set() };
-    if (m.over === 0) return;
-    log.warn(`refused ${m.over} more requests from ${m.sources.size} sources in one minute; audit rows are capped at ${this.perMinute} a minute`);
+    m.over++;
+    m.sources.add(source);
+    if (m.summary) {
+      m.summary.count = m.over;
+      m.summary.last = now;
+      return;
+    }
+    log.warn(`refusals: over the audit cap of ${this.perMinute} rows a minute; counting the rest in one row`);
     try {
-      this.store.audit({ ts: now, event: "refuse", client: null, ip: null, source: null, detail: `unrecorded: over the audit cap of ${this.perMinute} rows a minute, from ${m.sources.size} sources`, count: m.over });
+      const id = this.store.audit({ ts: now, event: "refuse", client: null, ip: null, source: null, detail: this.summaryText(), count: 1 });
+      m.summary = { id, count: 1, flushed: 1, last: now };
     } catch (err) {
       log.error(`cannot record refusal summary in the audit log: ${(err as Error).message}`);
     }
+  }
+
+  private summaryText(): string {
+    return `unrecorded: over the audit cap of ${this.perMinute} rows a minute, from ${this.minute.sources.size} sources`;
+  }
+
+  private rollMinute(now: number): void {
+    if (now - this.minute.start < 60_000) return;
+    this.writeSummary();
+    this.minute = { start: now, rows: 0, over: 0, sources: new Set(), summary: null };
+  }
+
+  private writeSummary(): void {
+    const b = this.minute.summary;
+    if (!b || b.count === b.flushed) return;
+    this.store.setAuditCount(b.id, b.count, this.summaryText());
+    b.flushed = b.count;
   }
 }

@@ -11,6 +11,7 @@ import { lookupTypeOf, type Lookup, type LookupType } from "./lookups/index.ts";
 import { Metrics } from "./metrics.ts";
 import { RefusalLog } from "./refusals.ts";
 import { ExpiryTimer } from "./runtime/expiry.ts";
+import { planReload } from "./runtime/reload.ts";
 import { Retrier } from "./runtime/retry.ts";
 import { writeStatus, type ServerStatus } from "./runtime/status.ts";
 import { realTimers, type Timers } from "./runtime/timers.ts";
@@ -24,6 +25,8 @@ const ADMIN_POLL_MS = 250;
 const LOOKUP_CHECK_MS = 2_000;
 /** How often aggregated refusal counts reach the audit log. */
 const REFUSAL_FLUSH_MS = 5_000;
+/** How often the WAL is folded into the database and truncated, when anything was written. */
+const CHECKPOINT_MS = 10_000;
 
 /** State, lease rules and the lookup type of a config: what server, admin commands and sweep share. */
 export interface Core {
@@ -163,6 +166,20 @@ async function serve(
   const intervals = [
     setInterval(pruneAudit, 3_600_000),
     setInterval(() => refusals.flush(), REFUSAL_FLUSH_MS),
+    (() => {
+      let written = -1;
+      return setInterval(() => {
+        // total_changes counts this connection's writes: checkpoint only after some.
+        const n = store.totalChanges();
+        if (n === written) return;
+        written = n;
+        try {
+          store.checkpoint();
+        } catch (err) {
+          log.warn(`state checkpoint failed: ${(err as Error).message}`);
+        }
+      }, CHECKPOINT_MS);
+    })(),
     // Admin commands change state from another process: reload the index and publish.
     (() => {
       let dataVersion = store.dataVersion();
@@ -254,17 +271,8 @@ async function serve(
       log.error(`reload failed, keeping the running configuration: ${(err as Error).message}`);
       return;
     }
-    for (const [key, a, b] of [
-      ["listen", JSON.stringify(config.listen), JSON.stringify(next.listen)],
-      ["state_dir", config.stateDir, next.stateDir],
-      ["map", config.map, next.map],
-      ["map_type", config.mapType ?? "", next.mapType ?? ""],
-      ["postmap", config.postmap ?? "", next.postmap ?? ""],
-      ["lookup", config.lookup, next.lookup],
-      ["policy_socket", config.policySocket, next.policySocket],
-    ] as const) {
-      if (a !== b) log.warn(`reload: ${key} changed; restart the server for it to take effect`);
-    }
+    const plan = planReload(config, next);
+    for (const w of plan.warnings) log.warn(w);
     if (nextCert.certPem !== cert.certPem) {
       const previous = { cert, listener };
       cert = nextCert;
@@ -284,7 +292,7 @@ async function serve(
         pinChangedAt = new Date().toISOString();
       } else log.info("reload: certificate renewed, pin unchanged");
     }
-    config = { ...next, listen: config.listen, stateDir: config.stateDir, map: config.map, mapType: config.mapType, postmap: config.postmap, lookup: config.lookup, policySocket: config.policySocket };
+    config = plan.config;
     core.config = config;
     renewals = new RenewalLimiter(config.renewalsPerMinute);
     setLogFormat(config.logFormat);

@@ -133,9 +133,23 @@ export class StateStore {
     });
   }
 
+  /**
+   * Copies the WAL into the database and truncates it to zero bytes: run
+   * while the server is quiet, so state_dir does not keep the WAL's peak
+   * size (journal_size_limit caps it in between).
+   */
+  checkpoint(): void {
+    this.db.exec("PRAGMA wal_checkpoint(TRUNCATE)");
+  }
+
   /** Runs fn in one IMMEDIATE transaction (writers queue instead of failing mid-way). */
   tx<T>(fn: () => T): T {
     return this.db.transaction(fn).immediate();
+  }
+
+  /** How many rows this connection has changed since it opened. */
+  totalChanges(): number {
+    return (this.db.query("SELECT total_changes() AS n").get() as { n: number }).n;
   }
 
   /** A counter that changes whenever another process commits (admin commands). */
@@ -213,9 +227,9 @@ export class StateStore {
     );
   }
 
-  /** Sets the count and time of the last occurrence of an aggregated audit entry. */
-  setAuditCount(id: number, count: number): void {
-    this.db.query("UPDATE audit SET count = ? WHERE id = ?").run(count, id);
+  /** Sets the count (and, for summaries, the text) of an aggregated audit entry. */
+  setAuditCount(id: number, count: number, detail?: string): void {
+    this.db.query("UPDATE audit SET count = ?, detail = COALESCE(?, detail) WHERE id = ?").run(count, detail ?? null, id);
   }
 
   auditLog(filter: { client?: string; since?: number; limit?: number } = {}): AuditRow[] {
