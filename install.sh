@@ -27,6 +27,7 @@ SERVER_CONFIG=$CONF_DIR/server.toml
 CLIENT_CONFIG=$CONF_DIR/client.toml
 DEFAULT_STATE_DIR=/var/lib/relayctl
 DEFAULT_MAP=/etc/postfix/relayctl/clients
+DEFAULT_POLICY_SOCKET=/var/spool/postfix/relayctl/policy
 DEFAULT_LISTEN='[::]:8443'
 UNIT_DIR=/etc/systemd/system
 MAN_PAGE=/usr/local/share/man/man1/relayctl.1
@@ -208,11 +209,13 @@ ensure_user() {
 	say "created system user $SERVICE_USER"
 }
 
+# Generated from src/lib/schema.ts (renderServerSkeleton); a test keeps the two equal.
 write_server_skeleton() {
 	cat <<'EOF'
 # relayctl server configuration (TOML). Every key is optional: the commented
-# values are the defaults. After changing listen, state_dir or map, re-run
-# `install.sh server` so the systemd unit's sandbox and capabilities follow.
+# values are the defaults. After changing listen, state_dir, map or
+# policy_socket, re-run `install.sh server` so the systemd unit's sandbox follows.
+# Generated from src/lib/schema.ts; docs/configuration.md has the same table.
 
 # Address and port of the HTTPS lease server; "[::]:8443" is dual-stack.
 #listen = "[::]:8443"
@@ -221,27 +224,39 @@ write_server_skeleton() {
 # Default: https://HOSTNAME:PORT.
 #public_url = "https://mail.example.org:8443"
 
-# Leases, tokens and the self-signed certificate (when tls_cert is unset).
+# Leases, tokens, the audit log and the self-signed certificate (when tls_cert is unset).
 #state_dir = "/var/lib/relayctl"
 
-# Certificate and key to serve instead of the self-signed pair (both or neither);
-# they must be readable by the relayctl user.
+# Certificate to serve instead of the self-signed one (set with tls_key); readable by the relayctl user.
 #tls_cert = "/etc/relayctl/tls/fullchain.pem"
+
+# Key of tls_cert.
 #tls_key = "/etc/relayctl/tls/privkey.pem"
 
-# The Postfix lookup table relayctl keeps; its directory must be writable by relayctl.
+# How Postfix asks: "map" (a postmap table) or "policy" (the policy-delegation socket; exact IPv6 matching and prefix leases).
+#lookup = "map"
+
+# The policy socket (lookup = "policy"): inside Postfix's queue directory, never TCP.
+#policy_socket = "/var/spool/postfix/relayctl/policy"
+
+# The Postfix lookup table relayctl keeps (lookup = "map"); its directory must be writable by relayctl.
 #map = "/etc/postfix/relayctl/clients"
 
-# Table type (hash, lmdb, btree, cdb). Default: Postfix's default_database_type.
+# Table type: hash, lmdb, btree or cdb.
+# Default: Postfix's default_database_type.
 #map_type = "lmdb"
 
-# Default lease lifetime; clients renew every 4 minutes.
+# Default lease lifetime (10s to 400d); clients renew every 4 minutes.
 #ttl = "20m"
 
-# postmap to run. Default: found on PATH or in /usr/sbin.
+# Prefix length of IPv6 leases (48-128); below 128 needs lookup = "policy". 64 covers a LAN with its privacy addresses.
+#ipv6_prefix = 128
+
+# postmap to run.
+# Default: found on PATH or in /usr/sbin.
 #postmap = "/usr/sbin/postmap"
 
-# How long one postmap run may take before it is abandoned.
+# How long one postmap run may take before it is abandoned (1s to 5m).
 #postmap_timeout = "10s"
 
 # Renewals one client may make per minute (0: no limit); a runaway loop is refused.
@@ -253,11 +268,13 @@ write_server_skeleton() {
 # Who may read GET /metrics besides loopback (addresses or CIDR networks).
 #metrics_allow = ["192.0.2.10"]
 
-# Log lines: "text" (level: message) or "json" (one object per line); level error, warn, info or debug.
+# Log lines: "text" (level: message) or "json" (one object per line).
 #log_format = "text"
+
+# error, warn, info or debug.
 #log_level = "info"
 
-# How long the audit log (relayctl server log) keeps entries.
+# How long the audit log (relayctl server log) keeps entries (1s to 3650d).
 #audit_retention = "90d"
 EOF
 }
@@ -309,9 +326,9 @@ SystemCallArchitectures=native
 EOF
 }
 
-# render_server_unit STATE_DIR MAP_DIR PORT
+# render_server_unit WRITABLE_DIRS PORT
 render_server_unit() {
-	if [ "$3" -lt 1024 ]; then
+	if [ "$2" -lt 1024 ]; then
 		caps='# Port below 1024: the one capability needed to bind it, nothing else.
 CapabilityBoundingSet=CAP_NET_BIND_SERVICE
 AmbientCapabilities=CAP_NET_BIND_SERVICE'
@@ -343,7 +360,7 @@ RestartSec=5s
 
 # The whole file system is read-only except the state and the map's directory
 # (postmap writes the indexed table next to the map).
-ReadWritePaths=$1 $2
+ReadWritePaths=$1
 $(hardening)
 # AF_UNIX for syslog from postmap; no raw, netlink or packet sockets.
 RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
@@ -356,7 +373,7 @@ Also=relayctl-sweep.timer
 EOF
 }
 
-# render_sweep_service STATE_DIR MAP_DIR: the same user and sandbox as relayctl.service,
+# render_sweep_service WRITABLE_DIRS: the same user and sandbox as relayctl.service,
 # because the sweep writes the same state and map.
 render_sweep_service() {
 	cat <<EOF
@@ -374,7 +391,7 @@ Group=$SERVICE_USER
 ExecStart=$BIN server sweep --config $SERVER_CONFIG
 # A hung run must end before the next tick.
 TimeoutStartSec=50s
-ReadWritePaths=$1 $2
+ReadWritePaths=$1
 $(hardening)
 RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
 CapabilityBoundingSet=
@@ -444,11 +461,11 @@ WantedBy=timers.target
 EOF
 }
 
-# write_units DIR STATE_DIR MAP_DIR PORT KIND(server|client)
+# write_units DIR WRITABLE_DIRS PORT KIND(server|client)
 write_units() {
-	if [ "$5" = server ]; then
-		render_server_unit "$2" "$3" "$4" | put_file "$1/relayctl.service" 0644
-		render_sweep_service "$2" "$3" | put_file "$1/relayctl-sweep.service" 0644
+	if [ "$4" = server ]; then
+		render_server_unit "$2" "$3" | put_file "$1/relayctl.service" 0644
+		render_sweep_service "$2" | put_file "$1/relayctl-sweep.service" 0644
 		render_sweep_timer | put_file "$1/relayctl-sweep.timer" 0644
 	else
 		render_client_service | put_file "$1/relayctl-client.service" 0644
@@ -517,6 +534,16 @@ print_postfix_steps() {
 	say "       postconf -e \"smtpd_relay_restrictions = check_client_access $table, ${relay:-reject_unauth_destination}\""
 }
 
+# print_policy_steps SOCKET: the check_policy_service line for lookup = "policy", with the
+# socket named relative to the queue directory, as smtpd (chrooted there) sees it.
+print_policy_steps() {
+	queue=/var/spool/postfix
+	if [ -z "$DESTDIR" ] && command -v postconf >/dev/null 2>&1; then queue=$(postconf -h queue_directory 2>/dev/null || echo "$queue"); fi
+	name=${1#"$queue"/}
+	say "  2. Hook the policy service into Postfix (relayctl doctor checks it), then run \`postfix reload\`:"
+	say "       postconf -e 'smtpd_relay_restrictions = permit_mynetworks, permit_sasl_authenticated, permit_auth_destination, check_policy_service { unix:$name, timeout=5s }, reject_unauth_destination'"
+}
+
 install_server() {
 	state_dir=$(toml_get "$DESTDIR$SERVER_CONFIG" state_dir)
 	state_dir=${state_dir:-$DEFAULT_STATE_DIR}
@@ -527,6 +554,14 @@ install_server() {
 	port=${listen:-$DEFAULT_LISTEN}
 	port=${port##*:}
 	case $port in '' | *[!0-9]*) die "$SERVER_CONFIG: cannot read the port of listen = \"$listen\"" ;; esac
+	# With lookup = "policy" the server also writes its socket's directory.
+	writable="$state_dir $map_dir"
+	policy_dir=
+	if [ "$(toml_get "$DESTDIR$SERVER_CONFIG" lookup)" = policy ]; then
+		policy_socket=$(toml_get "$DESTDIR$SERVER_CONFIG" policy_socket)
+		policy_dir=$(dirname "${policy_socket:-$DEFAULT_POLICY_SOCKET}")
+		writable="$writable $policy_dir"
+	fi
 
 	install_binary
 	ensure_user
@@ -539,9 +574,17 @@ install_server() {
 		warn "$map_dir exists and is not relayctl's own: make sure the $SERVICE_USER user can write it"
 	fi
 	install_config "$SERVER_CONFIG" 0640 "root:$SERVICE_USER" write_server_skeleton
+	if [ -n "$policy_dir" ]; then
+		# Group postfix and setgid, so smtpd (group postfix) may connect to the socket the server makes.
+		if [ -n "$DESTDIR" ] || getent group postfix >/dev/null 2>&1; then
+			make_dir "$policy_dir" 2750 "$SERVICE_USER:postfix"
+		else
+			warn "no postfix group: create $policy_dir (owner $SERVICE_USER, group postfix, mode 2750) once Postfix is installed"
+		fi
+	fi
 
 	if use_systemd; then
-		write_units "$DESTDIR$UNIT_DIR" "$state_dir" "$map_dir" "$port" server
+		write_units "$DESTDIR$UNIT_DIR" "$writable" "$port" server
 		say "installed $DESTDIR$UNIT_DIR/relayctl.service, relayctl-sweep.service and relayctl-sweep.timer"
 		if can_systemctl; then
 			systemctl daemon-reload
@@ -560,7 +603,7 @@ install_server() {
 	say ""
 	say "Next steps:"
 	say "  1. Review $SERVER_CONFIG (public_url above all), then: systemctl restart relayctl"
-	print_postfix_steps "$map"
+	if [ -n "$policy_dir" ]; then print_policy_steps "${policy_socket:-$DEFAULT_POLICY_SOCKET}"; else print_postfix_steps "$map"; fi
 	say "  3. Open TCP port $port to the dynamic hosts."
 	say "  4. For each host: relayctl server add NAME, and run the printed line on that host"
 	say "     after installing relayctl there with \`install.sh client\`."
@@ -592,7 +635,7 @@ install_client() {
 	install_config "$CLIENT_CONFIG" 0600 root:root write_client_skeleton
 
 	if use_systemd; then
-		write_units "$DESTDIR$UNIT_DIR" "" "" 0 client
+		write_units "$DESTDIR$UNIT_DIR" "" 0 client
 		say "installed $DESTDIR$UNIT_DIR/relayctl-client.service and relayctl-client.timer"
 		if can_systemctl; then
 			systemctl daemon-reload
@@ -715,12 +758,12 @@ uninstall() {
 		return 0
 	fi
 	# Paths set in server.toml are never deleted: a typo there must not become rm -rf.
-	for path in state_dir map; do
+	for path in state_dir map policy_socket; do
 		v=$(toml_get "$DESTDIR$SERVER_CONFIG" "$path")
 		[ -z "$v" ] || say "note: $SERVER_CONFIG sets $path = $v; remove it yourself if no longer needed"
 	done
-	rm -rf "$DESTDIR$CONF_DIR" "$DESTDIR$DEFAULT_STATE_DIR" "$DESTDIR$(dirname "$DEFAULT_MAP")"
-	say "removed $DESTDIR$CONF_DIR, $DESTDIR$DEFAULT_STATE_DIR and $DESTDIR$(dirname "$DEFAULT_MAP")"
+	rm -rf "$DESTDIR$CONF_DIR" "$DESTDIR$DEFAULT_STATE_DIR" "$DESTDIR$(dirname "$DEFAULT_MAP")" "$DESTDIR$(dirname "$DEFAULT_POLICY_SOCKET")"
+	say "removed $DESTDIR$CONF_DIR, $DESTDIR$DEFAULT_STATE_DIR, $DESTDIR$(dirname "$DEFAULT_MAP") and $DESTDIR$(dirname "$DEFAULT_POLICY_SOCKET")"
 	if [ -z "$DESTDIR" ] && id "$SERVICE_USER" >/dev/null 2>&1; then
 		if command -v userdel >/dev/null 2>&1; then userdel "$SERVICE_USER"; else deluser "$SERVICE_USER"; fi
 		say "removed user $SERVICE_USER"
@@ -738,8 +781,8 @@ main() {
 	units)
 		[ -n "${2:-}" ] || die "units: which directory?"
 		BIN=${3:-$BIN}
-		write_units "$2" "$DEFAULT_STATE_DIR" "$(dirname "$DEFAULT_MAP")" "${DEFAULT_LISTEN##*:}" server
-		write_units "$2" "" "" 0 client
+		write_units "$2" "$DEFAULT_STATE_DIR $(dirname "$DEFAULT_MAP")" "${DEFAULT_LISTEN##*:}" server
+		write_units "$2" "" 0 client
 		;;
 	skeleton)
 		case ${2:-} in

@@ -15,6 +15,7 @@ import { chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, re
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { loadServerConfig } from "../../src/lib/config.ts";
+import { renderServerSkeleton } from "../../src/lib/schema.ts";
 
 const REPO = join(import.meta.dir, "..", "..");
 const INSTALL_SH = join(REPO, "install.sh");
@@ -236,6 +237,26 @@ describe("install.sh server", () => {
     expect(existsSync(join(root, "etc/cron.d/relayctl"))).toBe(false);
   });
 
+  test("the skeleton is the schema's, word for word", () => {
+    const r = runInstall(freshDir("skeleton-print"), ["skeleton", "server"]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toBe(renderServerSkeleton());
+  });
+
+  test('lookup = "policy": the socket directory is made (group postfix, setgid) and the units may write it', () => {
+    const root = freshDir("policy");
+    mkdirSync(join(root, "etc/relayctl"), { recursive: true });
+    writeFileSync(join(root, "etc/relayctl/server.toml"), 'lookup = "policy"\n');
+    const r = runInstall(root, ["server"]);
+    expect(r.code).toBe(0);
+    expect(mode(join(root, "var/spool/postfix/relayctl"))).toBe("2750");
+    for (const u of ["relayctl.service", "relayctl-sweep.service"]) {
+      expect(readFileSync(join(root, "etc/systemd/system", u), "utf8")).toContain("ReadWritePaths=/var/lib/relayctl /etc/postfix/relayctl /var/spool/postfix/relayctl\n");
+    }
+    expect(r.stdout).toContain("check_policy_service { unix:relayctl/policy, timeout=5s }");
+    expect(r.stdout).not.toContain("mynetworks =");
+  });
+
   test("the skeleton's keys and example values are ones the server accepts", () => {
     const root = freshDir("skeleton");
     expect(runInstall(root, ["server"]).code).toBe(0);
@@ -244,7 +265,7 @@ describe("install.sh server", () => {
     writeFileSync(asIs, skeleton);
     expect(loadServerConfig(asIs).listen).toEqual({ host: "::", port: 8443 });
     const uncommented = join(root, "uncommented.toml");
-    writeFileSync(uncommented, skeleton.replace(/^#([a-z_]+ = )/gm, "$1"));
+    writeFileSync(uncommented, skeleton.replace(/^#([a-z0-9_]+ = )/gm, "$1"));
     const c = loadServerConfig(uncommented);
     expect(c.map).toBe("/etc/postfix/relayctl/clients");
     expect(c.stateDir).toBe("/var/lib/relayctl");
@@ -265,7 +286,7 @@ describe("install.sh server", () => {
     expect(known.length).toBeGreaterThan(5);
     const root = freshDir("keys-root");
     expect(runInstall(root, ["server"]).code).toBe(0);
-    const documented = [...readFileSync(join(root, "etc/relayctl/server.toml"), "utf8").matchAll(/^#([a-z_]+) = /gm)].map((m) => m[1]);
+    const documented = [...readFileSync(join(root, "etc/relayctl/server.toml"), "utf8").matchAll(/^#([a-z0-9_]+) = /gm)].map((m) => m[1]);
     expect(documented.sort()).toEqual(known.sort());
   });
 
