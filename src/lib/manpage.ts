@@ -52,6 +52,9 @@ export function renderManPage(root: CommandNode, opts: { version: string; date: 
   const commands = allCommands(root).slice(1);
   const out = [
     `.TH RELAYCTL 1 "${date}" "relayctl ${roff(opts.version)}" "User Commands"`,
+    // No hyphenation or justification: flags and paths must read as typed.
+    ".nh",
+    ".ad l",
     ".SH NAME",
     `relayctl \\- ${roff(root.description.replace(/^./, (c) => c.toLowerCase()))}`,
     ".SH SYNOPSIS",

@@ -11,7 +11,7 @@ const page = renderManPage(await commandTree(main), { version: "1.2.3", date: ne
 
 describe("man page", () => {
   test("has the sections a man page needs, dated and versioned as asked", () => {
-    expect(page).toStartWith('.TH RELAYCTL 1 "2026-01-02" "relayctl 1.2.3" "User Commands"\n.SH NAME\nrelayctl \\- let hosts');
+    expect(page).toStartWith('.TH RELAYCTL 1 "2026-01-02" "relayctl 1.2.3" "User Commands"\n.nh\n.ad l\n.SH NAME\nrelayctl \\- let hosts');
     for (const s of ["SYNOPSIS", "DESCRIPTION", "COMMANDS", '"EXIT STATUS"', "FILES", "ENVIRONMENT", '"SEE ALSO"']) expect(page).toContain(`\n.SH ${s}\n`);
     for (const code of [0, 1, 2, 3]) expect(page).toContain(`.TP\n\\fB${code}\\fR\n`);
     expect(page).toContain("\\fBNO_COLOR\\fR");
