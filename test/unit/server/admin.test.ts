@@ -33,6 +33,17 @@ function withStore<T>(stateDir: string, fn: (s: StateStore) => T): T {
 }
 
 describe("addClient", () => {
+  test("--dyndns without --ttl stores a 26h ttl; with --ttl that one; without --dyndns the server default", async () => {
+    const s = setup();
+    const d = await addClient({ configPath: s.configPath, name: "router", dyndns: true });
+    const t = await addClient({ configPath: s.configPath, name: "nas", dyndns: true, ttl: 3 * 86400 });
+    const plain = await addClient({ configPath: s.configPath, name: "office" });
+    expect([d.ttl, t.ttl, plain.ttl]).toEqual([26 * 3600, 3 * 86400, null]);
+    expect(withStore(s.stateDir, (st) => ["router", "nas", "office"].map((n) => st.getClient(n)!.ttl))).toEqual([93600, 259200, null]);
+    expect(d.cert).toEqual({ path: join(s.stateDir, "tls", "cert.pem"), pin: d.pin, generated: true });
+    expect(d.pin).toBe(certificatePin(readFileSync(d.cert.path, "utf8")));
+  });
+
   test("prints the enrollment line with a working token and the certificate's pin", async () => {
     const s = setup();
     const r = await addClient({ configPath: s.configPath, name: "office" });
