@@ -1,3 +1,10 @@
+/**
+ * The dyndns2 front door, `GET|POST /nic/update`: routers, NAS boxes,
+ * ddclient and inadyn renew leases with the protocol they already speak.
+ * It only translates; the lease service decides. Answers are the words
+ * the "Routers and NAS boxes" docs tabulate, chosen for what the real
+ * clients do with them.
+ */
 import type { Server } from "bun";
 import { parseIp, type Ip } from "../../lib/ip.ts";
 import { log } from "../../lib/logging.ts";
@@ -6,14 +13,6 @@ import type { RenewEvent } from "../leases.ts";
 import type { ClientRow } from "../state.ts";
 import { basic, type Credential } from "../tokens.ts";
 import { HttpError, isStateError, mediaType, readBody } from "./api.ts";
-
-/**
- * The dyndns2 front door, `GET|POST /nic/update`: routers, NAS boxes,
- * ddclient and inadyn renew leases with the protocol they already speak.
- * It only translates; the lease service decides. Answers are the words
- * README's "Routers and NAS boxes" table lists, chosen for what the real
- * clients do with them.
- */
 
 /** The Basic challenge: GNU wget and OpenWrt's uclient send credentials only after it. */
 export const CHALLENGE = 'Basic realm="relayctl"';
