@@ -83,11 +83,12 @@ export function renderDyndnsEnrollment(name: string, a: Pick<Added, "token" | "t
   return lines.join("\n");
 }
 
-/** `server rotate`: prints a new enrollment line; the old token stops working at once. */
-export async function runServerRotate(opts: { config?: string; name: string }): Promise<string> {
-  const { line } = await rotateToken({ configPath: opts.config, name: opts.name });
-  console.log(line);
-  return line;
+/** `server rotate`: prints a new enrollment line (with --dyndns what a router's form needs); the old token stops working at once. */
+export async function runServerRotate(opts: { config?: string; name: string; dyndns?: boolean }): Promise<string> {
+  const rotated = await rotateToken({ configPath: opts.config, name: opts.name });
+  const out = opts.dyndns ? renderDyndnsEnrollment(opts.name, rotated) : rotated.line;
+  console.log(out);
+  return out;
 }
 
 function inWords(ms: number): string {
@@ -212,8 +213,12 @@ const list = defineCommand({
 
 const rotate = defineCommand({
   meta: { name: "rotate", description: "Give a client a new token and print its new enrollment line" },
-  args: { ...common, name: { type: "positional", required: true, description: "client name" } },
-  run: ({ args }) => runServerRotate({ config: args.config, name: args.name }).then(() => undefined),
+  args: {
+    ...common,
+    name: { type: "positional", required: true, description: "client name" },
+    dyndns: { type: "boolean", description: "a router or NAS: print what its form needs (the token is its new password) instead of the enroll line" },
+  },
+  run: ({ args }) => runServerRotate({ config: args.config, name: args.name, dyndns: args.dyndns }).then(() => undefined),
 });
 
 const revoke = defineCommand({

@@ -77,7 +77,7 @@ function parseAllow(entries: string[]): string[] {
   });
 }
 
-/** What `server add` made: the enrollment line and its parts, the client's ttl and the certificate to trust. */
+/** What `server add` or `server rotate` made: the enrollment line and its parts, the client's ttl and the certificate to trust. */
 export interface Added {
   line: string;
   token: string;
@@ -117,18 +117,19 @@ export async function addClient(opts: { configPath?: string; name: string; ttl?:
  * Gives a client a new token: the old one is refused from the next request
  * on, while the current lease stays until the client re-enrolls and renews.
  */
-export async function rotateToken(opts: { configPath?: string; name: string }): Promise<{ line: string; token: string; pin: string }> {
+export async function rotateToken(opts: { configPath?: string; name: string }): Promise<Added> {
   const config = loadServerConfig(opts.configPath);
   const name = validateName(opts.name);
   const t = newToken();
-  const { line, pin } = await enrollmentLine(config, name, t.token);
-  withStore(config, (store) =>
+  const { line, pin, cert } = await enrollmentLine(config, name, t.token);
+  const ttl = withStore(config, (store) =>
     store.tx(() => {
       if (!store.setToken(name, t.tokenId, t.hash)) throw usageError(`no client named ${name}`, "see relayctl server list");
       store.audit({ ts: Date.now(), event: "rotate", client: name, ip: null, source: null, detail: null });
+      return store.getClient(name)!.ttl;
     }),
   );
-  return { line, token: t.token, pin };
+  return { line, token: t.token, pin, ttl, cert, publicUrl: config.publicUrl };
 }
 
 /** Lists clients and their current leases. */

@@ -102,6 +102,15 @@ describe("addClient", () => {
 });
 
 describe("rotateToken", () => {
+  test("gives what --dyndns prints: the client's own ttl, the certificate and the public URL", async () => {
+    const s = setup();
+    const added = await addClient({ configPath: s.configPath, name: "router", dyndns: true });
+    const r = await rotateToken({ configPath: s.configPath, name: "router" });
+    expect({ ttl: r.ttl, cert: r.cert, publicUrl: r.publicUrl }).toEqual({ ttl: 26 * 3600, cert: added.cert, publicUrl: "https://127.0.0.1:8443" });
+    await addClient({ configPath: s.configPath, name: "office" });
+    expect((await rotateToken({ configPath: s.configPath, name: "office" })).ttl).toBeNull();
+  });
+
   test("the new token works, the old one is refused, the lease stays and the rotation is audited", async () => {
     const s = setup();
     const first = await addClient({ configPath: s.configPath, name: "office" });
