@@ -3,35 +3,10 @@
  * with the same certificate, and start-up (`relayctl --version` vs
  * `bun --version`), both measured with hyperfine in the same run.
  */
-import { X509Certificate, createHash } from "node:crypto";
-import { readFileSync, writeFileSync } from "node:fs";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { run } from "../test/e2e/harness.ts";
-import { addClient, BUN, enrollClient, fileSizeMb, mmm, median, plainArgv, postLease, ratio, RELAYCTL, scratch, startServer, toolPath, writeServerConfig, type Row } from "./lib.ts";
-
-interface HfResult {
-  command: string;
-  median: number;
-  mean: number;
-  user: number;
-  system: number;
-  times: number[];
-}
-
-/** Runs hyperfine (no shell: -N) over commands; returns per-command results in order. */
-async function hyperfine(cmds: string[][], runs: number, warmup: number, dir: string): Promise<HfResult[]> {
-  const out = join(dir, `hf-${Math.random().toString(16).slice(2)}.json`);
-  const argv = [toolPath("hyperfine"), "-N", "--style", "none", "--warmup", String(warmup), "--runs", String(runs), "--export-json", out, ...cmds.map(plainArgv)];
-  const r = await run(argv, { timeoutMs: 120_000 });
-  if (r.code !== 0) throw new Error(`hyperfine failed: ${r.stderr}${r.stdout}`);
-  return (JSON.parse(readFileSync(out, "utf8")) as { results: HfResult[] }).results;
-}
-
-/** SPKI sha256 in curl's --pinnedpubkey form. */
-function spkiPin(certPem: string): string {
-  const spki = new X509Certificate(certPem).publicKey.export({ type: "spki", format: "der" });
-  return `sha256//${createHash("sha256").update(spki).digest("base64")}`;
-}
+import { addClient, BUN, enrollClient, fileSizeMb, hyperfine, mmm, median, postLease, ratio, RELAYCTL, scratch, spkiPin, startServer, toolPath, writeServerConfig, type Row } from "./lib.ts";
 
 export async function benchClient(o: { rounds: number; runsPerRound: number }): Promise<{ rows: Row[]; details: string[] }> {
   const dir = scratch("client");

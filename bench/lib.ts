@@ -6,6 +6,7 @@
  * Safety: servers listen on 127.0.0.1 only; the Postfix part (postfix.ts) uses
  * the e2e harness, which only uses 198.18.0.0/24 inside namespaces it creates.
  */
+import { X509Certificate, createHash } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -363,4 +364,32 @@ export function plainArgv(argv: string[]): string {
     if (!/^[A-Za-z0-9@%+=:,./_-]+$/.test(a)) throw new Error(`argument not safe to hand to hyperfine: ${a}`);
   }
   return argv.join(" ");
+}
+
+// ---------------------------------------------------------------------------
+// hyperfine and curl
+
+/** One command's result in hyperfine's --export-json (seconds). */
+export interface HfResult {
+  command: string;
+  median: number;
+  mean: number;
+  user: number;
+  system: number;
+  times: number[];
+}
+
+/** Runs hyperfine (no shell: -N) over commands; returns per-command results in order. */
+export async function hyperfine(cmds: string[][], runs: number, warmup: number, dir: string): Promise<HfResult[]> {
+  const out = join(dir, `hf-${Math.random().toString(16).slice(2)}.json`);
+  const argv = [toolPath("hyperfine"), "-N", "--style", "none", "--warmup", String(warmup), "--runs", String(runs), "--export-json", out, ...cmds.map(plainArgv)];
+  const r = await run(argv, { timeoutMs: 120_000 });
+  if (r.code !== 0) throw new Error(`hyperfine failed: ${r.stderr}${r.stdout}`);
+  return (JSON.parse(readFileSync(out, "utf8")) as { results: HfResult[] }).results;
+}
+
+/** SPKI sha256 in curl's --pinnedpubkey form. */
+export function spkiPin(certPem: string): string {
+  const spki = new X509Certificate(certPem).publicKey.export({ type: "spki", format: "der" });
+  return `sha256//${createHash("sha256").update(spki).digest("base64")}`;
 }

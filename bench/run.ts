@@ -10,6 +10,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { cpus, totalmem } from "node:os";
 import { join } from "node:path";
 import { benchClient } from "./client.ts";
+import { benchDyndns } from "./dyndns.ts";
 import { ensureTools, killAllTrackedSync, removeScratch, RELAYCTL, type Row } from "./lib.ts";
 import { benchBurst, benchRss, benchThroughput } from "./load.ts";
 import { benchMap } from "./map.ts";
@@ -60,6 +61,7 @@ async function main(): Promise<void> {
   };
 
   await section("client", () => benchClient({ rounds: quick ? 2 : 5, runsPerRound: quick ? 5 : 20 }));
+  await section("dyndns", () => benchDyndns({ rounds: quick ? 2 : 5, runsPerRound: quick ? 5 : 20 }));
   await section("postfix", () => benchPostfix({ trials: quick ? 3 : 10, expiring: quick ? 1 : 3 }));
   await section("map", () => benchMap({ sizes: [10_000, 100_000], types: ["hash", "lmdb"], runs: quick ? 2 : 5 }));
   let rss10kAfterLoadMb: number | undefined;
