@@ -14,6 +14,7 @@ import { ensureTools, killAllTrackedSync, removeScratch, RELAYCTL, type Row } fr
 import { benchBurst, benchRss, benchThroughput } from "./load.ts";
 import { benchMap } from "./map.ts";
 import { benchPostfix } from "./postfix.ts";
+import { benchPolicy, benchPostToOk } from "./policy.ts";
 import { existsSync } from "node:fs";
 
 const quick = process.env.BENCH_QUICK === "1";
@@ -68,6 +69,8 @@ async function main(): Promise<void> {
     rss10kAfterLoadMb = r.rss10kAfterLoadMb;
     return r;
   });
+  await section("policy", () => benchPolicy({ leases: 10_000, conns: [1, 50], seconds: quick ? 1 : 3, rounds: quick ? 1 : 3, maxAnswers: 2_000_000 }));
+  await section("post2ok", () => benchPostToOk({ leases: 10_000, runs: quick ? 20 : 200 }));
   await section("burst", () => benchBurst({ clients: 1000, rounds: quick ? 1 : 3 }));
   await section("rss", () => benchRss({ sizes: [0, 10_000, 100_000], limitMbAt10k: 100, rss10kAfterLoadMb }));
 
