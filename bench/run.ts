@@ -11,10 +11,11 @@ import { cpus, totalmem } from "node:os";
 import { join } from "node:path";
 import { benchClient } from "./client.ts";
 import { ensureTools, killAllTrackedSync, removeScratch, RELAYCTL, type Row } from "./lib.ts";
-import { benchBurst, benchRss, benchThroughput } from "./load.ts";
+import { benchBurst, benchRss, benchStateGrowth, benchThroughput } from "./load.ts";
 import { benchMap } from "./map.ts";
 import { benchPostfix } from "./postfix.ts";
 import { benchPolicy, benchPostToOk } from "./policy.ts";
+import { benchProfile } from "./profile.ts";
 import { existsSync } from "node:fs";
 
 const quick = process.env.BENCH_QUICK === "1";
@@ -49,14 +50,16 @@ async function main(): Promise<void> {
   await ensureTools(say);
   const rows: Row[] = [];
   const details: string[] = [];
+  const sections: string[] = [];
   const want = (name: string) => only.length === 0 || only.includes(name);
-  const section = async (name: string, fn: () => Promise<{ rows: Row[]; details: string[] }>) => {
+  const section = async (name: string, fn: () => Promise<{ rows: Row[]; details: string[]; sections?: string[] }>) => {
     if (!want(name)) return;
     const s0 = performance.now();
     say(`${name}...`);
     const r = await fn();
     rows.push(...r.rows);
     details.push(...r.details);
+    sections.push(...(r.sections ?? []));
     say(`${name} done in ${((performance.now() - s0) / 1000).toFixed(1)} s`);
   };
 
@@ -65,14 +68,16 @@ async function main(): Promise<void> {
   await section("map", () => benchMap({ sizes: [10_000, 100_000], types: ["hash", "lmdb"], runs: quick ? 2 : 5 }));
   let rss10kAfterLoadMb: number | undefined;
   await section("throughput", async () => {
-    const r = await benchThroughput({ leases: 10_000, conns: 50, seconds: quick ? 2 : 5, rounds: quick ? 1 : 3 });
+    const r = await benchThroughput({ leases: 10_000, conns: 50, seconds: quick ? 2 : 5, rounds: quick ? 1 : 3, mixClients: 1000 });
     rss10kAfterLoadMb = r.rss10kAfterLoadMb;
     return r;
   });
   await section("policy", () => benchPolicy({ leases: 10_000, conns: [1, 50], seconds: quick ? 1 : 3, rounds: quick ? 1 : 3, maxAnswers: 2_000_000 }));
   await section("post2ok", () => benchPostToOk({ leases: 10_000, runs: quick ? 20 : 200 }));
   await section("burst", () => benchBurst({ clients: 1000, rounds: quick ? 1 : 3 }));
-  await section("rss", () => benchRss({ sizes: [0, 10_000, 100_000], limitMbAt10k: 100, rss10kAfterLoadMb }));
+  await section("growth", () => benchStateGrowth({ leases: 10_000, renewals: quick ? 2_000 : 20_000, clients: 100, conc: 50 }));
+  await section("profile", () => benchProfile({ leases: 10_000, seconds: quick ? 1 : 3, n: quick ? 2_000 : 10_000, reps: quick ? 3 : 5 }));
+  await section("rss", () => benchRss({ sizes: [0, 10_000, 100_000], limitMbAt10k: 100, limitMbAt100k: 120, rss10kAfterLoadMb }));
 
   const total = (performance.now() - t0) / 1000;
   const version = readFileSync(join(import.meta.dir, "..", "package.json"), "utf8");
@@ -88,6 +93,8 @@ async function main(): Promise<void> {
     ...rows.map((r) => `| ${[r.figure, r.relayctl, r.baseline, r.ratio, r.target, r.verdict].map(esc).join(" | ")} |`),
     "",
     ...rows.filter((r) => r.note).map((r) => `- ${r.figure}: ${r.note}`),
+    "",
+    ...sections,
     "How each figure was measured:",
     "",
     ...details.map((d) => `- ${d}`),
