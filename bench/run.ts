@@ -4,7 +4,10 @@
  * Run with `npm run bench` (builds dist/relayctl first). Not part of npm test.
  *
  * Prints a Markdown table and writes it to bench/results.md.
- * BENCH_QUICK=1 shortens every section (for trying the bench, not for numbers).
+ * BENCH_QUICK=1 (npm run bench:quick) shortens every section (for trying the bench, not for numbers);
+ * BENCH_ONLY=policy,profile,... runs only the named sections.
+ * Sections: client, postfix, map, throughput (incl. 10 % address changes), policy,
+ * post2ok, burst, growth (state_dir over 20,000 renewals), profile (µs per stage), rss.
  */
 import { readFileSync, writeFileSync } from "node:fs";
 import { cpus, totalmem } from "node:os";
