@@ -79,7 +79,7 @@ async function main(): Promise<void> {
   await section("post2ok", () => benchPostToOk({ leases: 10_000, runs: quick ? 20 : 200 }));
   await section("burst", () => benchBurst({ clients: 1000, rounds: quick ? 1 : 3 }));
   await section("growth", () => benchStateGrowth({ leases: 10_000, renewals: quick ? 2_000 : 20_000, clients: 100, conc: 50 }));
-  await section("profile", () => benchProfile({ leases: 10_000, seconds: quick ? 1 : 3, n: quick ? 2_000 : 10_000, reps: quick ? 3 : 5 }));
+  await section("profile", () => benchProfile({ leases: 10_000, seconds: quick ? 1 : 3, n: quick ? 2_000 : 5_000, reps: quick ? 3 : 5 }));
   await section("rss", () => benchRss({ sizes: [0, 10_000, 100_000], limitMbAt10k: 100, limitMbAt100k: 120, rss10kAfterLoadMb }));
 
   const total = (performance.now() - t0) / 1000;
