@@ -48,6 +48,16 @@ function machine(): string {
   return `${cpus().length} cores (nproc), ${model}, ${(totalmem() / 2 ** 30).toFixed(1)} GiB`;
 }
 
+/** The 1-minute load average: other work on the machine skews every figure, so each run records it. */
+function loadavg(): string {
+  try {
+    return readFileSync("/proc/loadavg", "utf8").split(" ")[0]!;
+  } catch {
+    return "?";
+  }
+}
+const loadAtStart = loadavg();
+
 async function main(): Promise<void> {
   if (!existsSync(RELAYCTL)) throw new Error(`${RELAYCTL} missing: run npm run build (npm run bench does)`);
   await ensureTools(say);
@@ -88,7 +98,7 @@ async function main(): Promise<void> {
   const lines = [
     `relayctl ${JSON.parse(version).version} benchmark, ${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC`,
     "",
-    `Machine: ${machine()}; Bun ${Bun.version}; Linux ${readFileSync("/proc/sys/kernel/osrelease", "utf8").trim()}.`,
+    `Machine: ${machine()}; Bun ${Bun.version}; Linux ${readFileSync("/proc/sys/kernel/osrelease", "utf8").trim()}; 1-minute load average ${loadAtStart} at start, ${loadavg()} at the end (anything above ~0.3 at start means other work shared the cores).`,
     `Figures are medians of several runs with min–max in parentheses; every baseline was measured in the same run. Bench runtime: ${total.toFixed(0)} s${quick ? " (BENCH_QUICK=1: short runs, indicative only)" : ""}.`,
     "",
     "| figure | relayctl | baseline | ratio | target | verdict |",
