@@ -7,7 +7,7 @@
  * the e2e harness, which only uses 198.18.0.0/24 inside namespaces it creates.
  */
 import { X509Certificate, createHash } from "node:crypto";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { StateStore } from "../src/server/state.ts";
@@ -241,7 +241,7 @@ export interface BenchServer {
 }
 
 /** Writes server.toml in dir (listen 127.0.0.1:free port) and returns its path and port. */
-export function writeServerConfig(dir: string, o: { mapType?: string; mapPath?: string; ttl?: string } = {}): { config: string; port: number; stateDir: string; mapPath: string } {
+export function writeServerConfig(dir: string, o: { mapType?: string; mapPath?: string; ttl?: string; extra?: string[] } = {}): { config: string; port: number; stateDir: string; mapPath: string } {
   const port = freePort();
   const stateDir = join(dir, "state");
   const mapPath = o.mapPath ?? join(dir, "map", "clients");
@@ -259,6 +259,7 @@ export function writeServerConfig(dir: string, o: { mapType?: string; mapPath?: 
       `postmap = "${toolPath("postmap")}"`,
       // The figures measure one client renewing back to back; the default cap (20/min) would refuse it.
       "renewals_per_minute = 0",
+      ...(o.extra ?? []),
       "",
     ].join("\n"),
   );
@@ -392,4 +393,23 @@ export async function hyperfine(cmds: string[][], runs: number, warmup: number, 
 export function spkiPin(certPem: string): string {
   const spki = new X509Certificate(certPem).publicKey.export({ type: "spki", format: "der" });
   return `sha256//${createHash("sha256").update(spki).digest("base64")}`;
+}
+
+/** User+system CPU a process has used so far, in milliseconds, from /proc/PID/stat (clock ticks of 10 ms). */
+export function cpuMsOf(pid: number): number {
+  const s = readFileSync(`/proc/${pid}/stat`, "utf8");
+  // Fields after the command name (which may hold spaces) start at state (field 3).
+  const f = s.slice(s.lastIndexOf(")") + 2).split(" ");
+  return (Number(f[11]) + Number(f[12])) * 10;
+}
+
+/** Total size in bytes of the regular files directly and indirectly under dir. */
+export function dirBytes(dir: string): number {
+  let n = 0;
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) n += dirBytes(p);
+    else if (e.isFile()) n += statSync(p).size;
+  }
+  return n;
 }
