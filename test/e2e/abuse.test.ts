@@ -139,6 +139,20 @@ describe.if(enabled)("abuse and limits", () => {
     const prober = (async () => {
       for (let i = 0; i < 2000 && !stop; i++) seen.push(await healthz());
     })();
+    // Another process trying to take the port during the reload never gets it.
+    const port = Number(new URL(s.url).port);
+    const grabs: string[] = [];
+    const grabber = (async () => {
+      for (let i = 0; i < 200 && !stop; i++) {
+        try {
+          Bun.listen({ hostname: "198.18.0.1", port, socket: { data() {} } }).stop(true);
+          grabs.push("bound");
+        } catch {
+          grabs.push("refused");
+        }
+        await Bun.sleep(5);
+      }
+    })();
     const second = generateSelfSigned({ hosts: ["198.18.0.1"] });
     writeFileSync(certPath, second.certPem);
     writeFileSync(keyPath, second.keyPem, { mode: 0o600 });
@@ -148,9 +162,15 @@ describe.if(enabled)("abuse and limits", () => {
     await Bun.sleep(500);
     stop = true;
     await prober;
+    await grabber;
     expect(s.server!.stderr()).toContain("pin is now");
     expect(seen.length).toBeGreaterThan(5);
-    expect(seen.filter((c) => c !== 200)).toEqual([]);
+    expect(grabs.length).toBeGreaterThan(5);
+    expect(grabs.filter((g) => g !== "refused")).toEqual([]);
+    // A connection still queued on the old socket at the instant it closes is
+    // reset by the kernel (unless net.ipv4.tcp_migrate_req = 1 moves it to the
+    // new listener); every other one is served. Clients retry such a reset.
+    expect(seen.filter((c) => c !== 200).length).toBeLessThanOrEqual(1);
     // A broken certificate: the reload fails, says so, and the old listener keeps serving.
     writeFileSync(certPath, "not a certificate\n");
     process.kill(s.server!.pid, "SIGHUP");
