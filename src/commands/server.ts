@@ -70,8 +70,8 @@ export function renderClientTable(clients: ClientView[], now = Date.now()): stri
 }
 
 /** `server list`: a table, or `{"clients": [...]}` with --json. */
-export function runServerList(opts: { config?: string; json?: boolean }): ClientView[] {
-  const clients = listClients({ configPath: opts.config });
+export async function runServerList(opts: { config?: string; json?: boolean }): Promise<ClientView[]> {
+  const clients = await listClients({ configPath: opts.config });
   console.log(opts.json ? JSON.stringify({ clients }, null, 2) : renderClientTable(clients));
   return clients;
 }
@@ -116,10 +116,10 @@ export function renderAuditLog(rows: AuditView[]): string {
 }
 
 /** `server log`: the audit log, oldest first; `--json` gives `{"events": [...]}`. */
-export function runServerLog(opts: { config?: string; client?: string; since?: string; json?: boolean; limit?: string }): AuditView[] {
+export async function runServerLog(opts: { config?: string; client?: string; since?: string; json?: boolean; limit?: string }): Promise<AuditView[]> {
   const limit = opts.limit === undefined ? 1000 : Number(opts.limit);
   if (!Number.isInteger(limit) || limit < 1) throw usageError(`--limit ${opts.limit}: not a positive whole number`);
-  const rows = readAuditLog({
+  const rows = await readAuditLog({
     configPath: opts.config,
     client: opts.client,
     sinceSeconds: opts.since === undefined ? undefined : parseDuration(opts.since, "since", "--since"),
@@ -166,7 +166,7 @@ const edit = defineCommand({
 const list = defineCommand({
   meta: { name: "list", description: "List clients, their addresses, last renewal and expiry" },
   args: { ...common, json: { type: "boolean", description: "print JSON" } },
-  run: ({ args }) => void runServerList({ config: args.config, json: args.json }),
+  run: ({ args }) => runServerList({ config: args.config, json: args.json }).then(() => undefined),
 });
 
 const rotate = defineCommand({
@@ -248,7 +248,7 @@ const logCommand = defineCommand({
     limit: { type: "string", description: "at most this many newest events (default 1000)", valueHint: "N" },
     json: { type: "boolean", description: "print JSON" },
   },
-  run: ({ args }) => void runServerLog({ config: args.config, client: args.client, since: args.since, json: args.json, limit: args.limit }),
+  run: ({ args }) => runServerLog({ config: args.config, client: args.client, since: args.since, json: args.json, limit: args.limit }).then(() => undefined),
 });
 
 export const serverCommand = defineCommand({

@@ -1,5 +1,6 @@
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { parseCidr } from "../../../src/lib/ip.ts";
+import { SqliteStore } from "../../../src/server/stores/sqlite.ts";
 import { LeaseBook } from "../../../src/server/leases.ts";
 import { Metrics } from "../../../src/server/metrics.ts";
 import { ExpiryTimer, MAX_TIMER_MS } from "../../../src/server/runtime/expiry.ts";
@@ -48,7 +49,7 @@ const settle = (): Promise<void> => new Promise((r) => setImmediate(r));
 describe("Retrier", () => {
   let clock: FakeClock;
   let timers: FakeTimers;
-  beforeEach(() => {
+  beforeEach(async () => {
     clock = new FakeClock();
     timers = new FakeTimers(clock);
   });
@@ -150,11 +151,11 @@ describe("ExpiryTimer", () => {
     return store.getClient(name)!;
   };
 
-  beforeEach(() => {
+  beforeEach(async () => {
     clock = new FakeClock();
     timers = new FakeTimers(clock);
     store = new StateStore(tempDir("relayctl-expiry-"));
-    leases = new LeaseBook(store, () => 1200, clock);
+    leases = new LeaseBook(new SqliteStore(store, clock), () => 1200, clock);
     metrics = new Metrics();
     published = 0;
     expiry = new ExpiryTimer(leases, metrics, async () => void published++, timers);
@@ -173,8 +174,8 @@ describe("ExpiryTimer", () => {
   });
 
   test("aims at the next expiry, expires the lease then, publishes once and re-arms", async () => {
-    leases.renew(client("a", 10), parseCidr("192.0.2.1")!, "t");
-    leases.renew(client("b", 20), parseCidr("192.0.2.2")!, "t");
+    (await leases.renew(client("a", 10), parseCidr("192.0.2.1")!, "t"));
+    (await leases.renew(client("b", 20), parseCidr("192.0.2.2")!, "t"));
     expiry.arm();
     expect(timers.delays()).toEqual([10_005]);
     await timers.advance(10_004);
@@ -195,7 +196,7 @@ describe("ExpiryTimer", () => {
   });
 
   test("a far expiry is approached in MAX_TIMER_MS steps", async () => {
-    leases.renew(client("a", 3600), parseCidr("192.0.2.1")!, "t");
+    (await leases.renew(client("a", 3600), parseCidr("192.0.2.1")!, "t"));
     expiry.arm();
     expect(timers.delays()).toEqual([MAX_TIMER_MS]);
     await timers.advance(MAX_TIMER_MS);
@@ -204,10 +205,10 @@ describe("ExpiryTimer", () => {
     expect(timers.pending.size).toBe(1);
   });
 
-  test("arm replaces the waiting timer; stop clears it for good", () => {
-    leases.renew(client("a", 100), parseCidr("192.0.2.1")!, "t");
+  test("arm replaces the waiting timer; stop clears it for good", async () => {
+    (await leases.renew(client("a", 100), parseCidr("192.0.2.1")!, "t"));
     expiry.arm();
-    leases.renew(client("b", 10), parseCidr("192.0.2.2")!, "t");
+    (await leases.renew(client("b", 10), parseCidr("192.0.2.2")!, "t"));
     expiry.arm();
     expect(timers.delays()).toEqual([10_005]);
     expiry.stop();
@@ -221,7 +222,7 @@ describe("ExpiryTimer", () => {
       published++;
       throw new Error("postmap down");
     }, timers);
-    leases.renew(client("a", 10), parseCidr("192.0.2.1")!, "t");
+    (await leases.renew(client("a", 10), parseCidr("192.0.2.1")!, "t"));
     expiry.arm();
     await timers.advance(10_005);
     expect(published).toBe(1);
