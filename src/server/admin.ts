@@ -1,6 +1,7 @@
 import { loadServerConfig, MIN_IPV6_PREFIX, validateName, type ServerConfig } from "../lib/config.ts";
 import { checkDuration, formatDuration } from "../lib/duration.ts";
-import { ExitCode, RelayError, usageError } from "../lib/errors.ts";
+import { ExitCode, formatError, RelayError, usageError } from "../lib/errors.ts";
+import { pgTarget } from "./stores/postgres.ts";
 import { parseCidr } from "../lib/ip.ts";
 import { leaseNetwork } from "./service.ts";
 import { certificateExpiry, certificatePin } from "../lib/tls.ts";
@@ -259,6 +260,10 @@ export interface StatusView {
   policy: { socket: string; listening: boolean } | null;
   clients: number;
   leases: number;
+  /** Where state lives: "sqlite" in state_dir, or the shared PostgreSQL database (URL without password). */
+  state: { kind: "sqlite" | "postgres"; where: string };
+  /** Why state could not be read (the shared database is down), or null. */
+  state_error: string | null;
   status: ServerStatus | null;
 }
 
@@ -276,7 +281,12 @@ export async function serverStatus(opts: { configPath?: string }): Promise<Statu
     cert = { path: certPath, pin: certificatePin(pem), expires_at: expires.toISOString(), days_left: Math.floor((expires.getTime() - Date.now()) / 86_400_000) };
   }
   const now = Date.now();
-  const { counts, rows } = await withStore(config, async (store) => ({ counts: await store.counts(), rows: await store.allLeases() }));
+  let stateError: string | null = null;
+  // A database outage is what status is asked about, not a reason to fail: report it.
+  const { counts, rows } = await withStore(config, async (store) => ({ counts: await store.counts(), rows: await store.allLeases() })).catch((err) => {
+    stateError = formatError(err);
+    return { counts: { clients: 0, leases: 0 }, rows: [] as LeaseRow[] };
+  });
   let map: StatusView["map"] = null;
   let policy: StatusView["policy"] = null;
   if (config.lookup === "map") {
@@ -290,6 +300,7 @@ export async function serverStatus(opts: { configPath?: string }): Promise<Statu
     policy = { socket: config.policySocket, listening: running && existsSync(config.policySocket) };
   }
   const live = rows.filter((l) => l.expires_at > now).length;
-  const healthy = running && (status?.degraded.length ?? 0) === 0 && (map?.frozen.entries ?? 0) === 0;
-  return { running, healthy, public_url: config.publicUrl, cert, lookup: config.lookup, map, policy, clients: counts.clients, leases: live, status };
+  const healthy = running && stateError === null && (status?.degraded.length ?? 0) === 0 && (map?.frozen.entries ?? 0) === 0;
+  const state = config.database === undefined ? { kind: "sqlite" as const, where: config.stateDir } : { kind: "postgres" as const, where: pgTarget(config.database).shown };
+  return { running, healthy, state, state_error: stateError, public_url: config.publicUrl, cert, lookup: config.lookup, map, policy, clients: counts.clients, leases: live, status };
 }

@@ -9,7 +9,11 @@ import type { ClientRow } from "../../../src/server/state.ts";
 import { StoreUnavailable } from "../../../src/server/stores/index.ts";
 import { PG_SCHEMA_VERSION, PgStore, pgTarget, readPasswordFile } from "../../../src/server/stores/postgres.ts";
 import { postgresBinDir, startCluster, type PgCluster } from "../../pgcluster.ts";
-import { relayError, removeTempDirs, silenceLogger, tempDir } from "../helpers.ts";
+import { relayError, removeTempDirs, silenceLogger, tempDir, writeServerConfig } from "../helpers.ts";
+import { loadServerConfig } from "../../../src/lib/config.ts";
+import { StateStore } from "../../../src/server/state.ts";
+import { SqliteStore } from "../../../src/server/stores/sqlite.ts";
+import { migrateToPostgres, PGSQL_QUERY, postfixPgsqlFile } from "../../../src/server/stores/tools.ts";
 
 const HAVE_PG = postgresBinDir() !== undefined;
 let pg: PgCluster;
@@ -140,4 +144,52 @@ describe.skipIf(!HAVE_PG)("PgStore on a real PostgreSQL", () => {
       await s.close();
     }
   }, 30_000);
+});
+
+describe("server.toml database keys and the Postfix file", () => {
+  test("database must be a postgres:// URL naming a database; the password file needs database", async () => {
+    const dir = tempDir();
+    const cfg = (extra: string) => loadServerConfig(writeServerConfig(dir, { postmap: "/bin/true", extra }));
+    expect((await relayError(() => cfg('database = "mysql://x@h/db"'))).message).toMatch(/server\.toml:\d+: database: must be a postgres:\/\/ URL/);
+    expect((await relayError(() => cfg('database = "postgres://x@h"'))).message).toContain("names no database");
+    expect((await relayError(() => cfg('database_password_file = "/etc/pw"'))).message).toContain("is only used with database");
+    expect(cfg('database = "postgres://relayctl@localhost/relay?host=/var/run/postgresql"').database).toBe("postgres://relayctl@localhost/relay?host=/var/run/postgresql");
+  });
+
+  test("the pgsql: file: URI hosts with the socket dir encoded, a dbname line (Postfix 3.7 needs it), the safe query", () => {
+    const dir = tempDir();
+    const config = loadServerConfig(writeServerConfig(dir, { postmap: "/bin/true", extra: 'database = "postgres://relayctl:pw@localhost:5433/relay?host=/var/run/postgresql"' }));
+    const text = postfixPgsqlFile(config, { user: "postfix" });
+    expect(text).toContain("\nhosts = postgresql://postfix@%2Fvar%2Frun%2Fpostgresql:5433/relay\n");
+    expect(text).toContain("\ndbname = relay\n");
+    expect(text).toContain(`\nquery = ${PGSQL_QUERY}\n`);
+    expect(PGSQL_QUERY).toBe("SELECT 'OK' FROM leases WHERE net >>= relayctl_inet('%s') AND expires_at > now() LIMIT 1");
+    expect(text).not.toContain("pw");
+  });
+});
+
+describe.skipIf(!HAVE_PG)("server migrate", () => {
+  test("copies clients with hashed tokens, live leases and the audit log; a second run copies nothing", async () => {
+    const dir = tempDir();
+    const configPath = writeServerConfig(dir, { postmap: "/bin/true" });
+    const config = loadServerConfig(configPath);
+    const state = new StateStore(config.stateDir);
+    const book = new LeaseBook(new SqliteStore(state, systemClock), () => 600, systemClock);
+    state.insertClient({ ...client("m-one"), token_hash: new Uint8Array(32).fill(9) });
+    state.insertClient(client("m-two"));
+    await book.renew(state.getClient("m-one")!, parseCidr("203.0.113.9")!, "x");
+    state.upsertLease({ client: "m-two", family: 4, ip: "203.0.113.10", granted_at: 1, renewed_at: 1, expires_at: 2, renewals: 0 });
+    state.audit({ ts: 5, event: "add", client: "m-one", ip: null, source: null, detail: null });
+    state.close();
+    const db = `postgres://postgres@localhost:${pg.port}/migrated?host=${pg.socketDir}`;
+    await pg.psql("CREATE DATABASE migrated", "postgres");
+    const r = await migrateToPostgres(config, db);
+    expect(r).toMatchObject({ clients: 2, leases: 1, audit: 2 });
+    expect(r.configLine).toBe(`database = ${JSON.stringify(db)}`);
+    expect((await pg.psql("SELECT encode(token_hash, 'hex') FROM clients WHERE name = 'm-one'", "migrated")).trim()).toBe("09".repeat(32));
+    expect((await pg.psql("SELECT host(net) FROM leases", "migrated")).trim()).toBe("203.0.113.9");
+    const again = await migrateToPostgres(config, db);
+    expect(again).toMatchObject({ clients: 0, leases: 0, audit: 0, skipped: { clients: 2, leases: 1, audit: 2 } });
+    expect((await pg.psql("SELECT count(*) FROM audit", "migrated")).trim()).toBe("3");
+  });
 });
