@@ -3,7 +3,7 @@
  * socket only (listen_addresses=''), started and stopped by pid. Runs as the
  * `postgres` OS user when we are root, since initdb refuses root.
  */
-import { chownSync, existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { chmodSync, chownSync, existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -70,6 +70,8 @@ export async function startCluster(): Promise<PgCluster> {
   const ids = pgIds();
   const dir = mkdtempSync(join(tmpdir(), "relayctl-pg-"));
   if (ids) chownSync(dir, ids.uid, ids.gid);
+  // The socket lives here: Postfix (another user) must reach it; the data dir inside stays 0700.
+  chmodSync(dir, 0o755);
   const data = join(dir, "data");
   const socketDir = dir;
   const port = freeSocketPort(socketDir);
