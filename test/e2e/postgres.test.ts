@@ -163,6 +163,11 @@ describe.if(enabled)("several relay hosts on one PostgreSQL database", () => {
       // Health says degraded once a reconcile (every 5 s) found the database gone.
       const health = async () => (await fetch(`${urlB}/healthz`, { tls: { rejectUnauthorized: false } } as RequestInit)).status === 503;
       expect(await within(7_000, health, true)).not.toBeNull();
+      const status = await relayctl(["server", "status", "--config", configB]);
+      expect(status.code).toBe(1);
+      expect(status.stdout).toContain("cannot be read");
+      const doctor = await relayctl(["doctor", "--config", configB]);
+      expect(doctor.stdout + doctor.stderr).toContain("the shared database cannot be read");
       // The 10 s lease still expires on both hosts, from their own view.
       await Bun.sleep(Math.max(0, leasedAt + 10_000 - Date.now()));
       expect(await within(1_000, () => viaA(s.h2), false)).not.toBeNull();

@@ -1,6 +1,7 @@
 import type { ServerConfig } from "../../lib/config.ts";
-import { ExitCode, RelayError } from "../../lib/errors.ts";
-import type { Clock } from "../leases.ts";
+import { ExitCode, formatError, RelayError } from "../../lib/errors.ts";
+import { systemClock, type Clock } from "../leases.ts";
+import { readLeases, type LeaseRow } from "../state.ts";
 import type { Store } from "./index.ts";
 import { PgStore } from "./postgres.ts";
 import { SqliteStore } from "./sqlite.ts";
@@ -34,4 +35,21 @@ export function unavailableError(where: string, err: unknown): RelayError {
     hint: "check that PostgreSQL runs, the URL in database (server.toml), the user's password and that the role may create tables in that database",
     cause: err,
   });
+}
+
+/**
+ * The leases a config's state holds, read-only (doctor): SQLite's state.db,
+ * or the shared database; `error` says why the database could not be read.
+ */
+export async function peekLeases(config: ServerConfig): Promise<{ rows: LeaseRow[]; error: string | null }> {
+  if (config.database === undefined) return { rows: readLeases(config.stateDir), error: null };
+  let store: PgStore | undefined;
+  try {
+    store = PgStore.fromConfig(config, systemClock);
+    return { rows: await store.peekLeases(), error: null };
+  } catch (err) {
+    return { rows: [], error: formatError(err) };
+  } finally {
+    await store?.close().catch(() => undefined);
+  }
 }

@@ -321,6 +321,14 @@ export class PgStore implements Store {
     );
   }
 
+  /**
+   * Every lease, read without creating or migrating anything (doctor looks,
+   * never touches); throws when the database or the schema is not there.
+   */
+  async peekLeases(): Promise<LeaseRow[]> {
+    return ([...((await this.sql.unsafe(`SELECT ${LEASE_COLS} FROM leases ORDER BY expires_at DESC`)) as Row[])]).map(leaseRow);
+  }
+
   async getClientByTokenId(tokenId: string): Promise<ClientRow | null> {
     return (await this.rows(`SELECT ${CLIENT_COLS} FROM clients WHERE token_id = $1`, [tokenId])).map(clientRow)[0] ?? null;
   }
