@@ -19,7 +19,8 @@ interface WrkOut {
   non2xx: number;
 }
 
-async function wrk(url: string, seconds: number, conns: number, env: Record<string, string>): Promise<WrkOut & { rps: number }> {
+/** Runs wrk with bench/renew.lua against url; one parsed result. */
+export async function wrk(url: string, seconds: number, conns: number, env: Record<string, string>): Promise<WrkOut & { rps: number }> {
   const lua = join(import.meta.dir, "renew.lua");
   // One wrk thread: on 2 cores it leaves one core to the server under test.
   const argv = [toolPath("wrk"), "-t1", `-c${conns}`, `-d${seconds}s`, "--timeout", "5s", "-s", lua, url];

@@ -14,6 +14,7 @@ import { ensureTools, killAllTrackedSync, removeScratch, RELAYCTL, type Row } fr
 import { benchBurst, benchRss, benchThroughput } from "./load.ts";
 import { benchMap } from "./map.ts";
 import { benchPostfix } from "./postfix.ts";
+import { benchPostgres } from "./postgres.ts";
 import { existsSync } from "node:fs";
 
 const quick = process.env.BENCH_QUICK === "1";
@@ -69,6 +70,7 @@ async function main(): Promise<void> {
     return r;
   });
   await section("burst", () => benchBurst({ clients: 1000, rounds: quick ? 1 : 3 }));
+  await section("postgres", () => benchPostgres({ leases: 10_000, conns: 50, seconds: quick ? 2 : 5, rounds: quick ? 1 : 3, samples: quick ? 20 : 100 }));
   await section("rss", () => benchRss({ sizes: [0, 10_000, 100_000], limitMbAt10k: 100, rss10kAfterLoadMb }));
 
   const total = (performance.now() - t0) / 1000;

@@ -123,6 +123,17 @@ describe.skipIf(!HAVE_PG)("PgStore on a real PostgreSQL", () => {
     }
   });
 
+  test("a host whose clock is an hour behind learns the database's lead and expires by it", async () => {
+    const behind = { now: () => Date.now() - 3_600_000 };
+    const s = new PgStore(pgTarget(pg.url), behind);
+    try {
+      await s.allLeases();
+      expect(Math.abs(s.skew() - 3_600_000)).toBeLessThan(1_000);
+    } finally {
+      await s.close();
+    }
+  });
+
   test("database down: calls fail as StoreUnavailable and the store says degraded; back: it answers again", async () => {
     const s = open();
     try {

@@ -1,6 +1,9 @@
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { parseCidr, parseIp, type Ip } from "../../../src/lib/ip.ts";
+import { errorResponse } from "../../../src/server/doors/api.ts";
+import { LeaseBook } from "../../../src/server/leases.ts";
 import type { Lookup } from "../../../src/server/lookups/index.ts";
+import { StoreUnavailable } from "../../../src/server/stores/index.ts";
 import { policyLookupType } from "../../../src/server/lookups/policy.ts";
 import { LeaseError, LeaseService, leaseNetwork, observedAddress, sourceKey } from "../../../src/server/service.ts";
 import type { ClientRow } from "../../../src/server/state.ts";
@@ -271,5 +274,39 @@ describe("LeaseService", () => {
       expect(t.metrics.refusals.get("address_not_allowed")).toBe(1);
       expect(t.store.auditLog().map((r) => [r.event, r.client, r.detail])).toEqual([["refuse", "office", "address_not_allowed: no"]]);
     });
+  });
+});
+
+describe("an unreachable store", () => {
+  test("authenticate, renew and release answer state_unavailable (503, retry later), nothing refused or audited", async () => {
+    const clock = new FakeClock();
+    const t = testService(tempDir(), clock);
+    const down = () => Promise.reject(new StoreUnavailable("connection refused"));
+    const broken = { ...t.shared, getClientByTokenId: down, tx: down, leasesOfClients: down } as unknown as typeof t.shared;
+    const service = new LeaseService({
+      store: broken,
+      leases: new LeaseBook(broken, () => 1200, clock),
+      lookup: t.lookup,
+      clock,
+      metrics: t.metrics,
+      refusals: t.refusals,
+      authThrottle: new AuthThrottle(),
+      config: () => t.config,
+      renewals: () => new RenewalLimiter(0),
+      publish: () => t.lookup.publish(),
+    });
+    const src = parseIp("198.51.100.7")!;
+    const err = await service.authenticate({ token: "0123456789abcdef.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA" }, src).catch((e) => e);
+    expect(err).toBeInstanceOf(LeaseError);
+    expect(err.code).toBe("state_unavailable");
+    expect(err.refusal).toBe(false);
+    const c: ClientRow = { name: "c", token_id: "0123456789abcdef", token_hash: new Uint8Array(32), ttl: null, allow: "[]", created_at: 0, ipv6_prefix: null };
+    expect((await service.renew(c, src).catch((e) => e)).code).toBe("state_unavailable");
+    expect((await service.release(c, src).catch((e) => e)).code).toBe("state_unavailable");
+    const res = errorResponse(err);
+    expect(res.status).toBe(503);
+    expect(res.headers.get("retry-after")).toBe("30");
+    expect(await res.json()).toMatchObject({ error: "state_unavailable" });
+    t.shared.state.close();
   });
 });
