@@ -5,7 +5,7 @@ import { LeaseBook } from "../../../src/server/leases.ts";
 import type { Lookup } from "../../../src/server/lookups/index.ts";
 import { StoreUnavailable } from "../../../src/server/stores/index.ts";
 import { policyLookupType } from "../../../src/server/lookups/policy.ts";
-import { LeaseError, LeaseService, leaseNetwork, observedAddress, sourceKey } from "../../../src/server/service.ts";
+import { LeaseError, LeaseService, leaseNetwork, observedAddress, sourceKey, type ServiceDeps } from "../../../src/server/service.ts";
 import type { ClientRow } from "../../../src/server/state.ts";
 import { AuthThrottle, RenewalLimiter } from "../../../src/server/throttle.ts";
 import { newToken } from "../../../src/server/tokens.ts";
@@ -36,6 +36,23 @@ async function leaseErrorAsync(fn: () => Promise<unknown>): Promise<LeaseError> 
     throw err;
   }
   throw new Error("expected a LeaseError, but nothing was thrown");
+}
+
+/** A LeaseService over a test service's parts, with some of them replaced; no throttling or renewal limit. */
+function serviceWith(t: TestService, clock: FakeClock, over: Partial<ServiceDeps>): LeaseService {
+  return new LeaseService({
+    store: t.shared,
+    leases: t.leases,
+    lookup: t.lookup,
+    clock,
+    metrics: t.metrics,
+    refusals: t.refusals,
+    authThrottle: new AuthThrottle(),
+    config: () => t.config,
+    renewals: () => new RenewalLimiter(0),
+    publish: () => t.lookup.publish(),
+    ...over,
+  });
 }
 
 describe("observedAddress", () => {
@@ -207,18 +224,7 @@ describe("LeaseService", () => {
         status: () => ({ lookup: "policy", target: "-", entries: 0 }),
         close: async () => undefined,
       };
-      const service = new LeaseService({
-        store: t.shared,
-        leases: t.leases,
-        lookup,
-        clock,
-        metrics: t.metrics,
-        refusals: t.refusals,
-        authThrottle: new AuthThrottle(),
-        config: () => t.config,
-        renewals: () => new RenewalLimiter(0),
-        publish: () => lookup.publish(),
-      });
+      const service = serviceWith(t, clock, { lookup, publish: () => lookup.publish() });
       enroll("lan", { ipv6_prefix: 64, allow: '["2001:db8::/32"]' });
       const r = await service.renew(t.store.getClient("lan")!, ip("2001:db8:1:2:3:4:5:6"));
       expect(r.lease.ip).toBe("2001:db8:1:2::/64");
@@ -283,18 +289,7 @@ describe("an unreachable store", () => {
     const t = testService(tempDir(), clock);
     const down = () => Promise.reject(new StoreUnavailable("connection refused"));
     const broken = { ...t.shared, getClientByTokenId: down, tx: down, leasesOfClients: down } as unknown as typeof t.shared;
-    const service = new LeaseService({
-      store: broken,
-      leases: new LeaseBook(broken, () => 1200, clock),
-      lookup: t.lookup,
-      clock,
-      metrics: t.metrics,
-      refusals: t.refusals,
-      authThrottle: new AuthThrottle(),
-      config: () => t.config,
-      renewals: () => new RenewalLimiter(0),
-      publish: () => t.lookup.publish(),
-    });
+    const service = serviceWith(t, clock, { store: broken, leases: new LeaseBook(broken, () => 1200, clock) });
     const src = parseIp("198.51.100.7")!;
     const err = await service.authenticate({ token: "0123456789abcdef.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA" }, src).catch((e) => e);
     expect(err).toBeInstanceOf(LeaseError);
