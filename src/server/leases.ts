@@ -135,15 +135,17 @@ export class LeaseBook {
   }
 
   /**
-   * Expires what is due in the store; when the store cannot be reached,
-   * drops the due leases from the local index instead, so the lookup still
-   * stops relaying for them on time (the store catches up when it returns).
+   * Drops the due leases from the local index at once, so the lookup stops
+   * relaying for them whatever the store does (onDropped publishes), then
+   * expires them in the store. When the store cannot be reached, what the
+   * index dropped is what went; the store catches up on a later pass.
    */
-  async expireDueOrLocally(): Promise<{ gone: { client: string; ip: string }[]; local: boolean }> {
+  async expireDueOrLocally(onDropped: () => void = () => undefined): Promise<{ gone: { client: string; ip: string }[]; local: boolean }> {
+    const due = this.index.dropExpired(this.clock.now());
+    if (due.length) onDropped();
     try {
       return { gone: await this.expireDue(), local: false };
     } catch (err) {
-      const due = this.index.dropExpired(this.clock.now());
       if (due.length) log.warn(`state unavailable (${(err as Error).message}); expired ${due.length} lease(s) in the local lookup only`);
       return { gone: due.map((l) => ({ client: l.client, ip: leaseText(l.net) })), local: true };
     }

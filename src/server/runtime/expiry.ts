@@ -31,11 +31,17 @@ export class ExpiryTimer {
     this.running ??= (async () => {
       let retry = false;
       try {
-        const { gone, local } = await this.leases.expireDueOrLocally();
+        let published = false;
+        const publish = (): void => {
+          published = true;
+          this.publish().catch(() => undefined);
+        };
+        const { gone, local } = await this.leases.expireDueOrLocally(publish);
         retry = local;
         this.metrics.event("expire", gone.length);
         for (const l of gone) log.info(`expired${local ? " (local lookup only)" : ""}: ${l.client} ${l.ip}`);
-        if (gone.length) this.publish().catch(() => undefined);
+        // Usually published already, as the index dropped them; not when another host expired them first.
+        if (gone.length && !published) publish();
       } finally {
         this.running = null;
         this.arm(retry ? RETRY_MS : undefined);

@@ -229,4 +229,20 @@ describe("ExpiryTimer", () => {
     expect(store.allLeases()).toEqual([]);
     expect(timers.pending.size).toBe(1);
   });
+
+  test("store unreachable: the index drops the due lease and publishes on time, then retries the store every second", async () => {
+    (await leases.renew(client("a", 10), parseCidr("192.0.2.1")!, "t"));
+    const down = new SqliteStore(store, clock);
+    down.tx = () => Promise.reject(new Error("connection refused"));
+    const book = new LeaseBook(down, () => 1200, clock, leases.index);
+    expiry = new ExpiryTimer(book, metrics, async () => void published++, timers);
+    expiry.arm();
+    await timers.advance(10_005);
+    expect(published).toBe(1);
+    expect(leases.index.liveNets(clock.now())).toEqual([]);
+    expect(leases.index.nextExpiry()).toBeNull();
+    // The row is still in the store: the database catches up when it answers.
+    expect(store.allLeases()).toHaveLength(1);
+    expect(timers.delays()).toEqual([1_000]);
+  });
 });
