@@ -1,9 +1,13 @@
 #!/bin/sh
 # relayctl installer: POSIX sh, for the mail host (server) and each dynamic host (client).
 #
-#   ./install.sh server | client          from an unpacked release directory
-#   ./install.sh uninstall [--purge]      remove units and binary (--purge: config, state, user too)
-#   ./install.sh units DIR                write the default systemd units into DIR (for packagers)
+#   ./install.sh server | client          from an unpacked release directory, or a clone
+#                                         after `npm ci` (builds dist/relayctl when missing)
+#   ./install.sh uninstall [--purge] [--unhook]
+#                                         remove units and binary (--purge: config, state, user
+#                                         too; --unhook: first take the map out of main.cf)
+#   ./install.sh units DIR [BIN]          write the default systemd units into DIR (for packagers)
+#   ./install.sh skeleton server|client   print the commented config skeleton (for packagers)
 #   curl -fsSL URL/install.sh | sh -s -- server
 #                                         piped: uses ./relayctl or RELAYCTL_BINARY=PATH
 #
@@ -14,7 +18,7 @@
 #   RELAYCTL_INIT    systemd | cron (default: systemd when systemctl is on PATH)
 #   RELAYCTL_DOCTOR  1: run relayctl doctor even with DESTDIR (tests)
 #
-# See README.md ("Installing") for what each step does and why.
+# See docs/operations.md ("Installing") for what each step does and why.
 set -eu
 
 BIN=/usr/local/bin/relayctl
@@ -23,10 +27,17 @@ SERVER_CONFIG=$CONF_DIR/server.toml
 CLIENT_CONFIG=$CONF_DIR/client.toml
 DEFAULT_STATE_DIR=/var/lib/relayctl
 DEFAULT_MAP=/etc/postfix/relayctl/clients
+DEFAULT_POLICY_SOCKET=/var/spool/postfix/relayctl/policy
 DEFAULT_LISTEN='[::]:8443'
 UNIT_DIR=/etc/systemd/system
+MAN_PAGE=/usr/local/share/man/man1/relayctl.1
+BASH_COMPLETION=/usr/local/share/bash-completion/completions/relayctl
+ZSH_COMPLETION=/usr/local/share/zsh/site-functions/_relayctl
+CRON_FILE=/etc/cron.d/relayctl
 SERVICE_USER=relayctl
-UNITS="relayctl.service relayctl-client.service relayctl-client.timer"
+UNITS="relayctl.service relayctl-sweep.service relayctl-sweep.timer relayctl-client.service relayctl-client.timer"
+# Where main.cf can hook the map in; uninstall checks them all.
+HOOK_PARAMS="mynetworks smtpd_relay_restrictions smtpd_recipient_restrictions smtpd_client_restrictions"
 DESTDIR=${DESTDIR:-}
 
 say() { printf '%s\n' "$*"; }
@@ -38,11 +49,14 @@ die() {
 
 usage() {
 	cat <<'EOF'
-usage: install.sh server | client | uninstall [--purge] | units DIR
-  server     install relayctl, the relayctl user, config skeleton and relayctl.service
+usage: install.sh server | client | uninstall [--purge] [--unhook] | units DIR [BIN]
+  server     install relayctl, the relayctl user, config skeleton, relayctl.service and
+             relayctl-sweep.timer (without systemd: the sweep cron line)
   client     install relayctl, config skeleton and relayctl-client.timer (or print the cron line)
-  uninstall  remove units and binary; keep config and state unless --purge
-  units DIR  write the default systemd units into DIR
+  uninstall  remove units and binary; keep config and state unless --purge; --purge refuses
+             while main.cf uses the map, unless --unhook takes it out of main.cf first
+  units DIR  write the default systemd units into DIR, for relayctl at BIN
+  skeleton server|client  print the commented config file install.sh writes
 environment: DESTDIR, RELAYCTL_BINARY, RELAYCTL_INIT (systemd|cron), RELAYCTL_DOCTOR
 EOF
 }
@@ -73,14 +87,29 @@ sha256_of() {
 	fi
 }
 
-# Sets SRC_BIN: RELAYCTL_BINARY, the release directory, a source checkout's dist/, then ./relayctl.
+# build_checkout DIR: builds DIR/dist/relayctl in a source checkout, as the checkout's
+# owner, so a later `npm test` by that user can still overwrite dist/.
+build_checkout() {
+	[ -x "$1/node_modules/.bin/bun" ] || die "$1 is a source checkout without dist/relayctl and without node_modules: run \`npm ci\` there first (it installs bun), then install.sh again"
+	say "building $1/dist/relayctl (bun build.ts, as npm run build does)"
+	owner=$(stat -c %U "$1" 2>/dev/null || echo root)
+	if [ "$(id -u)" = 0 ] && [ "$owner" != root ] && command -v runuser >/dev/null 2>&1; then
+		(cd "$1" && runuser -u "$owner" -- node_modules/.bin/bun build.ts) || die "the build failed (above); fix it and run install.sh again"
+	else
+		(cd "$1" && node_modules/.bin/bun build.ts) || die "the build failed (above); fix it and run install.sh again"
+	fi
+}
+
+# Sets SRC_BIN: RELAYCTL_BINARY, the release directory, a source checkout's dist/ (built
+# when missing), then ./relayctl.
 find_binary() {
 	dir=$(script_dir)
 	if [ -n "${RELAYCTL_BINARY:-}" ]; then
 		SRC_BIN=$RELAYCTL_BINARY
 	elif [ -n "$dir" ] && [ -f "$dir/relayctl" ]; then
 		SRC_BIN=$dir/relayctl
-	elif [ -n "$dir" ] && [ -f "$dir/dist/relayctl" ]; then
+	elif [ -n "$dir" ] && [ -f "$dir/build.ts" ]; then
+		[ -f "$dir/dist/relayctl" ] || build_checkout "$dir"
 		SRC_BIN=$dir/dist/relayctl
 	elif [ -f ./relayctl ]; then
 		SRC_BIN=./relayctl
@@ -124,6 +153,20 @@ install_binary() {
 	chmod 0755 "$DESTDIR$BIN.new"
 	mv -f "$DESTDIR$BIN.new" "$DESTDIR$BIN"
 	say "installed $DESTDIR$BIN"
+	install_extras
+}
+
+# The man page and completions the build generates next to the binary (release
+# directory or dist/); a bare binary has none, which is not worth stopping for.
+install_extras() {
+	from=$(dirname -- "$SRC_BIN")
+	for pair in "relayctl.1 $MAN_PAGE" "completions/relayctl $BASH_COMPLETION" "completions/_relayctl $ZSH_COMPLETION"; do
+		src=$from/${pair%% *}
+		dst=$DESTDIR${pair#* }
+		[ -f "$src" ] || continue
+		put_file "$dst" 0644 <"$src"
+		say "installed $dst"
+	done
 }
 
 # Ownership is meaningless in a foreign root (its users are not ours), so DESTDIR installs skip it.
@@ -166,11 +209,13 @@ ensure_user() {
 	say "created system user $SERVICE_USER"
 }
 
+# Generated from src/lib/schema.ts (renderServerSkeleton); a test keeps the two equal.
 write_server_skeleton() {
 	cat <<'EOF'
 # relayctl server configuration (TOML). Every key is optional: the commented
-# values are the defaults. After changing listen, state_dir or map, re-run
-# `install.sh server` so the systemd unit's sandbox and capabilities follow.
+# values are the defaults. After changing listen, state_dir, map or
+# policy_socket, re-run `install.sh server` so the systemd unit's sandbox follows.
+# Generated from src/lib/schema.ts; docs/configuration.md has the same table.
 
 # Address and port of the HTTPS lease server; "[::]:8443" is dual-stack.
 #listen = "[::]:8443"
@@ -179,27 +224,39 @@ write_server_skeleton() {
 # Default: https://HOSTNAME:PORT.
 #public_url = "https://mail.example.org:8443"
 
-# Leases, tokens and the self-signed certificate (when tls_cert is unset).
+# Leases, tokens, the audit log and the self-signed certificate (when tls_cert is unset).
 #state_dir = "/var/lib/relayctl"
 
-# Certificate and key to serve instead of the self-signed pair (both or neither);
-# they must be readable by the relayctl user.
+# Certificate to serve instead of the self-signed one (set with tls_key); readable by the relayctl user.
 #tls_cert = "/etc/relayctl/tls/fullchain.pem"
+
+# Key of tls_cert.
 #tls_key = "/etc/relayctl/tls/privkey.pem"
 
-# The Postfix lookup table relayctl keeps; its directory must be writable by relayctl.
+# How Postfix asks: "map" (a postmap table) or "policy" (the policy-delegation socket; exact IPv6 matching and prefix leases).
+#lookup = "map"
+
+# The policy socket (lookup = "policy"): inside Postfix's queue directory, never TCP.
+#policy_socket = "/var/spool/postfix/relayctl/policy"
+
+# The Postfix lookup table relayctl keeps (lookup = "map"); its directory must be writable by relayctl.
 #map = "/etc/postfix/relayctl/clients"
 
-# Table type (hash, lmdb, btree, cdb). Default: Postfix's default_database_type.
+# Table type: hash, lmdb, btree or cdb.
+# Default: Postfix's default_database_type.
 #map_type = "lmdb"
 
-# Default lease lifetime; clients renew every 4 minutes.
+# Default lease lifetime (10s to 400d); clients renew every 4 minutes.
 #ttl = "20m"
 
-# postmap to run. Default: found on PATH or in /usr/sbin.
+# Prefix length of IPv6 leases (48-128); below 128 needs lookup = "policy". 64 covers a LAN with its privacy addresses.
+#ipv6_prefix = 128
+
+# postmap to run.
+# Default: found on PATH or in /usr/sbin.
 #postmap = "/usr/sbin/postmap"
 
-# How long one postmap run may take before it is abandoned.
+# How long one postmap run may take before it is abandoned (1s to 5m).
 #postmap_timeout = "10s"
 
 # Renewals one client may make per minute (0: no limit); a runaway loop is refused.
@@ -211,11 +268,20 @@ write_server_skeleton() {
 # Who may read GET /metrics besides loopback (addresses or CIDR networks).
 #metrics_allow = ["192.0.2.10"]
 
-# Log lines: "text" (level: message) or "json" (one object per line); level error, warn, info or debug.
+# Log lines: "text" (level: message) or "json" (one object per line).
 #log_format = "text"
+
+# error, warn, info or debug.
 #log_level = "info"
 
-# How long the audit log (relayctl server log) keeps entries.
+# Shared PostgreSQL state for several relay hosts: a postgres:// URL (unix socket: ?host=/var/run/postgresql; TLS: ?sslmode=verify-full).
+# Default: SQLite in state_dir.
+#database = "postgres://relayctl@localhost/relayctl?host=/var/run/postgresql"
+
+# File (mode 0600, refused otherwise) holding the database password, when the URL has none.
+#database_password_file = "/etc/relayctl/db-password"
+
+# How long the audit log (relayctl server log) keeps entries (1s to 3650d).
 #audit_retention = "90d"
 EOF
 }
@@ -224,7 +290,7 @@ write_client_skeleton() {
 	cat <<'EOF'
 # relayctl client configuration (TOML). Do not edit by hand: run the enrollment
 # line printed by `relayctl server add NAME` on the mail host,
-#   relayctl client enroll --url ... --name ... --token ... --pin ...
+#   relayctl client enroll URL --name NAME --token-file FILE --pin sha256:...
 # which replaces this file. It holds a secret token: keep it mode 0600.
 #server = "https://mail.example.org:8443"
 #name = "myhost"
@@ -267,9 +333,9 @@ SystemCallArchitectures=native
 EOF
 }
 
-# render_server_unit STATE_DIR MAP_DIR PORT
+# render_server_unit WRITABLE_DIRS PORT
 render_server_unit() {
-	if [ "$3" -lt 1024 ]; then
+	if [ "$2" -lt 1024 ]; then
 		caps='# Port below 1024: the one capability needed to bind it, nothing else.
 CapabilityBoundingSet=CAP_NET_BIND_SERVICE
 AmbientCapabilities=CAP_NET_BIND_SERVICE'
@@ -283,6 +349,7 @@ CapabilityBoundingSet='
 # the capabilities below follow them.
 [Unit]
 Description=relayctl lease server (Postfix relay access for dynamic hosts)
+Documentation=man:relayctl(1)
 Wants=network-online.target
 After=network-online.target
 
@@ -300,7 +367,7 @@ RestartSec=5s
 
 # The whole file system is read-only except the state and the map's directory
 # (postmap writes the indexed table next to the map).
-ReadWritePaths=$1 $2
+ReadWritePaths=$1
 $(hardening)
 # AF_UNIX for syslog from postmap; no raw, netlink or packet sockets.
 RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
@@ -308,6 +375,51 @@ $caps
 
 [Install]
 WantedBy=multi-user.target
+# Enabling the server enables the sweep that keeps expiring leases while it is down.
+Also=relayctl-sweep.timer
+EOF
+}
+
+# render_sweep_service WRITABLE_DIRS: the same user and sandbox as relayctl.service,
+# because the sweep writes the same state and map.
+render_sweep_service() {
+	cat <<EOF
+# relayctl sweep, started every minute by relayctl-sweep.timer: when no server holds
+# the state lock it expires due leases and rebuilds the map; when one runs it does
+# nothing. Written by install.sh from server.toml, like relayctl.service.
+[Unit]
+Description=relayctl sweep: expire leases while the server is down
+Documentation=man:relayctl(1)
+
+[Service]
+Type=oneshot
+User=$SERVICE_USER
+Group=$SERVICE_USER
+ExecStart=$BIN server sweep --config $SERVER_CONFIG
+# A hung run must end before the next tick.
+TimeoutStartSec=50s
+ReadWritePaths=$1
+$(hardening)
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
+CapabilityBoundingSet=
+EOF
+}
+
+render_sweep_timer() {
+	cat <<'EOF'
+# Runs relayctl-sweep.service every minute, so an expired lease leaves the map
+# within a minute even while relayctl.service is stopped or failed.
+[Unit]
+Description=expire relayctl leases every minute, also while the server is down
+
+[Timer]
+OnBootSec=1min
+OnUnitActiveSec=1min
+# Without it systemd may delay each run by up to a minute to batch wakeups.
+AccuracySec=1s
+
+[Install]
+WantedBy=timers.target
 EOF
 }
 
@@ -316,6 +428,7 @@ render_client_service() {
 # relayctl lease renewal, started by relayctl-client.timer.
 [Unit]
 Description=relayctl lease renewal
+Documentation=man:relayctl(1)
 Wants=network-online.target
 After=network-online.target
 
@@ -355,10 +468,12 @@ WantedBy=timers.target
 EOF
 }
 
-# write_units DIR STATE_DIR MAP_DIR PORT KIND(server|client)
+# write_units DIR WRITABLE_DIRS PORT KIND(server|client)
 write_units() {
-	if [ "$5" = server ]; then
-		render_server_unit "$2" "$3" "$4" | put_file "$1/relayctl.service" 0644
+	if [ "$4" = server ]; then
+		render_server_unit "$2" "$3" | put_file "$1/relayctl.service" 0644
+		render_sweep_service "$2" | put_file "$1/relayctl-sweep.service" 0644
+		render_sweep_timer | put_file "$1/relayctl-sweep.timer" 0644
 	else
 		render_client_service | put_file "$1/relayctl-client.service" 0644
 		render_client_timer | put_file "$1/relayctl-client.timer" 0644
@@ -426,6 +541,16 @@ print_postfix_steps() {
 	say "       postconf -e \"smtpd_relay_restrictions = check_client_access $table, ${relay:-reject_unauth_destination}\""
 }
 
+# print_policy_steps SOCKET: the check_policy_service line for lookup = "policy", with the
+# socket named relative to the queue directory, as smtpd (chrooted there) sees it.
+print_policy_steps() {
+	queue=/var/spool/postfix
+	if [ -z "$DESTDIR" ] && command -v postconf >/dev/null 2>&1; then queue=$(postconf -h queue_directory 2>/dev/null || echo "$queue"); fi
+	name=${1#"$queue"/}
+	say "  2. Hook the policy service into Postfix (relayctl doctor checks it), then run \`postfix reload\`:"
+	say "       postconf -e 'smtpd_relay_restrictions = permit_mynetworks, permit_sasl_authenticated, permit_auth_destination, check_policy_service { unix:$name, timeout=5s }, reject_unauth_destination'"
+}
+
 install_server() {
 	state_dir=$(toml_get "$DESTDIR$SERVER_CONFIG" state_dir)
 	state_dir=${state_dir:-$DEFAULT_STATE_DIR}
@@ -436,6 +561,14 @@ install_server() {
 	port=${listen:-$DEFAULT_LISTEN}
 	port=${port##*:}
 	case $port in '' | *[!0-9]*) die "$SERVER_CONFIG: cannot read the port of listen = \"$listen\"" ;; esac
+	# With lookup = "policy" the server also writes its socket's directory.
+	writable="$state_dir $map_dir"
+	policy_dir=
+	if [ "$(toml_get "$DESTDIR$SERVER_CONFIG" lookup)" = policy ]; then
+		policy_socket=$(toml_get "$DESTDIR$SERVER_CONFIG" policy_socket)
+		policy_dir=$(dirname "${policy_socket:-$DEFAULT_POLICY_SOCKET}")
+		writable="$writable $policy_dir"
+	fi
 
 	install_binary
 	ensure_user
@@ -448,30 +581,57 @@ install_server() {
 		warn "$map_dir exists and is not relayctl's own: make sure the $SERVICE_USER user can write it"
 	fi
 	install_config "$SERVER_CONFIG" 0640 "root:$SERVICE_USER" write_server_skeleton
+	if [ -n "$policy_dir" ]; then
+		# Group postfix and setgid, so smtpd (group postfix) may connect to the socket the server makes.
+		if [ -n "$DESTDIR" ] || getent group postfix >/dev/null 2>&1; then
+			make_dir "$policy_dir" 2750 "$SERVICE_USER:postfix"
+		else
+			warn "no postfix group: create $policy_dir (owner $SERVICE_USER, group postfix, mode 2750) once Postfix is installed"
+		fi
+	fi
 
 	if use_systemd; then
-		write_units "$DESTDIR$UNIT_DIR" "$state_dir" "$map_dir" "$port" server
-		say "installed $DESTDIR$UNIT_DIR/relayctl.service"
+		write_units "$DESTDIR$UNIT_DIR" "$writable" "$port" server
+		say "installed $DESTDIR$UNIT_DIR/relayctl.service, relayctl-sweep.service and relayctl-sweep.timer"
 		if can_systemctl; then
 			systemctl daemon-reload
-			systemctl enable relayctl.service
+			systemctl enable relayctl.service relayctl-sweep.timer
 			# restart, not start: a re-install must run the new binary.
 			systemctl restart relayctl.service || warn "relayctl.service did not start: see journalctl -u relayctl"
+			systemctl start relayctl-sweep.timer
 		else
-			say "systemd is not running here: later run systemctl daemon-reload && systemctl enable --now relayctl.service"
+			say "systemd is not running here: later run systemctl daemon-reload && systemctl enable --now relayctl.service relayctl-sweep.timer"
 		fi
 	else
-		say "no systemd: run \`$BIN server --config $SERVER_CONFIG\` as user $SERVICE_USER from your init system"
+		without_systemd_server
 	fi
 
 	run_doctor --config "$SERVER_CONFIG"
 	say ""
 	say "Next steps:"
 	say "  1. Review $SERVER_CONFIG (public_url above all), then: systemctl restart relayctl"
-	print_postfix_steps "$map"
+	if [ -n "$policy_dir" ]; then print_policy_steps "${policy_socket:-$DEFAULT_POLICY_SOCKET}"; else print_postfix_steps "$map"; fi
 	say "  3. Open TCP port $port to the dynamic hosts."
 	say "  4. For each host: relayctl server add NAME, and run the printed line on that host"
 	say "     after installing relayctl there with \`install.sh client\`."
+}
+
+# For containers, OpenRC, runit and BSD-style inits: how to run the server in the
+# foreground, where its log goes, and the sweep that expires leases while it is down.
+without_systemd_server() {
+	sweep="* * * * * $SERVICE_USER $BIN server sweep --config $SERVER_CONFIG"
+	if [ -d "$DESTDIR$(dirname "$CRON_FILE")" ]; then
+		printf '# Expire relayctl leases every minute, also while the server is down.\n%s\n' "$sweep" | put_file "$DESTDIR$CRON_FILE" 0644
+		say "installed $DESTDIR$CRON_FILE (the sweep, every minute as $SERVICE_USER)"
+	else
+		say "no /etc/cron.d: add the sweep to the system crontab (/etc/crontab format, with the user field):"
+		say "  $sweep"
+	fi
+	say "no systemd: run the server in the foreground as user $SERVICE_USER from your init system:"
+	say "  runuser -u $SERVICE_USER -- $BIN server --config $SERVER_CONFIG"
+	say "  (without runuser: su -s /bin/sh $SERVICE_USER -c '$BIN server --config $SERVER_CONFIG')"
+	say "  It logs one line per event on stderr (JSON lines with log_format = \"json\" in server.toml);"
+	say "  SIGTERM stops it cleanly, SIGHUP reloads its config and certificate."
 }
 
 install_client() {
@@ -482,7 +642,7 @@ install_client() {
 	install_config "$CLIENT_CONFIG" 0600 root:root write_client_skeleton
 
 	if use_systemd; then
-		write_units "$DESTDIR$UNIT_DIR" "" "" 0 client
+		write_units "$DESTDIR$UNIT_DIR" "" 0 client
 		say "installed $DESTDIR$UNIT_DIR/relayctl-client.service and relayctl-client.timer"
 		if can_systemctl; then
 			systemctl daemon-reload
@@ -499,17 +659,93 @@ install_client() {
 	say ""
 	say "Next steps:"
 	say "  1. On the mail host: relayctl server add $(hostname 2>/dev/null || echo NAME)"
-	say "  2. Here, as root: run the \`relayctl client enroll ...\` line it prints."
+	say "  2. Here, as root: run the \`relayctl client enroll ...\` line it prints; to keep the token"
+	say "     out of shell history, replace --token TOKEN by --token-file FILE, or by --token - and paste it."
 	say "  3. Check: relayctl client status"
+}
+
+# postconf for the system being changed: the target's main.cf under DESTDIR.
+pc() {
+	if [ -n "$DESTDIR" ]; then postconf -c "$DESTDIR/etc/postfix" "$@"; else postconf "$@"; fi
+}
+
+# unhooked_value PARAM VALUE MAP: VALUE without the entries that use MAP or relayctl's
+# policy service (with the check_* word naming them), in the list syntax PARAM takes.
+unhooked_value() {
+	printf '%s\n' "$2" | awk -v param="$1" -v map="$3" '{
+		gsub(/,/, " ")
+		n = split($0, w, /[ \t]+/)
+		out = ""; sep = (param == "mynetworks") ? " " : ", "
+		for (i = 1; i <= n; i++) {
+			if (w[i] == "") continue
+			if (w[i] ~ /^check_/ && i < n && (index(w[i + 1], map) || index(w[i + 1], "relayctl/policy"))) { i++; continue }
+			if (index(w[i], map) || index(w[i], "relayctl/policy")) continue
+			out = out (out == "" ? "" : sep) w[i]
+		}
+		print out
+	}'
+}
+
+# True when postconf can read the main.cf of the system being changed.
+can_postconf() {
+	command -v postconf >/dev/null 2>&1 && { [ -z "$DESTDIR" ] || [ -f "$DESTDIR/etc/postfix/main.cf" ]; }
+}
+
+# hooked_params MAP: the main.cf parameters that still use the map (or relayctl's policy
+# service), one "PARAM=VALUE" per line.
+hooked_params() {
+	for param in $HOOK_PARAMS; do
+		value=$(pc -h "$param" 2>/dev/null) || continue
+		case $value in *"$1"* | *relayctl/policy*) printf '%s=%s\n' "$param" "$value" ;; esac
+	done
+}
+
+# unhook MAP PURGE UNHOOK: with UNHOOK, takes the map out of main.cf and reloads Postfix;
+# without it, --purge refuses while main.cf uses the map (Postfix would defer all mail,
+# local too, once the map is gone) and prints the commands that unhook it.
+unhook() {
+	if ! can_postconf; then
+		say "Remove $1 from Postfix's main.cf (mynetworks, smtpd_*_restrictions) and run \`postfix reload\`:"
+		say "with the server gone nothing expires its leases, so those addresses would stay trusted."
+		return 0
+	fi
+	hooked=$(hooked_params "$1")
+	[ -n "$hooked" ] || return 0
+	cmds=$(printf '%s\n' "$hooked" | while IFS= read -r line; do
+		param=${line%%=*}
+		printf "postconf -e '%s = %s'\n" "$param" "$(unhooked_value "$param" "${line#*=}" "$1")"
+	done)
+	if [ "$3" = 1 ]; then
+		printf '%s\n' "$hooked" | while IFS= read -r line; do
+			param=${line%%=*}
+			pc -e "$param = $(unhooked_value "$param" "${line#*=}" "$1")"
+			say "took $1 out of $param"
+		done
+		if [ -z "$DESTDIR" ] && command -v postfix >/dev/null 2>&1; then postfix reload || warn "postfix reload failed: run it yourself"; fi
+	elif [ "$2" = 1 ]; then
+		printf 'install.sh: main.cf still uses %s; deleting it would make Postfix defer all mail. Unhook it first:\n%s\npostfix reload\n(or run install.sh uninstall --purge --unhook)\n' "$1" "$cmds" >&2
+		exit 1
+	else
+		say "main.cf still uses $1: with the server gone nothing expires its leases, so those"
+		say "addresses would stay trusted. Unhook it (or re-run with --unhook):"
+		printf '%s\n' "$cmds" | sed 's/^/  /'
+		say "  postfix reload"
+	fi
 }
 
 uninstall() {
 	purge=0
-	case ${1:-} in
-	--purge) purge=1 ;;
-	'') ;;
-	*) die "uninstall: unknown option $1 (only --purge)" ;;
-	esac
+	unhook=0
+	for opt in "$@"; do
+		case $opt in
+		--purge) purge=1 ;;
+		--unhook) unhook=1 ;;
+		*) die "uninstall: unknown option $opt (only --purge and --unhook)" ;;
+		esac
+	done
+	map=$(toml_get "$DESTDIR$SERVER_CONFIG" map)
+	# Before anything is removed: a refusal must leave the install as it was.
+	unhook "${map:-$DEFAULT_MAP}" "$purge" "$unhook"
 	for unit in $UNITS; do
 		[ -f "$DESTDIR$UNIT_DIR/$unit" ] || continue
 		if can_systemctl; then
@@ -519,21 +755,22 @@ uninstall() {
 		say "removed $DESTDIR$UNIT_DIR/$unit"
 	done
 	if can_systemctl; then systemctl daemon-reload; fi
-	rm -f "$DESTDIR$BIN"
-	say "removed $DESTDIR$BIN"
-	say "Remove the relayctl map from Postfix's mynetworks or smtpd_relay_restrictions and run"
-	say "\`postfix reload\`: nothing expires its leases any more, so they would stay trusted."
+	for f in "$BIN" "$MAN_PAGE" "$BASH_COMPLETION" "$ZSH_COMPLETION" "$CRON_FILE"; do
+		[ -f "$DESTDIR$f" ] || continue
+		rm -f "$DESTDIR$f"
+		say "removed $DESTDIR$f"
+	done
 	if [ "$purge" = 0 ]; then
 		say "kept $CONF_DIR, $DEFAULT_STATE_DIR and $(dirname "$DEFAULT_MAP") (use --purge to remove them)"
 		return 0
 	fi
 	# Paths set in server.toml are never deleted: a typo there must not become rm -rf.
-	for path in state_dir map; do
+	for path in state_dir map policy_socket; do
 		v=$(toml_get "$DESTDIR$SERVER_CONFIG" "$path")
 		[ -z "$v" ] || say "note: $SERVER_CONFIG sets $path = $v; remove it yourself if no longer needed"
 	done
-	rm -rf "$DESTDIR$CONF_DIR" "$DESTDIR$DEFAULT_STATE_DIR" "$DESTDIR$(dirname "$DEFAULT_MAP")"
-	say "removed $DESTDIR$CONF_DIR, $DESTDIR$DEFAULT_STATE_DIR and $DESTDIR$(dirname "$DEFAULT_MAP")"
+	rm -rf "$DESTDIR$CONF_DIR" "$DESTDIR$DEFAULT_STATE_DIR" "$DESTDIR$(dirname "$DEFAULT_MAP")" "$DESTDIR$(dirname "$DEFAULT_POLICY_SOCKET")"
+	say "removed $DESTDIR$CONF_DIR, $DESTDIR$DEFAULT_STATE_DIR, $DESTDIR$(dirname "$DEFAULT_MAP") and $DESTDIR$(dirname "$DEFAULT_POLICY_SOCKET")"
 	if [ -z "$DESTDIR" ] && id "$SERVICE_USER" >/dev/null 2>&1; then
 		if command -v userdel >/dev/null 2>&1; then userdel "$SERVICE_USER"; else deluser "$SERVICE_USER"; fi
 		say "removed user $SERVICE_USER"
@@ -550,8 +787,16 @@ main() {
 		;;
 	units)
 		[ -n "${2:-}" ] || die "units: which directory?"
-		write_units "$2" "$DEFAULT_STATE_DIR" "$(dirname "$DEFAULT_MAP")" "${DEFAULT_LISTEN##*:}" server
-		write_units "$2" "" "" 0 client
+		BIN=${3:-$BIN}
+		write_units "$2" "$DEFAULT_STATE_DIR $(dirname "$DEFAULT_MAP")" "${DEFAULT_LISTEN##*:}" server
+		write_units "$2" "" 0 client
+		;;
+	skeleton)
+		case ${2:-} in
+		server) write_server_skeleton ;;
+		client) write_client_skeleton ;;
+		*) die "skeleton: server or client?" ;;
+		esac
 		;;
 	-h | --help | help) usage ;;
 	*)

@@ -1,22 +1,35 @@
 #!/usr/bin/env bun
 import { defineCommand, renderUsage, runCommand, type ArgsDef, type CommandDef } from "citty";
 import { clientCommand } from "./commands/client.ts";
+import { completionCommand } from "./commands/completion.ts";
 import { doctorCommand } from "./commands/doctor.ts";
 import { serverCommand } from "./commands/server.ts";
+import { resolve } from "./lib/cmdtree.ts";
 import { ExitCode, formatError, RelayError } from "./lib/errors.ts";
 import { log, setVerbosity } from "./lib/logging.ts";
 import { VERSION, versionLine } from "./lib/version.ts";
 
-/** The root command: `relayctl server|client`. */
-export const main = defineCommand({
+/** The root command: `relayctl server|client|doctor|completion`. */
+export const main: CommandDef<ArgsDef> = defineCommand({
   meta: { name: "relayctl", version: VERSION, description: "Let hosts on dynamic addresses relay through Postfix, by lease" },
-  subCommands: { server: serverCommand, client: clientCommand, doctor: doctorCommand },
+  subCommands: { server: serverCommand, client: clientCommand, doctor: doctorCommand, completion: completionCommand(() => main) },
 });
 
 type AnyCommand = CommandDef<ArgsDef>;
 
-async function resolve<T>(v: T | (() => T | Promise<T>) | Promise<T>): Promise<T> {
-  return typeof v === "function" ? await (v as () => T | Promise<T>)() : await v;
+// https://no-color.org: any non-empty NO_COLOR turns colour off. citty only
+// honours NO_COLOR=1 and never looks at whether it writes to a terminal.
+const ANSI = /\x1b\[[0-9;]*[A-Za-z]/g;
+
+/** Text without terminal escape codes. */
+export function plain(text: string): string {
+  return text.replace(ANSI, "");
+}
+
+/** Text as it may go to a stream: escape codes only for a terminal without NO_COLOR; never trailing blanks. */
+export function forStream(text: string, stream: { isTTY?: boolean }): string {
+  const colour = stream.isTTY === true && !process.env.NO_COLOR;
+  return (colour ? text : plain(text)).replace(/[ \t]+$/gm, "");
 }
 
 /**
@@ -63,7 +76,10 @@ export async function cli(argv: string[]): Promise<number> {
     }
     const { leaf, parents } = await leafAndCheck(argv);
     if (argv.includes("--help") || argv.includes("-h") || argv.length === 0) {
-      console.log(await renderUsage(leaf, parents.at(-1)));
+      // citty names only the direct parent; the usage line should be the whole command to type.
+      const names = await Promise.all(parents.map(async (p) => ((await resolve(p.meta ?? {})) as { name?: string }).name));
+      const parent = parents.length ? { meta: { name: names.join(" "), version: VERSION } } : undefined;
+      console.log(forStream(await renderUsage(leaf, parent as AnyCommand | undefined), process.stdout));
       return argv.length === 0 ? ExitCode.USAGE : ExitCode.OK;
     }
     await runCommand(main, { rawArgs: argv });
@@ -73,7 +89,8 @@ export async function cli(argv: string[]): Promise<number> {
     const isCittyUsage = (err as Error)?.name === "CLIError" || ((err as { code?: string })?.code?.startsWith("E_") ?? false);
     const code = err instanceof RelayError ? err.exitCode : isCittyUsage ? ExitCode.USAGE : ExitCode.FAILED;
     if (verbose && err instanceof Error && !(err instanceof RelayError)) log.error(err);
-    process.stderr.write(`relayctl: ${formatError(err)}${isCittyUsage ? " (see relayctl --help)" : ""}\n`);
+    // One plain line whatever the terminal: citty colours words inside its messages.
+    process.stderr.write(plain(`relayctl: ${formatError(err)}${isCittyUsage ? " (see relayctl --help)" : ""}\n`));
     if (verbose && err instanceof Error && err.stack) process.stderr.write(err.stack + "\n");
     return code;
   }

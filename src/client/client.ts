@@ -1,4 +1,4 @@
-import { existsSync } from "node:fs";
+import { accessSync, constants, existsSync, readFileSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { FileLock } from "../lib/lock.ts";
 import { log } from "../lib/logging.ts";
@@ -6,7 +6,7 @@ import { loadClientConfig, renderClientConfig, validateHttpsUrl, validateName, D
 import { ExitCode, RelayError, usageError } from "../lib/errors.ts";
 import { apiError, createApi, isTlsTrouble } from "../lib/http.ts";
 import { writeFileAtomic } from "../lib/fsutil.ts";
-import { parseIp } from "../lib/ip.ts";
+import { cidrContains, parseCidr, parseIp, specialAddressKind } from "../lib/ip.ts";
 import { parsePin, verifiedPeerChain } from "../lib/tls.ts";
 
 /** The server's answer to a lease request. */
@@ -67,9 +67,28 @@ export async function withRunLock<T>(configPath: string | undefined, fn: () => P
   }
 }
 
+/**
+ * Loads the client config, saying "permission denied" when it exists but this
+ * user cannot read it (it is root's, mode 0600), rather than "no client config".
+ */
+export function readClientConfig(path?: string): ClientConfig {
+  const file = path ?? DEFAULT_CLIENT_CONFIG;
+  try {
+    accessSync(file, constants.R_OK);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "EACCES") {
+      throw new RelayError(`permission denied reading ${file}`, {
+        exitCode: ExitCode.USAGE,
+        hint: "it holds the token and is readable by root only: run relayctl client as root (sudo), or enroll this user with --config",
+      });
+    }
+  }
+  return loadClientConfig(path);
+}
+
 /** Renews (or first grants) this host's lease; `ip` names an address other than the observed one. */
 export async function renewLease(opts: { configPath?: string; ip?: string }): Promise<LeaseAnswer> {
-  const cfg = loadClientConfig(opts.configPath);
+  const cfg = readClientConfig(opts.configPath);
   let body: { ip: string } | undefined;
   if (opts.ip !== undefined) {
     const ip = parseIp(opts.ip);
@@ -81,14 +100,54 @@ export async function renewLease(opts: { configPath?: string; ip?: string }): Pr
 
 /** Releases every lease this client holds. */
 export async function releaseLease(opts: { configPath?: string }): Promise<{ client: string; released: string[] }> {
-  const cfg = loadClientConfig(opts.configPath);
+  const cfg = readClientConfig(opts.configPath);
   return withRunLock(opts.configPath, () => call(cfg, "/v1/lease", { method: "DELETE" }));
 }
 
 /** Shows what the server knows of this client (no change). */
 export async function leaseStatus(opts: { configPath?: string }): Promise<LeaseStatus> {
-  const cfg = loadClientConfig(opts.configPath);
+  const cfg = readClientConfig(opts.configPath);
   return call(cfg, "/v1/lease", { method: "GET" });
+}
+
+/**
+ * The token for enroll from exactly one of `--token T`, `--token -` (stdin) or
+ * `--token-file F`, so it can stay out of shell history and `ps`.
+ */
+export function readToken(opts: { token?: string; tokenFile?: string; stdin?: () => string }): string {
+  if (opts.token !== undefined && opts.tokenFile !== undefined) throw usageError("--token and --token-file do not go together", "give the token one way");
+  if (opts.tokenFile !== undefined) {
+    try {
+      return readFileSync(opts.tokenFile, "utf8").trim();
+    } catch (err) {
+      throw usageError(`cannot read --token-file ${opts.tokenFile}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, "put the token printed by `relayctl server add` in that file");
+    }
+  }
+  if (opts.token === "-") return (opts.stdin ?? (() => readFileSync(0, "utf8")))().trim();
+  if (opts.token === undefined) throw usageError("no token", "give --token-file FILE, --token - (read from stdin) or --token TOKEN");
+  return opts.token;
+}
+
+// Addresses a relay client is rarely seen from directly: the server then usually
+// sees a proxy or NAT, and Postfix will see something else again.
+const PRIVATE_NETS = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"].map((c) => parseCidr(c)!);
+
+/**
+ * Why the address the server sees would not work as this client's lease, or
+ * null: a loopback-like address the server refuses without an allow list, or a
+ * private one that is usually a proxy's or NAT's.
+ */
+export function seenAddressProblem(seen: string): string | null {
+  const ip = parseIp(seen);
+  if (!ip) return null;
+  const kind = specialAddressKind(ip);
+  if (kind) {
+    return `the server sees this host as ${seen}, a ${kind} address: it refuses to lease that unless this client's allow list names it (relayctl server add --allow); if the server sits behind a proxy, list it in trusted_proxies`;
+  }
+  if (PRIVATE_NETS.some((n) => cidrContains(n, ip))) {
+    return `the server sees this host as ${seen}, a private address: relaying works only if Postfix sees this host at that same address; if the server sits behind a proxy or NAT, list it in trusted_proxies or lease the public address with --allow and --ip`;
+  }
+  return null;
 }
 
 /** Checks server, pin and token, then writes the client config with mode 0600. */
@@ -104,6 +163,8 @@ export async function enroll(opts: { url: string; name: string; token: string; p
   if (status.client !== name) {
     throw new RelayError(`the token belongs to client ${status.client}, not ${name}`, { exitCode: ExitCode.REFUSED, hint: "paste the enrollment line exactly as printed" });
   }
+  const problem = seenAddressProblem(status.ip);
+  if (problem) log.warn(problem);
   if (existsSync(path) && !opts.force) {
     const old = (() => {
       try {

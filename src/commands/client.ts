@@ -1,5 +1,5 @@
 import { defineCommand } from "citty";
-import { enroll, leaseStatus, releaseLease, renewLease, type LeaseStatus } from "../client/client.ts";
+import { enroll, leaseStatus, readToken, releaseLease, renewLease, type LeaseStatus } from "../client/client.ts";
 import { parseDuration } from "../lib/duration.ts";
 import { ExitCode, formatError, RelayError, usageError } from "../lib/errors.ts";
 import { log } from "../lib/logging.ts";
@@ -48,8 +48,9 @@ export async function runClient(opts: { config?: string; release?: boolean; ip?:
 }
 
 /** `relayctl client enroll`: verify server, pin and token, then write the config. */
-export async function runClientEnroll(opts: { url: string; name: string; token: string; pin?: string; config?: string; force?: boolean; verbose?: boolean }): Promise<void> {
-  const r = await enroll({ url: opts.url, name: opts.name, token: opts.token, pin: opts.pin, configPath: opts.config, force: opts.force });
+export async function runClientEnroll(opts: { url: string; name: string; token?: string; tokenFile?: string; pin?: string; config?: string; force?: boolean; verbose?: boolean }): Promise<void> {
+  const token = readToken({ token: opts.token, tokenFile: opts.tokenFile });
+  const r = await enroll({ url: opts.url, name: opts.name, token, pin: opts.pin, configPath: opts.config, force: opts.force });
   console.log(`enrolled ${r.status.client}: wrote ${r.path}; the server sees this host as ${r.status.ip}. Next: run \`relayctl client\` from cron every 4 minutes.`);
 }
 
@@ -74,11 +75,12 @@ const enrollCommand = defineCommand({
     ...common,
     url: { type: "positional", required: true, description: "server URL, https://HOST:PORT" },
     name: { type: "string", required: true, description: "client name given to `relayctl server add`" },
-    token: { type: "string", required: true, description: "token printed by `relayctl server add`" },
+    token: { type: "string", description: "token printed by `relayctl server add`; - reads it from stdin (keeps it out of shell history)", valueHint: "TOKEN" },
+    "token-file": { type: "string", description: "read the token from this file instead of --token", valueHint: "PATH" },
     pin: { type: "string", description: "sha256:HEX of the server certificate" },
     force: { type: "boolean", description: "replace an existing enrollment for another name or server" },
   },
-  run: ({ args }) => runClientEnroll({ url: args.url, name: args.name, token: args.token, pin: args.pin, config: args.config, force: args.force, verbose: args.verbose }),
+  run: ({ args }) => runClientEnroll({ url: args.url, name: args.name, token: args.token, tokenFile: args["token-file"], pin: args.pin, config: args.config, force: args.force, verbose: args.verbose }),
 });
 
 const statusCommand = defineCommand({

@@ -3,6 +3,7 @@ import { hostname } from "node:os";
 import { ExitCode, RelayError, usageError } from "./errors.ts";
 import { parseDuration, type DurationSetting } from "./duration.ts";
 import { parseCidr, parseIp, type Cidr } from "./ip.ts";
+import { SERVER_KEY_NAMES } from "./schema.ts";
 
 export const DEFAULT_SERVER_CONFIG = "/etc/relayctl/server.toml";
 export const DEFAULT_CLIENT_CONFIG = "/etc/relayctl/client.toml";
@@ -183,11 +184,7 @@ export function serverConfigToRun(path?: string): string {
 export function loadServerConfig(path?: string): ServerConfig {
   const file = path ?? DEFAULT_SERVER_CONFIG;
   const { data, text } = readToml(file, path !== undefined);
-  const k = new Keys(file, text, data, [
-    "listen", "public_url", "state_dir", "tls_cert", "tls_key", "map", "map_type", "ttl", "postmap", "trusted_proxies",
-    "renewals_per_minute", "postmap_timeout", "metrics_allow", "log_format", "log_level", "audit_retention",
-    "lookup", "policy_socket", "ipv6_prefix", "database", "database_password_file",
-  ]);
+  const k = new Keys(file, text, data, SERVER_KEY_NAMES);
   const listen = parseListen(k.str("listen") ?? "[::]:8443", k.where("listen"));
   const publicUrl = validateHttpsUrl(k.str("public_url") ?? `https://${hostname()}:${listen.port}`, k.where("public_url"));
   const mapType = k.str("map_type");

@@ -41,6 +41,36 @@ export function isTlsTrouble(err: unknown): boolean {
   return TLS_TROUBLE.test([cause?.code, cause?.message, (err as Error)?.message].filter(Boolean).join(" "));
 }
 
+/** What a network failure means, by error code, in words a mail admin acts on, and what to check. */
+const NETWORK_TROUBLE: Record<string, [string, string]> = {
+  ECONNREFUSED: ["connection refused", "check that the server runs and listens on that port, and that no firewall rejects it"],
+  ENOTFOUND: ["the host name does not resolve", "check the server URL and this host's DNS"],
+  EAI_AGAIN: ["DNS lookup failed for now", "check this host's DNS; the next run retries"],
+  ETIMEDOUT: ["no answer in time", "check the network path and the firewall (a dropped port looks like this)"],
+  TimeoutError: ["no answer in time", "check the network path and the firewall (a dropped port looks like this)"],
+  ECONNRESET: ["the connection was reset", "check for a proxy or firewall in between; the next run retries"],
+  ConnectionClosed: ["the server closed the connection", "check that the URL points at the relayctl server's HTTPS port"],
+  EHOSTUNREACH: ["no route to the host", "check this host's network and routes"],
+  ENETUNREACH: ["the network is unreachable", "check this host's network and routes"],
+};
+
+/**
+ * The runtime's own words for a failed request, without the advice Bun appends
+ * ("Is the computer able to access the url?", "pass `verbose: true`").
+ */
+export function networkReason(err: unknown): { what: string; hint: string } {
+  const cause = (err as { cause?: { code?: string; name?: string; message?: string } })?.cause;
+  const known = NETWORK_TROUBLE[cause?.code ?? ""] ?? NETWORK_TROUBLE[cause?.name ?? ""] ?? NETWORK_TROUBLE[(err as Error)?.name ?? ""];
+  if (known) return { what: known[0], hint: known[1] };
+  const raw = cause?.message ?? (err as Error)?.message ?? String(err);
+  const what = raw
+    .replace(/^\[\w+\] "[^"]*": (<no response> )?/, "")
+    .replace(/:? ?Unable to connect\. Is the computer able to access the url\?/, "")
+    .replace(/ fetching "[^"]*"\. For more information, pass `verbose: true`.*$/, "")
+    .trim();
+  return { what: what || "network error", hint: "check the network, DNS and firewall; the next run retries" };
+}
+
 /** Turns an HTTP failure into a RelayError with the documented exit code and a hint. */
 export function apiError(err: unknown, server: string): RelayError {
   if (err instanceof RelayError) return err;
@@ -62,7 +92,6 @@ export function apiError(err: unknown, server: string): RelayError {
       hint: "enroll with the --pin printed by `relayctl server add`, or give the server a CA-signed certificate",
     });
   }
-  return new RelayError(`cannot reach ${server}: ${cause?.message ?? (err as Error)?.message ?? String(err)}`, {
-    hint: "check the network, DNS and firewall; the next run retries",
-  });
+  const { what, hint } = networkReason(err);
+  return new RelayError(`cannot reach ${server}: ${what}`, { hint });
 }

@@ -11,6 +11,7 @@ import { lookupTypeOf, type Lookup, type LookupType } from "./lookups/index.ts";
 import { Metrics } from "./metrics.ts";
 import { RefusalLog } from "./refusals.ts";
 import { ExpiryTimer } from "./runtime/expiry.ts";
+import { planReload } from "./runtime/reload.ts";
 import { Retrier } from "./runtime/retry.ts";
 import { writeStatus, type ServerStatus } from "./runtime/status.ts";
 import { realTimers, type Timers } from "./runtime/timers.ts";
@@ -300,18 +301,8 @@ async function serve(
       log.error(`reload failed, keeping the running configuration: ${(err as Error).message}`);
       return;
     }
-    for (const [key, a, b] of [
-      ["listen", JSON.stringify(config.listen), JSON.stringify(next.listen)],
-      ["state_dir", config.stateDir, next.stateDir],
-      ["database", config.database ?? "", next.database ?? ""],
-      ["map", config.map, next.map],
-      ["map_type", config.mapType ?? "", next.mapType ?? ""],
-      ["postmap", config.postmap ?? "", next.postmap ?? ""],
-      ["lookup", config.lookup, next.lookup],
-      ["policy_socket", config.policySocket, next.policySocket],
-    ] as const) {
-      if (a !== b) log.warn(`reload: ${key} changed; restart the server for it to take effect`);
-    }
+    const plan = planReload(config, next);
+    for (const w of plan.warnings) log.warn(w);
     if (nextCert.certPem !== cert.certPem) {
       const previous = { cert, listener };
       cert = nextCert;
@@ -331,7 +322,7 @@ async function serve(
         pinChangedAt = new Date().toISOString();
       } else log.info("reload: certificate renewed, pin unchanged");
     }
-    config = { ...next, listen: config.listen, stateDir: config.stateDir, database: config.database, databasePasswordFile: config.databasePasswordFile, map: config.map, mapType: config.mapType, postmap: config.postmap, lookup: config.lookup, policySocket: config.policySocket };
+    config = plan.config;
     core.config = config;
     renewals = new RenewalLimiter(config.renewalsPerMinute);
     setLogFormat(config.logFormat);

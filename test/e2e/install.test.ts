@@ -15,10 +15,11 @@ import { chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, re
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { loadServerConfig } from "../../src/lib/config.ts";
+import { renderServerSkeleton } from "../../src/lib/schema.ts";
 
 const REPO = join(import.meta.dir, "..", "..");
 const INSTALL_SH = join(REPO, "install.sh");
-const UNITS = ["relayctl.service", "relayctl-client.service", "relayctl-client.timer"];
+const UNITS = ["relayctl.service", "relayctl-sweep.service", "relayctl-sweep.timer", "relayctl-client.service", "relayctl-client.timer"];
 
 // Stands in for relayctl: answers --version, has a doctor that logs its argv to
 // FAKE_LOG and exits FAKE_DOCTOR_EXIT, or no doctor at all without FAKE_DOCTOR.
@@ -38,6 +39,23 @@ esac
 const FAKE_SYSTEMCTL = `#!/bin/sh
 echo "$*" >>"$FAKE_SYSTEMCTL_LOG"
 exit 1
+`;
+
+// postconf -c DIR -h PARAM / -e 'PARAM = VALUE' on DIR/main.cf, "param = value" lines only;
+// unset parameters print nothing, unlike the real one's defaults.
+const FAKE_POSTCONF = `#!/bin/sh
+[ "$1" = -c ] || { echo "fake postconf: -c DIR needed" >&2; exit 9; }
+dir=$2
+shift 2
+case $1 in
+-h) sed -n "s/^$2 = //p" "$dir/main.cf" ;;
+-e)
+	param=\${2%% = *}
+	grep -v "^$param = " "$dir/main.cf" >"$dir/main.cf.new" || true
+	printf '%s\\n' "$2" >>"$dir/main.cf.new"
+	mv "$dir/main.cf.new" "$dir/main.cf" ;;
+*) exit 9 ;;
+esac
 `;
 
 let work: string;
@@ -117,6 +135,7 @@ beforeAll(() => {
   fakeBinDir = join(work, "fakebin");
   mkdirSync(fakeBinDir);
   writeExecutable(join(fakeBinDir, "systemctl"), FAKE_SYSTEMCTL);
+  writeExecutable(join(fakeBinDir, "postconf"), FAKE_POSTCONF);
   fakeRelayctl = join(work, "relayctl");
   writeExecutable(fakeRelayctl, FAKE_RELAYCTL);
   systemctlLog = join(work, "systemctl.log");
@@ -140,6 +159,9 @@ describe("install.sh server", () => {
     expect(mode(join(root, "etc/postfix/relayctl"))).toBe("755");
     expect(mode(join(root, "etc/systemd/system/relayctl.service"))).toBe("644");
     expect(readFileSync(join(root, "etc/systemd/system/relayctl.service"), "utf8")).toBe(readFileSync(join(REPO, "packaging/systemd/relayctl.service"), "utf8"));
+    for (const u of ["relayctl-sweep.service", "relayctl-sweep.timer"]) {
+      expect(readFileSync(join(root, "etc/systemd/system", u), "utf8")).toBe(readFileSync(join(REPO, "packaging/systemd", u), "utf8"));
+    }
     expect(existsSync(join(root, "etc/systemd/system/relayctl-client.timer"))).toBe(false);
     expect(r.stdout).toContain(`postconf -e "mynetworks = $(postconf -h mynetworks) hash:/etc/postfix/relayctl/clients"`);
     expect(r.stdout).toContain("check_client_access hash:/etc/postfix/relayctl/clients");
@@ -186,6 +208,55 @@ describe("install.sh server", () => {
     expect(unit).toMatch(/^RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6$/m);
   });
 
+  test("the sweep runs every minute as the server's user, in the server's sandbox", () => {
+    const server = readFileSync(join(REPO, "packaging/systemd/relayctl.service"), "utf8").split("\n");
+    const sweep = readFileSync(join(REPO, "packaging/systemd/relayctl-sweep.service"), "utf8").split("\n");
+    for (const line of ["Type=oneshot", "ExecStart=/usr/local/bin/relayctl server sweep --config /etc/relayctl/server.toml", "CapabilityBoundingSet="]) expect(sweep).toContain(line);
+    const shared = server.filter((l) => /^(User|Group|ReadWritePaths|RestrictAddressFamilies|NoNewPrivileges|Protect\w+|Private\w+|Restrict\w+|LockPersonality|SystemCallArchitectures)=/.test(l));
+    expect(shared.length).toBeGreaterThan(15);
+    for (const line of shared) expect(sweep).toContain(line);
+    const timer = readFileSync(join(REPO, "packaging/systemd/relayctl-sweep.timer"), "utf8").split("\n");
+    for (const line of ["OnUnitActiveSec=1min", "AccuracySec=1s", "WantedBy=timers.target"]) expect(timer).toContain(line);
+    expect(server).toContain("Also=relayctl-sweep.timer");
+  });
+
+  test("without systemd: the sweep goes to cron.d, and the foreground command and log are printed", () => {
+    const root = freshDir("server-cron");
+    mkdirSync(join(root, "etc/cron.d"), { recursive: true });
+    const r = runInstall(root, ["server"], { env: { RELAYCTL_INIT: "cron" } });
+    expect(r.code).toBe(0);
+    expect(existsSync(join(root, "etc/systemd"))).toBe(false);
+    expect(readFileSync(join(root, "etc/cron.d/relayctl"), "utf8")).toEndWith("\n* * * * * relayctl /usr/local/bin/relayctl server sweep --config /etc/relayctl/server.toml\n");
+    expect(mode(join(root, "etc/cron.d/relayctl"))).toBe("644");
+    expect(r.stdout).toContain("runuser -u relayctl -- /usr/local/bin/relayctl server --config /etc/relayctl/server.toml\n");
+    expect(r.stdout).toContain('on stderr (JSON lines with log_format = "json"');
+    // Without /etc/cron.d the line is printed instead.
+    const bare = runInstall(freshDir("server-nocrond"), ["server"], { env: { RELAYCTL_INIT: "cron" } });
+    expect(bare.stdout).toContain("  * * * * * relayctl /usr/local/bin/relayctl server sweep --config /etc/relayctl/server.toml\n");
+    expect(runInstall(root, ["uninstall"]).code).toBe(0);
+    expect(existsSync(join(root, "etc/cron.d/relayctl"))).toBe(false);
+  });
+
+  test("the skeleton is the schema's, word for word", () => {
+    const r = runInstall(freshDir("skeleton-print"), ["skeleton", "server"]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toBe(renderServerSkeleton());
+  });
+
+  test('lookup = "policy": the socket directory is made (group postfix, setgid) and the units may write it', () => {
+    const root = freshDir("policy");
+    mkdirSync(join(root, "etc/relayctl"), { recursive: true });
+    writeFileSync(join(root, "etc/relayctl/server.toml"), 'lookup = "policy"\n');
+    const r = runInstall(root, ["server"]);
+    expect(r.code).toBe(0);
+    expect(mode(join(root, "var/spool/postfix/relayctl"))).toBe("2750");
+    for (const u of ["relayctl.service", "relayctl-sweep.service"]) {
+      expect(readFileSync(join(root, "etc/systemd/system", u), "utf8")).toContain("ReadWritePaths=/var/lib/relayctl /etc/postfix/relayctl /var/spool/postfix/relayctl\n");
+    }
+    expect(r.stdout).toContain("check_policy_service { unix:relayctl/policy, timeout=5s }");
+    expect(r.stdout).not.toContain("mynetworks =");
+  });
+
   test("the skeleton's keys and example values are ones the server accepts", () => {
     const root = freshDir("skeleton");
     expect(runInstall(root, ["server"]).code).toBe(0);
@@ -194,7 +265,7 @@ describe("install.sh server", () => {
     writeFileSync(asIs, skeleton);
     expect(loadServerConfig(asIs).listen).toEqual({ host: "::", port: 8443 });
     const uncommented = join(root, "uncommented.toml");
-    writeFileSync(uncommented, skeleton.replace(/^#([a-z_]+ = )/gm, "$1"));
+    writeFileSync(uncommented, skeleton.replace(/^#([a-z0-9_]+ = )/gm, "$1"));
     const c = loadServerConfig(uncommented);
     expect(c.map).toBe("/etc/postfix/relayctl/clients");
     expect(c.stateDir).toBe("/var/lib/relayctl");
@@ -215,7 +286,7 @@ describe("install.sh server", () => {
     expect(known.length).toBeGreaterThan(5);
     const root = freshDir("keys-root");
     expect(runInstall(root, ["server"]).code).toBe(0);
-    const documented = [...readFileSync(join(root, "etc/relayctl/server.toml"), "utf8").matchAll(/^#([a-z_]+) = /gm)].map((m) => m[1]);
+    const documented = [...readFileSync(join(root, "etc/relayctl/server.toml"), "utf8").matchAll(/^#([a-z0-9_]+) = /gm)].map((m) => m[1]);
     expect(documented.sort()).toEqual(known.sort());
   });
 
@@ -347,6 +418,29 @@ describe("install.sh binary sources", () => {
     expect(v.stdout).toMatch(/^relayctl \S+ \(commit \S+, linux-\S+\)$/m);
   });
 
+  test("from a clone without dist/relayctl: builds it with bun from node_modules, or says to run npm ci", () => {
+    const clone = freshDir("clone");
+    copyFileSync(INSTALL_SH, join(clone, "install.sh"));
+    writeFileSync(join(clone, "build.ts"), "");
+    const before = runInstall(freshDir("clone-root"), ["server"], { script: join(clone, "install.sh"), env: { RELAYCTL_BINARY: "" } });
+    expect(before.code).toBe(1);
+    expect(before.stderr).toContain("run `npm ci` there first");
+    // Stands in for `bun build.ts`: what the real build leaves in dist/.
+    mkdirSync(join(clone, "node_modules/.bin"), { recursive: true });
+    const fakeBuild = ["#!/bin/sh", "[ \"$1\" = build.ts ] || exit 9", "mkdir -p dist/completions", `cp ${fakeRelayctl} dist/relayctl`, "echo .TH RELAYCTL 1 >dist/relayctl.1", "echo complete >dist/completions/relayctl", "echo '#compdef relayctl' >dist/completions/_relayctl", ""].join("\n");
+    writeExecutable(join(clone, "node_modules/.bin/bun"), fakeBuild);
+    const root = freshDir("clone-root");
+    const r = runInstall(root, ["server"], { script: join(clone, "install.sh"), env: { RELAYCTL_BINARY: "" } });
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain(`building ${clone}/dist/relayctl`);
+    expect(readFileSync(join(root, "usr/local/bin/relayctl"), "utf8")).toBe(FAKE_RELAYCTL);
+    expect(readFileSync(join(root, "usr/local/share/man/man1/relayctl.1"), "utf8")).toBe(".TH RELAYCTL 1\n");
+    expect(readFileSync(join(root, "usr/local/share/bash-completion/completions/relayctl"), "utf8")).toBe("complete\n");
+    expect(readFileSync(join(root, "usr/local/share/zsh/site-functions/_relayctl"), "utf8")).toBe("#compdef relayctl\n");
+    expect(runInstall(root, ["uninstall"]).code).toBe(0);
+    for (const p of ["usr/local/share/man/man1/relayctl.1", "usr/local/share/bash-completion/completions/relayctl", "usr/local/share/zsh/site-functions/_relayctl"]) expect(existsSync(join(root, p))).toBe(false);
+  });
+
   test("from a fresh copy of this tree, as README says: after npm ci, install.sh server builds and installs", () => {
     // The tracked files as they are now, and this tree's node_modules standing in for `npm ci`.
     const clone = freshDir("fresh-clone");
@@ -398,6 +492,69 @@ describe("install.sh uninstall", () => {
   });
 });
 
+describe("install.sh uninstall while main.cf uses the map", () => {
+  /** A server install whose target main.cf hooks the map in, as the quick start says. */
+  function hookedRoot(): string {
+    const root = freshDir("hooked");
+    expect(runInstall(root, ["server"]).code).toBe(0);
+    mkdirSync(join(root, "etc/postfix"), { recursive: true });
+    writeFileSync(
+      join(root, "etc/postfix/main.cf"),
+      [
+        "mynetworks = 127.0.0.0/8 [::1]/128 hash:/etc/postfix/relayctl/clients",
+        "smtpd_relay_restrictions = permit_mynetworks, check_client_access lmdb:/etc/postfix/relayctl/clients, check_policy_service unix:private/relayctl/policy, reject_unauth_destination",
+        "smtpd_recipient_restrictions = reject_unauth_pipelining",
+        "",
+      ].join("\n"),
+    );
+    return root;
+  }
+
+  test("--purge refuses, prints the postconf commands that unhook it, and removes nothing", () => {
+    const root = hookedRoot();
+    const r = runInstall(root, ["uninstall", "--purge"]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("main.cf still uses /etc/postfix/relayctl/clients");
+    expect(r.stderr).toContain("postconf -e 'mynetworks = 127.0.0.0/8 [::1]/128'\n");
+    expect(r.stderr).toContain("postconf -e 'smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination'\n");
+    expect(r.stderr).not.toContain("smtpd_recipient_restrictions");
+    expect(r.stderr).toContain("--unhook");
+    for (const p of ["usr/local/bin/relayctl", "etc/relayctl/server.toml", "etc/postfix/relayctl", "etc/systemd/system/relayctl.service"]) expect(existsSync(join(root, p))).toBe(true);
+  });
+
+  test("--purge --unhook takes the map out of main.cf first, then purges", () => {
+    const root = hookedRoot();
+    const r = runInstall(root, ["uninstall", "--purge", "--unhook"]);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    const mainCf = readFileSync(join(root, "etc/postfix/main.cf"), "utf8");
+    expect(mainCf).not.toContain("relayctl");
+    expect(mainCf).toContain("mynetworks = 127.0.0.0/8 [::1]/128\n");
+    expect(mainCf).toContain("smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination\n");
+    expect(mainCf).toContain("smtpd_recipient_restrictions = reject_unauth_pipelining\n");
+    for (const p of ["usr/local/bin/relayctl", "etc/relayctl", "etc/postfix/relayctl"]) expect(existsSync(join(root, p))).toBe(false);
+  });
+
+  test("a plain uninstall goes ahead, keeps the map and says how to unhook it", () => {
+    const root = hookedRoot();
+    const r = runInstall(root, ["uninstall"]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain("  postconf -e 'mynetworks = 127.0.0.0/8 [::1]/128'\n");
+    expect(existsSync(join(root, "usr/local/bin/relayctl"))).toBe(false);
+    expect(existsSync(join(root, "etc/postfix/relayctl"))).toBe(true);
+    expect(readFileSync(join(root, "etc/postfix/main.cf"), "utf8")).toContain("hash:/etc/postfix/relayctl/clients");
+  });
+
+  test("a map set in server.toml is the one looked for", () => {
+    const root = hookedRoot();
+    writeFileSync(join(root, "etc/relayctl/server.toml"), 'map = "/srv/maps/clients"\n');
+    writeFileSync(join(root, "etc/postfix/main.cf"), "mynetworks = 127.0.0.0/8 cdb:/srv/maps/clients\n");
+    const r = runInstall(root, ["uninstall", "--purge"]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("postconf -e 'mynetworks = 127.0.0.0/8'\n");
+  });
+});
+
 describe("systemd units", () => {
   test("packaging/systemd holds exactly what install.sh writes by default", () => {
     const dir = freshDir("units");
@@ -422,7 +579,9 @@ describe("systemd units", () => {
     copyFileSync(existsSync("/bin/kill") ? "/bin/kill" : "/usr/bin/kill", join(root, "bin/kill"));
     chmodSync(join(root, "bin/kill"), 0o755);
     const units = UNITS.map((u) => join(root, "etc/systemd/system", u));
-    const r = spawnSync("systemd-analyze", ["verify", `--root=${root}`, ...units], { encoding: "utf8" });
+    // --man=no: Documentation=man:relayctl(1) names a page this machine has not installed
+    // (the release and first-contact tests check the page itself).
+    const r = spawnSync("systemd-analyze", ["verify", "--man=no", `--root=${root}`, ...units], { encoding: "utf8" });
     expect(r.stderr).toBe("");
     expect(r.status).toBe(0);
   });

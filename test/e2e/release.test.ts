@@ -1,6 +1,7 @@
 /**
- * Release artifacts: tarball names, SHA256SUMS, the layout inside each tarball,
- * and that every binary is an ELF file for its architecture and libc.
+ * Release artifacts: tarball and .deb names, SHA256SUMS, the layout inside each
+ * tarball and package, lintian, a package installed into and purged from a
+ * throwaway root, and that every binary is an ELF file for its architecture and libc.
  *
  * The release build fetches four ~50 MB runtimes from npm (once; they are cached
  * in node_modules/.cache/relayctl), so it runs only with RELAYCTL_TEST_RELEASE=1.
@@ -10,7 +11,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { closeSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pkg from "../../package.json" with { type: "json" };
@@ -26,6 +27,13 @@ const ARTIFACTS = [
   { artifact: "linux-arm64-musl", machine: 0xb7, interp: "ld-musl-aarch64", target: "linux-arm64-musl" },
 ];
 const tarball = (artifact: string) => `relayctl-${pkg.version}-${artifact}.tar.gz`;
+/** The Debian packages: architecture and the ELF machine of their binary. */
+const DEBS = [
+  { arch: "amd64", machine: 0x3e },
+  { arch: "arm64", machine: 0xb7 },
+];
+const deb = (arch: string) => `relayctl_${pkg.version}_${arch}.deb`;
+const UNITS = ["relayctl.service", "relayctl-sweep.service", "relayctl-sweep.timer", "relayctl-client.service", "relayctl-client.timer"];
 
 const mode = process.env.RELAYCTL_TEST_RELEASE;
 
@@ -81,9 +89,9 @@ describe.skipIf(mode !== "1" && mode !== "existing")("release artifacts", () => 
     if (unpacked) rmSync(unpacked, { recursive: true, force: true });
   });
 
-  test("dist/SHA256SUMS lists exactly the four tarballs, with their hashes", () => {
+  test("dist/SHA256SUMS lists exactly the four tarballs and two packages, with their hashes", () => {
     const lines = readFileSync(join(DIST, "SHA256SUMS"), "utf8").trim().split("\n");
-    expect(lines.map((l) => l.split(/\s+/)[1]).sort()).toEqual(ARTIFACTS.map((a) => tarball(a.artifact)).sort());
+    expect(lines.map((l) => l.split(/\s+/)[1]).sort()).toEqual([...ARTIFACTS.map((a) => tarball(a.artifact)), ...DEBS.map((d) => deb(d.arch))].sort());
     for (const line of lines) {
       const [hash, file] = line.split(/\s+/);
       expect(sha256(join(DIST, file!))).toBe(hash!);
@@ -97,13 +105,13 @@ describe.skipIf(mode !== "1" && mode !== "existing")("release artifacts", () => 
       test("holds the binary, install.sh, units and a SHA256SUMS that matches them", () => {
         const sums = readFileSync(join(dir(), "SHA256SUMS"), "utf8").trim().split("\n").map((l) => l.split(/\s+/));
         const files = sums.map(([, f]) => f!);
-        for (const f of ["relayctl", "install.sh", "systemd/relayctl.service", "systemd/relayctl-client.service", "systemd/relayctl-client.timer"]) {
+        for (const f of ["relayctl", "install.sh", "relayctl.1", "completions/relayctl", "completions/_relayctl", ...UNITS.map((u) => `systemd/${u}`)]) {
           expect(files).toContain(f);
         }
         for (const [hash, f] of sums) expect(sha256(join(dir(), f!))).toBe(hash!);
         expect(statSync(join(dir(), "relayctl")).mode & 0o777).toBe(0o755);
         expect(statSync(join(dir(), "install.sh")).mode & 0o777).toBe(0o755);
-        for (const u of ["relayctl.service", "relayctl-client.service", "relayctl-client.timer"]) {
+        for (const u of UNITS) {
           expect(readFileSync(join(dir(), "systemd", u), "utf8")).toBe(readFileSync(join(REPO, "packaging/systemd", u), "utf8"));
         }
       });
@@ -125,6 +133,78 @@ describe.skipIf(mode !== "1" && mode !== "existing")("release artifacts", () => 
       }
     });
   }
+
+  for (const d of DEBS) {
+    describe(deb(d.arch), () => {
+      const path = () => join(DIST, deb(d.arch));
+
+      test("control: name, version, architecture, dependencies", () => {
+        const r = spawnSync("dpkg-deb", ["--field", path()], { encoding: "utf8" });
+        expect(r.status).toBe(0);
+        for (const line of ["Package: relayctl", `Version: ${pkg.version}`, `Architecture: ${d.arch}`, "Depends: libc6 (>= 2.17), adduser", "Section: mail"]) expect(r.stdout).toContain(`${line}\n`);
+        const scripts = spawnSync("dpkg-deb", ["--info", path()], { encoding: "utf8" }).stdout;
+        for (const s of ["postinst", "prerm", "postrm", "md5sums"]) expect(scripts).toMatch(new RegExp(`\\s${s}\\b`));
+      });
+
+      test("contents: binary, units, man page, completions, docs; all owned by root, nothing in /etc", () => {
+        const lines = spawnSync("dpkg-deb", ["--contents", path()], { encoding: "utf8" }).stdout.trim().split("\n");
+        const entries = new Map(lines.map((l) => [l.split(/\s+/).at(-1)!, l]));
+        for (const f of ["./usr/bin/relayctl", ...UNITS.map((u) => `./lib/systemd/system/${u}`), "./usr/share/man/man1/relayctl.1.gz", "./usr/share/bash-completion/completions/relayctl", "./usr/share/zsh/vendor-completions/_relayctl", "./usr/share/doc/relayctl/copyright", "./usr/share/doc/relayctl/changelog.gz", "./usr/share/relayctl/server.toml"]) {
+          expect(entries.has(f)).toBe(true);
+        }
+        expect(entries.get("./usr/bin/relayctl")).toStartWith("-rwxr-xr-x root/root");
+        for (const l of lines) expect(l).toContain(" root/root ");
+        expect([...entries.keys()].filter((f) => f.startsWith("./etc/"))).toEqual([]);
+      });
+
+      test(`its binary is an ELF executable for machine 0x${d.machine.toString(16)}; its units run /usr/bin/relayctl`, () => {
+        const dir = mkdtempSync(join(unpacked, `x-${d.arch}-`));
+        expect(spawnSync("dpkg-deb", ["-x", path(), dir]).status).toBe(0);
+        expect(elfInfo(join(dir, "usr/bin/relayctl")).machine).toBe(d.machine);
+        const service = readFileSync(join(dir, "lib/systemd/system/relayctl.service"), "utf8");
+        expect(service).toContain("ExecStart=/usr/bin/relayctl server --config /etc/relayctl/server.toml\n");
+        expect(readFileSync(join(dir, "lib/systemd/system/relayctl-sweep.service"), "utf8")).toContain("ExecStart=/usr/bin/relayctl server sweep --config /etc/relayctl/server.toml\n");
+        expect(readFileSync(join(dir, "usr/share/relayctl/server.toml"), "utf8")).toStartWith("# relayctl server configuration (TOML).");
+      });
+
+      test("lintian reports no errors", () => {
+        const r = spawnSync("lintian", ["--fail-on", "error", path()], { encoding: "utf8" });
+        expect(r.stdout.split("\n").filter((l) => l.startsWith("E:"))).toEqual([]);
+        expect(r.status).toBe(0);
+      }, 120_000);
+    });
+  }
+
+  test("the amd64 package installs into a throwaway root, starts nothing, and purges only on purge", () => {
+    const root = join(unpacked, "dpkg-root");
+    mkdirSync(join(root, "var/lib/dpkg/info"), { recursive: true });
+    mkdirSync(join(root, "var/lib/dpkg/updates"), { recursive: true });
+    mkdirSync(join(root, "etc/postfix"), { recursive: true });
+    writeFileSync(join(root, "var/lib/dpkg/status"), "");
+    // Chrootless: the maintainer scripts run here with DPKG_ROOT set, so they must touch only the root.
+    const dpkg = (...args: string[]) => spawnSync("dpkg", [`--root=${root}`, "--force-script-chrootless", "--force-depends", "--log=/dev/null", ...args], { encoding: "utf8", env: { ...process.env, PATH: process.env.PATH ?? "/usr/bin:/bin" } });
+    const install = dpkg("-i", join(DIST, deb("amd64")));
+    expect(install.stderr).not.toMatch(/error/i);
+    expect(install.status).toBe(0);
+    expect(install.stdout).toContain("nothing runs yet");
+    const mode = (p: string) => (statSync(join(root, p)).mode & 0o7777).toString(8);
+    expect(mode("usr/bin/relayctl")).toBe("755");
+    expect(mode("etc/relayctl")).toBe("750");
+    expect(mode("etc/relayctl/server.toml")).toBe("640");
+    expect(mode("var/lib/relayctl")).toBe("700");
+    expect(mode("etc/postfix/relayctl")).toBe("755");
+    expect(existsSync(join(root, "etc/systemd/system"))).toBe(false);
+    // An edited config survives a re-install, and a remove; only purge takes it and the state.
+    writeFileSync(join(root, "etc/relayctl/server.toml"), 'ttl = "30m"\n');
+    expect(dpkg("-i", join(DIST, deb("amd64"))).status).toBe(0);
+    expect(readFileSync(join(root, "etc/relayctl/server.toml"), "utf8")).toBe('ttl = "30m"\n');
+    expect(dpkg("-r", "relayctl").status).toBe(0);
+    expect(existsSync(join(root, "usr/bin/relayctl"))).toBe(false);
+    expect(existsSync(join(root, "etc/relayctl/server.toml"))).toBe(true);
+    expect(existsSync(join(root, "var/lib/relayctl"))).toBe(true);
+    expect(dpkg("-P", "relayctl").status).toBe(0);
+    for (const p of ["etc/relayctl", "var/lib/relayctl", "etc/postfix/relayctl"]) expect(existsSync(join(root, p))).toBe(false);
+  });
 
   test("the tarball's install.sh verifies and installs its own binary", () => {
     const dir = join(unpacked, `relayctl-${pkg.version}-linux-x64`);

@@ -1,7 +1,7 @@
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
 import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { cli } from "../../src/cli.ts";
+import { cli, forStream } from "../../src/cli.ts";
 import { DEFAULT_SERVER_CONFIG, renderClientConfig } from "../../src/lib/config.ts";
 import { log } from "../../src/lib/logging.ts";
 import { capture, fakePostmap, removeTempDirs, tempDir, writeServerConfig } from "./helpers.ts";
@@ -45,6 +45,32 @@ describe("cli", () => {
     const sub = await run("client", "--help");
     expect(sub.code).toBe(0);
     expect(sub.stdout).toContain("--release");
+  });
+
+  test("--help names the whole command and carries no escape codes off a terminal or with NO_COLOR", async () => {
+    const r = await run("client", "enroll", "--help");
+    expect(r.stdout).toContain("USAGE relayctl client enroll [OPTIONS] <URL>");
+    expect(r.stdout).not.toMatch(/\x1b|[ \t]$/m);
+    const tty = { isTTY: true };
+    const saved = process.env.NO_COLOR;
+    try {
+      delete process.env.NO_COLOR;
+      expect(forStream("\x1b[36mx\x1b[39m", tty)).toBe("\x1b[36mx\x1b[39m");
+      expect(forStream("\x1b[36mx\x1b[39m", { isTTY: false })).toBe("x");
+      process.env.NO_COLOR = "yes";
+      expect(forStream("\x1b[36mx\x1b[39m", tty)).toBe("x");
+    } finally {
+      if (saved === undefined) delete process.env.NO_COLOR;
+      else process.env.NO_COLOR = saved;
+    }
+  });
+
+  test("citty's own errors are one plain line", async () => {
+    const r = await run("server", "add");
+    expect(r.code).toBe(2);
+    expect(r.stderr).toBe("relayctl: Missing required positional argument: NAME (see relayctl --help)\n");
+    const fish = await run("completion", "fish");
+    expect(fish.stderr).toBe("relayctl: unknown command fish: see relayctl --help\n");
   });
 
   test("an unknown option is exit 2 with one stderr line, at any level", async () => {

@@ -290,7 +290,7 @@ export function testService(
       else metrics.rebuild(r.ms);
     },
   });
-  const lookup = new MapLookup(writer);
+  const lookup = new MapLookup(writer, leases.index, clock);
   const refusals = new RefusalLog(store, clock, opts.refusalsPerMinute);
   const renewals = opts.renewals ?? new RenewalLimiter(0);
   const service = new LeaseService({

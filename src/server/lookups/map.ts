@@ -3,7 +3,7 @@ import { basename, dirname, join } from "node:path";
 import type { MapType, ServerConfig } from "../../lib/config.ts";
 import { usageError } from "../../lib/errors.ts";
 import { fsyncDir, handOver, ownerFor, privateDir, writeFileSynced } from "../../lib/fsutil.ts";
-import type { Cidr } from "../../lib/ip.ts";
+import { parseIp, type Cidr } from "../../lib/ip.ts";
 import { log } from "../../lib/logging.ts";
 import type { LiveIndex } from "../live.ts";
 import type { Clock } from "../leases.ts";
@@ -112,6 +112,10 @@ export class MapWriter {
   private written: { text: string; db: Identity; source: Identity } | null = null;
   rebuilds = 0;
   lastError: string | null = null;
+  /** When rebuilds started failing (null while they work): entries gone since then are frozen in the map. */
+  failingSince: number | null = null;
+  /** The addresses of the map this process installed last. */
+  installed: readonly string[] = [];
   lastRebuild: { at: number; ms: number; entries: number } | null = null;
 
   constructor(private readonly opts: MapWriterOptions) {}
@@ -201,6 +205,7 @@ export class MapWriter {
       fsyncDir(dir);
     } catch (err) {
       this.lastError = (err as Error).message;
+      this.failingSince ??= Date.now();
       log.error(`map ${path}: ${this.lastError}`);
       this.opts.onRebuild?.(err as Error);
       throw err;
@@ -208,7 +213,9 @@ export class MapWriter {
       if (tmpDir) rmSync(tmpDir, { recursive: true, force: true });
     }
     this.written = { text, db: identityOf(lstatOrNull(this.dbPath)), source: identityOf(lstatOrNull(path)) };
+    this.installed = addresses;
     this.lastError = null;
+    this.failingSince = null;
     this.rebuilds++;
     const ms = performance.now() - t0;
     this.lastRebuild = { at: Date.now(), ms, entries };
@@ -238,7 +245,11 @@ export class MapLookup implements Lookup {
   private checking: Promise<void> | null = null;
   private damage: string | null = null;
 
-  constructor(readonly writer: MapWriter) {}
+  constructor(
+    readonly writer: MapWriter,
+    private readonly index: LiveIndex,
+    private readonly clock: Clock,
+  ) {}
 
   /** Rebuilds the map when the live set differs from what is installed. */
   async publish(): Promise<void> {
@@ -270,7 +281,16 @@ export class MapLookup implements Lookup {
   problems(): string[] {
     const out: string[] = [];
     if (this.damage) out.push(`map: ${this.damage}`);
-    if (this.writer.lastError) out.push(`map: ${this.writer.lastError}`);
+    if (this.writer.lastError) {
+      out.push(`map: ${this.writer.lastError}`);
+      // Only while rebuilds fail can the installed map hold what is no longer leased.
+      const now = this.clock.now();
+      const frozen = this.writer.installed.filter((a) => {
+        const ip = parseIp(a);
+        return !ip || !this.index.covers(ip, now);
+      }).length;
+      if (frozen) out.push(`map: ${frozen} entries without a live lease still relay (frozen since ${new Date(this.writer.failingSince!).toISOString()})`);
+    }
     return out;
   }
 
@@ -303,6 +323,8 @@ async function openMap(ctx: LookupContext): Promise<MapLookup> {
   assertOurMap(m.path);
   return new MapLookup(
     new MapWriter({ ...m, addresses: () => mapAddresses(ctx.index, ctx.clock), timeoutMs: ctx.config.postmapTimeout * 1000, onRebuild: ctx.onPublish }),
+    ctx.index,
+    ctx.clock,
   );
 }
 

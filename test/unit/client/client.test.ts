@@ -2,12 +2,13 @@ import { certificatePin } from "../../../src/lib/tls.ts";
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { enroll, leaseStatus, releaseLease, renewLease } from "../../../src/client/client.ts";
+import { enroll, leaseStatus, readToken, releaseLease, renewLease, seenAddressProblem } from "../../../src/client/client.ts";
+import { log } from "../../../src/lib/logging.ts";
 import { loadClientConfig, loadServerConfig, renderClientConfig } from "../../../src/lib/config.ts";
 import { ExitCode } from "../../../src/lib/errors.ts";
 import { addClient, revokeClient } from "../../../src/server/admin.ts";
 import { startServer, type RunningServer } from "../../../src/server/server.ts";
-import { fakePostmap, relayError, removeTempDirs, silenceLogger, tempDir, writeServerConfig, type FakePostmap } from "../helpers.ts";
+import { capture, fakePostmap, relayError, removeTempDirs, silenceLogger, tempDir, writeServerConfig, type FakePostmap } from "../helpers.ts";
 
 let server: RunningServer;
 let url: string;
@@ -143,6 +144,48 @@ describe("renew, status, release", () => {
     writeFileSync(path, renderClientConfig({ server: "https://127.0.0.1:1", name: "x", token: "0123456789abcdef.x" }));
     const err = await relayError(() => leaseStatus({ configPath: path }));
     expect(err.exitCode).toBe(ExitCode.FAILED);
-    expect(err.message).toContain("cannot reach https://127.0.0.1:1");
+    expect(err.message).toBe("cannot reach https://127.0.0.1:1: connection refused");
+    expect(err.hint).toContain("firewall");
+  });
+});
+
+describe("enroll input and warnings", () => {
+  test("the token comes from exactly one of --token, --token - (stdin) and --token-file", () => {
+    const file = join(tempDir("relayctl-client-"), "token");
+    writeFileSync(file, "abc.def\n");
+    expect(readToken({ tokenFile: file })).toBe("abc.def");
+    expect(readToken({ token: "-", stdin: () => "  from.stdin\n" })).toBe("from.stdin");
+    expect(readToken({ token: "plain" })).toBe("plain");
+    for (const bad of [{}, { token: "x", tokenFile: file }, { tokenFile: join(file, "missing") }]) {
+      expect(() => readToken(bad)).toThrow();
+      try {
+        readToken(bad);
+      } catch (err) {
+        expect((err as { exitCode: number }).exitCode).toBe(ExitCode.USAGE);
+      }
+    }
+  });
+
+  test("names what is wrong with a loopback or private address, and nothing for a public one", () => {
+    expect(seenAddressProblem("127.0.0.1")).toContain("a loopback address: it refuses to lease that unless this client's allow list names it");
+    expect(seenAddressProblem("::1")).toContain("loopback");
+    expect(seenAddressProblem("192.168.1.20")).toContain("a private address");
+    expect(seenAddressProblem("fd00::5")).toContain("a private address");
+    expect(seenAddressProblem("198.51.100.7")).toBeNull();
+    expect(seenAddressProblem("2001:db8::1")).toBeNull();
+  });
+
+  test("enroll warns before writing when the server sees a loopback address", async () => {
+    const added = await addClient({ configPath, name: "seenlocal" });
+    const path = join(tempDir("relayctl-client-"), "client.toml");
+    log.level = 1;
+    try {
+      const r = await capture(() => enroll({ url, name: "seenlocal", token: added.token, pin: added.pin, configPath: path }));
+      expect(r.error).toBeUndefined();
+      expect(r.stderr).toStartWith("warn: the server sees this host as 127.0.0.1, a loopback address");
+    } finally {
+      silenceLogger();
+    }
+    expect(existsSync(path)).toBe(true);
   });
 });

@@ -4,7 +4,8 @@ import { join } from "node:path";
 import { RelayError } from "../../../src/lib/errors.ts";
 import { parseCidr } from "../../../src/lib/ip.ts";
 import { frozenEntries, MapLookup, mapRefuses, MapWriter, renderMap } from "../../../src/server/lookups/map.ts";
-import { fakePostmap, killPid, processAlive, removeTempDirs, silenceLogger, tempDir, type FakePostmap } from "../helpers.ts";
+import { LiveIndex } from "../../../src/server/live.ts";
+import { FakeClock, fakePostmap, killPid, processAlive, removeTempDirs, silenceLogger, tempDir, type FakePostmap } from "../helpers.ts";
 
 beforeAll(silenceLogger);
 afterAll(removeTempDirs);
@@ -369,7 +370,9 @@ describe("frozenEntries", () => {
 describe("MapLookup", () => {
   test("publish syncs, problems report a failing rebuild, check repairs a deleted database", async () => {
     const f = fixture();
-    const lookup = new MapLookup(f.writer);
+    const index = new LiveIndex();
+    const clock = new FakeClock();
+    const lookup = new MapLookup(f.writer, index, clock);
     f.addrs.push("192.0.2.1");
     await lookup.publish();
     expect(lookup.status()).toMatchObject({ lookup: "map", target: f.db, entries: 1, type: "hash", rebuilds: 1 });
@@ -387,6 +390,10 @@ describe("MapLookup", () => {
     f.addrs.push("192.0.2.2");
     await expect(lookup.publish()).rejects.toThrow("disk full");
     expect(lookup.problems().join()).toContain("disk full");
+    // 192.0.2.1 is installed but has no live lease in the index: frozen while rebuilds fail.
+    expect(lookup.problems().join()).toContain("1 entries without a live lease still relay (frozen since");
+    index.put({ client: "c", family: 4, ip: "192.0.2.1", granted_at: 0, renewed_at: 0, expires_at: clock.now() + 60_000, renewals: 0 });
+    expect(lookup.problems().join()).not.toContain("frozen");
     f.pm.ok();
     await lookup.publish();
     expect(lookup.problems()).toEqual([]);

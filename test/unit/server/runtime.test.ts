@@ -1,6 +1,10 @@
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } from "bun:test";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { loadServerConfig } from "../../../src/lib/config.ts";
 import { parseCidr } from "../../../src/lib/ip.ts";
 import { SqliteStore } from "../../../src/server/stores/sqlite.ts";
+import { planReload } from "../../../src/server/runtime/reload.ts";
 import { LeaseBook } from "../../../src/server/leases.ts";
 import { Metrics } from "../../../src/server/metrics.ts";
 import { ExpiryTimer, MAX_TIMER_MS } from "../../../src/server/runtime/expiry.ts";
@@ -244,5 +248,28 @@ describe("ExpiryTimer", () => {
     // The row is still in the store: the database catches up when it answers.
     expect(store.allLeases()).toHaveLength(1);
     expect(timers.delays()).toEqual([1_000]);
+  });
+});
+
+describe("planReload", () => {
+  test("applies what can change in place, keeps what needs a restart and warns for each", () => {
+    const dir = tempDir("relayctl-reload-");
+    const write = (name: string, text: string): string => {
+      const p = join(dir, name);
+      writeFileSync(p, text);
+      return p;
+    };
+    const running = loadServerConfig(write("a.toml", `listen = "127.0.0.1:8443"\nttl = "20m"\nstate_dir = "${dir}/s"\n`));
+    const next = loadServerConfig(write("b.toml", `listen = "127.0.0.1:9443"\nttl = "1h"\nstate_dir = "${dir}/s"\nlookup = "policy"\nlog_level = "debug"\n`));
+    const plan = planReload(running, next);
+    expect(plan.config.ttl).toBe(3600);
+    expect(plan.config.logLevel).toBe("debug");
+    expect(plan.config.listen).toEqual(running.listen);
+    expect(plan.config.lookup).toBe("map");
+    expect(plan.warnings).toEqual([
+      "reload: listen changed; restart the server for it to take effect",
+      "reload: lookup changed; restart the server for it to take effect",
+    ]);
+    expect(planReload(running, running).warnings).toEqual([]);
   });
 });

@@ -1,0 +1,70 @@
+import { DURATION_LIMITS, formatDuration } from "./duration.ts";
+
+/** One server.toml key: its default as TOML (null when unset), a one-line doc, and an example when unset. */
+export interface ConfigKey {
+  key: string;
+  /** The default written as TOML, or null when the key is unset by default. */
+  default: string | null;
+  /** What the default means when it is computed (e.g. from the host name). */
+  defaultNote?: string;
+  doc: string;
+  /** A value to show, commented out, when there is no default. */
+  example?: string;
+}
+
+const bounds = (setting: keyof typeof DURATION_LIMITS): string => `${formatDuration(DURATION_LIMITS[setting].min)} to ${formatDuration(DURATION_LIMITS[setting].max)}`;
+
+/**
+ * Every server.toml key, in the order the skeleton lists them: the one
+ * source the loader's key list, install.sh's skeleton (packaging/server.toml)
+ * and docs/configuration.md are made from.
+ */
+export const SERVER_KEYS: readonly ConfigKey[] = [
+  { key: "listen", default: '"[::]:8443"', doc: 'Address and port of the HTTPS lease server; "[::]:8443" is dual-stack.' },
+  { key: "public_url", default: null, defaultNote: "https://HOSTNAME:PORT", doc: "URL clients use to reach this server; it is printed in enrollment lines.", example: '"https://mail.example.org:8443"' },
+  { key: "state_dir", default: '"/var/lib/relayctl"', doc: "Leases, tokens, the audit log and the self-signed certificate (when tls_cert is unset)." },
+  { key: "tls_cert", default: null, doc: "Certificate to serve instead of the self-signed one (set with tls_key); readable by the relayctl user.", example: '"/etc/relayctl/tls/fullchain.pem"' },
+  { key: "tls_key", default: null, doc: "Key of tls_cert.", example: '"/etc/relayctl/tls/privkey.pem"' },
+  { key: "lookup", default: '"map"', doc: 'How Postfix asks: "map" (a postmap table) or "policy" (the policy-delegation socket; exact IPv6 matching and prefix leases).' },
+  { key: "policy_socket", default: '"/var/spool/postfix/relayctl/policy"', doc: "The policy socket (lookup = \"policy\"): inside Postfix's queue directory, never TCP." },
+  { key: "map", default: '"/etc/postfix/relayctl/clients"', doc: "The Postfix lookup table relayctl keeps (lookup = \"map\"); its directory must be writable by relayctl." },
+  { key: "map_type", default: null, defaultNote: "Postfix's default_database_type", doc: "Table type: hash, lmdb, btree or cdb.", example: '"lmdb"' },
+  { key: "ttl", default: '"20m"', doc: `Default lease lifetime (${bounds("ttl")}); clients renew every 4 minutes.` },
+  { key: "ipv6_prefix", default: "128", doc: "Prefix length of IPv6 leases (48-128); below 128 needs lookup = \"policy\". 64 covers a LAN with its privacy addresses." },
+  { key: "postmap", default: null, defaultNote: "found on PATH or in /usr/sbin", doc: "postmap to run.", example: '"/usr/sbin/postmap"' },
+  { key: "postmap_timeout", default: '"10s"', doc: `How long one postmap run may take before it is abandoned (${bounds("postmap_timeout")}).` },
+  { key: "renewals_per_minute", default: "20", doc: "Renewals one client may make per minute (0: no limit); a runaway loop is refused." },
+  { key: "trusted_proxies", default: null, doc: "Reverse proxies whose X-Forwarded-For header is believed (addresses or CIDR networks).", example: '["127.0.0.1"]' },
+  { key: "metrics_allow", default: null, doc: "Who may read GET /metrics besides loopback (addresses or CIDR networks).", example: '["192.0.2.10"]' },
+  { key: "log_format", default: '"text"', doc: 'Log lines: "text" (level: message) or "json" (one object per line).' },
+  { key: "log_level", default: '"info"', doc: "error, warn, info or debug." },
+  { key: "database", default: null, defaultNote: "SQLite in state_dir", doc: "Shared PostgreSQL state for several relay hosts: a postgres:// URL (unix socket: ?host=/var/run/postgresql; TLS: ?sslmode=verify-full).", example: '"postgres://relayctl@localhost/relayctl?host=/var/run/postgresql"' },
+  { key: "database_password_file", default: null, doc: "File (mode 0600, refused otherwise) holding the database password, when the URL has none.", example: '"/etc/relayctl/db-password"' },
+  { key: "audit_retention", default: '"90d"', doc: `How long the audit log (relayctl server log) keeps entries (${bounds("audit_retention")}).` },
+];
+
+/** The server.toml keys the loader accepts. */
+export const SERVER_KEY_NAMES: readonly string[] = SERVER_KEYS.map((k) => k.key);
+
+/** The commented server.toml that install.sh and the .deb put in /etc/relayctl (generated into packaging/server.toml). */
+export function renderServerSkeleton(): string {
+  const out = [
+    "# relayctl server configuration (TOML). Every key is optional: the commented",
+    "# values are the defaults. After changing listen, state_dir, map or",
+    "# policy_socket, re-run `install.sh server` so the systemd unit's sandbox follows.",
+    "# Generated from src/lib/schema.ts; docs/configuration.md has the same table.",
+  ];
+  for (const k of SERVER_KEYS) {
+    out.push("", `# ${k.doc}`);
+    if (k.defaultNote) out.push(`# Default: ${k.defaultNote}.`);
+    out.push(`#${k.key} = ${k.default ?? k.example ?? '""'}`);
+  }
+  return out.join("\n") + "\n";
+}
+
+/** The configuration reference table for docs/configuration.md. */
+export function renderServerKeyTable(): string {
+  const rows = ["| key | default | meaning |", "|---|---|---|"];
+  for (const k of SERVER_KEYS) rows.push(`| \`${k.key}\` | ${k.default ? `\`${k.default}\`` : k.defaultNote ?? "unset"} | ${k.doc.replace(/\|/g, "\\|")} |`);
+  return rows.join("\n") + "\n";
+}
