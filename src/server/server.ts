@@ -193,7 +193,8 @@ async function serve(
           if (which === null) await leases.reload();
           else await leases.refresh([...which]);
         } catch (err) {
-          log.warn(`state: cannot refresh leases from ${store.where}: ${(err as Error).message}`);
+          // An unreachable database is already reported (once, and in health); anything else is news.
+          if (store.problems().length === 0) log.warn(`state: cannot refresh leases from ${store.where}: ${(err as Error).message}`);
           continue;
         }
         publish().catch(() => undefined);
