@@ -189,6 +189,30 @@ describe.if(enabled)("several relay hosts on one PostgreSQL database", () => {
     expect(await within(7_000, async () => (await pg.psql("SELECT count(*) FROM leases WHERE client = 'outage'")).trim() === "0", true)).not.toBeNull();
   }, 60_000);
 
+  test("a change no notice announced (trigger off) still reaches both hosts by the 5 s reconcile", async () => {
+    expect((await renew(s.h1, "office")).code).toBe(0);
+    expect(await within(1_000, () => viaB(s.h1), true)).not.toBeNull();
+    await pg.psql("BEGIN; ALTER TABLE leases DISABLE TRIGGER leases_changed; DELETE FROM leases WHERE client = 'office'; ALTER TABLE leases ENABLE TRIGGER leases_changed; COMMIT");
+    expect(await within(6_000, () => viaB(s.h1), false)).not.toBeNull();
+    expect(await within(6_000, () => viaA(s.h1), false)).not.toBeNull();
+  }, 20_000);
+
+  test("a server started while the database is down starts degraded and catches up without a restart", async () => {
+    expect((await renew(s.h1, "office")).code).toBe(0);
+    await serverB!.stop();
+    await pg.stop();
+    try {
+      serverB = await startServer(configB, urlB);
+      const status = await fetch(`${urlB}/healthz`, { tls: { rejectUnauthorized: false } } as RequestInit);
+      expect(status.status).toBe(503);
+      // It knows no lease yet: nothing relays through B.
+      expect(await viaB(s.h1)).toBe(false);
+    } finally {
+      await pg.start();
+    }
+    expect(await within(7_000, () => viaB(s.h1), true)).not.toBeNull();
+  }, 30_000);
+
   test("server migrate copies a populated SQLite state; twice does no harm", async () => {
     const dir = join(s.tmp.path, "old");
     mkdirSync(dir, { recursive: true });
