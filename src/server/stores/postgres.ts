@@ -40,7 +40,10 @@ export const MIGRATIONS: string[] = [
      expires_at timestamptz NOT NULL,
      renewals integer NOT NULL DEFAULT 0,
      PRIMARY KEY (client, family),
-     CHECK (family(net) = family)
+     CHECK (family(net) = family),
+     -- relayctl leases an IPv4 address or an IPv6 /48../128, never wider: a
+     -- row written by hand or by a bug can never open the relay to a network.
+     CHECK ((family = 4 AND masklen(net) = 32) OR (family = 6 AND masklen(net) >= 48))
    );
    CREATE INDEX leases_net_gist ON leases USING gist (net inet_ops);
    CREATE INDEX leases_expiry ON leases (expires_at);

@@ -81,6 +81,9 @@ describe.skipIf(!HAVE_PG)("PgStore on a real PostgreSQL", () => {
       expect((await q("2001:db8:1:3::1")).trim()).toBe("");
       expect((await q("unknown")).trim()).toBe("");
       expect((await q("mail.example.org")).trim()).toBe("");
+      // The schema refuses a lease wider than relayctl ever grants, whoever writes it.
+      await expect(pg.psql("UPDATE leases SET net = '0.0.0.0/0' WHERE client = 'office'")).rejects.toThrow("check constraint");
+      await expect(pg.psql("UPDATE leases SET net = '2001:db8::/32' WHERE client = 'lan'")).rejects.toThrow("check constraint");
       // Read back in our own spelling, so a renewal of the same /64 is a renewal.
       expect((await s.leasesOfClients(["lan"]))[0]!.ip).toBe("2001:db8:1:2::/64");
       expect((await book.renew((await s.getClient("lan"))!, parseCidr("2001:db8:1:2::/64")!, "x")).event).toBe("renew");
