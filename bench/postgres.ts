@@ -10,6 +10,7 @@ import { startCluster } from "../test/pgcluster.ts";
 import { benchAddress, median, mmm, percentile, postLease, RELAYCTL, scratch, seedState, startServer, writeServerConfig, type BenchServer, type Row } from "./lib.ts";
 import { wrk } from "./load.ts";
 
+/** PostgreSQL against SQLite renewal throughput (one client and many), and host A to host B propagation, in one run. */
 export async function benchPostgres(o: { leases: number; conns: number; seconds: number; rounds: number; samples: number }): Promise<{ rows: Row[]; details: string[] }> {
   const pg = await startCluster();
   try {

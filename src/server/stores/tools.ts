@@ -4,7 +4,7 @@ import { checkDatabaseUrl, type ServerConfig } from "../../lib/config.ts";
 import { ExitCode, RelayError, usageError } from "../../lib/errors.ts";
 import { systemClock } from "../leases.ts";
 import { StateStore } from "../state.ts";
-import { PgStore, pgTarget, type PgTarget } from "./postgres.ts";
+import { PgStore, pgTarget, readPasswordFile, type PgTarget } from "./postgres.ts";
 import { unavailableError } from "./open.ts";
 
 /** The one query Postfix runs: prefix match and expiry in SQL, hostnames ("unknown") match nothing. */
@@ -69,7 +69,6 @@ export async function migrateToPostgres(config: ServerConfig, to: string): Promi
   const target = pgTarget(to, "--to");
   if (!target.password && config.databasePasswordFile && config.database) {
     // The same database the config already names may take its password from the file.
-    const { readPasswordFile } = await import("./postgres.ts");
     if (pgTarget(config.database).shown === target.shown) target.password = readPasswordFile(config.databasePasswordFile, config.databasePasswordWhere ?? "database_password_file");
   }
   if (!existsSync(join(config.stateDir, "state.db"))) {
