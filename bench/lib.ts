@@ -6,7 +6,8 @@
  * Safety: servers listen on 127.0.0.1 only; the Postfix part (postfix.ts) uses
  * the e2e harness, which only uses 198.18.0.0/24 inside namespaces it creates.
  */
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { X509Certificate, createHash } from "node:crypto";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { StateStore } from "../src/server/state.ts";
@@ -240,7 +241,7 @@ export interface BenchServer {
 }
 
 /** Writes server.toml in dir (listen 127.0.0.1:free port) and returns its path and port. */
-export function writeServerConfig(dir: string, o: { mapType?: string; mapPath?: string; ttl?: string } = {}): { config: string; port: number; stateDir: string; mapPath: string } {
+export function writeServerConfig(dir: string, o: { mapType?: string; mapPath?: string; ttl?: string; extra?: string[] } = {}): { config: string; port: number; stateDir: string; mapPath: string } {
   const port = freePort();
   const stateDir = join(dir, "state");
   const mapPath = o.mapPath ?? join(dir, "map", "clients");
@@ -258,6 +259,7 @@ export function writeServerConfig(dir: string, o: { mapType?: string; mapPath?: 
       `postmap = "${toolPath("postmap")}"`,
       // The figures measure one client renewing back to back; the default cap (20/min) would refuse it.
       "renewals_per_minute = 0",
+      ...(o.extra ?? []),
       "",
     ].join("\n"),
   );
@@ -363,4 +365,51 @@ export function plainArgv(argv: string[]): string {
     if (!/^[A-Za-z0-9@%+=:,./_-]+$/.test(a)) throw new Error(`argument not safe to hand to hyperfine: ${a}`);
   }
   return argv.join(" ");
+}
+
+// ---------------------------------------------------------------------------
+// hyperfine and curl
+
+/** One command's result in hyperfine's --export-json (seconds). */
+export interface HfResult {
+  command: string;
+  median: number;
+  mean: number;
+  user: number;
+  system: number;
+  times: number[];
+}
+
+/** Runs hyperfine (no shell: -N) over commands; returns per-command results in order. */
+export async function hyperfine(cmds: string[][], runs: number, warmup: number, dir: string): Promise<HfResult[]> {
+  const out = join(dir, `hf-${Math.random().toString(16).slice(2)}.json`);
+  const argv = [toolPath("hyperfine"), "-N", "--style", "none", "--warmup", String(warmup), "--runs", String(runs), "--export-json", out, ...cmds.map(plainArgv)];
+  const r = await run(argv, { timeoutMs: 120_000 });
+  if (r.code !== 0) throw new Error(`hyperfine failed: ${r.stderr}${r.stdout}`);
+  return (JSON.parse(readFileSync(out, "utf8")) as { results: HfResult[] }).results;
+}
+
+/** SPKI sha256 in curl's --pinnedpubkey form. */
+export function spkiPin(certPem: string): string {
+  const spki = new X509Certificate(certPem).publicKey.export({ type: "spki", format: "der" });
+  return `sha256//${createHash("sha256").update(spki).digest("base64")}`;
+}
+
+/** User+system CPU a process has used so far, in milliseconds, from /proc/PID/stat (clock ticks of 10 ms). */
+export function cpuMsOf(pid: number): number {
+  const s = readFileSync(`/proc/${pid}/stat`, "utf8");
+  // Fields after the command name (which may hold spaces) start at state (field 3).
+  const f = s.slice(s.lastIndexOf(")") + 2).split(" ");
+  return (Number(f[11]) + Number(f[12])) * 10;
+}
+
+/** Total size in bytes of the regular files directly and indirectly under dir. */
+export function dirBytes(dir: string): number {
+  let n = 0;
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) n += dirBytes(p);
+    else if (e.isFile()) n += statSync(p).size;
+  }
+  return n;
 }

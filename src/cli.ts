@@ -2,8 +2,6 @@
 import { defineCommand, renderUsage, runCommand, type ArgsDef, type CommandDef } from "citty";
 import { clientCommand } from "./commands/client.ts";
 import { completionCommand } from "./commands/completion.ts";
-import { doctorCommand } from "./commands/doctor.ts";
-import { serverCommand } from "./commands/server.ts";
 import { resolve } from "./lib/cmdtree.ts";
 import { ExitCode, formatError, RelayError } from "./lib/errors.ts";
 import { log, setVerbosity } from "./lib/logging.ts";
@@ -12,7 +10,13 @@ import { VERSION, versionLine } from "./lib/version.ts";
 /** The root command: `relayctl server|client|doctor|completion`. */
 export const main: CommandDef<ArgsDef> = defineCommand({
   meta: { name: "relayctl", version: VERSION, description: "Let hosts on dynamic addresses relay through Postfix, by lease" },
-  subCommands: { server: serverCommand, client: clientCommand, doctor: doctorCommand, completion: completionCommand(() => main) },
+  // Loaded only when named: a cron-run `relayctl client` never evaluates the server or doctor code.
+  subCommands: {
+    server: () => import("./commands/server.ts").then((m) => m.serverCommand),
+    client: clientCommand,
+    doctor: () => import("./commands/doctor.ts").then((m) => m.doctorCommand),
+    completion: completionCommand(() => main),
+  },
 });
 
 type AnyCommand = CommandDef<ArgsDef>;

@@ -9,22 +9,9 @@ import { writeFileAtomic } from "../lib/fsutil.ts";
 import { cidrContains, parseCidr, parseIp, specialAddressKind } from "../lib/ip.ts";
 import { parsePin, verifiedPeerChain } from "../lib/tls.ts";
 
-/** The server's answer to a lease request. */
-export interface LeaseAnswer {
-  client: string;
-  ip: string;
-  expires_at: string;
-  ttl: number;
-  event?: string;
-}
-
-/** The server's view of this client: the address it sees and current leases. */
-export interface LeaseStatus {
-  client: string;
-  ip: string;
-  ttl: number;
-  leases: { ip: string; family: number; renewed_at: string; expires_at: string }[];
-}
+/** The server's answer to a lease request, and its view of this client (the wire types both ends share). */
+export type { LeaseAnswerBody as LeaseAnswer, LeaseStatusBody as LeaseStatus } from "../lib/wire.ts";
+import type { LeaseAnswerBody as LeaseAnswer, LeaseStatusBody as LeaseStatus } from "../lib/wire.ts";
 
 async function call<T>(cfg: Pick<ClientConfig, "server" | "token" | "pin" | "serverCert">, path: string, init: { method: "GET" | "POST" | "DELETE"; body?: unknown }, retries?: number): Promise<T> {
   const api = await createApi({ server: cfg.server, token: cfg.token, pin: cfg.pin, serverCert: cfg.serverCert, retries });

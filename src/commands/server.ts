@@ -3,7 +3,7 @@ import { serverConfigToRun } from "../lib/config.ts";
 import { parseDuration, formatDuration } from "../lib/duration.ts";
 import { RelayError, usageError } from "../lib/errors.ts";
 import { log, setLogLevel, setVerbosity } from "../lib/logging.ts";
-import { addClient, editClient, listClients, readAuditLog, revokeClient, rotateToken, serverStatus, type AuditView, type ClientView, type EditResult, type StatusView } from "../server/admin.ts";
+import { addClient, editClient, type Added, listClients, readAuditLog, revokeClient, rotateToken, serverStatus, type AuditView, type ClientView, type EditResult, type StatusView } from "../server/admin.ts";
 import { startServer } from "../server/server.ts";
 import { sweep } from "../server/runtime/sweep.ts";
 import { migrateToPostgres, postfixPgsqlFile, type MigrateResult } from "../server/stores/tools.ts";
@@ -31,24 +31,65 @@ export async function runServer(opts: { config?: string; verbose?: boolean }): P
   });
 }
 
-/** `server add`: prints the enrollment line on stdout. */
-export async function runServerAdd(opts: { config?: string; name: string; ttl?: string; allow?: string[]; ipv6Prefix?: string }): Promise<string> {
-  const { line } = await addClient({
+/** `server add`: prints the enrollment line on stdout, or with --dyndns what a router's form needs. */
+export async function runServerAdd(opts: { config?: string; name: string; ttl?: string; allow?: string[]; ipv6Prefix?: string; dyndns?: boolean }): Promise<string> {
+  const added = await addClient({
     configPath: opts.config,
     name: opts.name,
     ttl: opts.ttl === undefined ? undefined : parseDuration(opts.ttl, "ttl", "--ttl"),
     allow: opts.allow,
     ipv6Prefix: opts.ipv6Prefix === undefined ? undefined : Number(opts.ipv6Prefix),
+    dyndns: opts.dyndns,
   });
-  console.log(line);
-  return line;
+  const out = opts.dyndns ? renderDyndnsEnrollment(opts.name, added) : added.line;
+  console.log(out);
+  return out;
 }
 
-/** `server rotate`: prints a new enrollment line; the old token stops working at once. */
-export async function runServerRotate(opts: { config?: string; name: string }): Promise<string> {
-  const { line } = await rotateToken({ configPath: opts.config, name: opts.name });
-  console.log(line);
-  return line;
+/** The pin's hex as the colon-separated upper-case SHA-256 fingerprint browsers, openssl and device UIs show. */
+export function fingerprintOf(pin: string): string {
+  return pin.replace(/^sha256:/, "").toUpperCase().match(/../g)!.join(":");
+}
+
+/**
+ * What a router, NAS or dyndns2 daemon needs, for `server add --dyndns`:
+ * the update URL in each common placeholder dialect, the credentials, the
+ * certificate to trust and how long a lease lasts without an update.
+ */
+export function renderDyndnsEnrollment(name: string, a: Pick<Added, "token" | "ttl" | "cert" | "publicUrl">): string {
+  const base = new URL("/nic/update", a.publicUrl);
+  const url = `${base.origin}${base.pathname}`;
+  const host = base.host;
+  // ddclient 3.10 sends the update, credentials included, to members.dyndns.org when server= has no dot.
+  const ddclientOk = host.includes(".") || host.startsWith("[");
+  const lines = [
+    `dyndns2 client ${name}: lease ttl ${a.ttl === null ? "server default" : formatDuration(a.ttl)}; the device must send an update at least that often (see "Routers and NAS boxes" in the docs)`,
+    "",
+    "Update URL (the device's own placeholders):",
+    `  any / curl         ${url}?hostname=${name}&myip=IP   (myip may be left out: the connecting address)`,
+    `  FRITZ!Box          ${url}?hostname=<domain>&myip=<ipaddr>`,
+    `  OpenWrt            ${url}?hostname=[DOMAIN]&myip=[IP]`,
+    `  Synology           ${url}?hostname=__HOSTNAME__&myip=__MYIP__`,
+    `  pfSense/OPNsense   ${url}?hostname=${name}&myip=%IP%`,
+    `  inadyn/UniFi       ddns-server = "${host}"  ddns-path = "/nic/update?hostname=%h&myip=%i"`,
+    `  ddclient           protocol=dyndns2  ssl=yes  server=${host}${ddclientOk ? "" : "   (WARNING: ddclient needs a name with a dot or an IP literal here)"}`,
+    `Username: ${name}`,
+    `Password: ${a.token}`,
+    `Certificate: ${a.cert.path}`,
+    `  SHA-256 fingerprint ${fingerprintOf(a.cert.pin)}`,
+    a.cert.generated
+      ? "Trust: this certificate is self-signed by relayctl. ddclient (ssl_ca_file=) and inadyn (ca-trust-file=) can trust the file above; most routers and NAS boxes accept only a publicly trusted certificate: set tls_cert and tls_key in server.toml to the mail host's public certificate (the one Postfix uses), public_url to its name, and reload."
+      : "Trust: the configured tls_cert; a device accepts it if it chains to a CA in the device's own trust store.",
+  ];
+  return lines.join("\n");
+}
+
+/** `server rotate`: prints a new enrollment line (with --dyndns what a router's form needs); the old token stops working at once. */
+export async function runServerRotate(opts: { config?: string; name: string; dyndns?: boolean }): Promise<string> {
+  const rotated = await rotateToken({ configPath: opts.config, name: opts.name });
+  const out = opts.dyndns ? renderDyndnsEnrollment(opts.name, rotated) : rotated.line;
+  console.log(out);
+  return out;
 }
 
 function inWords(ms: number): string {
@@ -141,10 +182,11 @@ const add = defineCommand({
     ttl: { type: "string", description: "lease lifetime for this client (90s, 20m, 1h, at most 400d); default: server ttl" },
     allow: { type: "string", description: "CIDR the client may lease or name (repeatable)" },
     "ipv6-prefix": ipv6PrefixFlag,
+    dyndns: { type: "boolean", description: "a router or NAS (dyndns2, /nic/update): print what its form needs instead of the enroll line; ttl defaults to 26h" },
   },
   run: ({ args, rawArgs }) => {
     const allow = repeatedFlag(rawArgs, "allow");
-    return runServerAdd({ config: args.config, name: args.name, ttl: args.ttl, allow, ipv6Prefix: args["ipv6-prefix"] }).then(() => undefined);
+    return runServerAdd({ config: args.config, name: args.name, ttl: args.ttl, allow, ipv6Prefix: args["ipv6-prefix"], dyndns: args.dyndns }).then(() => undefined);
   },
 });
 
@@ -172,8 +214,12 @@ const list = defineCommand({
 
 const rotate = defineCommand({
   meta: { name: "rotate", description: "Give a client a new token and print its new enrollment line" },
-  args: { ...common, name: { type: "positional", required: true, description: "client name" } },
-  run: ({ args }) => runServerRotate({ config: args.config, name: args.name }).then(() => undefined),
+  args: {
+    ...common,
+    name: { type: "positional", required: true, description: "client name" },
+    dyndns: { type: "boolean", description: "a router or NAS: print what its form needs (the token is its new password) instead of the enroll line" },
+  },
+  run: ({ args }) => runServerRotate({ config: args.config, name: args.name, dyndns: args.dyndns }).then(() => undefined),
 });
 
 const revoke = defineCommand({

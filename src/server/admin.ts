@@ -40,11 +40,25 @@ async function withStore<T>(config: ServerConfig, fn: (store: Store) => Promise<
   }
 }
 
-/** The pin and the `relayctl client enroll ...` line for a client and token. */
-async function enrollmentLine(config: ServerConfig, name: string, token: string): Promise<{ line: string; pin: string }> {
-  const pin = certificatePin((await certFor(config)).certPem);
-  return { line: `relayctl client enroll ${config.publicUrl} --name ${name} --token ${token} --pin ${pin}`, pin };
+/** The server certificate a client must trust: its file, its pin, and whether relayctl generated it (self-signed). */
+export interface EnrollmentCert {
+  path: string;
+  pin: string;
+  generated: boolean;
 }
+
+/** The pin and the `relayctl client enroll ...` line for a client and token, with the certificate behind the pin. */
+async function enrollmentLine(config: ServerConfig, name: string, token: string): Promise<{ line: string; pin: string; cert: EnrollmentCert }> {
+  const c = await certFor(config);
+  const pin = certificatePin(c.certPem);
+  return { line: `relayctl client enroll ${config.publicUrl} --name ${name} --token ${token} --pin ${pin}`, pin, cert: { path: c.certPath, pin, generated: config.tlsCert === undefined } };
+}
+
+/**
+ * Lease lifetime of a `--dyndns` client without `--ttl`: a day plus slack,
+ * since Synology and OPNsense re-send only daily with an unchanged address.
+ */
+export const DYNDNS_TTL = 26 * 3600;
 
 /**
  * Checks an IPv6 prefix length for a client: 48..128, and below 128 only
@@ -67,46 +81,59 @@ function parseAllow(entries: string[]): string[] {
   });
 }
 
-/** Creates a client and returns the enrollment line to paste on the client host. */
-export async function addClient(opts: { configPath?: string; name: string; ttl?: number; allow?: string[]; ipv6Prefix?: number }): Promise<{ line: string; token: string; pin: string }> {
+/** What `server add` or `server rotate` made: the enrollment line and its parts, the client's ttl and the certificate to trust. */
+export interface Added {
+  line: string;
+  token: string;
+  pin: string;
+  /** The client's own ttl in seconds, or null for the server default. */
+  ttl: number | null;
+  cert: EnrollmentCert;
+  publicUrl: string;
+}
+
+/** Creates a client and returns the enrollment line to paste on the client host; `dyndns` defaults the ttl to DYNDNS_TTL. */
+export async function addClient(opts: { configPath?: string; name: string; ttl?: number; allow?: string[]; ipv6Prefix?: number; dyndns?: boolean }): Promise<Added> {
   const config = loadServerConfig(opts.configPath);
   const name = validateName(opts.name);
   const allow = parseAllow(opts.allow ?? []);
   if (opts.ttl !== undefined) checkDuration(opts.ttl, "ttl", "--ttl");
+  const ttl = opts.ttl ?? (opts.dyndns ? DYNDNS_TTL : null);
   const ipv6Prefix = opts.ipv6Prefix === undefined ? null : checkIpv6Prefix(config, opts.ipv6Prefix);
   const t = newToken();
   // Certificate first: a client row whose enrollment line could not be printed would be useless.
-  const { line, pin } = await enrollmentLine(config, name, t.token);
+  const { line, pin, cert } = await enrollmentLine(config, name, t.token);
   await withStore(config, (store) =>
     store.tx(async (x) => {
       if (await x.getClient(name)) {
         throw new RelayError(`client ${name} already exists`, { exitCode: ExitCode.USAGE, hint: `rotate its token (relayctl server rotate ${name}), or revoke it first` });
       }
       const now = Date.now();
-      await x.insertClient({ name, token_id: t.tokenId, token_hash: t.hash, ttl: opts.ttl ?? null, allow: JSON.stringify(allow), created_at: now, ipv6_prefix: ipv6Prefix });
-      const detail = [allow.length ? `allow ${allow.join(" ")}` : "", ipv6Prefix !== null ? `ipv6-prefix /${ipv6Prefix}` : ""].filter(Boolean).join(", ");
+      await x.insertClient({ name, token_id: t.tokenId, token_hash: t.hash, ttl, allow: JSON.stringify(allow), created_at: now, ipv6_prefix: ipv6Prefix });
+      const detail = [allow.length ? `allow ${allow.join(" ")}` : "", ipv6Prefix !== null ? `ipv6-prefix /${ipv6Prefix}` : "", opts.dyndns ? "dyndns" : ""].filter(Boolean).join(", ");
       await x.audit({ ts: now, event: "add", client: name, ip: null, source: null, detail: detail || null });
     }),
   );
-  return { line, token: t.token, pin };
+  return { line, token: t.token, pin, ttl, cert, publicUrl: config.publicUrl };
 }
 
 /**
  * Gives a client a new token: the old one is refused from the next request
  * on, while the current lease stays until the client re-enrolls and renews.
  */
-export async function rotateToken(opts: { configPath?: string; name: string }): Promise<{ line: string; token: string; pin: string }> {
+export async function rotateToken(opts: { configPath?: string; name: string }): Promise<Added> {
   const config = loadServerConfig(opts.configPath);
   const name = validateName(opts.name);
   const t = newToken();
-  const { line, pin } = await enrollmentLine(config, name, t.token);
-  await withStore(config, (store) =>
+  const { line, pin, cert } = await enrollmentLine(config, name, t.token);
+  const ttl = await withStore(config, (store) =>
     store.tx(async (x) => {
       if (!(await x.setToken(name, t.tokenId, t.hash))) throw usageError(`no client named ${name}`, "see relayctl server list");
       await x.audit({ ts: Date.now(), event: "rotate", client: name, ip: null, source: null, detail: null });
+      return (await x.getClient(name))!.ttl;
     }),
   );
-  return { line, token: t.token, pin };
+  return { line, token: t.token, pin, ttl, cert, publicUrl: config.publicUrl };
 }
 
 /** Lists clients and their current leases. */

@@ -4,6 +4,7 @@ import { ExitCode, RelayError } from "../lib/errors.ts";
 import { log, setLogFormat, setLogLevel } from "../lib/logging.ts";
 import { certificateExpiry, certificatePin, ensureServerCertificate, type ServerCertificate } from "../lib/tls.ts";
 import { MAX_BODY } from "./doors/api.ts";
+import { dyndnsRoute } from "./doors/dyndns2.ts";
 import { dispatcher, routes, type Route } from "./doors/routes.ts";
 import { LeaseBook, monotonicWallClock, systemClock, type Clock } from "./leases.ts";
 import { StateLock } from "./lock.ts";
@@ -250,7 +251,7 @@ async function serve(
       const counts = await store.counts().catch(() => ({ clients: 0, leases: 0 }));
       return metrics.render({ ...counts, degraded: degraded().length > 0, mapEntries: lookup.status().entries });
     },
-    extra: opts.extraRoutes?.(service),
+    extra: { "/nic/update": dyndnsRoute(service), ...opts.extraRoutes?.(service) },
   });
   const fallback = dispatcher({});
 

@@ -198,15 +198,25 @@ export class LeaseService {
       if (limited.first) log.warn(`refused: client ${client.name} renews too often`);
       throw new LeaseError("rate_limited", `client ${client.name} renews too often; retry in ${limited.wait}s`, limited.wait, limited.first);
     }
-    const net = leaseNetwork(client, observed, requested, this.ipv6PrefixOf(client));
-    const why = this.d.lookup.type.refuses(net);
-    if (why) throw new LeaseError("lookup_cannot_hold", why);
+    const net = this.admitted(client, observed, requested);
     const r = await stored(() => this.d.leases.renew(client, net, observed.text));
     this.d.metrics.event(r.event);
     if (r.event !== "renew") log.info(`${r.event}: ${client.name} ${r.lease.ip}${r.replaced ? ` (was ${r.replaced})` : ""}`);
     // A plain renewal leaves the lookup alone unless an earlier publication failed.
     if (r.mapChanged || this.d.lookup.problems().length) await this.publish();
     return { client: client.name, event: r.event, lease: r.lease, replaced: r.replaced, ttl: this.ttlOf(client) };
+  }
+
+  /**
+   * Renews one lease per requested address (dyndns2 `myip=v4,v6`), all or
+   * nothing on the rules: every address is checked before any is leased, so
+   * a refused IPv6 address never leaves a half-applied update behind.
+   */
+  async renewEach(client: ClientRow, observed: Ip, requested: string[]): Promise<RenewAnswer[]> {
+    for (const ip of requested) this.admitted(client, observed, ip);
+    const answers: RenewAnswer[] = [];
+    for (const ip of requested) answers.push(await this.renew(client, observed, ip));
+    return answers;
   }
 
   /** Drops the client's leases (one family, or all); resolves once Postfix no longer relays for them. */
@@ -229,6 +239,14 @@ export class LeaseService {
   refused(err: { code: string; message: string; audit?: boolean }, client: string | null, source: Ip | null): void {
     this.d.metrics.refusal(err.code);
     if (err.audit !== false) this.d.refusals.record({ code: err.code, message: err.message, client, source });
+  }
+
+  /** The network a renewal would lease, once the client's rules and the lookup admit it. */
+  private admitted(client: ClientRow, observed: Ip, requested: unknown): Cidr {
+    const net = leaseNetwork(client, observed, requested, this.ipv6PrefixOf(client));
+    const why = this.d.lookup.type.refuses(net);
+    if (why) throw new LeaseError("lookup_cannot_hold", why);
+    return net;
   }
 
   private async publish(): Promise<void> {

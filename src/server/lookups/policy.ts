@@ -99,19 +99,19 @@ export class PolicyLookup implements Lookup {
           socket.data = { reader: new RequestReader() };
         },
         data(socket, chunk) {
+          const reader = socket.data.reader;
           let out = "";
           try {
-            for (const attrs of socket.data.reader.feed(chunk)) {
+            for (const attrs of reader.feed(chunk)) {
               const action = handler(attrs);
               counts[action as "OK" | "DUNNO"]++;
               out += answer(action);
             }
           } catch (err) {
-            if (out) socket.write(out);
-            drop(socket, (err as Error).message);
-            return;
+            reader.error = err as Error;
           }
           if (out) socket.write(out);
+          if (reader.error) drop(socket, reader.error.message);
         },
         error(socket, err) {
           drop(socket, err.message);

@@ -18,7 +18,8 @@ async function definitions(cmd: Cmd, path: string[] = []): Promise<{ path: strin
   const flags = Object.entries(args).filter(([, d]) => d.type !== "positional").map(([k]) => k);
   const subs = ((typeof cmd.subCommands === "function" ? await cmd.subCommands() : await cmd.subCommands) ?? {}) as Record<string, Cmd>;
   const out = [{ path, flags }];
-  for (const [name, sub] of Object.entries(subs)) out.push(...(await definitions(sub, [...path, name])));
+  // A subcommand may be loaded lazily (server, doctor): a function resolving to its definition.
+  for (const [name, sub] of Object.entries(subs)) out.push(...(await definitions(typeof sub === "function" ? await (sub as () => Promise<Cmd>)() : sub, [...path, name])));
   return out;
 }
 

@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { renderEdit, statusProblem } from "../../../src/commands/server.ts";
+import { fingerprintOf, renderDyndnsEnrollment, renderEdit, statusProblem } from "../../../src/commands/server.ts";
 import { ExitCode } from "../../../src/lib/errors.ts";
 import type { StatusView } from "../../../src/server/admin.ts";
 import type { ServerStatus } from "../../../src/server/runtime/status.ts";
@@ -68,5 +68,44 @@ describe("renderEdit", () => {
         "map updated by the running server",
       ].join("\n"),
     );
+  });
+});
+
+describe("renderDyndnsEnrollment: what a router's form needs", () => {
+  const pin = `sha256:${"ab01".repeat(16)}`;
+  const added = { token: "0123456789abcdef.SECRET", ttl: 93600, cert: { path: "/var/lib/relayctl/tls/cert.pem", pin, generated: true }, publicUrl: "https://mail.example.org:8443" };
+
+  test("the update URL in each device's placeholders, user name, password, certificate and fingerprint", () => {
+    const out = renderDyndnsEnrollment("router", added);
+    for (const want of [
+      "lease ttl 26h",
+      "https://mail.example.org:8443/nic/update?hostname=<domain>&myip=<ipaddr>",
+      "https://mail.example.org:8443/nic/update?hostname=[DOMAIN]&myip=[IP]",
+      "https://mail.example.org:8443/nic/update?hostname=__HOSTNAME__&myip=__MYIP__",
+      "https://mail.example.org:8443/nic/update?hostname=router&myip=%IP%",
+      'ddns-server = "mail.example.org:8443"  ddns-path = "/nic/update?hostname=%h&myip=%i"',
+      "server=mail.example.org:8443",
+      "Username: router",
+      "Password: 0123456789abcdef.SECRET",
+      "Certificate: /var/lib/relayctl/tls/cert.pem",
+      `SHA-256 fingerprint ${"AB:01:".repeat(15)}AB:01`,
+      "self-signed",
+      "tls_cert",
+    ]) {
+      expect(out).toContain(want);
+    }
+    expect(out).not.toContain("relayctl client enroll");
+    expect(out).not.toContain("WARNING");
+  });
+
+  test("warns when ddclient could not use the server name (no dot); a configured certificate gets no self-signed note", () => {
+    const out = renderDyndnsEnrollment("router", { ...added, publicUrl: "https://mail:8443", cert: { ...added.cert, generated: false } });
+    expect(out).toContain("server=mail:8443   (WARNING: ddclient needs a name with a dot or an IP literal here)");
+    expect(out).not.toContain("self-signed");
+    expect(renderDyndnsEnrollment("router", { ...added, publicUrl: "https://198.51.100.1:8443" })).not.toContain("WARNING");
+  });
+
+  test("fingerprintOf: the pin's hex in colon-separated upper case", () => {
+    expect(fingerprintOf("sha256:0a1b2c")).toBe("0A:1B:2C");
   });
 });

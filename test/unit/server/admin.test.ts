@@ -33,6 +33,17 @@ function withStore<T>(stateDir: string, fn: (s: StateStore) => T): T {
 }
 
 describe("addClient", () => {
+  test("--dyndns without --ttl stores a 26h ttl; with --ttl that one; without --dyndns the server default", async () => {
+    const s = setup();
+    const d = await addClient({ configPath: s.configPath, name: "router", dyndns: true });
+    const t = await addClient({ configPath: s.configPath, name: "nas", dyndns: true, ttl: 3 * 86400 });
+    const plain = await addClient({ configPath: s.configPath, name: "office" });
+    expect([d.ttl, t.ttl, plain.ttl]).toEqual([26 * 3600, 3 * 86400, null]);
+    expect(withStore(s.stateDir, (st) => ["router", "nas", "office"].map((n) => st.getClient(n)!.ttl))).toEqual([93600, 259200, null]);
+    expect(d.cert).toEqual({ path: join(s.stateDir, "tls", "cert.pem"), pin: d.pin, generated: true });
+    expect(d.pin).toBe(certificatePin(readFileSync(d.cert.path, "utf8")));
+  });
+
   test("prints the enrollment line with a working token and the certificate's pin", async () => {
     const s = setup();
     const r = await addClient({ configPath: s.configPath, name: "office" });
@@ -91,6 +102,15 @@ describe("addClient", () => {
 });
 
 describe("rotateToken", () => {
+  test("gives what --dyndns prints: the client's own ttl, the certificate and the public URL", async () => {
+    const s = setup();
+    const added = await addClient({ configPath: s.configPath, name: "router", dyndns: true });
+    const r = await rotateToken({ configPath: s.configPath, name: "router" });
+    expect({ ttl: r.ttl, cert: r.cert, publicUrl: r.publicUrl }).toEqual({ ttl: 26 * 3600, cert: added.cert, publicUrl: "https://127.0.0.1:8443" });
+    await addClient({ configPath: s.configPath, name: "office" });
+    expect((await rotateToken({ configPath: s.configPath, name: "office" })).ttl).toBeNull();
+  });
+
   test("the new token works, the old one is refused, the lease stays and the rotation is audited", async () => {
     const s = setup();
     const first = await addClient({ configPath: s.configPath, name: "office" });

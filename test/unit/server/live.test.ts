@@ -125,3 +125,18 @@ describe("maskText", () => {
     expect(maskText(ip("192.0.2.77"), 64)).toBeNull();
   });
 });
+
+describe("LiveIndex renewals", () => {
+  test("a renewal of the same network moves its expiry in place; a move replaces it", () => {
+    const index = new LiveIndex();
+    const row = { client: "a", family: 4, ip: "192.0.2.1", granted_at: 0, renewed_at: 0, expires_at: 1000, renewals: 0 };
+    index.put(row);
+    index.put({ ...row, expires_at: 5000, renewals: 1 });
+    expect(index.covers(parseIp("192.0.2.1")!, 4000)).toBe(true);
+    expect(index.nextExpiry()).toBe(5000);
+    index.put({ ...row, ip: "192.0.2.2", expires_at: 6000 });
+    expect(index.covers(parseIp("192.0.2.1")!, 4000)).toBe(false);
+    expect(index.covers(parseIp("192.0.2.2")!, 4000)).toBe(true);
+    expect(index.liveNets(0).map((n) => n.text)).toEqual(["192.0.2.2/32"]);
+  });
+});
