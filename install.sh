@@ -274,6 +274,13 @@ write_server_skeleton() {
 # error, warn, info or debug.
 #log_level = "info"
 
+# Shared PostgreSQL state for several relay hosts: a postgres:// URL (unix socket: ?host=/var/run/postgresql; TLS: ?sslmode=verify-full).
+# Default: SQLite in state_dir.
+#database = "postgres://relayctl@localhost/relayctl?host=/var/run/postgresql"
+
+# File (mode 0600, refused otherwise) holding the database password, when the URL has none.
+#database_password_file = "/etc/relayctl/db-password"
+
 # How long the audit log (relayctl server log) keeps entries (1s to 3650d).
 #audit_retention = "90d"
 EOF

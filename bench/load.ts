@@ -21,7 +21,8 @@ interface WrkOut {
 
 type WrkRun = WrkOut & { rps: number; /** server user+sys CPU per request, µs (when a pid was given) */ cpuUs: number };
 
-async function wrk(url: string, seconds: number, conns: number, env: Record<string, string>, o: { script?: string; pid?: number } = {}): Promise<WrkRun> {
+/** Runs wrk with a script (bench/renew.lua by default) against url; with a pid, also the server CPU per request. */
+export async function wrk(url: string, seconds: number, conns: number, env: Record<string, string>, o: { script?: string; pid?: number } = {}): Promise<WrkRun> {
   const lua = join(import.meta.dir, o.script ?? "renew.lua");
   const cpu0 = o.pid ? cpuMsOf(o.pid) : 0;
   // One wrk thread: on 2 cores it leaves one core to the server under test.

@@ -27,6 +27,7 @@ import { answer, RequestReader } from "../src/server/policy/protocol.ts";
 import { RefusalLog } from "../src/server/refusals.ts";
 import { leaseNetwork, LeaseService } from "../src/server/service.ts";
 import { StateStore } from "../src/server/state.ts";
+import { SqliteStore } from "../src/server/stores/sqlite.ts";
 import { AuthThrottle, RenewalLimiter } from "../src/server/throttle.ts";
 import { authenticate, bearer } from "../src/server/tokens.ts";
 import { createHash, timingSafeEqual } from "node:crypto";
@@ -143,17 +144,18 @@ export async function benchProfile(o: { leases: number; seconds: number; n: numb
   const store = new StateStore(cfg.stateDir);
   const S: Record<string, number> = {};
   try {
-    const leases = new LeaseBook(store, () => config.ttl, systemClock);
-    leases.reload();
+    const shared = new SqliteStore(store, systemClock);
+    const leases = new LeaseBook(shared, () => config.ttl, systemClock);
+    await leases.reload();
     const metrics = new Metrics();
     const lookup = { type: mapLookupType, problems: () => [] } as unknown as Lookup;
     const service = new LeaseService({
-      store,
+      store: shared,
       leases,
       lookup,
       clock: systemClock,
       metrics,
-      refusals: new RefusalLog(store, systemClock),
+      refusals: new RefusalLog(shared.refusalSink(), systemClock),
       authThrottle: new AuthThrottle(),
       config: () => config,
       renewals: () => new RenewalLimiter(0),

@@ -6,6 +6,7 @@ import { log, setLogLevel, setVerbosity } from "../lib/logging.ts";
 import { addClient, editClient, type Added, listClients, readAuditLog, revokeClient, rotateToken, serverStatus, type AuditView, type ClientView, type EditResult, type StatusView } from "../server/admin.ts";
 import { startServer } from "../server/server.ts";
 import { sweep } from "../server/runtime/sweep.ts";
+import { migrateToPostgres, postfixPgsqlFile, type MigrateResult } from "../server/stores/tools.ts";
 import { loadServerConfig } from "../lib/config.ts";
 import { common, ifNoSubcommand, repeatedFlag } from "./shared.ts";
 
@@ -111,8 +112,8 @@ export function renderClientTable(clients: ClientView[], now = Date.now()): stri
 }
 
 /** `server list`: a table, or `{"clients": [...]}` with --json. */
-export function runServerList(opts: { config?: string; json?: boolean }): ClientView[] {
-  const clients = listClients({ configPath: opts.config });
+export async function runServerList(opts: { config?: string; json?: boolean }): Promise<ClientView[]> {
+  const clients = await listClients({ configPath: opts.config });
   console.log(opts.json ? JSON.stringify({ clients }, null, 2) : renderClientTable(clients));
   return clients;
 }
@@ -157,10 +158,10 @@ export function renderAuditLog(rows: AuditView[]): string {
 }
 
 /** `server log`: the audit log, oldest first; `--json` gives `{"events": [...]}`. */
-export function runServerLog(opts: { config?: string; client?: string; since?: string; json?: boolean; limit?: string }): AuditView[] {
+export async function runServerLog(opts: { config?: string; client?: string; since?: string; json?: boolean; limit?: string }): Promise<AuditView[]> {
   const limit = opts.limit === undefined ? 1000 : Number(opts.limit);
   if (!Number.isInteger(limit) || limit < 1) throw usageError(`--limit ${opts.limit}: not a positive whole number`);
-  const rows = readAuditLog({
+  const rows = await readAuditLog({
     configPath: opts.config,
     client: opts.client,
     sinceSeconds: opts.since === undefined ? undefined : parseDuration(opts.since, "since", "--since"),
@@ -208,7 +209,7 @@ const edit = defineCommand({
 const list = defineCommand({
   meta: { name: "list", description: "List clients, their addresses, last renewal and expiry" },
   args: { ...common, json: { type: "boolean", description: "print JSON" } },
-  run: ({ args }) => void runServerList({ config: args.config, json: args.json }),
+  run: ({ args }) => runServerList({ config: args.config, json: args.json }).then(() => undefined),
 });
 
 const rotate = defineCommand({
@@ -240,6 +241,7 @@ export function renderStatus(s: StatusView): string {
     if (l?.last_rebuild_at) lines.push(`  last rebuild ${l.last_rebuild_at} in ${l.last_rebuild_ms} ms (${l.rebuilds} since start)`);
   }
   if (s.policy) lines.push(`policy: ${s.policy.socket}, ${s.policy.listening ? "listening" : "not listening (Postfix defers relay attempts with 451)"}`);
+  lines.push(`state: ${s.state.kind === "sqlite" ? `SQLite in ${s.state.where}` : `PostgreSQL ${s.state.where}`}${s.state_error ? ` (cannot be read: ${s.state_error})` : ""}`);
   lines.push(`clients: ${s.clients}, live leases: ${s.leases}`);
   lines.push(s.status?.degraded.length ? `degraded: ${s.status.degraded.join("; ")}` : "degraded: no");
   return lines.join("\n");
@@ -264,6 +266,7 @@ const sweepCommand = defineCommand({
  */
 export function statusProblem(s: StatusView): RelayError | null {
   if (!s.running) return new RelayError("server is not running", { hint: "start it: systemctl start relayctl (or relayctl server --config PATH)" });
+  if (s.state_error) return new RelayError(`state cannot be read: ${s.state_error}`, { hint: "check that the database runs and the database line in server.toml" });
   if (!s.status) return new RelayError("server holds its state but has not published its status yet", { hint: "it is starting; ask again in a few seconds, or see journalctl -u relayctl" });
   if (s.status.degraded.length) return new RelayError(`server is degraded: ${s.status.degraded.join("; ")}`, { hint: "see the server log (journalctl -u relayctl); it retries by itself" });
   if (s.map?.frozen.entries) return new RelayError(`${s.map.frozen.entries} map entries have no live lease and still relay`, { hint: "the server is not keeping the map current; see journalctl -u relayctl" });
@@ -294,7 +297,49 @@ const logCommand = defineCommand({
     limit: { type: "string", description: "at most this many newest events (default 1000)", valueHint: "N" },
     json: { type: "boolean", description: "print JSON" },
   },
-  run: ({ args }) => void runServerLog({ config: args.config, client: args.client, since: args.since, json: args.json, limit: args.limit }),
+  run: ({ args }) => runServerLog({ config: args.config, client: args.client, since: args.since, json: args.json, limit: args.limit }).then(() => undefined),
+});
+
+/** `server postfix-pgsql`: prints the pgsql: table file for Postfix hosts that query the shared database directly. */
+export function runServerPostfixPgsql(opts: { config?: string; user?: string; path?: string }): string {
+  const text = postfixPgsqlFile(loadServerConfig(opts.config), { user: opts.user, path: opts.path });
+  process.stdout.write(text);
+  return text;
+}
+
+const postfixPgsqlCommand = defineCommand({
+  meta: { name: "postfix-pgsql", description: "Print a Postfix pgsql: table file that asks the shared PostgreSQL database for live leases (prefix match and expiry in SQL)" },
+  args: {
+    ...common,
+    user: { type: "string", description: "PostgreSQL role Postfix logs in as (default: the one in database); give it SELECT on leases only", valueHint: "ROLE" },
+    path: { type: "string", description: "where the file will be installed, for the main.cf lines in its comments (default /etc/postfix/relayctl-pgsql.cf)", valueHint: "PATH" },
+  },
+  run: ({ args }) => void runServerPostfixPgsql({ config: args.config, user: args.user, path: args.path }),
+});
+
+/** `server migrate --to URL`: copies SQLite state into PostgreSQL and says what to change in server.toml. */
+export async function runServerMigrate(opts: { config?: string; to: string }): Promise<MigrateResult> {
+  const config = loadServerConfig(opts.config);
+  const r = await migrateToPostgres(config, opts.to);
+  const skipped = r.skipped.clients + r.skipped.leases + r.skipped.audit;
+  console.log(
+    [
+      `copied ${r.clients} clients, ${r.leases} live leases and ${r.audit} audit entries to ${opts.to.replace(/\/\/([^:@/]*):[^@/]*@/, "//$1@")}`,
+      skipped ? `kept what was already there: ${r.skipped.clients} clients, ${r.skipped.leases} leases, ${r.skipped.audit} audit entries` : "",
+      `next: stop relayctl, add this line to ${config.path} (password in database_password_file, mode 0600, or in the URL), and start it again:`,
+      `  ${r.configLine}`,
+      "every other relay host gets the same database line; see relayctl server postfix-pgsql for Postfix hosts without relayctl",
+    ]
+      .filter(Boolean)
+      .join("\n"),
+  );
+  return r;
+}
+
+const migrateCommand = defineCommand({
+  meta: { name: "migrate", description: "Copy clients, live leases and the audit log from the SQLite state into PostgreSQL (safe to run twice)" },
+  args: { ...common, to: { type: "string", required: true, description: "the PostgreSQL URL, e.g. postgres://relayctl@localhost/relayctl?host=/var/run/postgresql", valueHint: "URL" } },
+  run: ({ args }) => runServerMigrate({ config: args.config, to: args.to }).then(() => undefined),
 });
 
 export const serverCommand = defineCommand({
@@ -303,6 +348,6 @@ export const serverCommand = defineCommand({
     description: "Bare `relayctl server` runs the lease server on the mail host (needs /etc/relayctl/server.toml or --config; `install.sh server` writes it); the subcommands manage its clients",
   },
   args: { ...common },
-  subCommands: { add, edit, list, revoke, rotate, log: logCommand, status: statusCommand, sweep: sweepCommand },
+  subCommands: { add, edit, list, revoke, rotate, log: logCommand, status: statusCommand, sweep: sweepCommand, "postfix-pgsql": postfixPgsqlCommand, migrate: migrateCommand },
   run: ifNoSubcommand(({ args }) => runServer({ config: args.config, verbose: args.verbose })),
 });

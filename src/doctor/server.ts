@@ -7,7 +7,7 @@ import { usageError } from "../lib/errors.ts";
 import { apiError, createApi } from "../lib/http.ts";
 import { certificateExpiry, certificatePin, keyMatchesCertificate } from "../lib/tls.ts";
 import { StateLock } from "../server/lock.ts";
-import { readLeases } from "../server/state.ts";
+import { peekLeases } from "../server/stores/open.ts";
 import { findPostfixTool, mapDbSuffix, runTool } from "../server/postfix.ts";
 import { fail, pass, shellQuote, warn, type CheckResult } from "./checks.ts";
 import { accessProblem, currentUser, lookupUser, type Principal } from "./files.ts";
@@ -59,8 +59,18 @@ export async function serverChecks(o: ServerDoctorOptions): Promise<CheckResult[
   const ctx: Ctx = { config, serverUser: owner ?? currentUser() };
   out.push(...(await postfixChecks(ctx, o.postfixDir)));
   out.push(...(config.lookup === "policy" ? await policyChecks(ctx) : await mapChecks(ctx)));
-  out.push(...stateDirCheck(ctx), ...tlsChecks(ctx), ...(await listenChecks(ctx)));
+  out.push(...stateDirCheck(ctx), ...(await databaseCheck(ctx)), ...tlsChecks(ctx), ...(await listenChecks(ctx)));
   return out;
+}
+
+/** Verdict on `server.database`: with shared state, the database answers and holds relayctl's schema. */
+async function databaseCheck(ctx: Ctx): Promise<CheckResult[]> {
+  if (ctx.config.database === undefined) return [];
+  const { rows, error } = await peekLeases(ctx.config);
+  if (error) {
+    return [fail("server.database", `the shared database cannot be read: ${error}`, "check that PostgreSQL runs and the database line in server.toml; the server creates the schema when it first starts")];
+  }
+  return [pass("server.database", `the shared database answers; ${rows.filter((l) => l.expires_at > Date.now()).length} live leases`)];
 }
 
 function configHint(ctx: Ctx, setting: string): string {
@@ -194,7 +204,8 @@ async function frozenCheck(ctx: Ctx, type: MapType): Promise<CheckResult> {
   const m = { path: ctx.config.map, type, postmap: ctx.postmap! };
   const keys = await installedKeys(m);
   if (!keys) return warn("map.frozen", `postmap -s ${type}:${m.path} cannot read the map`, "see map.files and map.lookup");
-  const rows = readLeases(ctx.config.stateDir);
+  const { rows, error } = await peekLeases(ctx.config);
+  if (error) return warn("map.frozen", `cannot compare the map with the leases: ${error}`, "see server.database");
   const f = frozenEntries(keys, rows, Date.now(), statSync(m.path + mapDbSuffix(type)).mtimeMs);
   if (!f.entries) return pass("map.frozen", `every entry of the map (${keys.length}) has a live lease`);
   return fail("map.frozen", `${f.entries} map entries have no live lease and still relay (since ${f.since}): the server is not keeping the map current`,
@@ -271,8 +282,8 @@ function mapPermissionCheck(ctx: Ctx, src: string, db: string): CheckResult {
 }
 
 /** The address of a live lease in state_dir, read without changing anything. */
-function liveLease(stateDir: string): { client: string; ip: string } | null {
-  return readLeases(stateDir).find((l) => l.expires_at > Date.now()) ?? null;
+async function liveLease(config: ServerConfig): Promise<{ client: string; ip: string } | null> {
+  return (await peekLeases(config)).rows.find((l) => l.expires_at > Date.now()) ?? null;
 }
 
 async function query(ctx: Ctx, type: string, path: string, key: string): Promise<{ found: boolean; error?: string }> {
@@ -284,7 +295,7 @@ async function query(ctx: Ctx, type: string, path: string, key: string): Promise
 }
 
 async function lookupCheck(ctx: Ctx, type: MapType, src: string): Promise<CheckResult> {
-  const lease = liveLease(ctx.config.stateDir);
+  const lease = await liveLease(ctx.config);
   if (lease) {
     const r = await query(ctx, type, src, lease.ip);
     if (r.found) return pass("map.lookup", `postmap -q ${lease.ip} finds the live lease of ${lease.client}`);

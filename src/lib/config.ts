@@ -37,6 +37,12 @@ export interface ServerConfig {
   policySocket: string;
   /** Default prefix length of IPv6 leases (128 = the address alone). */
   ipv6Prefix: number;
+  /** Shared PostgreSQL state (`postgres://...`); undefined = SQLite in state_dir. */
+  database?: string;
+  /** A 0600 file holding the database password, when the URL has none. */
+  databasePasswordFile?: string;
+  /** `file:line: database_password_file`, for errors raised when the file is read. */
+  databasePasswordWhere?: string;
 }
 
 export const LOG_LEVELS = ["error", "warn", "info", "debug"] as const;
@@ -218,7 +224,12 @@ export function loadServerConfig(path?: string): ServerConfig {
   const ipv6Prefix = k.int("ipv6_prefix") ?? 128;
   if (ipv6Prefix < MIN_IPV6_PREFIX || ipv6Prefix > 128) throw k.error("ipv6_prefix", `must be ${MIN_IPV6_PREFIX} to 128`, "64 covers one LAN with its privacy addresses");
   if (ipv6Prefix < 128 && lookup === "map") throw k.error("ipv6_prefix", `a /${ipv6Prefix} lease cannot be expressed in a Postfix map`, 'set lookup = "policy", which matches prefixes exactly');
+  const database = k.str("database");
+  if (database !== undefined) checkDatabaseUrl(database, k.where("database"));
+  const databasePasswordFile = absolute("database_password_file");
+  if (databasePasswordFile !== undefined && database === undefined) throw k.error("database_password_file", "is only used with database", 'set database = "postgres://..." too, or remove it');
   return {
+    database, databasePasswordFile, databasePasswordWhere: databasePasswordFile === undefined ? undefined : k.where("database_password_file"),
     path: file, listen, publicUrl, stateDir, tlsCert, tlsKey, map,
     mapType: mapType as MapType | undefined, ttl, postmap: absolute("postmap"), trustedProxies,
     renewalsPerMinute, postmapTimeout: k.duration("postmap_timeout") ?? 10,
@@ -230,6 +241,25 @@ export function loadServerConfig(path?: string): ServerConfig {
     policySocket: absolute("policy_socket") ?? "/var/spool/postfix/relayctl/policy",
     ipv6Prefix,
   };
+}
+
+/**
+ * Checks a `database` value: a postgres:// or postgresql:// URL with a
+ * database name. A unix socket directory goes in `?host=/var/run/postgresql`.
+ */
+export function checkDatabaseUrl(value: string, where: string): URL {
+  const hint = 'use e.g. "postgres://relayctl@localhost/relayctl?host=/var/run/postgresql" (unix socket) or "postgres://relayctl@db.example.org/relayctl?sslmode=verify-full"';
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw usageError(`${where}: not a URL`, hint);
+  }
+  if (url.protocol !== "postgres:" && url.protocol !== "postgresql:") throw usageError(`${where}: must be a postgres:// URL`, hint);
+  if (url.pathname.length < 2) throw usageError(`${where}: names no database (the path after the host)`, hint);
+  const host = url.searchParams.get("host");
+  if (host !== null && !host.startsWith("/")) throw usageError(`${where}: ?host= must be an absolute socket directory`, hint);
+  return url;
 }
 
 /** Loads client.toml; every key is required except pin. */

@@ -1,6 +1,7 @@
 import { loadServerConfig, MIN_IPV6_PREFIX, validateName, type ServerConfig } from "../lib/config.ts";
 import { checkDuration, formatDuration } from "../lib/duration.ts";
-import { ExitCode, RelayError, usageError } from "../lib/errors.ts";
+import { ExitCode, formatError, RelayError, usageError } from "../lib/errors.ts";
+import { pgTarget } from "./stores/postgres.ts";
 import { parseCidr } from "../lib/ip.ts";
 import { leaseNetwork } from "./service.ts";
 import { certificateExpiry, certificatePin } from "../lib/tls.ts";
@@ -14,7 +15,10 @@ import { statusPath, type ServerStatus } from "./runtime/status.ts";
 import { lookupTypeOf, type LookupName } from "./lookups/index.ts";
 import { frozenEntries, installedKeys, resolveMap, type Frozen } from "./lookups/map.ts";
 import { mapDbSuffix } from "./postfix.ts";
-import { StateStore, type AuditRow, type ClientRow, type LeaseRow } from "./state.ts";
+import type { AuditRow, ClientRow, LeaseRow } from "./state.ts";
+import { systemClock } from "./leases.ts";
+import type { Store, StoreTx } from "./stores/index.ts";
+import { openStore } from "./stores/open.ts";
 import { newToken } from "./tokens.ts";
 
 /** A client with its leases, as `server list` shows it. */
@@ -26,13 +30,13 @@ export interface ClientView {
   leases: { ip: string; family: number; renewed_at: string; expires_at: string }[];
 }
 
-/** Opens the store, runs fn, closes it: admin commands never keep state open. */
-function withStore<T>(config: ServerConfig, fn: (store: StateStore) => T): T {
-  const store = new StateStore(config.stateDir);
+/** Opens the store (SQLite or the shared database), runs fn, closes it: admin commands never keep state open. */
+async function withStore<T>(config: ServerConfig, fn: (store: Store) => Promise<T>): Promise<T> {
+  const store = await openStore(config, systemClock);
   try {
-    return fn(store);
+    return await fn(store);
   } finally {
-    store.close();
+    await store.close();
   }
 }
 
@@ -99,15 +103,15 @@ export async function addClient(opts: { configPath?: string; name: string; ttl?:
   const t = newToken();
   // Certificate first: a client row whose enrollment line could not be printed would be useless.
   const { line, pin, cert } = await enrollmentLine(config, name, t.token);
-  withStore(config, (store) =>
-    store.tx(() => {
-      if (store.getClient(name)) {
+  await withStore(config, (store) =>
+    store.tx(async (x) => {
+      if (await x.getClient(name)) {
         throw new RelayError(`client ${name} already exists`, { exitCode: ExitCode.USAGE, hint: `rotate its token (relayctl server rotate ${name}), or revoke it first` });
       }
       const now = Date.now();
-      store.insertClient({ name, token_id: t.tokenId, token_hash: t.hash, ttl, allow: JSON.stringify(allow), created_at: now, ipv6_prefix: ipv6Prefix });
+      await x.insertClient({ name, token_id: t.tokenId, token_hash: t.hash, ttl, allow: JSON.stringify(allow), created_at: now, ipv6_prefix: ipv6Prefix });
       const detail = [allow.length ? `allow ${allow.join(" ")}` : "", ipv6Prefix !== null ? `ipv6-prefix /${ipv6Prefix}` : "", opts.dyndns ? "dyndns" : ""].filter(Boolean).join(", ");
-      store.audit({ ts: now, event: "add", client: name, ip: null, source: null, detail: detail || null });
+      await x.audit({ ts: now, event: "add", client: name, ip: null, source: null, detail: detail || null });
     }),
   );
   return { line, token: t.token, pin, ttl, cert, publicUrl: config.publicUrl };
@@ -122,24 +126,24 @@ export async function rotateToken(opts: { configPath?: string; name: string }): 
   const name = validateName(opts.name);
   const t = newToken();
   const { line, pin, cert } = await enrollmentLine(config, name, t.token);
-  const ttl = withStore(config, (store) =>
-    store.tx(() => {
-      if (!store.setToken(name, t.tokenId, t.hash)) throw usageError(`no client named ${name}`, "see relayctl server list");
-      store.audit({ ts: Date.now(), event: "rotate", client: name, ip: null, source: null, detail: null });
-      return store.getClient(name)!.ttl;
+  const ttl = await withStore(config, (store) =>
+    store.tx(async (x) => {
+      if (!(await x.setToken(name, t.tokenId, t.hash))) throw usageError(`no client named ${name}`, "see relayctl server list");
+      await x.audit({ ts: Date.now(), event: "rotate", client: name, ip: null, source: null, detail: null });
+      return (await x.getClient(name))!.ttl;
     }),
   );
   return { line, token: t.token, pin, ttl, cert, publicUrl: config.publicUrl };
 }
 
 /** Lists clients and their current leases. */
-export function listClients(opts: { configPath?: string }): ClientView[] {
+export async function listClients(opts: { configPath?: string }): Promise<ClientView[]> {
   const config = loadServerConfig(opts.configPath);
-  return withStore(config, (store) => {
+  return withStore(config, async (store) => {
     const leases = new Map<string, LeaseRow[]>();
-    for (const l of store.allLeases()) leases.set(l.client, [...(leases.get(l.client) ?? []), l]);
+    for (const l of await store.allLeases()) leases.set(l.client, [...(leases.get(l.client) ?? []), l]);
     const iso = (ms: number): string => new Date(ms).toISOString();
-    return store.listClients().map((c) => ({
+    return (await store.listClients()).map((c) => ({
       name: c.name,
       ttl: c.ttl ?? config.ttl,
       allow: JSON.parse(c.allow) as string[],
@@ -151,22 +155,23 @@ export function listClients(opts: { configPath?: string }): ClientView[] {
 
 /**
  * Runs a state change and gets it into the map. A running server notices
- * the commit within a second (data_version) and rebuilds the map itself;
- * with none running, the map is rebuilt here, under the same lock the
- * server takes, so the two never write it at once.
+ * the commit within a second (data_version, or the database's change
+ * notice on every relay host) and rebuilds the map itself; with none
+ * running here, the map is rebuilt here, under the same lock the server
+ * takes, so the two never write it at once.
  */
-async function changeState<T>(config: ServerConfig, change: (store: StateStore, leases: LeaseBook) => T): Promise<{ result: T; mapUpdatedBy: "server" | "here" }> {
+async function changeState<T>(config: ServerConfig, change: (store: Store, leases: LeaseBook) => Promise<T>): Promise<{ result: T; mapUpdatedBy: "server" | "here" }> {
   const here = await withoutServer(config, (core) => change(core.store, core.leases));
   if (here) return { result: here.result, mapUpdatedBy: "here" };
-  return { result: withStore(config, (store) => change(store, new LeaseBook(store, () => config.ttl))), mapUpdatedBy: "server" };
+  return { result: await withStore(config, (store) => change(store, new LeaseBook(store, () => config.ttl))), mapUpdatedBy: "server" };
 }
 
 /** Deletes a client and its leases; the map follows at once (see changeState). */
 export async function revokeClient(opts: { configPath?: string; name: string }): Promise<{ removed: string[]; mapUpdatedBy: "server" | "here" }> {
   const config = loadServerConfig(opts.configPath);
   const name = validateName(opts.name);
-  const { result: gone, mapUpdatedBy } = await changeState(config, (_store, leases) => {
-    const gone = leases.revoke(name, null);
+  const { result: gone, mapUpdatedBy } = await changeState(config, async (_store, leases) => {
+    const gone = await leases.revoke(name, null);
     if (!gone) throw usageError(`no client named ${name}`, "see relayctl server list");
     return gone;
   });
@@ -211,8 +216,8 @@ export async function editClient(opts: { configPath?: string; name: string; ttl?
   const ipv6Prefix = opts.ipv6Prefix === undefined ? undefined : checkIpv6Prefix(config, opts.ipv6Prefix);
   const allow = opts.clearAllow ? [] : given.length ? parseAllow(given) : undefined;
   const { result, mapUpdatedBy } = await changeState(config, (store) =>
-    store.tx(() => {
-      const before = store.getClient(name);
+    store.tx(async (t: StoreTx) => {
+      const before = await t.getClient(name);
       if (!before) throw usageError(`no client named ${name}`, "see relayctl server list");
       const after: ClientRow = { ...before, ttl: opts.ttl ?? before.ttl, allow: allow === undefined ? before.allow : JSON.stringify(allow), ipv6_prefix: ipv6Prefix ?? before.ipv6_prefix };
       const changes: string[] = [];
@@ -225,22 +230,22 @@ export async function editClient(opts: { configPath?: string; name: string; ttl?
       const dropped: EditResult["dropped"] = [];
       const shortened: EditResult["shortened"] = [];
       if (!changes.length) return { changes, dropped, shortened };
-      store.updateClient(name, after.ttl, after.allow, after.ipv6_prefix);
+      await t.updateClient(name, after.ttl, after.allow, after.ipv6_prefix);
       const now = Date.now();
       const latest = now + (after.ttl ?? config.ttl) * 1000;
-      for (const l of store.leasesOf(name)) {
+      for (const l of await t.leasesOf(name)) {
         const prefix = after.ipv6_prefix ?? config.ipv6Prefix;
         const why = after.allow === before.allow && after.ipv6_prefix === before.ipv6_prefix ? null : refusedBy(after, l.ip, prefix);
         if (why) {
-          store.deleteLeasesOf(name, l.family);
+          await t.deleteLeasesOf(name, l.family);
           dropped.push({ ip: l.ip, why });
         } else if (l.expires_at > latest) {
-          store.setLeaseExpiry(name, l.family, latest);
+          await t.setLeaseExpiry(name, l.family, latest);
           shortened.push({ ip: l.ip, expires_at: new Date(latest).toISOString() });
         }
       }
       const detail = [...changes, ...dropped.map((d) => `dropped ${d.ip}: ${d.why}`), ...shortened.map((x) => `${x.ip} now expires ${x.expires_at}`)];
-      store.audit({ ts: now, event: "edit", client: name, ip: dropped.map((d) => d.ip).join(" ") || null, source: null, detail: detail.join("; ") });
+      await t.audit({ ts: now, event: "edit", client: name, ip: dropped.map((d) => d.ip).join(" ") || null, source: null, detail: detail.join("; ") });
       return { changes, dropped, shortened };
     }),
   );
@@ -260,11 +265,11 @@ export interface AuditView {
 }
 
 /** Reads the audit log, oldest first: grants, renewals, refusals and the rest, optionally for one client and a recent span. */
-export function readAuditLog(opts: { configPath?: string; client?: string; sinceSeconds?: number; limit?: number }): AuditView[] {
+export async function readAuditLog(opts: { configPath?: string; client?: string; sinceSeconds?: number; limit?: number }): Promise<AuditView[]> {
   const config = loadServerConfig(opts.configPath);
   const client = opts.client === undefined ? undefined : validateName(opts.client, "--client");
   const since = opts.sinceSeconds === undefined ? 0 : Date.now() - opts.sinceSeconds * 1000;
-  const rows: AuditRow[] = withStore(config, (store) => store.auditLog({ client, since, limit: opts.limit }));
+  const rows: AuditRow[] = await withStore(config, (store) => store.auditLog({ client, since, limit: opts.limit }));
   return rows.reverse().map((r) => ({ ts: new Date(r.ts).toISOString(), event: r.event, client: r.client, ip: r.ip, source: r.source, detail: r.detail, count: r.count }));
 }
 
@@ -282,6 +287,10 @@ export interface StatusView {
   policy: { socket: string; listening: boolean } | null;
   clients: number;
   leases: number;
+  /** Where state lives: "sqlite" in state_dir, or the shared PostgreSQL database (URL without password). */
+  state: { kind: "sqlite" | "postgres"; where: string };
+  /** Why state could not be read (the shared database is down), or null. */
+  state_error: string | null;
   status: ServerStatus | null;
 }
 
@@ -299,7 +308,12 @@ export async function serverStatus(opts: { configPath?: string }): Promise<Statu
     cert = { path: certPath, pin: certificatePin(pem), expires_at: expires.toISOString(), days_left: Math.floor((expires.getTime() - Date.now()) / 86_400_000) };
   }
   const now = Date.now();
-  const { counts, rows } = withStore(config, (store) => ({ counts: store.counts(), rows: store.allLeases() }));
+  let stateError: string | null = null;
+  // A database outage is what status is asked about, not a reason to fail: report it.
+  const { counts, rows } = await withStore(config, async (store) => ({ counts: await store.counts(), rows: await store.allLeases() })).catch((err) => {
+    stateError = formatError(err);
+    return { counts: { clients: 0, leases: 0 }, rows: [] as LeaseRow[] };
+  });
   let map: StatusView["map"] = null;
   let policy: StatusView["policy"] = null;
   if (config.lookup === "map") {
@@ -313,6 +327,7 @@ export async function serverStatus(opts: { configPath?: string }): Promise<Statu
     policy = { socket: config.policySocket, listening: running && existsSync(config.policySocket) };
   }
   const live = rows.filter((l) => l.expires_at > now).length;
-  const healthy = running && (status?.degraded.length ?? 0) === 0 && (map?.frozen.entries ?? 0) === 0;
-  return { running, healthy, public_url: config.publicUrl, cert, lookup: config.lookup, map, policy, clients: counts.clients, leases: live, status };
+  const healthy = running && stateError === null && (status?.degraded.length ?? 0) === 0 && (map?.frozen.entries ?? 0) === 0;
+  const state = config.database === undefined ? { kind: "sqlite" as const, where: config.stateDir } : { kind: "postgres" as const, where: pgTarget(config.database).shown };
+  return { running, healthy, state, state_error: stateError, public_url: config.publicUrl, cert, lookup: config.lookup, map, policy, clients: counts.clients, leases: live, status };
 }

@@ -1,6 +1,8 @@
 import type { Cidr } from "../lib/ip.ts";
+import { log } from "../lib/logging.ts";
 import { LiveIndex } from "./live.ts";
-import type { ClientRow, LeaseRow, StateStore } from "./state.ts";
+import type { ClientRow, LeaseRow } from "./state.ts";
+import type { Store } from "./stores/index.ts";
 
 /** Wall-clock source, injectable so tests can move time. */
 export interface Clock {
@@ -42,15 +44,23 @@ export function leaseText(net: Cidr): string {
  */
 export class LeaseBook {
   constructor(
-    private readonly store: StateStore,
+    private readonly store: Store,
     private readonly defaultTtl: () => number,
-    private readonly clock: Clock = systemClock,
+    /** The clock the index's expiry is judged by (the store's own clock decides in transactions). */
+    readonly clock: Clock = systemClock,
     readonly index: LiveIndex = new LiveIndex(),
   ) {}
 
   /** Reloads the index from state: at start, and when another process (an admin command) committed. */
-  reload(): void {
-    this.index.load(this.store.allLeases());
+  async reload(): Promise<void> {
+    this.index.load(await this.store.allLeases());
+  }
+
+  /** Refreshes only these clients' leases in the index (another host changed them). */
+  async refresh(clients: string[]): Promise<void> {
+    const rows = await this.store.leasesOfClients(clients);
+    for (const c of clients) this.index.removeClient(c);
+    for (const r of rows) this.index.put(r);
   }
 
   /** The ttl in seconds that applies to a client. */
@@ -59,11 +69,12 @@ export class LeaseBook {
   }
 
   /** Grants, renews or replaces the client's lease for the network's family (an address, or an IPv6 prefix). */
-  renew(client: ClientRow, net: Cidr, source: string): RenewResult {
+  async renew(client: ClientRow, net: Cidr, source: string): Promise<RenewResult> {
     const text = leaseText(net);
-    const r = this.store.tx(() => {
-      const now = this.clock.now();
-      const old = this.store.leasesOf(client.name).find((l) => l.family === net.family && l.expires_at > now);
+    const r = await this.store.tx(async (t) => {
+      const now = t.now;
+      await t.lockClient(client.name);
+      const old = (await t.leasesOf(client.name)).find((l) => l.family === net.family && l.expires_at > now);
       const same = old?.ip === text;
       const lease: LeaseRow = {
         client: client.name,
@@ -74,11 +85,11 @@ export class LeaseBook {
         expires_at: now + this.ttlOf(client) * 1000,
         renewals: same ? old!.renewals + 1 : 0,
       };
-      this.store.upsertLease(lease);
+      await t.upsertLease(lease);
       const event: RenewEvent = !old ? "grant" : same ? "renew" : "replace";
       // A plain renewal is state on the lease (renewed_at, renewals), not an
       // audit row: 10,000 clients renewing every 4 minutes would add 220 MB a day.
-      if (event !== "renew") this.store.audit({ ts: now, event, client: client.name, ip: text, source, detail: event === "replace" ? `was ${old!.ip}` : null });
+      if (event !== "renew") await t.audit({ ts: now, event, client: client.name, ip: text, source, detail: event === "replace" ? `was ${old!.ip}` : null });
       // Only a new or different address can change the lookup.
       return { event, lease, replaced: event === "replace" ? old!.ip : undefined, mapChanged: event !== "renew" };
     });
@@ -87,11 +98,11 @@ export class LeaseBook {
   }
 
   /** Drops the client's lease of one family, or every lease it holds. */
-  release(client: string, source: string | null, family?: 4 | 6): LeaseRow[] {
-    const gone = this.store.tx(() => {
-      const gone = this.store.deleteLeasesOf(client, family);
-      const ts = this.clock.now();
-      for (const l of gone) this.store.audit({ ts, event: "release", client, ip: l.ip, source, detail: null });
+  async release(client: string, source: string | null, family?: 4 | 6): Promise<LeaseRow[]> {
+    const gone = await this.store.tx(async (t) => {
+      const gone = await t.deleteLeasesOf(client, family);
+      const ts = t.now;
+      for (const l of gone) await t.audit({ ts, event: "release", client, ip: l.ip, source, detail: null });
       return gone;
     });
     for (const l of gone) this.index.remove(l.client, l.family);
@@ -99,12 +110,12 @@ export class LeaseBook {
   }
 
   /** Removes client and leases; its token is refused from then on. */
-  revoke(client: string, source: string | null): LeaseRow[] | null {
-    const gone = this.store.tx(() => {
-      if (!this.store.getClient(client)) return null;
-      const gone = this.store.deleteLeasesOf(client);
-      this.store.deleteClient(client);
-      this.store.audit({ ts: this.clock.now(), event: "revoke", client, ip: gone.map((l) => l.ip).join(" ") || null, source, detail: null });
+  async revoke(client: string, source: string | null): Promise<LeaseRow[] | null> {
+    const gone = await this.store.tx(async (t) => {
+      if (!(await t.getClient(client))) return null;
+      const gone = await t.deleteLeasesOf(client);
+      await t.deleteClient(client);
+      await t.audit({ ts: t.now, event: "revoke", client, ip: gone.map((l) => l.ip).join(" ") || null, source, detail: null });
       return gone;
     });
     this.index.removeClient(client);
@@ -112,15 +123,32 @@ export class LeaseBook {
   }
 
   /** Deletes leases whose expiry has passed and logs each as expired. */
-  expireDue(): LeaseRow[] {
-    const gone = this.store.tx(() => {
-      const now = this.clock.now();
-      const gone = this.store.deleteExpired(now);
-      for (const l of gone) this.store.audit({ ts: now, event: "expire", client: l.client, ip: l.ip, source: null, detail: null });
+  async expireDue(): Promise<LeaseRow[]> {
+    const gone = await this.store.tx(async (t) => {
+      const now = t.now;
+      const gone = await t.deleteExpired(now);
+      for (const l of gone) await t.audit({ ts: now, event: "expire", client: l.client, ip: l.ip, source: null, detail: null });
       return gone;
     });
     for (const l of gone) this.index.remove(l.client, l.family);
     return gone;
+  }
+
+  /**
+   * Drops the due leases from the local index at once, so the lookup stops
+   * relaying for them whatever the store does (onDropped publishes), then
+   * expires them in the store. When the store cannot be reached, what the
+   * index dropped is what went; the store catches up on a later pass.
+   */
+  async expireDueOrLocally(onDropped: () => void = () => undefined): Promise<{ gone: { client: string; ip: string }[]; local: boolean }> {
+    const due = this.index.dropExpired(this.clock.now());
+    if (due.length) onDropped();
+    try {
+      return { gone: await this.expireDue(), local: false };
+    } catch (err) {
+      if (due.length) log.warn(`state unavailable (${(err as Error).message}); expired ${due.length} lease(s) in the local lookup only`);
+      return { gone: due.map((l) => ({ client: l.client, ip: leaseText(l.net) })), local: true };
+    }
   }
 
   /** Milliseconds until the next lease expires, or null when there is none. */

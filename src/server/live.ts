@@ -125,6 +125,13 @@ export class LiveIndex {
     return n;
   }
 
+  /** Drops the leases due at `now` from this view alone (the store could not be reached to expire them); returns them. */
+  dropExpired(now: number): LiveLease[] {
+    const due = [...this.byClient.values()].filter((l) => l.expires_at <= now);
+    for (const l of due) this.remove(l.client, l.family);
+    return due;
+  }
+
   /** The earliest expiry among the leases held, or null when there is none. */
   nextExpiry(): number | null {
     let t: number | null = null;

@@ -1,7 +1,13 @@
 import type { Ip } from "../lib/ip.ts";
 import { log } from "../lib/logging.ts";
 import type { Clock } from "./leases.ts";
-import type { StateStore } from "./state.ts";
+import type { AuditEntry } from "./stores/index.ts";
+
+/** Where refusal rows are written: ids come back at once so a burst's count can be raised later. */
+export interface RefusalSink {
+  audit(e: AuditEntry): number;
+  setAuditCount(id: number, count: number, detail?: string): void;
+}
 import { sourceKey } from "./service.ts";
 
 /** One refusal as the service reports it. */
@@ -41,7 +47,7 @@ export class RefusalLog {
   private minute: Minute = { start: 0, rows: 0, over: 0, sources: new Set(), summary: null };
 
   constructor(
-    private readonly store: StateStore,
+    private readonly store: RefusalSink,
     private readonly clock: Clock,
     private readonly perMinute = 60,
     private readonly burstGapMs = 60_000,

@@ -17,11 +17,10 @@ import { Retrier } from "./runtime/retry.ts";
 import { writeStatus, type ServerStatus } from "./runtime/status.ts";
 import { realTimers, type Timers } from "./runtime/timers.ts";
 import { LeaseService } from "./service.ts";
-import { StateStore } from "./state.ts";
+import { storeClock, type Store } from "./stores/index.ts";
+import { openStore } from "./stores/open.ts";
 import { AuthThrottle, RenewalLimiter } from "./throttle.ts";
 
-/** How often the server looks for changes made by admin commands (revoke, add). */
-const ADMIN_POLL_MS = 250;
 /** How often the lookup is checked for damage by others (a deleted map): at most 5 s, as promised. */
 const LOOKUP_CHECK_MS = 2_000;
 /** How often aggregated refusal counts reach the audit log. */
@@ -32,18 +31,33 @@ const CHECKPOINT_MS = 10_000;
 /** State, lease rules and the lookup type of a config: what server, admin commands and sweep share. */
 export interface Core {
   config: ServerConfig;
-  store: StateStore;
+  store: Store;
   leases: LeaseBook;
   lookupType: LookupType;
   clock: Clock;
 }
 
-/** Opens state and loads the live index; the caller decides whether it holds the lock. */
-export function openCore(config: ServerConfig, clock: Clock = systemClock): Core {
-  const store = new StateStore(config.stateDir);
+/**
+ * Opens state (SQLite, or the shared PostgreSQL database) and loads the live
+ * index; the caller decides whether it holds the lock. `tolerant`: a server
+ * starts even when the database cannot be reached, with an empty index, and
+ * catches up when it answers.
+ */
+export async function openCore(config: ServerConfig, base: Clock = systemClock, opts: { tolerant?: boolean } = {}): Promise<Core> {
+  const store = await openStore(config, base, opts);
+  // Leases expire by the store's clock: PostgreSQL's now() on every host alike.
+  const clock = storeClock(base, store);
   // Read through the holder so a SIGHUP reload changes the default ttl in place.
   const core: Core = { config, store, leases: new LeaseBook(store, () => core.config.ttl, clock), lookupType: lookupTypeOf(config), clock };
-  core.leases.reload();
+  try {
+    await core.leases.reload();
+  } catch (err) {
+    if (!opts.tolerant) {
+      await store.close();
+      throw err;
+    }
+    log.error(`state: cannot read leases from ${store.where} (${(err as Error).message}); starting empty, catching up when it answers`);
+  }
   return core;
 }
 
@@ -81,7 +95,7 @@ export async function startServer(opts: { configPath?: string; config?: ServerCo
   let core: Core | undefined;
   let lookup: Lookup | undefined;
   try {
-    core = openCore(config, opts.clock ?? monotonicWallClock());
+    core = await openCore(config, opts.clock ?? monotonicWallClock(), { tolerant: true });
     const metrics = new Metrics();
     lookup = await openLookup(core, (r) => {
       if (r instanceof Error) metrics.postmapFailures++;
@@ -90,7 +104,7 @@ export async function startServer(opts: { configPath?: string; config?: ServerCo
     return await serve(core, lookup, lock, metrics, opts);
   } catch (err) {
     await lookup?.close();
-    core?.store.close();
+    await core?.store.close();
     lock.release();
     throw err;
   }
@@ -115,7 +129,7 @@ async function serve(
   let listener: ReturnType<typeof Bun.serve> | undefined;
   let renewals = new RenewalLimiter(config.renewalsPerMinute);
 
-  const degraded = (): string[] => lookup.problems();
+  const degraded = (): string[] => [...store.problems(), ...lookup.problems()];
   const publishStatus = (): void => {
     const status: ServerStatus = {
       pid: process.pid,
@@ -148,51 +162,67 @@ async function serve(
 
   // Leases that fell due while we were down go first; then the lookup is
   // built from state, whatever an earlier process left installed.
-  const expired = leases.expireDue();
-  metrics.event("expire", expired.length);
-  for (const l of expired) log.info(`expired while stopped: ${l.client} ${l.ip}`);
+  const expired = await leases.expireDueOrLocally();
+  metrics.event("expire", expired.gone.length);
+  for (const l of expired.gone) log.info(`expired while stopped: ${l.client} ${l.ip}`);
   await publish().catch((err) => log.error(`initial publication to Postfix failed: ${(err as Error).message}`));
 
   // Every refusal is audited (aggregated), so the log is kept to audit_retention.
-  const pruneAudit = (): void => {
+  const pruneAudit = async (): Promise<void> => {
     try {
-      const n = store.pruneAudit(Date.now() - config.auditRetention * 1000);
+      const n = await store.pruneAudit(Date.now() - config.auditRetention * 1000);
       if (n) log.info(`audit log: removed ${n} entries older than ${config.auditRetention / 86400} days`);
     } catch (err) {
       log.warn(`audit log pruning failed: ${(err as Error).message}`);
     }
   };
-  pruneAudit();
-  const refusals = new RefusalLog(store, clock);
-  const intervals = [
-    setInterval(pruneAudit, 3_600_000),
-    setInterval(() => refusals.flush(), REFUSAL_FLUSH_MS),
-    (() => {
-      let written = -1;
-      return setInterval(() => {
-        // total_changes counts this connection's writes: checkpoint only after some.
-        const n = store.totalChanges();
-        if (n === written) return;
-        written = n;
+  await pruneAudit();
+  const refusals = new RefusalLog(store.refusalSink(), clock);
+  // Another process or relay host changed state: refresh the index (only the
+  // clients named, when a notice names them) and publish. One refresh at a
+  // time; changes arriving meanwhile are folded into the next.
+  let pending: Set<string> | null | undefined;
+  let refreshing = false;
+  const refresh = async (): Promise<void> => {
+    if (refreshing) return;
+    refreshing = true;
+    try {
+      while (pending !== undefined) {
+        const which = pending;
+        pending = undefined;
         try {
-          store.checkpoint();
+          if (which === null) await leases.reload();
+          else await leases.refresh([...which]);
         } catch (err) {
-          log.warn(`state checkpoint failed: ${(err as Error).message}`);
+          // An unreachable database is already reported (once, and in health); anything else is news.
+          if (store.problems().length === 0) log.warn(`state: cannot refresh leases from ${store.where}: ${(err as Error).message}`);
+          continue;
         }
-      }, CHECKPOINT_MS);
-    })(),
-    // Admin commands change state from another process: reload the index and publish.
-    (() => {
-      let dataVersion = store.dataVersion();
-      return setInterval(() => {
-        const v = store.dataVersion();
-        if (v === dataVersion) return;
-        dataVersion = v;
-        leases.reload();
         publish().catch(() => undefined);
         expiry.arm();
-      }, ADMIN_POLL_MS);
-    })(),
+      }
+    } finally {
+      refreshing = false;
+    }
+  };
+  const stopWatch = store.watch((change) => {
+    if (change === null || pending === null) pending = null;
+    else {
+      pending ??= new Set();
+      for (const c of change) pending.add(c);
+    }
+    void refresh();
+  });
+  const intervals = [
+    setInterval(() => void pruneAudit(), 3_600_000),
+    setInterval(() => refusals.flush(), REFUSAL_FLUSH_MS),
+    setInterval(() => {
+      try {
+        store.maintain();
+      } catch (err) {
+        log.warn(`state checkpoint failed: ${(err as Error).message}`);
+      }
+    }, CHECKPOINT_MS),
     setInterval(() => {
       lookup.check().then(publishStatus, () => publishStatus());
     }, LOOKUP_CHECK_MS),
@@ -217,8 +247,8 @@ async function serve(
     service,
     degraded,
     metricsAllow: () => config.metricsAllow,
-    renderMetrics: () => {
-      const counts = store.counts();
+    renderMetrics: async () => {
+      const counts = await store.counts().catch(() => ({ clients: 0, leases: 0 }));
       return metrics.render({ ...counts, degraded: degraded().length > 0, mapEntries: lookup.status().entries });
     },
     extra: { "/nic/update": dyndnsRoute(service), ...opts.extraRoutes?.(service) },
@@ -253,6 +283,7 @@ async function serve(
     listener = listen();
   } catch (err) {
     for (const i of intervals) clearInterval(i);
+    stopWatch();
     publisher.stop();
     throw err;
   }
@@ -317,13 +348,14 @@ async function serve(
       if (stopped) return;
       stopped = true;
       for (const i of intervals) clearInterval(i);
+      stopWatch();
       expiry.stop();
       publisher.stop();
       await listener?.stop();
       // Let in-flight work finish; nothing new is started on the way out.
       await lookup.close();
       refusals.flush();
-      store.close();
+      await store.close();
       lock.release();
     },
   };

@@ -6,8 +6,9 @@ import { leaseText, type Clock, type LeaseBook, type RenewEvent } from "./leases
 import type { Lookup } from "./lookups/index.ts";
 import type { Metrics } from "./metrics.ts";
 import type { RefusalLog } from "./refusals.ts";
-import type { ClientRow, LeaseRow, StateStore } from "./state.ts";
-import { authenticate, type Credential } from "./tokens.ts";
+import type { ClientRow, LeaseRow } from "./state.ts";
+import { StoreUnavailable, type Store } from "./stores/index.ts";
+import { authenticateIn, type Credential } from "./tokens.ts";
 import type { AuthThrottle, RenewalLimiter } from "./throttle.ts";
 
 /**
@@ -23,7 +24,8 @@ export type LeaseErrorCode =
   | "invalid_ip"
   | "address_not_allowed"
   | "lookup_cannot_hold"
-  | "map_update_failed";
+  | "map_update_failed"
+  | "state_unavailable";
 
 /** A refusal or failure of the lease service. */
 export class LeaseError extends Error {
@@ -39,7 +41,7 @@ export class LeaseError extends Error {
 
   /** True for refusals (the caller's fault), false for server trouble. */
   get refusal(): boolean {
-    return this.code !== "map_update_failed";
+    return this.code !== "map_update_failed" && this.code !== "state_unavailable";
   }
 }
 
@@ -110,6 +112,19 @@ export function leaseNetwork(client: ClientRow, observed: Ip, requested: unknown
   return net;
 }
 
+/**
+ * Runs a store call, turning "the database cannot be reached" into the
+ * service's own 503: nothing was changed, the client retries.
+ */
+async function stored<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    if (err instanceof StoreUnavailable) throw new LeaseError("state_unavailable", `the shared lease database cannot be reached (${err.message}); nothing was changed, retry later`, 30, false);
+    throw err;
+  }
+}
+
 /** What a renewal answered. */
 export interface RenewAnswer {
   client: string;
@@ -121,7 +136,7 @@ export interface RenewAnswer {
 
 /** What the service needs; the running server and the unit tests build it alike. */
 export interface ServiceDeps {
-  store: StateStore;
+  store: Store;
   leases: LeaseBook;
   lookup: Lookup;
   clock: Clock;
@@ -155,9 +170,9 @@ export class LeaseService {
    * always authenticates, even from a blocked source: strangers sharing a
    * proxy or a /64 can never lock a client out.
    */
-  authenticate(credential: Credential | null, source: Ip): ClientRow {
+  async authenticate(credential: Credential | null, source: Ip): Promise<ClientRow> {
     const key = sourceKey(source);
-    const client = authenticate(this.d.store, credential);
+    const client = await stored(() => authenticateIn(this.d.store, credential));
     if (client) return client;
     const wait = this.d.authThrottle.retryAfter(key);
     if (wait) throw new LeaseError("too_many_failures", `too many failed authentications from ${key}; retry in ${wait}s`, wait, false);
@@ -184,7 +199,7 @@ export class LeaseService {
       throw new LeaseError("rate_limited", `client ${client.name} renews too often; retry in ${limited.wait}s`, limited.wait, limited.first);
     }
     const net = this.admitted(client, observed, requested);
-    const r = this.d.leases.renew(client, net, observed.text);
+    const r = await stored(() => this.d.leases.renew(client, net, observed.text));
     this.d.metrics.event(r.event);
     if (r.event !== "renew") log.info(`${r.event}: ${client.name} ${r.lease.ip}${r.replaced ? ` (was ${r.replaced})` : ""}`);
     // A plain renewal leaves the lookup alone unless an earlier publication failed.
@@ -206,7 +221,7 @@ export class LeaseService {
 
   /** Drops the client's leases (one family, or all); resolves once Postfix no longer relays for them. */
   async release(client: ClientRow, source: Ip, family?: 4 | 6): Promise<LeaseRow[]> {
-    const gone = this.d.leases.release(client.name, source.text, family);
+    const gone = await stored(() => this.d.leases.release(client.name, source.text, family));
     this.d.metrics.event("release", gone.length);
     if (gone.length) {
       log.info(`released: ${client.name} ${gone.map((l) => l.ip).join(" ")}`);
@@ -216,8 +231,8 @@ export class LeaseService {
   }
 
   /** The client's current leases, read-only. */
-  leasesOf(client: ClientRow): LeaseRow[] {
-    return this.d.store.leasesOf(client.name);
+  leasesOf(client: ClientRow): Promise<LeaseRow[]> {
+    return stored(() => this.d.store.leasesOfClients([client.name]));
   }
 
   /** Records a refusal (a LeaseError, or a door's own): metrics always, the audit log aggregated per source and burst. */

@@ -1,5 +1,6 @@
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import type { ClientRow, StateStore } from "./state.ts";
+import type { Store } from "./stores/index.ts";
 
 const TOKEN_RE = /^([0-9a-f]{16})\.([A-Za-z0-9_-]{43})$/;
 // Compared against when the token id is unknown, so a miss costs as much as a hit.
@@ -32,7 +33,16 @@ export interface Credential {
  */
 export function authenticate(store: StateStore, credential: Credential | null): ClientRow | null {
   const m = credential ? TOKEN_RE.exec(credential.token) : null;
-  const client = m ? store.getClientByTokenId(m[1]!) : null;
+  return check(m, m ? store.getClientByTokenId(m[1]!) : null, credential);
+}
+
+/** authenticate() over any store: one read by token id, then the same constant-time check. */
+export async function authenticateIn(store: Store, credential: Credential | null): Promise<ClientRow | null> {
+  const m = credential ? TOKEN_RE.exec(credential.token) : null;
+  return check(m, m ? await store.getClientByTokenId(m[1]!) : null, credential);
+}
+
+function check(m: RegExpExecArray | null, client: ClientRow | null, credential: Credential | null): ClientRow | null {
   const presented = hashSecret(m ? m[2]! : "");
   const expected = client ? Buffer.from(client.token_hash) : DUMMY_HASH;
   const ok = timingSafeEqual(presented, expected);

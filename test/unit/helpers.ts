@@ -15,6 +15,7 @@ import { Metrics } from "../../src/server/metrics.ts";
 import { RefusalLog } from "../../src/server/refusals.ts";
 import { LeaseService } from "../../src/server/service.ts";
 import { StateStore } from "../../src/server/state.ts";
+import { SqliteStore } from "../../src/server/stores/sqlite.ts";
 import { AuthThrottle, RenewalLimiter } from "../../src/server/throttle.ts";
 
 const made: string[] = [];
@@ -227,6 +228,8 @@ export async function relayError(fn: () => unknown): Promise<RelayError> {
 export interface TestService {
   service: LeaseService;
   store: StateStore;
+  /** The same state as the Store interface the service uses. */
+  shared: SqliteStore;
   leases: LeaseBook;
   writer: MapWriter;
   lookup: MapLookup;
@@ -251,7 +254,8 @@ export function testService(
   opts: { authThrottle?: AuthThrottle; renewals?: RenewalLimiter; ttl?: number; refusalsPerMinute?: number } = {},
 ): TestService {
   const store = new StateStore(join(dir, "state"));
-  const leases = new LeaseBook(store, () => config.ttl, clock);
+  const shared = new SqliteStore(store, clock);
+  const leases = new LeaseBook(shared, () => config.ttl, clock);
   const pm = fakePostmap(dir);
   mkdirSync(join(dir, "postfix"), { recursive: true });
   const mapPath = join(dir, "postfix", "clients");
@@ -290,7 +294,7 @@ export function testService(
   const refusals = new RefusalLog(store, clock, opts.refusalsPerMinute);
   const renewals = opts.renewals ?? new RenewalLimiter(0);
   const service = new LeaseService({
-    store,
+    store: shared,
     leases,
     lookup,
     clock,
@@ -307,5 +311,5 @@ export function testService(
     metricsAllow: () => config.metricsAllow,
     renderMetrics: () => metrics.render({ ...store.counts(), degraded: lookup.problems().length > 0, mapEntries: lookup.status().entries }),
   });
-  return { service, store, leases, writer, lookup, pm, metrics, refusals, config, mapPath, dispatch: dispatcher(table) };
+  return { service, store, shared, leases, writer, lookup, pm, metrics, refusals, config, mapPath, dispatch: dispatcher(table) };
 }

@@ -32,6 +32,7 @@ const STATUS: Record<LeaseErrorCode, number> = {
   address_not_allowed: 403,
   lookup_cannot_hold: 403,
   map_update_failed: 503,
+  state_unavailable: 503,
 };
 
 /** A JSON answer that no cache keeps. */
@@ -126,9 +127,9 @@ export function leaseRoute(service: LeaseService): (req: Request, server: Server
     let source: Ip | null = null;
     try {
       source = service.believe(server.requestIP(req)?.address, req.headers.get("x-forwarded-for"));
-      client = service.authenticate(bearer(req.headers.get("authorization")), source);
+      client = await service.authenticate(bearer(req.headers.get("authorization")), source);
       if (req.method === "GET") {
-        return json(200, { client: client.name, ip: source.text, ttl: service.ttlOf(client), leases: service.leasesOf(client).map(leaseView) });
+        return json(200, { client: client.name, ip: source.text, ttl: service.ttlOf(client), leases: (await service.leasesOf(client)).map(leaseView) });
       }
       if (req.method === "DELETE") {
         const gone = await service.release(client, source);

@@ -49,6 +49,8 @@ const LEASE_ANSWERS: Record<LeaseErrorCode, { status: number; word: string }> = 
   address_not_allowed: { status: 403, word: "nohost" },
   lookup_cannot_hold: { status: 403, word: "nohost" },
   map_update_failed: { status: 503, word: "911" },
+  // The shared database is down: transient, so the device retries later.
+  state_unavailable: { status: 503, word: "911" },
 };
 
 /** Parses myip: absent, empty or all-empty entries mean none (the observed address); else one address per family. */
@@ -138,7 +140,7 @@ export function dyndnsRoute(service: LeaseService): (req: Request, server: Serve
       // No credential at all is the first half of HTTP Basic (wget, uclient), not a
       // guess: challenge without counting a failure, even from a blocked source.
       if (!credential) return textResponse({ status: 401, lines: ["badauth"], headers: { "www-authenticate": CHALLENGE } });
-      client = service.authenticate(credential, source);
+      client = await service.authenticate(credential, source);
       const update = parseUpdate(params);
       if (update.offline) {
         const lines: string[] = [];

@@ -12,7 +12,7 @@ export interface RouteContext {
   /** Reasons the server is degraded; empty when healthy. */
   degraded(): string[];
   /** Prometheus text for GET /metrics. */
-  renderMetrics(): string;
+  renderMetrics(): string | Promise<string>;
   /** Networks besides loopback that may read /metrics (SIGHUP may change them). */
   metricsAllow(): Cidr[];
   /** Routes of other front doors (dyndns2), by path. */
@@ -27,13 +27,13 @@ export function routes(ctx: RouteContext): Record<string, Route> {
       const reasons = ctx.degraded();
       return reasons.length ? json(503, { status: "degraded", reasons }) : json(200, { status: "ok" });
     },
-    "/metrics": (req, server) => {
+    "/metrics": async (req, server) => {
       const peer = parseIp(server.requestIP(req)?.address ?? "");
       // Anyone else gets the same 404 as for a path that does not exist.
       const allowed = peer && (specialAddressKind(peer) === "loopback" || ctx.metricsAllow().some((n) => cidrContains(n, peer)));
       if (!allowed) return notFound(req);
       if (req.method !== "GET") return errorResponse(new HttpError(405, "method_not_allowed", "use GET", { allow: "GET" }));
-      return new Response(ctx.renderMetrics(), { headers: { "content-type": "text/plain; version=0.0.4", "cache-control": "no-store" } });
+      return new Response(await ctx.renderMetrics(), { headers: { "content-type": "text/plain; version=0.0.4", "cache-control": "no-store" } });
     },
     "/v1/lease": leaseRoute(ctx.service),
     ...ctx.extra,

@@ -4,6 +4,7 @@ import type { ServerConfig } from "../../lib/config.ts";
 const RESTART_KEYS = [
   ["listen", (c: ServerConfig) => JSON.stringify(c.listen)],
   ["state_dir", (c: ServerConfig) => c.stateDir],
+  ["database", (c: ServerConfig) => c.database ?? ""],
   ["map", (c: ServerConfig) => c.map],
   ["map_type", (c: ServerConfig) => c.mapType ?? ""],
   ["postmap", (c: ServerConfig) => c.postmap ?? ""],
@@ -22,6 +23,9 @@ export function planReload(running: ServerConfig, next: ServerConfig): { config:
     ...next,
     listen: running.listen,
     stateDir: running.stateDir,
+    database: running.database,
+    databasePasswordFile: running.databasePasswordFile,
+    databasePasswordWhere: running.databasePasswordWhere,
     map: running.map,
     mapType: running.mapType,
     postmap: running.postmap,

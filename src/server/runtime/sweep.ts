@@ -10,15 +10,15 @@ import type { LeaseRow } from "../state.ts";
  * the live leases: nothing installed is trusted to be current. Returns null
  * when a server holds the lock: it sees the change itself within a second.
  */
-export async function withoutServer<T>(config: ServerConfig, fn: (core: Core) => T): Promise<{ result: T } | null> {
+export async function withoutServer<T>(config: ServerConfig, fn: (core: Core) => Promise<T>): Promise<{ result: T } | null> {
   const lock = StateLock.tryAcquire(config.stateDir);
   if (!lock) return null;
   let core: Core | undefined;
   try {
-    core = openCore(config);
-    const result = fn(core);
+    core = await openCore(config);
+    const result = await fn(core);
     // fn may have changed state directly (server edit): publish what state now holds.
-    core.leases.reload();
+    await core.leases.reload();
     if (core.lookupType.outlivesServer) {
       const lookup = await openLookup(core);
       try {
@@ -29,7 +29,7 @@ export async function withoutServer<T>(config: ServerConfig, fn: (core: Core) =>
     }
     return { result };
   } finally {
-    core?.store.close();
+    await core?.store.close();
     lock.release();
   }
 }

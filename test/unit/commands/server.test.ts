@@ -22,6 +22,8 @@ const view = (running: boolean, status: ServerStatus | null, frozen = 0): Status
   healthy: running && status !== null && status.degraded.length === 0 && frozen === 0,
   public_url: "https://mail.example.org:8443",
   cert: null,
+  state: { kind: "sqlite", where: "/var/lib/relayctl" },
+  state_error: null,
   lookup: "map",
   policy: null,
   map: { path: "/m", type: "hash", entries: frozen, frozen: { entries: frozen, since: frozen ? "2030-01-01T00:00:00.000Z" : null } },

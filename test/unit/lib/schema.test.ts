@@ -45,7 +45,7 @@ describe("server config schema", () => {
       const path = join(dir, `${k.key}.toml`);
       const value = k.default ?? k.example!;
       // tls_cert and tls_key go together; the example paths need not exist to load.
-      const extra = k.key === "tls_cert" ? 'tls_key = "/k.pem"\n' : k.key === "tls_key" ? 'tls_cert = "/c.pem"\n' : "";
+      const extra = k.key === "tls_cert" ? 'tls_key = "/k.pem"\n' : k.key === "tls_key" ? 'tls_cert = "/c.pem"\n' : k.key === "database_password_file" ? 'database = "postgres://x@h/db"\n' : "";
       writeFileSync(path, `${k.key} = ${value}\n${extra}`);
       expect(() => loadServerConfig(path)).not.toThrow();
     }

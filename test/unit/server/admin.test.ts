@@ -95,7 +95,7 @@ describe("addClient", () => {
   test("allow entries are stored normalised and audited", async () => {
     const s = setup();
     await addClient({ configPath: s.configPath, name: "router", allow: ["2001:DB8::/32", "192.0.2.7"], ttl: 90 });
-    const [c] = listClients({ configPath: s.configPath });
+    const [c] = await listClients({ configPath: s.configPath });
     expect(c).toMatchObject({ name: "router", ttl: 90, allow: ["2001:db8::/32", "192.0.2.7/32"], leases: [] });
     withStore(s.stateDir, (store) => expect(store.auditLog({ client: "router" })[0]!.detail).toBe("allow 2001:db8::/32 192.0.2.7/32"));
   });
@@ -114,11 +114,11 @@ describe("rotateToken", () => {
   test("the new token works, the old one is refused, the lease stays and the rotation is audited", async () => {
     const s = setup();
     const first = await addClient({ configPath: s.configPath, name: "office" });
-    const core = openCore(loadServerConfig(s.configPath));
+    const core = await openCore(loadServerConfig(s.configPath));
     try {
-      core.leases.renew(core.store.getClient("office")!, parseCidr("198.51.100.7")!, "t");
+      await core.leases.renew((await core.store.getClient("office"))!, parseCidr("198.51.100.7")!, "t");
     } finally {
-      core.store.close();
+      await core.store.close();
     }
     const r = await rotateToken({ configPath: s.configPath, name: "office" });
     expect(r.token).not.toBe(first.token);
@@ -140,13 +140,13 @@ describe("listClients", () => {
     const s = setup('ttl = "30m"');
     await addClient({ configPath: s.configPath, name: "zeta" });
     await addClient({ configPath: s.configPath, name: "alpha", ttl: 600 });
-    const core = openCore(loadServerConfig(s.configPath), { now: () => Date.UTC(2030, 0, 1) });
+    const core = await openCore(loadServerConfig(s.configPath), { now: () => Date.UTC(2030, 0, 1) });
     try {
-      core.leases.renew(core.store.getClient("zeta")!, parseCidr("198.51.100.7")!, "t");
+      await core.leases.renew((await core.store.getClient("zeta"))!, parseCidr("198.51.100.7")!, "t");
     } finally {
-      core.store.close();
+      await core.store.close();
     }
-    const list = listClients({ configPath: s.configPath });
+    const list = await listClients({ configPath: s.configPath });
     expect(list.map((c) => [c.name, c.ttl])).toEqual([
       ["alpha", 600],
       ["zeta", 1800],
@@ -156,8 +156,8 @@ describe("listClients", () => {
     expect(new Date(list[0]!.created_at).toISOString()).toBe(list[0]!.created_at);
   });
 
-  test("no clients: an empty list", () => {
-    expect(listClients({ configPath: setup().configPath })).toEqual([]);
+  test("no clients: an empty list", async () => {
+    expect(await listClients({ configPath: setup().configPath })).toEqual([]);
   });
 });
 
@@ -165,15 +165,15 @@ describe("revokeClient", () => {
   async function withLease(s: ReturnType<typeof setup>): Promise<void> {
     await addClient({ configPath: s.configPath, name: "office" });
     await addClient({ configPath: s.configPath, name: "home" });
-    const core = openCore(loadServerConfig(s.configPath));
+    const core = await openCore(loadServerConfig(s.configPath));
     try {
-      core.leases.renew(core.store.getClient("office")!, parseCidr("198.51.100.7")!, "t");
-      core.leases.renew(core.store.getClient("home")!, parseCidr("203.0.113.5")!, "t");
+      await core.leases.renew((await core.store.getClient("office"))!, parseCidr("198.51.100.7")!, "t");
+      await core.leases.renew((await core.store.getClient("home"))!, parseCidr("203.0.113.5")!, "t");
       const lookup = await openLookup(core);
       await lookup.publish();
       await lookup.close();
     } finally {
-      core.store.close();
+      await core.store.close();
     }
     expect(readFileSync(s.mapPath, "utf8")).toContain("198.51.100.7 OK");
   }
@@ -227,7 +227,7 @@ describe("revokeClient", () => {
     await addClient({ configPath, name: "office" });
     pm.fail("postmap: fatal: broken");
     await expect(revokeClient({ configPath, name: "office" })).rejects.toThrow("broken");
-    expect(listClients({ configPath })).toEqual([]);
+    expect(await listClients({ configPath })).toEqual([]);
     expect(StateLock.isHeld(join(dir, "state"))).toBe(false);
   });
 });
@@ -237,14 +237,14 @@ describe("editClient", () => {
   async function leased(allow: string[], ip = "198.51.100.7", extra?: string) {
     const s = setup(extra);
     const { token } = await addClient({ configPath: s.configPath, name: "office", allow });
-    const core = openCore(loadServerConfig(s.configPath));
+    const core = await openCore(loadServerConfig(s.configPath));
     const lookup = await openLookup(core);
     try {
-      core.leases.renew(core.store.getClient("office")!, parseCidr(ip)!, "t");
+      await core.leases.renew((await core.store.getClient("office"))!, parseCidr(ip)!, "t");
       await lookup.publish();
     } finally {
       await lookup.close();
-      core.store.close();
+      await core.store.close();
     }
     expect(readFileSync(s.mapPath, "utf8")).toContain(`${ip} OK`);
     return { ...s, token };
@@ -263,7 +263,7 @@ describe("editClient", () => {
     });
     expect(readFileSync(s.mapPath, "utf8")).not.toContain("198.51.100.7");
     expect(leasesOf(s.stateDir)).toEqual([]);
-    expect(listClients({ configPath: s.configPath })[0]!.allow).toEqual(["203.0.113.0/24"]);
+    expect((await listClients({ configPath: s.configPath }))[0]!.allow).toEqual(["203.0.113.0/24"]);
     withStore(s.stateDir, (store) => expect(authenticate(store, { token: s.token })?.name).toBe("office"));
     expect(lastAudit(s.stateDir)).toMatchObject({ event: "edit", ip: "198.51.100.7", detail: "allow 198.51.100.0/24 -> 203.0.113.0/24; dropped 198.51.100.7: 198.51.100.7 is outside the allow list of client office" });
     expect(StateLock.isHeld(s.stateDir)).toBe(false);
@@ -288,7 +288,7 @@ describe("editClient", () => {
     const r = await editClient({ configPath: s.configPath, name: "office", clearAllow: true });
     expect(r.changes).toEqual(["allow 198.51.100.0/24 -> (none)"]);
     expect(r.dropped).toEqual([]);
-    expect(listClients({ configPath: s.configPath })[0]!.allow).toEqual([]);
+    expect((await listClients({ configPath: s.configPath }))[0]!.allow).toEqual([]);
   });
 
   test("with a server holding the lock, state changes and the map is left to the server", async () => {
@@ -319,7 +319,7 @@ describe("editClient", () => {
     expect(lease!.expires_at).toBeGreaterThanOrEqual(t0 + 60_000);
     expect(lease!.expires_at).toBeLessThanOrEqual(Date.now() + 60_000);
     expect(new Date(lease!.expires_at).toISOString()).toBe(shorter.shortened[0]!.expires_at);
-    expect(listClients({ configPath: s.configPath })[0]!.ttl).toBe(60);
+    expect((await listClients({ configPath: s.configPath }))[0]!.ttl).toBe(60);
   });
 
   test("the same values change nothing and write no audit entry", async () => {
@@ -344,7 +344,7 @@ describe("editClient", () => {
       const err = await relayError(() => editClient({ configPath: s.configPath, ...o }));
       expect({ message: err.message, code: err.exitCode }).toEqual({ message, code: ExitCode.USAGE });
     }
-    expect(listClients({ configPath: s.configPath })[0]).toMatchObject({ allow: ["198.51.100.0/24"], ttl: 1200 });
+    expect((await listClients({ configPath: s.configPath }))[0]).toMatchObject({ allow: ["198.51.100.0/24"], ttl: 1200 });
     expect(lastAudit(s.stateDir)!.event).not.toBe("edit");
     expect(StateLock.isHeld(s.stateDir)).toBe(false);
   });

@@ -98,6 +98,7 @@ describe("answers", () => {
     address_not_allowed: [403, "nohost"],
     lookup_cannot_hold: [403, "nohost"],
     map_update_failed: [503, "911"],
+    state_unavailable: [503, "911"],
   };
   for (const [code, [status, word]] of Object.entries(expected)) {
     test(`${code} is ${status} ${word}, no success word in the body`, () => {

@@ -21,7 +21,7 @@ let map: MapWriter;
 let pm: FakePostmap;
 let mapPath: string;
 
-beforeEach(() => {
+beforeEach(async () => {
   clock = new FakeClock();
   t = testService(tempDir("relayctl-http-"), clock);
   ({ store, leases, writer: map, pm, mapPath } = t);
@@ -81,7 +81,7 @@ describe("authentication", () => {
   test("a revoked client's token is refused", async () => {
     const tok = addClient("office");
     expect((await call("GET", "/v1/lease", { token: tok })).status).toBe(200);
-    leases.revoke("office", null);
+    (await leases.revoke("office", null));
     expect((await call("POST", "/v1/lease", { token: tok })).status).toBe(401);
   });
 });
@@ -356,7 +356,7 @@ describe("routing and /healthz", () => {
     expect(r.status).toBe(200);
     expect(r.body).toEqual({ status: "ok" });
     pm.fail("postmap: fatal: cannot write");
-    leases.release("secret-client-name", null);
+    (await leases.release("secret-client-name", null));
     await t.lookup.publish().catch(() => undefined);
     const d = await call("GET", "/healthz");
     expect(d.status).toBe(503);

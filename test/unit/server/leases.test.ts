@@ -2,6 +2,7 @@ import { afterAll, afterEach, beforeEach, describe, expect, test } from "bun:tes
 import { parseCidr, parseIp, type Cidr } from "../../../src/lib/ip.ts";
 import { LeaseBook, leaseText } from "../../../src/server/leases.ts";
 import { StateStore, type ClientRow } from "../../../src/server/state.ts";
+import { SqliteStore } from "../../../src/server/stores/sqlite.ts";
 import { FakeClock, removeTempDirs, tempDir } from "../helpers.ts";
 
 afterAll(removeTempDirs);
@@ -20,11 +21,11 @@ function client(name: string, opts: { ttl?: number | null } = {}): ClientRow {
   return store.getClient(name)!;
 }
 
-beforeEach(() => {
+beforeEach(async () => {
   store = new StateStore(tempDir("relayctl-leases-"));
   clock = new FakeClock();
   ttl = 1200;
-  book = new LeaseBook(store, () => ttl, clock);
+  book = new LeaseBook(new SqliteStore(store, clock), () => ttl, clock);
 });
 afterEach(() => store.close());
 
@@ -32,10 +33,10 @@ afterEach(() => store.close());
 const live = (): string[] => book.index.liveNets(clock.now()).map(leaseText);
 
 describe("LeaseBook.renew", () => {
-  test("first renewal is a grant: lease expires ttl later, map must change", () => {
+  test("first renewal is a grant: lease expires ttl later, map must change", async () => {
     const c = client("office");
     const t0 = clock.now();
-    const r = book.renew(c, ip("198.51.100.7"), "198.51.100.7");
+    const r = (await book.renew(c, ip("198.51.100.7"), "198.51.100.7"));
     expect(r.event).toBe("grant");
     expect(r.mapChanged).toBe(true);
     expect(r.replaced).toBeUndefined();
@@ -44,12 +45,12 @@ describe("LeaseBook.renew", () => {
     expect(live()).toEqual(["198.51.100.7"]);
   });
 
-  test("renewing the same address extends expiry, keeps granted_at, leaves the map alone", () => {
+  test("renewing the same address extends expiry, keeps granted_at, leaves the map alone", async () => {
     const c = client("office");
     const t0 = clock.now();
-    book.renew(c, ip("198.51.100.7"), "src");
+    (await book.renew(c, ip("198.51.100.7"), "src"));
     clock.advance(4 * MIN);
-    const r = book.renew(c, ip("198.51.100.7"), "src");
+    const r = (await book.renew(c, ip("198.51.100.7"), "src"));
     expect(r.event).toBe("renew");
     expect(r.mapChanged).toBe(false);
     expect(r.lease.granted_at).toBe(t0);
@@ -58,11 +59,11 @@ describe("LeaseBook.renew", () => {
     expect(store.leasesOf("office")).toHaveLength(1);
   });
 
-  test("a new address of the same family replaces the old one at once", () => {
+  test("a new address of the same family replaces the old one at once", async () => {
     const c = client("office");
-    book.renew(c, ip("198.51.100.7"), "a");
+    (await book.renew(c, ip("198.51.100.7"), "a"));
     clock.advance(MIN);
-    const r = book.renew(c, ip("203.0.113.9"), "b");
+    const r = (await book.renew(c, ip("203.0.113.9"), "b"));
     expect(r.event).toBe("replace");
     expect(r.replaced).toBe("198.51.100.7");
     expect(r.mapChanged).toBe(true);
@@ -74,12 +75,12 @@ describe("LeaseBook.renew", () => {
     expect(audit[0]).toMatchObject({ event: "replace", ip: "203.0.113.9", source: "b", detail: "was 198.51.100.7" });
   });
 
-  test("one lease per family: IPv4 and IPv6 coexist, each replaced separately", () => {
+  test("one lease per family: IPv4 and IPv6 coexist, each replaced separately", async () => {
     const c = client("dual");
-    expect(book.renew(c, ip("198.51.100.7"), "s").event).toBe("grant");
-    expect(book.renew(c, ip("2001:db8::7"), "s").event).toBe("grant");
+    expect((await book.renew(c, ip("198.51.100.7"), "s")).event).toBe("grant");
+    expect((await book.renew(c, ip("2001:db8::7"), "s")).event).toBe("grant");
     expect(live().sort()).toEqual(["198.51.100.7", "2001:db8::7"]);
-    expect(book.renew(c, ip("2001:db8::8"), "s").event).toBe("replace");
+    expect((await book.renew(c, ip("2001:db8::8"), "s")).event).toBe("replace");
     expect(live().sort()).toEqual(["198.51.100.7", "2001:db8::8"]);
     expect(store.leasesOf("dual").map((l) => [l.family, l.ip])).toEqual([
       [4, "198.51.100.7"],
@@ -87,46 +88,46 @@ describe("LeaseBook.renew", () => {
     ]);
   });
 
-  test("a per-client ttl overrides the default; the default is read at each renewal", () => {
+  test("a per-client ttl overrides the default; the default is read at each renewal", async () => {
     const short = client("short", { ttl: 90 });
     const normal = client("normal");
     expect(book.ttlOf(short)).toBe(90);
     expect(book.ttlOf(normal)).toBe(1200);
-    expect(book.renew(short, ip("192.0.2.1"), "s").lease.expires_at).toBe(clock.now() + 90_000);
+    expect((await book.renew(short, ip("192.0.2.1"), "s")).lease.expires_at).toBe(clock.now() + 90_000);
     ttl = 600;
     expect(book.ttlOf(normal)).toBe(600);
-    expect(book.renew(normal, ip("192.0.2.2"), "s").lease.expires_at).toBe(clock.now() + 600_000);
+    expect((await book.renew(normal, ip("192.0.2.2"), "s")).lease.expires_at).toBe(clock.now() + 600_000);
   });
 
-  test("an expired but not yet swept lease is granted anew, not renewed", () => {
+  test("an expired but not yet swept lease is granted anew, not renewed", async () => {
     const c = client("office", { ttl: 60 });
-    book.renew(c, ip("192.0.2.1"), "s");
+    (await book.renew(c, ip("192.0.2.1"), "s"));
     clock.advance(60_000);
-    const r = book.renew(c, ip("192.0.2.1"), "s");
+    const r = (await book.renew(c, ip("192.0.2.1"), "s"));
     expect(r.event).toBe("grant");
     expect(r.mapChanged).toBe(true);
     expect(r.lease.granted_at).toBe(clock.now());
     expect(store.leasesOf("office")).toHaveLength(1);
   });
 
-  test("a grant is audited with source and time; plain renewals are counted on the lease, not audited", () => {
+  test("a grant is audited with source and time; plain renewals are counted on the lease, not audited", async () => {
     const c = client("office");
-    book.renew(c, ip("192.0.2.1"), "192.0.2.1");
+    (await book.renew(c, ip("192.0.2.1"), "192.0.2.1"));
     for (let i = 1; i <= 3; i++) {
       clock.advance(1000);
-      expect(book.renew(c, ip("192.0.2.1"), "192.0.2.1").lease.renewals).toBe(i);
+      expect((await book.renew(c, ip("192.0.2.1"), "192.0.2.1")).lease.renewals).toBe(i);
     }
     const log = store.auditLog({ client: "office" });
     expect(log.map((e) => e.event)).toEqual(["grant"]);
     expect(log[0]).toMatchObject({ ts: clock.now() - 3000, ip: "192.0.2.1", source: "192.0.2.1", detail: null, count: 1 });
     expect(store.leasesOf("office")[0]).toMatchObject({ renewals: 3, renewed_at: clock.now() });
     // A move starts the count again.
-    expect(book.renew(c, ip("192.0.2.2"), "192.0.2.2").lease.renewals).toBe(0);
+    expect((await book.renew(c, ip("192.0.2.2"), "192.0.2.2")).lease.renewals).toBe(0);
   });
 
-  test("an IPv6 prefix lease is stored as NET/LEN and published as one network", () => {
+  test("an IPv6 prefix lease is stored as NET/LEN and published as one network", async () => {
     const c = client("lan");
-    const r = book.renew(c, ip("2001:db8:1:2::/64"), "2001:db8:1:2::10");
+    const r = (await book.renew(c, ip("2001:db8:1:2::/64"), "2001:db8:1:2::10"));
     expect(r.lease.ip).toBe("2001:db8:1:2::/64");
     expect(live()).toEqual(["2001:db8:1:2::/64"]);
     expect(book.index.covers(parseIp("2001:db8:1:2:aaaa:bbbb:cccc:dddd")!, clock.now())).toBe(true);
@@ -135,30 +136,30 @@ describe("LeaseBook.renew", () => {
 });
 
 describe("expiry", () => {
-  test("a lease is live until just before expires_at and gone at exactly expires_at", () => {
+  test("a lease is live until just before expires_at and gone at exactly expires_at", async () => {
     const c = client("office", { ttl: 60 });
-    const { lease } = book.renew(c, ip("192.0.2.1"), "s");
+    const { lease } = (await book.renew(c, ip("192.0.2.1"), "s"));
     clock.t = lease.expires_at - 1;
     expect(live()).toEqual(["192.0.2.1"]);
-    expect(book.expireDue()).toEqual([]);
+    expect((await book.expireDue())).toEqual([]);
     expect(book.msUntilNextExpiry()).toBe(1);
     clock.t = lease.expires_at;
     expect(live()).toEqual([]);
     expect(book.msUntilNextExpiry()).toBe(0);
-    const gone = book.expireDue();
+    const gone = (await book.expireDue());
     expect(gone).toEqual([lease]);
     expect(store.leasesOf("office")).toEqual([]);
     expect(book.msUntilNextExpiry()).toBeNull();
   });
 
-  test("expireDue removes only due leases and audits each as expire", () => {
+  test("expireDue removes only due leases and audits each as expire", async () => {
     const a = client("a", { ttl: 60 });
     const b = client("b", { ttl: 120 });
-    book.renew(a, ip("192.0.2.1"), "s");
-    book.renew(a, ip("2001:db8::1"), "s");
-    book.renew(b, ip("192.0.2.2"), "s");
+    (await book.renew(a, ip("192.0.2.1"), "s"));
+    (await book.renew(a, ip("2001:db8::1"), "s"));
+    (await book.renew(b, ip("192.0.2.2"), "s"));
     clock.advance(90_000);
-    const gone = book.expireDue();
+    const gone = (await book.expireDue());
     expect(gone.map((l) => l.ip).sort()).toEqual(["192.0.2.1", "2001:db8::1"]);
     expect(live()).toEqual(["192.0.2.2"]);
     const expires = store.auditLog().filter((e) => e.event === "expire");
@@ -167,40 +168,40 @@ describe("expiry", () => {
       ["a", "2001:db8::1", clock.now(), null],
     ]);
     expect(book.msUntilNextExpiry()).toBe(30_000);
-    expect(book.expireDue()).toEqual([]);
+    expect((await book.expireDue())).toEqual([]);
   });
 
-  test("renewing in time keeps a lease alive across many ttls", () => {
+  test("renewing in time keeps a lease alive across many ttls", async () => {
     const c = client("office", { ttl: 60 });
     for (let i = 0; i < 10; i++) {
-      book.renew(c, ip("192.0.2.1"), "s");
+      (await book.renew(c, ip("192.0.2.1"), "s"));
       clock.advance(59_000);
-      expect(book.expireDue()).toEqual([]);
+      expect((await book.expireDue())).toEqual([]);
     }
     expect(live()).toEqual(["192.0.2.1"]);
   });
 });
 
 describe("release and revoke", () => {
-  test("release drops every lease of the client and audits each", () => {
+  test("release drops every lease of the client and audits each", async () => {
     const c = client("office");
     const other = client("other");
-    book.renew(c, ip("192.0.2.1"), "s");
-    book.renew(c, ip("2001:db8::1"), "s");
-    book.renew(other, ip("192.0.2.9"), "s");
-    const gone = book.release("office", "192.0.2.1");
+    (await book.renew(c, ip("192.0.2.1"), "s"));
+    (await book.renew(c, ip("2001:db8::1"), "s"));
+    (await book.renew(other, ip("192.0.2.9"), "s"));
+    const gone = (await book.release("office", "192.0.2.1"));
     expect(gone.map((l) => l.ip).sort()).toEqual(["192.0.2.1", "2001:db8::1"]);
     expect(live()).toEqual(["192.0.2.9"]);
     expect(store.getClient("office")).not.toBeNull();
     expect(store.auditLog({ client: "office" }).filter((e) => e.event === "release")).toHaveLength(2);
-    expect(book.release("office", null)).toEqual([]);
+    expect((await book.release("office", null))).toEqual([]);
   });
 
-  test("revoke removes leases and the client, and audits once", () => {
+  test("revoke removes leases and the client, and audits once", async () => {
     const c = client("office");
-    book.renew(c, ip("192.0.2.1"), "s");
-    book.renew(c, ip("2001:db8::1"), "s");
-    const gone = book.revoke("office", null);
+    (await book.renew(c, ip("192.0.2.1"), "s"));
+    (await book.renew(c, ip("2001:db8::1"), "s"));
+    const gone = (await book.revoke("office", null));
     expect(gone?.map((l) => l.ip).sort()).toEqual(["192.0.2.1", "2001:db8::1"]);
     expect(store.getClient("office")).toBeNull();
     expect(store.leasesOf("office")).toEqual([]);
@@ -208,43 +209,43 @@ describe("release and revoke", () => {
     const revokes = store.auditLog({ client: "office" }).filter((e) => e.event === "revoke");
     expect(revokes).toHaveLength(1);
     expect(revokes[0]!.ip).toBe("192.0.2.1 2001:db8::1");
-    expect(book.revoke("office", null)).toBeNull();
+    expect((await book.revoke("office", null))).toBeNull();
   });
 
-  test("revoking a client without leases logs no address", () => {
+  test("revoking a client without leases logs no address", async () => {
     client("idle");
-    expect(book.revoke("idle", "admin")).toEqual([]);
+    expect((await book.revoke("idle", "admin"))).toEqual([]);
     expect(store.auditLog({ client: "idle" })[0]).toMatchObject({ event: "revoke", ip: null, source: "admin" });
   });
 });
 
 describe("two clients behind one address", () => {
-  test("the address stays in the map while either lease lives", () => {
+  test("the address stays in the map while either lease lives", async () => {
     const a = client("a", { ttl: 60 });
     const b = client("b", { ttl: 600 });
-    book.renew(a, ip("192.0.2.1"), "s");
-    book.renew(b, ip("192.0.2.1"), "s");
+    (await book.renew(a, ip("192.0.2.1"), "s"));
+    (await book.renew(b, ip("192.0.2.1"), "s"));
     expect(live()).toEqual(["192.0.2.1"]);
-    book.release("b", null);
+    (await book.release("b", null));
     expect(live()).toEqual(["192.0.2.1"]);
-    book.renew(b, ip("192.0.2.1"), "s");
+    (await book.renew(b, ip("192.0.2.1"), "s"));
     clock.advance(60_000);
-    book.expireDue();
+    (await book.expireDue());
     expect(store.leasesOf("a")).toEqual([]);
     expect(live()).toEqual(["192.0.2.1"]);
     // b moves away: now nobody holds the address.
-    expect(book.renew(b, ip("192.0.2.2"), "s").event).toBe("replace");
+    expect((await book.renew(b, ip("192.0.2.2"), "s")).event).toBe("replace");
     expect(live()).toEqual(["192.0.2.2"]);
   });
 
-  test("one client replacing away from a shared address does not remove it for the other", () => {
+  test("one client replacing away from a shared address does not remove it for the other", async () => {
     const a = client("a");
     const b = client("b");
-    book.renew(a, ip("192.0.2.1"), "s");
-    book.renew(b, ip("192.0.2.1"), "s");
-    book.renew(a, ip("192.0.2.3"), "s");
+    (await book.renew(a, ip("192.0.2.1"), "s"));
+    (await book.renew(b, ip("192.0.2.1"), "s"));
+    (await book.renew(a, ip("192.0.2.3"), "s"));
     expect(live()).toEqual(["192.0.2.1", "192.0.2.3"]);
-    book.revoke("b", null);
+    (await book.revoke("b", null));
     expect(live()).toEqual(["192.0.2.3"]);
   });
 });

@@ -3,6 +3,7 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { loadServerConfig } from "../../../src/lib/config.ts";
 import { parseCidr } from "../../../src/lib/ip.ts";
+import { SqliteStore } from "../../../src/server/stores/sqlite.ts";
 import { planReload } from "../../../src/server/runtime/reload.ts";
 import { LeaseBook } from "../../../src/server/leases.ts";
 import { Metrics } from "../../../src/server/metrics.ts";
@@ -52,7 +53,7 @@ const settle = (): Promise<void> => new Promise((r) => setImmediate(r));
 describe("Retrier", () => {
   let clock: FakeClock;
   let timers: FakeTimers;
-  beforeEach(() => {
+  beforeEach(async () => {
     clock = new FakeClock();
     timers = new FakeTimers(clock);
   });
@@ -154,11 +155,11 @@ describe("ExpiryTimer", () => {
     return store.getClient(name)!;
   };
 
-  beforeEach(() => {
+  beforeEach(async () => {
     clock = new FakeClock();
     timers = new FakeTimers(clock);
     store = new StateStore(tempDir("relayctl-expiry-"));
-    leases = new LeaseBook(store, () => 1200, clock);
+    leases = new LeaseBook(new SqliteStore(store, clock), () => 1200, clock);
     metrics = new Metrics();
     published = 0;
     expiry = new ExpiryTimer(leases, metrics, async () => void published++, timers);
@@ -177,8 +178,8 @@ describe("ExpiryTimer", () => {
   });
 
   test("aims at the next expiry, expires the lease then, publishes once and re-arms", async () => {
-    leases.renew(client("a", 10), parseCidr("192.0.2.1")!, "t");
-    leases.renew(client("b", 20), parseCidr("192.0.2.2")!, "t");
+    (await leases.renew(client("a", 10), parseCidr("192.0.2.1")!, "t"));
+    (await leases.renew(client("b", 20), parseCidr("192.0.2.2")!, "t"));
     expiry.arm();
     expect(timers.delays()).toEqual([10_005]);
     await timers.advance(10_004);
@@ -199,7 +200,7 @@ describe("ExpiryTimer", () => {
   });
 
   test("a far expiry is approached in MAX_TIMER_MS steps", async () => {
-    leases.renew(client("a", 3600), parseCidr("192.0.2.1")!, "t");
+    (await leases.renew(client("a", 3600), parseCidr("192.0.2.1")!, "t"));
     expiry.arm();
     expect(timers.delays()).toEqual([MAX_TIMER_MS]);
     await timers.advance(MAX_TIMER_MS);
@@ -208,10 +209,10 @@ describe("ExpiryTimer", () => {
     expect(timers.pending.size).toBe(1);
   });
 
-  test("arm replaces the waiting timer; stop clears it for good", () => {
-    leases.renew(client("a", 100), parseCidr("192.0.2.1")!, "t");
+  test("arm replaces the waiting timer; stop clears it for good", async () => {
+    (await leases.renew(client("a", 100), parseCidr("192.0.2.1")!, "t"));
     expiry.arm();
-    leases.renew(client("b", 10), parseCidr("192.0.2.2")!, "t");
+    (await leases.renew(client("b", 10), parseCidr("192.0.2.2")!, "t"));
     expiry.arm();
     expect(timers.delays()).toEqual([10_005]);
     expiry.stop();
@@ -225,12 +226,28 @@ describe("ExpiryTimer", () => {
       published++;
       throw new Error("postmap down");
     }, timers);
-    leases.renew(client("a", 10), parseCidr("192.0.2.1")!, "t");
+    (await leases.renew(client("a", 10), parseCidr("192.0.2.1")!, "t"));
     expiry.arm();
     await timers.advance(10_005);
     expect(published).toBe(1);
     expect(store.allLeases()).toEqual([]);
     expect(timers.pending.size).toBe(1);
+  });
+
+  test("store unreachable: the index drops the due lease and publishes on time, then retries the store every second", async () => {
+    (await leases.renew(client("a", 10), parseCidr("192.0.2.1")!, "t"));
+    const down = new SqliteStore(store, clock);
+    down.tx = () => Promise.reject(new Error("connection refused"));
+    const book = new LeaseBook(down, () => 1200, clock, leases.index);
+    expiry = new ExpiryTimer(book, metrics, async () => void published++, timers);
+    expiry.arm();
+    await timers.advance(10_005);
+    expect(published).toBe(1);
+    expect(leases.index.liveNets(clock.now())).toEqual([]);
+    expect(leases.index.nextExpiry()).toBeNull();
+    // The row is still in the store: the database catches up when it answers.
+    expect(store.allLeases()).toHaveLength(1);
+    expect(timers.delays()).toEqual([1_000]);
   });
 });
 

@@ -1,8 +1,11 @@
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { parseCidr, parseIp, type Ip } from "../../../src/lib/ip.ts";
+import { errorResponse } from "../../../src/server/doors/api.ts";
+import { LeaseBook } from "../../../src/server/leases.ts";
 import type { Lookup } from "../../../src/server/lookups/index.ts";
+import { StoreUnavailable } from "../../../src/server/stores/index.ts";
 import { policyLookupType } from "../../../src/server/lookups/policy.ts";
-import { LeaseError, LeaseService, leaseNetwork, observedAddress, sourceKey } from "../../../src/server/service.ts";
+import { LeaseError, LeaseService, leaseNetwork, observedAddress, sourceKey, type ServiceDeps } from "../../../src/server/service.ts";
 import type { ClientRow } from "../../../src/server/state.ts";
 import { AuthThrottle, RenewalLimiter } from "../../../src/server/throttle.ts";
 import { newToken } from "../../../src/server/tokens.ts";
@@ -35,14 +38,31 @@ async function leaseErrorAsync(fn: () => Promise<unknown>): Promise<LeaseError> 
   throw new Error("expected a LeaseError, but nothing was thrown");
 }
 
+/** A LeaseService over a test service's parts, with some of them replaced; no throttling or renewal limit. */
+function serviceWith(t: TestService, clock: FakeClock, over: Partial<ServiceDeps>): LeaseService {
+  return new LeaseService({
+    store: t.shared,
+    leases: t.leases,
+    lookup: t.lookup,
+    clock,
+    metrics: t.metrics,
+    refusals: t.refusals,
+    authThrottle: new AuthThrottle(),
+    config: () => t.config,
+    renewals: () => new RenewalLimiter(0),
+    publish: () => t.lookup.publish(),
+    ...over,
+  });
+}
+
 describe("observedAddress", () => {
-  test("normalises and validates the peer", () => {
+  test("normalises and validates the peer", async () => {
     expect(observedAddress("::ffff:192.0.2.1", null, []).text).toBe("192.0.2.1");
     expect(leaseError(() => observedAddress(undefined, null, [])).code).toBe("no_address");
     expect(leaseError(() => observedAddress("not-an-ip", null, [])).code).toBe("no_address");
   });
 
-  test("a forwarded chain is walked right to left only from a trusted peer", () => {
+  test("a forwarded chain is walked right to left only from a trusted peer", async () => {
     const trusted = [parseCidr("10.0.0.0/8")!];
     expect(observedAddress("10.0.0.1", "192.0.2.66, 203.0.113.10, 10.1.2.3", trusted).text).toBe("203.0.113.10");
     expect(observedAddress("198.51.100.7", "203.0.113.10", trusted).text).toBe("198.51.100.7");
@@ -51,7 +71,7 @@ describe("observedAddress", () => {
 });
 
 describe("leaseNetwork", () => {
-  test("returns the observed or requested address as a host network", () => {
+  test("returns the observed or requested address as a host network", async () => {
     const c = clientWith(["192.0.2.0/24"]);
     expect(leaseNetwork(c, ip("203.0.113.1"), "192.0.2.9", 128).text).toBe("192.0.2.9/32");
     expect(leaseNetwork(c, ip("192.0.2.3"), undefined, 128).text).toBe("192.0.2.3/32");
@@ -59,7 +79,7 @@ describe("leaseNetwork", () => {
     expect(leaseError(() => leaseNetwork(c, ip("192.0.2.3"), 5, 128)).code).toBe("invalid_ip");
   });
 
-  test("127.0.0.1 is refused under allow 0.0.0.0/0 and under 0.0.0.0/1 + 128.0.0.0/1", () => {
+  test("127.0.0.1 is refused under allow 0.0.0.0/0 and under 0.0.0.0/1 + 128.0.0.0/1", async () => {
     for (const allow of [["0.0.0.0/0"], ["0.0.0.0/1", "128.0.0.0/1"]]) {
       const err = leaseError(() => leaseNetwork(clientWith(allow), ip("127.0.0.1"), undefined, 128));
       expect(err.code).toBe("address_not_allowed");
@@ -69,7 +89,7 @@ describe("leaseNetwork", () => {
     }
   });
 
-  test("127.0.0.1 is admitted with allow 127.0.0.1/32 (an entry inside the special range)", () => {
+  test("127.0.0.1 is admitted with allow 127.0.0.1/32 (an entry inside the special range)", async () => {
     expect(leaseNetwork(clientWith(["127.0.0.1/32"]), ip("127.0.0.1"), undefined, 128).text).toBe("127.0.0.1/32");
     expect(leaseNetwork(clientWith(["127.0.0.0/8"]), ip("203.0.113.1"), "127.0.0.2", 128).text).toBe("127.0.0.2/32");
     // With no allow list, not even the own loopback address.
@@ -77,7 +97,7 @@ describe("leaseNetwork", () => {
     expect(leaseError(() => leaseNetwork(clientWith(["::/0"]), ip("::1"), undefined, 128)).code).toBe("address_not_allowed");
   });
 
-  test("a /64 lease needs one allow entry holding the whole /64", () => {
+  test("a /64 lease needs one allow entry holding the whole /64", async () => {
     const addr = ip("2001:db8:1:2:3:4:5:6");
     expect(leaseNetwork(clientWith(["2001:db8:1::/48"]), addr, undefined, 64).text).toBe("2001:db8:1:2::/64");
     expect(leaseNetwork(clientWith(["2001:db8:1:2::/64"]), addr, undefined, 64).text).toBe("2001:db8:1:2::/64");
@@ -95,12 +115,12 @@ describe("leaseNetwork", () => {
   // SRC BUG (service.ts:102-105): the special-range rule looks at the target
   // address only, not at the leased network. With a /64 prefix, ::2 widens to
   // ::/64, which holds ::1 (loopback) and :: (unspecified), and ::/0 admits it.
-  test("a /64 that contains a special address (::/64 holds ::1) is refused like the address itself", () => {
+  test("a /64 that contains a special address (::/64 holds ::1) is refused like the address itself", async () => {
     const err = leaseError(() => leaseNetwork(clientWith(["::/0"]), ip("::2"), undefined, 64));
     expect(err.code).toBe("address_not_allowed");
   });
 
-  test("without an allow list, only the observed address (widened to its prefix)", () => {
+  test("without an allow list, only the observed address (widened to its prefix)", async () => {
     const c = clientWith([]);
     expect(leaseNetwork(c, ip("2001:db8:1:2:3:4:5:6"), undefined, 64).text).toBe("2001:db8:1:2::/64");
     expect(leaseError(() => leaseNetwork(c, ip("198.51.100.7"), "198.51.100.8", 128)).code).toBe("address_not_allowed");
@@ -108,7 +128,7 @@ describe("leaseNetwork", () => {
 });
 
 describe("sourceKey", () => {
-  test("IPv4 by address, IPv6 by /64", () => {
+  test("IPv4 by address, IPv6 by /64", async () => {
     expect(sourceKey(ip("192.0.2.1"))).toBe("192.0.2.1");
     expect(sourceKey(ip("2001:db8:1:2:3:4:5:6"))).toBe("2001:db8:1:2::/64");
     expect(sourceKey(ip("2001:db8:1:2::99"))).toBe(sourceKey(ip("2001:db8:1:2:3:4:5:6")));
@@ -120,7 +140,7 @@ describe("LeaseService", () => {
   let clock: FakeClock;
   let mono: number;
 
-  beforeEach(() => {
+  beforeEach(async () => {
     clock = new FakeClock();
     mono = 0;
     // Blocks after 3 failures in a minute, for 60 s.
@@ -136,42 +156,42 @@ describe("LeaseService", () => {
   const bad = { token: "0123456789abcdef.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA" };
 
   describe("authenticate", () => {
-    test("a valid token authenticates even from a source the throttle blocks", () => {
+    test("a valid token authenticates even from a source the throttle blocks", async () => {
       const token = enroll("office");
       const src = ip("198.51.100.7");
-      for (let i = 0; i < 3; i++) expect(leaseError(() => t.service.authenticate(bad, src)).code).toBe("unauthorized");
+      for (let i = 0; i < 3; i++) expect((await leaseErrorAsync(() => t.service.authenticate(bad, src))).code).toBe("unauthorized");
       // Blocked now for bad tokens...
-      expect(leaseError(() => t.service.authenticate(bad, src)).code).toBe("too_many_failures");
+      expect((await leaseErrorAsync(() => t.service.authenticate(bad, src))).code).toBe("too_many_failures");
       // ...but never for the client that holds a valid one.
-      expect(t.service.authenticate({ token }, src).name).toBe("office");
+      expect((await t.service.authenticate({ token }, src)).name).toBe("office");
     });
 
-    test("a bad token from a blocked source gets too_many_failures with a retry time, not audited", () => {
+    test("a bad token from a blocked source gets too_many_failures with a retry time, not audited", async () => {
       const src = ip("198.51.100.7");
-      for (let i = 0; i < 3; i++) leaseError(() => t.service.authenticate(null, src));
-      const err = leaseError(() => t.service.authenticate(bad, src));
+      for (let i = 0; i < 3; i++) (await leaseErrorAsync(() => t.service.authenticate(null, src)));
+      const err = (await leaseErrorAsync(() => t.service.authenticate(bad, src)));
       expect(err.code).toBe("too_many_failures");
       expect(err.retryAfter).toBe(60);
       expect(err.audit).toBe(false);
       expect(err.refusal).toBe(true);
       // Another source is unaffected.
-      expect(leaseError(() => t.service.authenticate(bad, ip("198.51.100.8"))).code).toBe("unauthorized");
+      expect((await leaseErrorAsync(() => t.service.authenticate(bad, ip("198.51.100.8")))).code).toBe("unauthorized");
       // The block ends.
       mono += 60_001;
-      expect(leaseError(() => t.service.authenticate(bad, src)).code).toBe("unauthorized");
+      expect((await leaseErrorAsync(() => t.service.authenticate(bad, src))).code).toBe("unauthorized");
     });
 
-    test("IPv6 sources are throttled per /64", () => {
-      for (const s of ["2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:ffff::3"]) leaseError(() => t.service.authenticate(bad, ip(s)));
-      expect(leaseError(() => t.service.authenticate(bad, ip("2001:db8:1:2::99"))).code).toBe("too_many_failures");
-      expect(leaseError(() => t.service.authenticate(bad, ip("2001:db8:1:3::1"))).code).toBe("unauthorized");
+    test("IPv6 sources are throttled per /64", async () => {
+      for (const s of ["2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:ffff::3"]) (await leaseErrorAsync(() => t.service.authenticate(bad, ip(s))));
+      expect((await leaseErrorAsync(() => t.service.authenticate(bad, ip("2001:db8:1:2::99")))).code).toBe("too_many_failures");
+      expect((await leaseErrorAsync(() => t.service.authenticate(bad, ip("2001:db8:1:3::1")))).code).toBe("unauthorized");
     });
   });
 
   describe("renew", () => {
     test("grants, publishes before answering, and rate-limits per client", async () => {
       const token = enroll("office");
-      const c = t.service.authenticate({ token }, ip("198.51.100.7"));
+      const c = (await t.service.authenticate({ token }, ip("198.51.100.7")));
       const r = await t.service.renew(c, ip("198.51.100.7"));
       expect(r).toMatchObject({ client: "office", event: "grant", ttl: 1200, lease: { ip: "198.51.100.7" } });
       expect(t.leases.index.covers(ip("198.51.100.7"), clock.now())).toBe(true);
@@ -204,18 +224,7 @@ describe("LeaseService", () => {
         status: () => ({ lookup: "policy", target: "-", entries: 0 }),
         close: async () => undefined,
       };
-      const service = new LeaseService({
-        store: t.store,
-        leases: t.leases,
-        lookup,
-        clock,
-        metrics: t.metrics,
-        refusals: t.refusals,
-        authThrottle: new AuthThrottle(),
-        config: () => t.config,
-        renewals: () => new RenewalLimiter(0),
-        publish: () => lookup.publish(),
-      });
+      const service = serviceWith(t, clock, { lookup, publish: () => lookup.publish() });
       enroll("lan", { ipv6_prefix: 64, allow: '["2001:db8::/32"]' });
       const r = await service.renew(t.store.getClient("lan")!, ip("2001:db8:1:2:3:4:5:6"));
       expect(r.lease.ip).toBe("2001:db8:1:2::/64");
@@ -229,7 +238,7 @@ describe("LeaseService", () => {
 
     test("a failed publication keeps the lease, is a 503-class error, and the next renewal publishes again", async () => {
       const token = enroll("office");
-      const c = t.service.authenticate({ token }, ip("198.51.100.7"));
+      const c = (await t.service.authenticate({ token }, ip("198.51.100.7")));
       t.pm.fail("postmap: fatal: disk full");
       const err = await leaseErrorAsync(() => t.service.renew(c, ip("198.51.100.7")));
       expect(err.refusal).toBe(false);
@@ -246,12 +255,12 @@ describe("LeaseService", () => {
   describe("release", () => {
     test("drops one family or all, publishes, and audits each release", async () => {
       const token = enroll("dual");
-      const c = t.service.authenticate({ token }, ip("198.51.100.7"));
+      const c = (await t.service.authenticate({ token }, ip("198.51.100.7")));
       await t.service.renew(c, ip("198.51.100.7"));
       await t.service.renew(c, ip("2001:db8:1:2:3:4:5:6"));
       const v6 = await t.service.release(c, ip("198.51.100.7"), 6);
       expect(v6.map((l) => l.ip)).toEqual(["2001:db8:1:2:3:4:5:6"]);
-      expect(t.service.leasesOf(c).map((l) => l.ip)).toEqual(["198.51.100.7"]);
+      expect((await t.service.leasesOf(c)).map((l) => l.ip)).toEqual(["198.51.100.7"]);
       expect(t.leases.index.covers(ip("2001:db8:1:2:3:4:5:6"), clock.now())).toBe(false);
       const rebuilds = t.writer.rebuilds;
       expect((await t.service.release(c, ip("198.51.100.7"))).map((l) => l.ip)).toEqual(["198.51.100.7"]);
@@ -263,7 +272,7 @@ describe("LeaseService", () => {
   });
 
   describe("refused", () => {
-    test("counts every refusal in metrics; audits only those that ask for it", () => {
+    test("counts every refusal in metrics; audits only those that ask for it", async () => {
       t.service.refused(new LeaseError("too_many_failures", "slow down", 60, false), null, ip("198.51.100.7"));
       t.service.refused(new LeaseError("address_not_allowed", "no"), "office", ip("198.51.100.7"));
       t.refusals.flush();
@@ -271,5 +280,28 @@ describe("LeaseService", () => {
       expect(t.metrics.refusals.get("address_not_allowed")).toBe(1);
       expect(t.store.auditLog().map((r) => [r.event, r.client, r.detail])).toEqual([["refuse", "office", "address_not_allowed: no"]]);
     });
+  });
+});
+
+describe("an unreachable store", () => {
+  test("authenticate, renew and release answer state_unavailable (503, retry later), nothing refused or audited", async () => {
+    const clock = new FakeClock();
+    const t = testService(tempDir(), clock);
+    const down = () => Promise.reject(new StoreUnavailable("connection refused"));
+    const broken = { ...t.shared, getClientByTokenId: down, tx: down, leasesOfClients: down } as unknown as typeof t.shared;
+    const service = serviceWith(t, clock, { store: broken, leases: new LeaseBook(broken, () => 1200, clock) });
+    const src = parseIp("198.51.100.7")!;
+    const err = await service.authenticate({ token: "0123456789abcdef.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA" }, src).catch((e) => e);
+    expect(err).toBeInstanceOf(LeaseError);
+    expect(err.code).toBe("state_unavailable");
+    expect(err.refusal).toBe(false);
+    const c: ClientRow = { name: "c", token_id: "0123456789abcdef", token_hash: new Uint8Array(32), ttl: null, allow: "[]", created_at: 0, ipv6_prefix: null };
+    expect((await service.renew(c, src).catch((e) => e)).code).toBe("state_unavailable");
+    expect((await service.release(c, src).catch((e) => e)).code).toBe("state_unavailable");
+    const res = errorResponse(err);
+    expect(res.status).toBe(503);
+    expect(res.headers.get("retry-after")).toBe("30");
+    expect(await res.json()).toMatchObject({ error: "state_unavailable" });
+    t.shared.state.close();
   });
 });

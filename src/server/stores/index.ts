@@ -1,0 +1,96 @@
+import type { ServerConfig } from "../../lib/config.ts";
+import type { Clock } from "../leases.ts";
+import type { AuditRow, ClientRow, LeaseRow } from "../state.ts";
+
+export type { AuditRow, ClientRow, LeaseRow };
+
+/** An audit entry as written; the store assigns id, count defaults to 1. */
+export type AuditEntry = Omit<AuditRow, "id" | "count"> & { count?: number };
+
+/**
+ * The statements a lease or admin change runs inside one transaction. Every
+ * method is async so one interface fits SQLite (resolved at once) and
+ * PostgreSQL (a round trip each).
+ */
+export interface StoreTx {
+  /** The time this transaction decides expiry by, in ms: the injected clock (SQLite) or the database's now() (PostgreSQL). */
+  readonly now: number;
+  getClient(name: string): Promise<ClientRow | null>;
+  /** Holds the client's row until commit, so two hosts renewing one client at once do not both see "no lease". */
+  lockClient(name: string): Promise<void>;
+  insertClient(c: ClientRow): Promise<void>;
+  updateClient(name: string, ttl: number | null, allow: string, ipv6Prefix: number | null): Promise<void>;
+  setToken(name: string, tokenId: string, hash: Uint8Array): Promise<boolean>;
+  deleteClient(name: string): Promise<boolean>;
+  leasesOf(client: string): Promise<LeaseRow[]>;
+  upsertLease(l: LeaseRow): Promise<void>;
+  setLeaseExpiry(client: string, family: number, expiresAt: number): Promise<void>;
+  /** Deletes the client's lease of one family, or all of them; returns what went. */
+  deleteLeasesOf(client: string, family?: number): Promise<LeaseRow[]>;
+  /** Deletes leases due at `now`; a row deleted by another host first is not returned again. */
+  deleteExpired(now: number): Promise<LeaseRow[]>;
+  audit(e: AuditEntry): Promise<void>;
+}
+
+/** What changed in the store behind this process's back: some clients' leases, or possibly anything (null). */
+export type StoreChange = string[] | null;
+
+/**
+ * Where clients, leases and the audit log live: SQLite in state_dir (one
+ * host) or PostgreSQL (several relay hosts sharing leases).
+ */
+export interface Store {
+  /** "sqlite" or "postgres", for status and messages. */
+  readonly kind: "sqlite" | "postgres";
+  /** Where the state is, for messages: a directory or a URL without its password. */
+  readonly where: string;
+  /** Runs fn in one transaction; a throw rolls back. */
+  tx<T>(fn: (t: StoreTx) => Promise<T>): Promise<T>;
+  getClientByTokenId(tokenId: string): Promise<ClientRow | null>;
+  getClient(name: string): Promise<ClientRow | null>;
+  listClients(): Promise<ClientRow[]>;
+  allLeases(): Promise<LeaseRow[]>;
+  /** The leases of these clients (a change notice names them). */
+  leasesOfClients(names: string[]): Promise<LeaseRow[]>;
+  auditLog(filter?: { client?: string; since?: number; limit?: number }): Promise<AuditRow[]>;
+  counts(): Promise<{ clients: number; leases: number }>;
+  /** Deletes audit entries older than `before` (ms); returns how many went. */
+  pruneAudit(before: number): Promise<number>;
+  /** Where refusal rows go: synchronous ids, written in order behind the scenes where the store is remote. */
+  refusalSink(): { audit(e: AuditEntry): number; setAuditCount(id: number, count: number, detail?: string): void };
+  /**
+   * Calls onChange when another process (an admin command, another relay
+   * host) committed a change; also now and then with null so nothing stale
+   * survives a lost notice. Returns a stop function.
+   */
+  watch(onChange: (change: StoreChange) => void): () => void;
+  /** Periodic upkeep while serving (SQLite: fold the WAL). */
+  maintain(): void;
+  /** Why the store cannot be reached right now; empty when it answers. */
+  problems(): string[];
+  /**
+   * Milliseconds to add to this host's clock to get the store's: 0 for
+   * SQLite, the database clock's lead for PostgreSQL, so the local lookup
+   * expires leases when the database does, whatever this host's clock says.
+   */
+  skew(): number;
+  close(): Promise<void>;
+}
+
+/** Raised when the store cannot be reached: renewals answer 503 and the client retries. */
+export class StoreUnavailable extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "StoreUnavailable";
+  }
+}
+
+/** A clock that follows the store's: the base clock plus the store's skew. */
+export function storeClock(base: Clock, store: Store): Clock {
+  return { now: () => Math.floor(base.now() + store.skew()) };
+}
+
+/** True when a server config puts state in PostgreSQL rather than SQLite. */
+export function sharedDatabase(config: ServerConfig): boolean {
+  return config.database !== undefined;
+}

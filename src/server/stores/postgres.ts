@@ -1,0 +1,455 @@
+import { SQL } from "bun";
+import { readFileSync, statSync } from "node:fs";
+import type { ServerConfig } from "../../lib/config.ts";
+import { checkDatabaseUrl } from "../../lib/config.ts";
+import { ExitCode, RelayError, usageError } from "../../lib/errors.ts";
+import { parseCidr } from "../../lib/ip.ts";
+import { log } from "../../lib/logging.ts";
+import { leaseText, type Clock } from "../leases.ts";
+import type { AuditRow, ClientRow, LeaseRow } from "../state.ts";
+import { StoreUnavailable, type AuditEntry, type Store, type StoreChange, type StoreTx } from "./index.ts";
+
+/** The channel every lease change is announced on; the payload is the client's name, empty for "anything". */
+export const CHANNEL = "relayctl_leases";
+/** How often each server reloads every lease anyway, so a lost notice or a reconnect leaves nothing stale. */
+export const RECONCILE_MS = 5_000;
+/** Advisory lock key held while the schema is created or migrated ("relayctl" in ASCII, as a bigint). */
+const SCHEMA_LOCK = 0x72656c6179637478n;
+
+/**
+ * The schema, in order; relayctl_schema.version counts how many have run.
+ * Each runs once, under the advisory lock, in the same transaction as the
+ * version bump, so two servers starting at once never race.
+ */
+export const MIGRATIONS: string[] = [
+  `CREATE TABLE clients (
+     name text PRIMARY KEY,
+     token_id text NOT NULL UNIQUE,
+     token_hash bytea NOT NULL,
+     ttl integer,
+     allow text NOT NULL DEFAULT '[]',
+     created_at timestamptz NOT NULL,
+     ipv6_prefix integer
+   );
+   CREATE TABLE leases (
+     client text NOT NULL REFERENCES clients(name) ON DELETE CASCADE,
+     family smallint NOT NULL CHECK (family IN (4, 6)),
+     net cidr NOT NULL,
+     granted_at timestamptz NOT NULL,
+     renewed_at timestamptz NOT NULL,
+     expires_at timestamptz NOT NULL,
+     renewals integer NOT NULL DEFAULT 0,
+     PRIMARY KEY (client, family),
+     CHECK (family(net) = family),
+     -- relayctl leases an IPv4 address or an IPv6 /48../128, never wider: a
+     -- row written by hand or by a bug can never open the relay to a network.
+     CHECK ((family = 4 AND masklen(net) = 32) OR (family = 6 AND masklen(net) >= 48))
+   );
+   CREATE INDEX leases_net_gist ON leases USING gist (net inet_ops);
+   CREATE INDEX leases_expiry ON leases (expires_at);
+   CREATE TABLE audit (
+     id bigserial PRIMARY KEY,
+     ts timestamptz NOT NULL,
+     event text NOT NULL,
+     client text,
+     ip text,
+     source text,
+     detail text,
+     count integer NOT NULL DEFAULT 1
+   );
+   CREATE INDEX audit_ts ON audit (ts);
+   -- Postfix also looks up client hostnames ("unknown"): a plain '%s'::inet
+   -- would raise an error, which Postfix takes as a temporary failure for
+   -- every client. This answers NULL instead, which matches no lease.
+   CREATE FUNCTION relayctl_inet(k text) RETURNS inet
+     LANGUAGE plpgsql IMMUTABLE STRICT AS $$
+   BEGIN RETURN k::inet;
+   EXCEPTION WHEN invalid_text_representation THEN RETURN NULL; END $$;
+   -- Every change to a lease, by relayctl or by hand, reaches every server's lookup.
+   CREATE FUNCTION relayctl_lease_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+   BEGIN
+     IF TG_OP = 'TRUNCATE' THEN PERFORM pg_notify('${CHANNEL}', ''); RETURN NULL; END IF;
+     IF TG_OP IN ('UPDATE', 'DELETE') THEN PERFORM pg_notify('${CHANNEL}', OLD.client); END IF;
+     IF TG_OP IN ('INSERT', 'UPDATE') THEN PERFORM pg_notify('${CHANNEL}', NEW.client); END IF;
+     RETURN NULL;
+   END $$;
+   CREATE TRIGGER leases_changed AFTER INSERT OR UPDATE OR DELETE ON leases
+     FOR EACH ROW EXECUTE FUNCTION relayctl_lease_changed();
+   CREATE TRIGGER leases_truncated AFTER TRUNCATE ON leases
+     FOR EACH STATEMENT EXECUTE FUNCTION relayctl_lease_changed();`,
+];
+
+/** The schema version this build writes; a newer database is refused rather than misread. */
+export const PG_SCHEMA_VERSION = MIGRATIONS.length;
+
+/** Connection settings taken apart from `database`, so the password never travels in a URL we log. */
+export interface PgTarget {
+  hostname: string;
+  port: number;
+  username: string;
+  password?: string;
+  database: string;
+  /** A unix socket directory (`?host=/var/run/postgresql`). */
+  socketDir?: string;
+  sslmode?: string;
+  /** The URL without its password, for messages. */
+  shown: string;
+}
+
+/** Parses a `database` URL (already checked by the config loader) into connection settings. */
+export function pgTarget(url: string, where = "database"): PgTarget {
+  const u = checkDatabaseUrl(url, where);
+  const socketDir = u.searchParams.get("host") ?? undefined;
+  const sslmode = u.searchParams.get("sslmode") ?? undefined;
+  for (const key of u.searchParams.keys()) {
+    if (key !== "host" && key !== "sslmode") throw usageError(`${where}: unknown URL parameter "${key}"`, "relayctl understands ?host=/socket/dir and ?sslmode=...");
+  }
+  const shown = new URL(u.href);
+  shown.password = "";
+  return {
+    hostname: u.hostname || "localhost",
+    port: u.port ? Number(u.port) : 5432,
+    username: decodeURIComponent(u.username) || "relayctl",
+    password: u.password ? decodeURIComponent(u.password) : undefined,
+    database: decodeURIComponent(u.pathname.slice(1)),
+    socketDir,
+    sslmode,
+    shown: shown.href,
+  };
+}
+
+/** Reads database_password_file, refusing one that others may read: the password would not be secret. */
+export function readPasswordFile(path: string, where: string): string {
+  let st;
+  try {
+    st = statSync(path);
+  } catch (err) {
+    throw usageError(`${where}: cannot read ${path}: ${(err as Error).message}`, "create it with the password on one line, mode 0600");
+  }
+  if (!st.isFile()) throw usageError(`${where}: ${path} is not a plain file`);
+  if ((st.mode & 0o077) !== 0) {
+    throw usageError(`${where}: ${path} has mode ${(st.mode & 0o777).toString(8).padStart(4, "0")}; others could read the database password`, `chmod 600 ${path}`);
+  }
+  try {
+    return readFileSync(path, "utf8").replace(/\r?\n$/, "");
+  } catch (err) {
+    throw usageError(`${where}: cannot read ${path}: ${(err as Error).message}`, "run as the user that owns it (root or the relayctl user)");
+  }
+}
+
+/** True when an error means "the database cannot be reached right now" rather than "this statement is wrong". */
+export function unreachable(err: unknown): boolean {
+  const e = err as { code?: string; errno?: string };
+  if (typeof e?.code === "string" && e.code.startsWith("ERR_POSTGRES_") && e.code !== "ERR_POSTGRES_SERVER_ERROR") return true;
+  // Connection exceptions (08), shutdown and "starting up" (57P..), out of resources (53).
+  const state = typeof e?.errno === "string" ? e.errno : "";
+  return /^(08|53|57P)/.test(state) || (typeof e?.code === "string" && /^E(CONNREFUSED|NOENT|CONNRESET|PIPE|TIMEDOUT|HOSTUNREACH)$/.test(e.code));
+}
+
+const IP_SQL = `CASE WHEN masklen(net) = CASE family(net) WHEN 4 THEN 32 ELSE 128 END THEN host(net) ELSE text(net) END`;
+const MS = (col: string): string => `(extract(epoch FROM ${col}) * 1000)::float8`;
+const LEASE_COLS = `client, family::int AS family, ${IP_SQL} AS ip, ${MS("granted_at")} AS granted_at, ${MS("renewed_at")} AS renewed_at, ${MS("expires_at")} AS expires_at, renewals`;
+const CLIENT_COLS = `name, token_id, token_hash, ttl, allow, ${MS("created_at")} AS created_at, ipv6_prefix`;
+const AUDIT_COLS = `id::float8 AS id, ${MS("ts")} AS ts, event, client, ip, source, detail, count`;
+
+type Row = Record<string, unknown>;
+
+function leaseRow(r: Row): LeaseRow {
+  const ip = String(r.ip);
+  // The database's spelling of an IPv6 network may differ from ours: compare like with like.
+  const net = parseCidr(ip);
+  return {
+    client: String(r.client),
+    family: Number(r.family),
+    ip: net ? leaseText(net) : ip,
+    granted_at: Math.round(Number(r.granted_at)),
+    renewed_at: Math.round(Number(r.renewed_at)),
+    expires_at: Math.round(Number(r.expires_at)),
+    renewals: Number(r.renewals),
+  };
+}
+
+function clientRow(r: Row): ClientRow {
+  return {
+    name: String(r.name),
+    token_id: String(r.token_id),
+    token_hash: new Uint8Array(r.token_hash as Uint8Array),
+    ttl: r.ttl === null ? null : Number(r.ttl),
+    allow: String(r.allow),
+    created_at: Math.round(Number(r.created_at)),
+    ipv6_prefix: r.ipv6_prefix === null ? null : Number(r.ipv6_prefix),
+  };
+}
+
+function auditRow(r: Row): AuditRow {
+  return { id: Number(r.id), ts: Math.round(Number(r.ts)), event: String(r.event), client: r.client as string | null, ip: r.ip as string | null, source: r.source as string | null, detail: r.detail as string | null, count: Number(r.count) };
+}
+
+/** The lease's network as PostgreSQL's cidr takes it. */
+const cidrText = (ip: string): string => parseCidr(ip)?.text ?? ip;
+
+/** Runs the statements of one transaction (or plain queries, with `sql` itself). */
+function statements(q: SQL, now: number): StoreTx {
+  const all = async (text: string, params: unknown[] = []): Promise<Row[]> => [...((await q.unsafe(text, params as never[])) as Row[])];
+  return {
+    now,
+    getClient: async (name) => (await all(`SELECT ${CLIENT_COLS} FROM clients WHERE name = $1`, [name])).map(clientRow)[0] ?? null,
+    lockClient: async (name) => void (await all(`SELECT 1 FROM clients WHERE name = $1 FOR UPDATE`, [name])),
+    insertClient: async (c) =>
+      void (await all(`INSERT INTO clients (name, token_id, token_hash, ttl, allow, created_at, ipv6_prefix) VALUES ($1, $2, $3, $4, $5, to_timestamp($6::float8 / 1000), $7)`, [
+        c.name, c.token_id, Buffer.from(c.token_hash), c.ttl, c.allow, c.created_at, c.ipv6_prefix,
+      ])),
+    updateClient: async (name, ttl, allow, p) => void (await all(`UPDATE clients SET ttl = $1, allow = $2, ipv6_prefix = $3 WHERE name = $4`, [ttl, allow, p, name])),
+    setToken: async (name, id, hash) => (await all(`UPDATE clients SET token_id = $1, token_hash = $2 WHERE name = $3 RETURNING name`, [id, Buffer.from(hash), name])).length > 0,
+    deleteClient: async (name) => (await all(`DELETE FROM clients WHERE name = $1 RETURNING name`, [name])).length > 0,
+    leasesOf: async (client) => (await all(`SELECT ${LEASE_COLS} FROM leases WHERE client = $1 ORDER BY family`, [client])).map(leaseRow),
+    upsertLease: async (l) =>
+      void (await all(
+        `INSERT INTO leases (client, family, net, granted_at, renewed_at, expires_at, renewals)
+         VALUES ($1, $2, $3::cidr, to_timestamp($4::float8 / 1000), to_timestamp($5::float8 / 1000), to_timestamp($6::float8 / 1000), $7)
+         ON CONFLICT (client, family) DO UPDATE SET net = excluded.net, granted_at = excluded.granted_at, renewed_at = excluded.renewed_at, expires_at = excluded.expires_at, renewals = excluded.renewals`,
+        [l.client, l.family, cidrText(l.ip), l.granted_at, l.renewed_at, l.expires_at, l.renewals],
+      )),
+    setLeaseExpiry: async (client, family, at) => void (await all(`UPDATE leases SET expires_at = to_timestamp($1::float8 / 1000) WHERE client = $2 AND family = $3`, [at, client, family])),
+    deleteLeasesOf: async (client, family) =>
+      (await all(`DELETE FROM leases WHERE client = $1 AND ($2::int IS NULL OR family = $2::int) RETURNING ${LEASE_COLS}`, [client, family ?? null])).map(leaseRow),
+    // The database clock decides, whatever `now` this host computed: every host agrees.
+    deleteExpired: async () => (await all(`DELETE FROM leases WHERE expires_at <= now() RETURNING ${LEASE_COLS}`)).map(leaseRow),
+    audit: async (e) =>
+      void (await all(`INSERT INTO audit (ts, event, client, ip, source, detail, count) VALUES (to_timestamp($1::float8 / 1000), $2, $3, $4, $5, $6, $7)`, [
+        e.ts, e.event, e.client, e.ip, e.source, e.detail, e.count ?? 1,
+      ])),
+  };
+}
+
+/**
+ * Shared state in PostgreSQL, for several relay hosts: leases as cidr with
+ * expires_at by the database clock, a change notice on every lease change
+ * (a trigger), and the schema created by whichever server comes first.
+ */
+export class PgStore implements Store {
+  readonly kind = "postgres" as const;
+  readonly where: string;
+  private readonly sql: SQL;
+  private schema: Promise<void> | null = null;
+  private failure: string | null = null;
+  private skewMs = 0;
+  private auditChain: Promise<unknown> = Promise.resolve();
+  private nextAuditId = 1;
+  private readonly auditIds = new Map<number, Promise<number | null>>();
+
+  constructor(
+    readonly target: PgTarget,
+    private readonly clock: Clock,
+  ) {
+    this.where = target.shown;
+    this.sql = new SQL({
+      adapter: "postgres",
+      hostname: target.hostname,
+      port: target.port,
+      username: target.username,
+      password: target.password,
+      database: target.database,
+      path: target.socketDir,
+      tls: (target.sslmode as "require" | undefined) ?? false,
+      max: 8,
+      idleTimeout: 60,
+      connectionTimeout: 5,
+    });
+  }
+
+  /** Opens the database named by config.database; the password comes from the URL or database_password_file. */
+  static fromConfig(config: ServerConfig, clock: Clock): PgStore {
+    const target = pgTarget(config.database!);
+    if (config.databasePasswordFile) target.password = readPasswordFile(config.databasePasswordFile, config.databasePasswordWhere ?? "database_password_file");
+    return new PgStore(target, clock);
+  }
+
+  /** Creates or migrates the schema once per process (again after a failure). */
+  ready(): Promise<void> {
+    this.schema ??= this.migrate().catch((err) => {
+      this.schema = null;
+      throw err;
+    });
+    return this.schema;
+  }
+
+  private async migrate(): Promise<void> {
+    await this.sql.begin(async (tx) => {
+      await tx`SELECT pg_advisory_xact_lock(${SCHEMA_LOCK.toString()}::bigint)`;
+      await tx`CREATE TABLE IF NOT EXISTS relayctl_schema (version integer NOT NULL)`;
+      const rows = (await tx`SELECT version FROM relayctl_schema`) as { version: number }[];
+      const version = rows[0]?.version ?? 0;
+      if (version > PG_SCHEMA_VERSION) {
+        throw new RelayError(`the database has relayctl schema version ${version}, newer than this relayctl knows (${PG_SCHEMA_VERSION})`, {
+          exitCode: ExitCode.USAGE,
+          hint: "upgrade relayctl on this host to the version the other relay hosts run",
+        });
+      }
+      for (let v = version; v < PG_SCHEMA_VERSION; v++) await tx.unsafe(MIGRATIONS[v]!);
+      if (rows.length === 0) await tx`INSERT INTO relayctl_schema (version) VALUES (${PG_SCHEMA_VERSION})`;
+      else if (version !== PG_SCHEMA_VERSION) await tx`UPDATE relayctl_schema SET version = ${PG_SCHEMA_VERSION}`;
+    });
+  }
+
+  /** Runs a database call; "cannot reach it" becomes StoreUnavailable and marks the store degraded until a call works. */
+  private async call<T>(fn: () => Promise<T>): Promise<T> {
+    try {
+      await this.ready();
+      const r = await fn();
+      if (this.failure) log.info(`state: ${this.where} answers again`);
+      this.failure = null;
+      return r;
+    } catch (err) {
+      if (unreachable(err)) {
+        const message = (err as Error).message;
+        if (this.failure === null) log.error(`state: cannot reach ${this.where}: ${message}`);
+        this.failure = message;
+        throw new StoreUnavailable(message);
+      }
+      throw err;
+    }
+  }
+
+  private rows(text: string, params: unknown[] = []): Promise<Row[]> {
+    return this.call(async () => [...((await this.sql.unsafe(text, params as never[])) as Row[])]);
+  }
+
+  tx<T>(fn: (t: StoreTx) => Promise<T>): Promise<T> {
+    return this.call(() =>
+      this.sql.begin(async (q) => {
+        const [r] = (await q.unsafe(`SELECT ${MS("now()")} AS now`)) as Row[];
+        return fn(statements(q as unknown as SQL, Math.floor(Number(r!.now))));
+      }) as Promise<T>,
+    );
+  }
+
+  /**
+   * Every lease, read without creating or migrating anything (doctor looks,
+   * never touches); throws when the database or the schema is not there.
+   */
+  async peekLeases(): Promise<LeaseRow[]> {
+    return ([...((await this.sql.unsafe(`SELECT ${LEASE_COLS} FROM leases ORDER BY expires_at DESC`)) as Row[])]).map(leaseRow);
+  }
+
+  async getClientByTokenId(tokenId: string): Promise<ClientRow | null> {
+    return (await this.rows(`SELECT ${CLIENT_COLS} FROM clients WHERE token_id = $1`, [tokenId])).map(clientRow)[0] ?? null;
+  }
+  async getClient(name: string): Promise<ClientRow | null> {
+    return (await this.rows(`SELECT ${CLIENT_COLS} FROM clients WHERE name = $1`, [name])).map(clientRow)[0] ?? null;
+  }
+  async listClients(): Promise<ClientRow[]> {
+    return (await this.rows(`SELECT ${CLIENT_COLS} FROM clients ORDER BY name`)).map(clientRow);
+  }
+  async allLeases(): Promise<LeaseRow[]> {
+    const t0 = this.clock.now();
+    const rows = await this.rows(`SELECT ${LEASE_COLS}, ${MS("now()")} AS db_now FROM leases RIGHT JOIN (SELECT 1) one ON true ORDER BY client, family`);
+    // Each reload also measures how far the database clock is ahead of ours.
+    const t1 = this.clock.now();
+    const dbNow = Number(rows[0]?.db_now);
+    if (Number.isFinite(dbNow)) this.skewMs = Math.round(dbNow - (t0 + t1) / 2);
+    return rows.filter((r) => r.client !== null).map(leaseRow);
+  }
+  async leasesOfClients(names: string[]): Promise<LeaseRow[]> {
+    if (!names.length) return [];
+    return (await this.rows(`SELECT ${LEASE_COLS} FROM leases WHERE client = ANY($1::text[]) ORDER BY client, family`, [names])).map(leaseRow);
+  }
+  async auditLog(filter: { client?: string; since?: number; limit?: number } = {}): Promise<AuditRow[]> {
+    return (
+      await this.rows(`SELECT ${AUDIT_COLS} FROM audit WHERE ($1::text IS NULL OR client = $1::text) AND ts >= to_timestamp($2::float8 / 1000) ORDER BY id DESC LIMIT $3`, [
+        filter.client ?? null,
+        filter.since ?? 0,
+        filter.limit ?? 1000,
+      ])
+    ).map(auditRow);
+  }
+  async counts(): Promise<{ clients: number; leases: number }> {
+    const [r] = await this.rows(`SELECT (SELECT count(*) FROM clients)::int AS clients, (SELECT count(*) FROM leases)::int AS leases`);
+    return { clients: Number(r!.clients), leases: Number(r!.leases) };
+  }
+  async pruneAudit(before: number): Promise<number> {
+    return (await this.rows(`DELETE FROM audit WHERE ts < to_timestamp($1::float8 / 1000) RETURNING 1`, [before])).length;
+  }
+
+  /**
+   * Refusal rows for RefusalLog, which wants an id at once: ids are local
+   * numbers, the rows are written in order behind the scenes, and a count
+   * update waits for its row's real id. A database outage loses the rows,
+   * never a request.
+   */
+  refusalSink() {
+    const later = (fn: () => Promise<unknown>): void => {
+      this.auditChain = this.auditChain.then(fn).catch((err) => log.warn(`audit log: cannot write a refusal row to ${this.where}: ${(err as Error).message}`));
+    };
+    return {
+      audit: (e: AuditEntry): number => {
+        const local = this.nextAuditId++;
+        let settle!: (id: number | null) => void;
+        this.auditIds.set(local, new Promise((r) => (settle = r)));
+        // Bursts older than this are never updated again: keep the map small.
+        this.auditIds.delete(local - 10_000);
+        later(async () => {
+          try {
+            const [r] = await this.rows(`INSERT INTO audit (ts, event, client, ip, source, detail, count) VALUES (to_timestamp($1::float8 / 1000), $2, $3, $4, $5, $6, $7) RETURNING id::float8 AS id`, [
+              e.ts, e.event, e.client, e.ip, e.source, e.detail, e.count ?? 1,
+            ]);
+            settle(Number(r!.id));
+          } catch (err) {
+            settle(null);
+            throw err;
+          }
+        });
+        return local;
+      },
+      setAuditCount: (local: number, count: number, detail?: string): void => {
+        const id = this.auditIds.get(local);
+        if (!id) return;
+        later(async () => {
+          const real = await id;
+          if (real !== null) await this.rows(`UPDATE audit SET count = $1, detail = COALESCE($2, detail) WHERE id = $3`, [count, detail ?? null, real]);
+        });
+      },
+    };
+  }
+
+  watch(onChange: (change: StoreChange) => void): () => void {
+    let stopped = false;
+    let sub: { unlisten(): Promise<void> } | null = null;
+    const subscribe = async (): Promise<void> => {
+      try {
+        // onlisten runs again after each reconnect: whatever was missed meanwhile is reloaded.
+        sub = await this.sql.listen(CHANNEL, (payload) => onChange(payload ? [payload] : null), () => onChange(null));
+        if (stopped) void sub.unlisten().catch(() => undefined);
+      } catch (err) {
+        if (stopped) return;
+        log.warn(`state: cannot listen for changes on ${this.where} (${(err as Error).message}); retrying`);
+        setTimeout(() => void subscribe(), 1_000);
+      }
+    };
+    void subscribe();
+    // The reload also tells whether the database answers (health) and how far its clock is off.
+    const timer = setInterval(() => onChange(null), RECONCILE_MS);
+    return () => {
+      stopped = true;
+      clearInterval(timer);
+      void sub?.unlisten().catch(() => undefined);
+    };
+  }
+
+  maintain(): void {
+    // PostgreSQL looks after its own files.
+  }
+
+  problems(): string[] {
+    return this.failure === null ? [] : [`state: the shared database ${this.where} cannot be reached (${this.failure}); renewals are refused, the lookup keeps the last known leases until they expire`];
+  }
+
+  skew(): number {
+    return this.skewMs;
+  }
+
+  async close(): Promise<void> {
+    await this.auditChain.catch(() => undefined);
+    await this.sql.close({ timeout: 2 });
+  }
+}

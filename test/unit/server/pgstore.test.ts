@@ -1,0 +1,209 @@
+// The PostgreSQL store against a real, private PostgreSQL cluster (unix
+// socket only). Skipped where PostgreSQL is not installed; CI installs it.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { chmodSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { parseCidr } from "../../../src/lib/ip.ts";
+import { LeaseBook, systemClock } from "../../../src/server/leases.ts";
+import type { ClientRow } from "../../../src/server/state.ts";
+import { StoreUnavailable } from "../../../src/server/stores/index.ts";
+import { PG_SCHEMA_VERSION, PgStore, pgTarget, readPasswordFile } from "../../../src/server/stores/postgres.ts";
+import { postgresBinDir, startCluster, type PgCluster } from "../../pgcluster.ts";
+import { relayError, removeTempDirs, silenceLogger, tempDir, writeServerConfig } from "../helpers.ts";
+import { loadServerConfig } from "../../../src/lib/config.ts";
+import { StateStore } from "../../../src/server/state.ts";
+import { SqliteStore } from "../../../src/server/stores/sqlite.ts";
+import { migrateToPostgres, PGSQL_QUERY, postfixPgsqlFile } from "../../../src/server/stores/tools.ts";
+
+const HAVE_PG = postgresBinDir() !== undefined;
+let pg: PgCluster;
+
+beforeAll(async () => {
+  silenceLogger();
+  if (HAVE_PG) pg = await startCluster();
+}, 60_000);
+afterAll(async () => {
+  await pg?.destroy();
+  removeTempDirs();
+});
+
+const open = (): PgStore => new PgStore(pgTarget(pg.url), systemClock);
+const client = (name: string, ttl: number | null = null): ClientRow => ({ name, token_id: name.padEnd(16, "0").slice(0, 16), token_hash: new Uint8Array(32).fill(7), ttl, allow: "[]", created_at: Date.now(), ipv6_prefix: null });
+
+describe("pgTarget and the password file", () => {
+  test("a unix socket URL is taken apart; the shown form has no password", () => {
+    const t = pgTarget("postgres://relayctl:s3cret@localhost:5433/relay?host=/var/run/postgresql");
+    expect(t).toMatchObject({ hostname: "localhost", port: 5433, username: "relayctl", password: "s3cret", database: "relay", socketDir: "/var/run/postgresql" });
+    expect(t.shown).not.toContain("s3cret");
+  });
+
+  test("unknown URL parameters and relative socket dirs are refused", async () => {
+    expect((await relayError(() => pgTarget("postgres://x@h/db?foo=1"))).message).toContain('unknown URL parameter "foo"');
+    expect((await relayError(() => pgTarget("postgres://x@h/db?host=run/pg"))).message).toContain("absolute");
+  });
+
+  test("a password file others can read is refused; 0600 is read without its newline", async () => {
+    const f = join(tempDir(), "pw");
+    writeFileSync(f, "hunter2\n");
+    chmodSync(f, 0o644);
+    const err = await relayError(() => readPasswordFile(f, "server.toml:3: database_password_file"));
+    expect(err.message).toContain("server.toml:3: database_password_file");
+    expect(err.message).toContain("0644");
+    expect(err.message).not.toContain("hunter2");
+    chmodSync(f, 0o600);
+    expect(readPasswordFile(f, "x")).toBe("hunter2");
+  });
+});
+
+describe.skipIf(!HAVE_PG)("PgStore on a real PostgreSQL", () => {
+  test("two stores creating the schema at once agree on one version", async () => {
+    const a = open();
+    const b = open();
+    await Promise.all([a.ready(), b.ready()]);
+    expect((await pg.psql("SELECT version FROM relayctl_schema")).trim()).toBe(String(PG_SCHEMA_VERSION));
+    await Promise.all([a.close(), b.close()]);
+  });
+
+  test("leases are cidr with timestamptz; the Postfix query matches by prefix and ignores hostnames", async () => {
+    const s = open();
+    const book = new LeaseBook(s, () => 600, systemClock);
+    try {
+      await s.tx(async (t) => t.insertClient(client("office")));
+      await s.tx(async (t) => t.insertClient({ ...client("lan"), ipv6_prefix: 64 }));
+      const r = await book.renew((await s.getClient("office"))!, parseCidr("198.51.100.7")!, "198.51.100.7");
+      expect(r.event).toBe("grant");
+      expect((await book.renew((await s.getClient("office"))!, parseCidr("198.51.100.7")!, "x")).event).toBe("renew");
+      await book.renew((await s.getClient("lan"))!, parseCidr("2001:db8:1:2::/64")!, "x");
+      expect((await pg.psql("SELECT pg_typeof(net) || ' ' || pg_typeof(expires_at) FROM leases LIMIT 1")).trim()).toBe("cidr timestamp with time zone");
+      const q = (k: string) => pg.psql(`SELECT 'OK' FROM leases WHERE net >>= relayctl_inet('${k}') AND expires_at > now() LIMIT 1`);
+      expect((await q("198.51.100.7")).trim()).toBe("OK");
+      expect((await q("2001:db8:1:2:aaaa::1")).trim()).toBe("OK");
+      expect((await q("2001:db8:1:3::1")).trim()).toBe("");
+      expect((await q("unknown")).trim()).toBe("");
+      expect((await q("mail.example.org")).trim()).toBe("");
+      // The schema refuses a lease wider than relayctl ever grants, whoever writes it.
+      await expect(pg.psql("UPDATE leases SET net = '0.0.0.0/0' WHERE client = 'office'")).rejects.toThrow("check constraint");
+      await expect(pg.psql("UPDATE leases SET net = '2001:db8::/32' WHERE client = 'lan'")).rejects.toThrow("check constraint");
+      // Read back in our own spelling, so a renewal of the same /64 is a renewal.
+      expect((await s.leasesOfClients(["lan"]))[0]!.ip).toBe("2001:db8:1:2::/64");
+      expect((await book.renew((await s.getClient("lan"))!, parseCidr("2001:db8:1:2::/64")!, "x")).event).toBe("renew");
+    } finally {
+      await s.close();
+    }
+  });
+
+  test("every lease change is announced with the client's name", async () => {
+    const watcher = open();
+    const writer = open();
+    const seen: (string[] | null)[] = [];
+    const stop = watcher.watch((c) => seen.push(c));
+    try {
+      await Bun.sleep(300);
+      await writer.tx(async (t) => t.insertClient(client("notified")));
+      await new LeaseBook(writer, () => 600, systemClock).renew((await writer.getClient("notified"))!, parseCidr("192.0.2.44")!, "x");
+      const deadline = Date.now() + 2_000;
+      while (!seen.some((c) => c?.includes("notified")) && Date.now() < deadline) await Bun.sleep(20);
+      expect(seen.some((c) => c?.includes("notified"))).toBe(true);
+    } finally {
+      stop();
+      await watcher.close();
+      await writer.close();
+    }
+  });
+
+  test("expiry by two hosts at once deletes each lease once, with one audit row", async () => {
+    const a = open();
+    const b = open();
+    try {
+      await a.tx(async (t) => t.insertClient(client("short", 1)));
+      await pg.psql(`INSERT INTO leases (client, family, net, granted_at, renewed_at, expires_at) VALUES ('short', 4, '192.0.2.99', now(), now(), now() - interval '1 second')`);
+      const [x, y] = await Promise.all([new LeaseBook(a, () => 600).expireDue(), new LeaseBook(b, () => 600).expireDue()]);
+      expect(x.length + y.length).toBe(1);
+      expect((await pg.psql("SELECT count(*) FROM audit WHERE event = 'expire' AND client = 'short'")).trim()).toBe("1");
+    } finally {
+      await a.close();
+      await b.close();
+    }
+  });
+
+  test("a host whose clock is an hour behind learns the database's lead and expires by it", async () => {
+    const behind = { now: () => Date.now() - 3_600_000 };
+    const s = new PgStore(pgTarget(pg.url), behind);
+    try {
+      await s.allLeases();
+      expect(Math.abs(s.skew() - 3_600_000)).toBeLessThan(1_000);
+    } finally {
+      await s.close();
+    }
+  });
+
+  test("database down: calls fail as StoreUnavailable and the store says degraded; back: it answers again", async () => {
+    const s = open();
+    try {
+      await s.ready();
+      await pg.stop();
+      const err = await s.getClient("office").catch((e) => e);
+      expect(err).toBeInstanceOf(StoreUnavailable);
+      expect(s.problems()[0]).toContain("cannot be reached");
+      await pg.start();
+      const deadline = Date.now() + 10_000;
+      let back = false;
+      while (!back && Date.now() < deadline) {
+        back = await s.getClient("office").then(() => true, () => false);
+        if (!back) await Bun.sleep(200);
+      }
+      expect(back).toBe(true);
+      expect(s.problems()).toEqual([]);
+    } finally {
+      await s.close();
+    }
+  }, 30_000);
+});
+
+describe("server.toml database keys and the Postfix file", () => {
+  test("database must be a postgres:// URL naming a database; the password file needs database", async () => {
+    const dir = tempDir();
+    const cfg = (extra: string) => loadServerConfig(writeServerConfig(dir, { postmap: "/bin/true", extra }));
+    expect((await relayError(() => cfg('database = "mysql://x@h/db"'))).message).toMatch(/server\.toml:\d+: database: must be a postgres:\/\/ URL/);
+    expect((await relayError(() => cfg('database = "postgres://x@h"'))).message).toContain("names no database");
+    expect((await relayError(() => cfg('database_password_file = "/etc/pw"'))).message).toContain("is only used with database");
+    expect(cfg('database = "postgres://relayctl@localhost/relay?host=/var/run/postgresql"').database).toBe("postgres://relayctl@localhost/relay?host=/var/run/postgresql");
+  });
+
+  test("the pgsql: file: URI hosts with the socket dir encoded, a dbname line (Postfix 3.7 needs it), the safe query", () => {
+    const dir = tempDir();
+    const config = loadServerConfig(writeServerConfig(dir, { postmap: "/bin/true", extra: 'database = "postgres://relayctl:pw@localhost:5433/relay?host=/var/run/postgresql"' }));
+    const text = postfixPgsqlFile(config, { user: "postfix" });
+    expect(text).toContain("\nhosts = postgresql://postfix@%2Fvar%2Frun%2Fpostgresql:5433/relay\n");
+    expect(text).toContain("\ndbname = relay\n");
+    expect(text).toContain(`\nquery = ${PGSQL_QUERY}\n`);
+    expect(PGSQL_QUERY).toBe("SELECT 'OK' FROM leases WHERE net >>= relayctl_inet('%s') AND expires_at > now() LIMIT 1");
+    expect(text).not.toContain("pw");
+  });
+});
+
+describe.skipIf(!HAVE_PG)("server migrate", () => {
+  test("copies clients with hashed tokens, live leases and the audit log; a second run copies nothing", async () => {
+    const dir = tempDir();
+    const configPath = writeServerConfig(dir, { postmap: "/bin/true" });
+    const config = loadServerConfig(configPath);
+    const state = new StateStore(config.stateDir);
+    const book = new LeaseBook(new SqliteStore(state, systemClock), () => 600, systemClock);
+    state.insertClient({ ...client("m-one"), token_hash: new Uint8Array(32).fill(9) });
+    state.insertClient(client("m-two"));
+    await book.renew(state.getClient("m-one")!, parseCidr("203.0.113.9")!, "x");
+    state.upsertLease({ client: "m-two", family: 4, ip: "203.0.113.10", granted_at: 1, renewed_at: 1, expires_at: 2, renewals: 0 });
+    state.audit({ ts: 5, event: "add", client: "m-one", ip: null, source: null, detail: null });
+    state.close();
+    const db = `postgres://postgres@localhost:${pg.port}/migrated?host=${pg.socketDir}`;
+    await pg.psql("CREATE DATABASE migrated", "postgres");
+    const r = await migrateToPostgres(config, db);
+    expect(r).toMatchObject({ clients: 2, leases: 1, audit: 2 });
+    expect(r.configLine).toBe(`database = ${JSON.stringify(db)}`);
+    expect((await pg.psql("SELECT encode(token_hash, 'hex') FROM clients WHERE name = 'm-one'", "migrated")).trim()).toBe("09".repeat(32));
+    expect((await pg.psql("SELECT host(net) FROM leases", "migrated")).trim()).toBe("203.0.113.9");
+    const again = await migrateToPostgres(config, db);
+    expect(again).toMatchObject({ clients: 0, leases: 0, audit: 0, skipped: { clients: 2, leases: 1, audit: 2 } });
+    expect((await pg.psql("SELECT count(*) FROM audit", "migrated")).trim()).toBe("3");
+  });
+});
