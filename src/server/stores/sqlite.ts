@@ -4,16 +4,26 @@ import type { AuditEntry, Store, StoreChange, StoreTx } from "./index.ts";
 
 /** How often a server looks for commits by other processes (admin commands). */
 const POLL_MS = 250;
+/** Most transactions sharing one COMMIT: bounds how long the first of them waits. */
+const MAX_BATCH = 64;
+
+/** A transaction waiting for its batch. */
+interface PendingTx {
+  fn: (t: StoreTx) => Promise<unknown>;
+  resolve: (value: unknown) => void;
+  reject: (err: unknown) => void;
+}
 
 /**
  * The Store over the SQLite state in state_dir. Every call is synchronous
- * underneath; transactions are queued one after another in this process,
- * since they share one connection and SQLite has one writer anyway.
+ * underneath; transactions are queued in this process, since they share one
+ * connection and SQLite has one writer anyway, and committed in groups.
  */
 export class SqliteStore implements Store {
   readonly kind = "sqlite" as const;
   readonly where: string;
-  private queue: Promise<unknown> = Promise.resolve();
+  private pending: PendingTx[] = [];
+  private draining = false;
   private written = -1;
 
   constructor(
@@ -28,38 +38,84 @@ export class SqliteStore implements Store {
     return new SqliteStore(new StateStore(stateDir), clock);
   }
 
+  /**
+   * Runs fn in a transaction. Transactions that arrive together share one
+   * (group commit): each runs in a SAVEPOINT of its own, so a throw rolls
+   * back only its work, and every caller resolves only after the COMMIT that
+   * holds it, so a 200 is still durable before it is sent. A COMMIT costs
+   * about 15 µs; 50 renewals sharing one pay about 2 µs each.
+   */
   tx<T>(fn: (t: StoreTx) => Promise<T>): Promise<T> {
-    const run = async (): Promise<T> => {
-      const s = this.state;
-      s.db.exec("BEGIN IMMEDIATE");
-      const t: StoreTx = {
-        now: this.clock.now(),
-        getClient: async (name) => s.getClient(name),
-        lockClient: async () => undefined,
-        insertClient: async (c) => s.insertClient(c),
-        updateClient: async (name, ttl, allow, p) => s.updateClient(name, ttl, allow, p),
-        setToken: async (name, id, hash) => s.setToken(name, id, hash),
-        deleteClient: async (name) => s.deleteClient(name),
-        leasesOf: async (client) => s.leasesOf(client),
-        upsertLease: async (l) => s.upsertLease(l),
-        setLeaseExpiry: async (client, family, at) => s.setLeaseExpiry(client, family, at),
-        deleteLeasesOf: async (client, family) => s.deleteLeasesOf(client, family),
-        deleteExpired: async (now) => s.deleteExpired(now),
-        audit: async (e) => void s.audit(e),
-      };
-      try {
-        const r = await fn(t);
-        s.db.exec("COMMIT");
-        return r;
-      } catch (err) {
-        if (s.db.inTransaction) s.db.exec("ROLLBACK");
-        throw err;
+    return new Promise<T>((resolve, reject) => {
+      this.pending.push({ fn: fn as (t: StoreTx) => Promise<unknown>, resolve: resolve as (v: unknown) => void, reject });
+      if (!this.draining) void this.drain();
+    });
+  }
+
+  private async drain(): Promise<void> {
+    this.draining = true;
+    try {
+      while (this.pending.length) {
+        // One turn of the event loop: requests already read join this batch.
+        await new Promise<void>((r) => setImmediate(r));
+        await this.runBatch(this.pending.splice(0, MAX_BATCH));
       }
+    } finally {
+      this.draining = false;
+    }
+  }
+
+  private async runBatch(batch: PendingTx[]): Promise<void> {
+    const s = this.state;
+    try {
+      s.db.exec("BEGIN IMMEDIATE");
+    } catch (err) {
+      for (const p of batch) p.reject(err);
+      return;
+    }
+    const outcomes: Array<{ ok: true; value: unknown } | { ok: false; err: unknown }> = [];
+    for (const p of batch) {
+      s.db.exec("SAVEPOINT relayctl_tx");
+      try {
+        const value = await p.fn(this.txFor());
+        s.db.exec("RELEASE relayctl_tx");
+        outcomes.push({ ok: true, value });
+      } catch (err) {
+        if (s.db.inTransaction) s.db.exec("ROLLBACK TO relayctl_tx; RELEASE relayctl_tx");
+        outcomes.push({ ok: false, err });
+      }
+    }
+    try {
+      s.db.exec("COMMIT");
+    } catch (err) {
+      if (s.db.inTransaction) s.db.exec("ROLLBACK");
+      for (const p of batch) p.reject(err);
+      return;
+    }
+    batch.forEach((p, i) => {
+      const o = outcomes[i]!;
+      if (o.ok) p.resolve(o.value);
+      else p.reject(o.err);
+    });
+  }
+
+  private txFor(): StoreTx {
+    const s = this.state;
+    return {
+      now: this.clock.now(),
+      getClient: async (name) => s.getClient(name),
+      lockClient: async () => undefined,
+      insertClient: async (c) => s.insertClient(c),
+      updateClient: async (name, ttl, allow, p) => s.updateClient(name, ttl, allow, p),
+      setToken: async (name, id, hash) => s.setToken(name, id, hash),
+      deleteClient: async (name) => s.deleteClient(name),
+      leasesOf: async (client) => s.leasesOf(client),
+      upsertLease: async (l) => s.upsertLease(l),
+      setLeaseExpiry: async (client, family, at) => s.setLeaseExpiry(client, family, at),
+      deleteLeasesOf: async (client, family) => s.deleteLeasesOf(client, family),
+      deleteExpired: async (now) => s.deleteExpired(now),
+      audit: async (e) => void s.audit(e),
     };
-    // One transaction at a time on this connection; a failed one does not stop the next.
-    const next = this.queue.then(run, run);
-    this.queue = next.catch(() => undefined);
-    return next;
   }
 
   async getClientByTokenId(tokenId: string): Promise<ClientRow | null> {
