@@ -36,7 +36,7 @@ export async function benchMap(o: { sizes: number[]; types: string[]; runs: numb
         const index = new LiveIndex();
         index.load(store.allLeases());
         const first = store.allLeases().find((l) => l.client === "s000000")!;
-        const writer = new MapWriter({ path: mapPath, type: type as never, postmap, addresses: () => index.liveNets(Date.now()).map((n) => n.text.slice(0, n.text.indexOf("/"))) });
+        const writer = new MapWriter({ path: mapPath, type: type as never, postmap, addresses: () => index.liveTexts(Date.now()) });
         await writer.sync(); // initial build, not timed
         const mine: number[] = [];
         const base: number[] = [];

@@ -1,6 +1,6 @@
 import type { Cidr } from "../lib/ip.ts";
+import { LiveIndex, leaseText } from "./live.ts";
 import { log } from "../lib/logging.ts";
-import { LiveIndex } from "./live.ts";
 import type { ClientRow, LeaseRow } from "./state.ts";
 import type { Store } from "./stores/index.ts";
 
@@ -32,10 +32,7 @@ export interface RenewResult {
   mapChanged: boolean;
 }
 
-/** The text a lease is stored and shown as: the bare address for a single host, `NET/LEN` for a prefix. */
-export function leaseText(net: Cidr): string {
-  return net.prefix === (net.family === 4 ? 32 : 128) ? net.text.slice(0, net.text.indexOf("/")) : net.text;
-}
+export { leaseText } from "./live.ts";
 
 /**
  * Lease rules: one lease per client and family, replaced at once, expiring
@@ -147,7 +144,7 @@ export class LeaseBook {
       return { gone: await this.expireDue(), local: false };
     } catch (err) {
       if (due.length) log.warn(`state unavailable (${(err as Error).message}); expired ${due.length} lease(s) in the local lookup only`);
-      return { gone: due.map((l) => ({ client: l.client, ip: leaseText(l.net) })), local: true };
+      return { gone: due.map((l) => ({ client: l.client, ip: l.ip })), local: true };
     }
   }
 

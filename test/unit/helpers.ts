@@ -9,7 +9,7 @@ import { RelayError } from "../../src/lib/errors.ts";
 import { log } from "../../src/lib/logging.ts";
 import type { ServerConfig } from "../../src/lib/config.ts";
 import { dispatcher, routes, type Route } from "../../src/server/doors/routes.ts";
-import { LeaseBook, leaseText, type Clock } from "../../src/server/leases.ts";
+import { LeaseBook, type Clock } from "../../src/server/leases.ts";
 import { MapLookup, MapWriter } from "../../src/server/lookups/map.ts";
 import { Metrics } from "../../src/server/metrics.ts";
 import { RefusalLog } from "../../src/server/refusals.ts";
@@ -284,7 +284,7 @@ export function testService(
     path: mapPath,
     type: "hash",
     postmap: pm.path,
-    addresses: () => leases.index.liveNets(clock.now()).map(leaseText),
+    addresses: () => leases.index.liveTexts(clock.now()),
     onRebuild: (r) => {
       if (r instanceof Error) metrics.postmapFailures++;
       else metrics.rebuild(r.ms);

@@ -5,7 +5,7 @@ import { usageError } from "../../lib/errors.ts";
 import { fsyncDir, handOver, ownerFor, privateDir, writeFileSynced } from "../../lib/fsutil.ts";
 import { parseIp, type Cidr } from "../../lib/ip.ts";
 import { log } from "../../lib/logging.ts";
-import type { LiveIndex } from "../live.ts";
+import { leaseText, type LiveIndex } from "../live.ts";
 import type { Clock } from "../leases.ts";
 import { defaultMapType, findPostfixTool, mapDbSuffix, postmapError, requirePostfixTool, runTool } from "../postfix.ts";
 import type { Lookup, LookupContext, LookupStatus, LookupType } from "./index.ts";
@@ -35,10 +35,14 @@ export function renderMap(addresses: readonly string[]): string {
  * such a parent: one more group would make it longer than an address.
  */
 export function mapRefuses(net: Cidr): string | null {
-  const max = net.family === 4 ? 32 : 128;
-  if (net.prefix !== max) return `a /${net.prefix} prefix cannot be expressed in a Postfix map; set lookup = "policy" in server.toml for IPv6 prefix leases`;
-  if (net.family === 6) {
-    const text = net.text.slice(0, net.text.indexOf("/"));
+  return mapRefusesText(leaseText(net));
+}
+
+/** mapRefuses for a lease in its canonical text (a bare address, or `NET/LEN`), as the live index holds it. */
+export function mapRefusesText(text: string): string | null {
+  const slash = text.indexOf("/");
+  if (slash !== -1) return `a /${text.slice(slash + 1)} prefix cannot be expressed in a Postfix map; set lookup = "policy" in server.toml for IPv6 prefix leases`;
+  if (text.includes(":")) {
     const run = text.indexOf("::");
     if (run !== -1 && run !== text.length - 2) {
       return `${text} cannot be leased through the map: its zero run (::) makes it a parent key that check_client_access would also match for other addresses (${text}:5, ...); set lookup = "policy" in server.toml, which matches IPv6 addresses exactly`;
@@ -226,15 +230,15 @@ export class MapWriter {
   }
 }
 
-/** Addresses the map must hold at `now`: the live networks, all single addresses by construction. */
+/** Addresses the map must hold at `now`: the live leases it can hold exactly. */
 function mapAddresses(index: LiveIndex, clock: Clock): string[] {
   const out: string[] = [];
-  for (const net of index.liveNets(clock.now())) {
+  for (const text of index.liveTexts(clock.now())) {
     // Leases the map cannot hold are refused at renewal; one that slipped in
     // (a config changed from policy back to map) is left out, never widened.
-    const why = mapRefuses(net);
-    if (why) log.warn(`map: leaving out ${net.text}: ${why}`);
-    else out.push(net.text.slice(0, net.text.indexOf("/")));
+    const why = mapRefusesText(text);
+    if (why) log.warn(`map: leaving out ${text}: ${why}`);
+    else out.push(text);
   }
   return out;
 }

@@ -1,6 +1,6 @@
 import { afterAll, afterEach, beforeEach, describe, expect, test } from "bun:test";
 import { parseCidr, parseIp, type Cidr } from "../../../src/lib/ip.ts";
-import { LeaseBook, leaseText } from "../../../src/server/leases.ts";
+import { LeaseBook } from "../../../src/server/leases.ts";
 import { StateStore, type ClientRow } from "../../../src/server/state.ts";
 import { SqliteStore } from "../../../src/server/stores/sqlite.ts";
 import { FakeClock, removeTempDirs, tempDir } from "../helpers.ts";
@@ -30,7 +30,7 @@ beforeEach(async () => {
 afterEach(() => store.close());
 
 /** What the lookups would publish now. */
-const live = (): string[] => book.index.liveNets(clock.now()).map(leaseText);
+const live = (): string[] => book.index.liveTexts(clock.now());
 
 describe("LeaseBook.renew", () => {
   test("first renewal is a grant: lease expires ttl later, map must change", async () => {

@@ -17,7 +17,7 @@ const row = (client: string, family: number, addr: string, expires_at = T + 60_0
   expires_at,
   renewals: 0,
 });
-const nets = (index: LiveIndex, now = T): string[] => index.liveNets(now).map((n) => n.text);
+const nets = (index: LiveIndex, now = T): string[] => index.liveTexts(now);
 
 describe("LiveIndex.covers", () => {
   test("an exact lease covers its own address only, IPv4 and IPv6", () => {
@@ -52,7 +52,7 @@ describe("LiveIndex.covers", () => {
   test("an address shared by two clients stays covered while either lease lives", () => {
     const index = new LiveIndex();
     index.load([row("a", 4, "192.0.2.7", T + 1000), row("b", 4, "192.0.2.7", T + 5000)]);
-    expect(nets(index)).toEqual(["192.0.2.7/32"]);
+    expect(nets(index)).toEqual(["192.0.2.7"]);
     expect(index.covers(ip("192.0.2.7"), T + 2000)).toBe(true);
     index.remove("b", 4);
     expect(index.covers(ip("192.0.2.7"), T)).toBe(true);
@@ -70,7 +70,7 @@ describe("LiveIndex rows", () => {
       row("junk", 4, "192.0.2.1 OK\n10.0.0.0/8"),
       row("good", 4, "192.0.2.7"),
     ]);
-    expect(nets(index)).toEqual(["192.0.2.7/32"]);
+    expect(nets(index)).toEqual(["192.0.2.7"]);
     expect(index.liveCount(T)).toBe(1);
     expect(index.covers(ip("192.0.2.9"), T)).toBe(false);
     expect(index.covers(ip("10.1.2.3"), T)).toBe(false);
@@ -89,7 +89,7 @@ describe("LiveIndex rows", () => {
     index.put(row("a", 4, "192.0.2.7"));
     index.put(row("a", 6, "2001:db8:1:2:3:4:5:6"));
     index.put(row("a", 4, "203.0.113.5"));
-    expect(nets(index)).toEqual(["2001:db8:1:2:3:4:5:6/128", "203.0.113.5/32"]);
+    expect(nets(index)).toEqual(["2001:db8:1:2:3:4:5:6", "203.0.113.5"]);
     expect(index.covers(ip("192.0.2.7"), T)).toBe(false);
     index.removeClient("a");
     expect(nets(index)).toEqual([]);
@@ -97,11 +97,11 @@ describe("LiveIndex rows", () => {
     index.remove("nobody", 4); // no-op
   });
 
-  test("load replaces everything; liveNets is sorted and de-duplicated", () => {
+  test("load replaces everything; liveTexts is sorted and de-duplicated", () => {
     const index = new LiveIndex();
     index.put(row("old", 4, "10.0.0.1"));
     index.load([row("c", 4, "198.51.100.1"), row("a", 4, "192.0.2.1"), row("b", 4, "192.0.2.1"), row("d", 6, "2001:db8:1:2::/64")]);
-    expect(nets(index)).toEqual(["192.0.2.1/32", "198.51.100.1/32", "2001:db8:1:2::/64"]);
+    expect(nets(index)).toEqual(["192.0.2.1", "198.51.100.1", "2001:db8:1:2::/64"]);
     expect(index.covers(ip("10.0.0.1"), T)).toBe(false);
     expect(index.liveCount(T)).toBe(4);
   });
@@ -137,6 +137,6 @@ describe("LiveIndex renewals", () => {
     index.put({ ...row, ip: "192.0.2.2", expires_at: 6000 });
     expect(index.covers(parseIp("192.0.2.1")!, 4000)).toBe(false);
     expect(index.covers(parseIp("192.0.2.2")!, 4000)).toBe(true);
-    expect(index.liveNets(0).map((n) => n.text)).toEqual(["192.0.2.2/32"]);
+    expect(index.liveTexts(0)).toEqual(["192.0.2.2"]);
   });
 });

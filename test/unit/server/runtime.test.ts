@@ -187,7 +187,7 @@ describe("ExpiryTimer", () => {
     expect(published).toBe(0);
     await timers.advance(1);
     expect(store.allLeases().map((l) => l.client)).toEqual(["b"]);
-    expect(leases.index.liveNets(clock.now()).map((n) => n.text)).toEqual(["192.0.2.2/32"]);
+    expect(leases.index.liveTexts(clock.now())).toEqual(["192.0.2.2"]);
     expect(published).toBe(1);
     expect(metrics.events.get("expire")).toBe(1);
     expect(store.auditLog()[0]).toMatchObject({ event: "expire", client: "a" });
@@ -243,7 +243,7 @@ describe("ExpiryTimer", () => {
     expiry.arm();
     await timers.advance(10_005);
     expect(published).toBe(1);
-    expect(leases.index.liveNets(clock.now())).toEqual([]);
+    expect(leases.index.liveTexts(clock.now())).toEqual([]);
     expect(leases.index.nextExpiry()).toBeNull();
     // The row is still in the store: the database catches up when it answers.
     expect(store.allLeases()).toHaveLength(1);
