@@ -98,46 +98,44 @@ describe("Retrier", () => {
     expect(r.pending).toBe(false);
   });
 
-  test("the delay is capped at the maximum", async () => {
-    let calls = 0;
+  /** A Retrier whose action always fails, after one failed run; `calls()` counts the runs. */
+  async function alwaysFailing(): Promise<{ r: Retrier; calls: () => number }> {
+    let n = 0;
     const r = new Retrier(async () => {
-      calls++;
+      n++;
       throw new Error("down");
     }, timers);
     await r.run().catch(() => undefined);
+    return { r, calls: () => n };
+  }
+
+  test("the delay is capped at the maximum", async () => {
+    const { r, calls } = await alwaysFailing();
     const seen: number[] = [];
     for (let i = 0; i < 8; i++) {
       seen.push(timers.delays()[0]!);
       await timers.advance(seen[i]!);
     }
     expect(seen).toEqual([1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]);
-    expect(calls).toBe(9);
+    expect(calls()).toBe(9);
     r.stop();
   });
 
   test("a run while a retry waits does not schedule a second one", async () => {
-    const r = new Retrier(async () => {
-      throw new Error("down");
-    }, timers);
-    await r.run().catch(() => undefined);
+    const { r } = await alwaysFailing();
     await r.run().catch(() => undefined);
     expect(timers.pending.size).toBe(1);
   });
 
   test("stop cancels the waiting retry and none is scheduled afterwards", async () => {
-    let calls = 0;
-    const r = new Retrier(async () => {
-      calls++;
-      throw new Error("down");
-    }, timers);
-    await r.run().catch(() => undefined);
+    const { r, calls } = await alwaysFailing();
     r.stop();
     expect(r.pending).toBe(false);
     expect(timers.pending.size).toBe(0);
     await expect(r.run()).rejects.toThrow("down");
     expect(timers.pending.size).toBe(0);
     await timers.advance(120_000);
-    expect(calls).toBe(2);
+    expect(calls()).toBe(2);
   });
 });
 
