@@ -27,7 +27,8 @@ export interface ClientView {
   ttl: number;
   allow: string[];
   created_at: string;
-  leases: { ip: string; family: number; renewed_at: string; expires_at: string }[];
+  /** `renewals`: plain renewals since the lease was granted (kept on the lease, not in the audit log). */
+  leases: { ip: string; family: number; renewed_at: string; expires_at: string; renewals: number }[];
 }
 
 /** Opens the store (SQLite or the shared database), runs fn, closes it: admin commands never keep state open. */
@@ -148,7 +149,7 @@ export async function listClients(opts: { configPath?: string }): Promise<Client
       ttl: c.ttl ?? config.ttl,
       allow: JSON.parse(c.allow) as string[],
       created_at: iso(c.created_at),
-      leases: (leases.get(c.name) ?? []).map((l) => ({ ip: l.ip, family: l.family, renewed_at: iso(l.renewed_at), expires_at: iso(l.expires_at) })),
+      leases: (leases.get(c.name) ?? []).map((l) => ({ ip: l.ip, family: l.family, renewed_at: iso(l.renewed_at), expires_at: iso(l.expires_at), renewals: l.renewals })),
     }));
   });
 }

@@ -142,7 +142,9 @@ describe("listClients", () => {
     await addClient({ configPath: s.configPath, name: "alpha", ttl: 600 });
     const core = await openCore(loadServerConfig(s.configPath), { now: () => Date.UTC(2030, 0, 1) });
     try {
-      await core.leases.renew((await core.store.getClient("zeta"))!, parseCidr("198.51.100.7")!, "t");
+      const zeta = (await core.store.getClient("zeta"))!;
+      await core.leases.renew(zeta, parseCidr("198.51.100.7")!, "t");
+      await core.leases.renew(zeta, parseCidr("198.51.100.7")!, "t");
     } finally {
       await core.store.close();
     }
@@ -152,7 +154,7 @@ describe("listClients", () => {
       ["zeta", 1800],
     ]);
     expect(list[0]!.leases).toEqual([]);
-    expect(list[1]!.leases).toEqual([{ ip: "198.51.100.7", family: 4, renewed_at: "2030-01-01T00:00:00.000Z", expires_at: "2030-01-01T00:30:00.000Z" }]);
+    expect(list[1]!.leases).toEqual([{ ip: "198.51.100.7", family: 4, renewed_at: "2030-01-01T00:00:00.000Z", expires_at: "2030-01-01T00:30:00.000Z", renewals: 1 }]);
     expect(new Date(list[0]!.created_at).toISOString()).toBe(list[0]!.created_at);
   });
 
