@@ -70,6 +70,10 @@ export class LeaseBook {
     const text = leaseText(net);
     const r = await this.store.tx(async (t) => {
       const now = t.now;
+      const expiresAt = now + this.ttlOf(client) * 1000;
+      // Most renewals keep their address: one statement, no read, no audit, no lookup change.
+      const extended = await t.extendLease(client.name, net.family, text, now, expiresAt);
+      if (extended) return { event: "renew" as const, lease: extended, mapChanged: false };
       await t.lockClient(client.name);
       const old = (await t.leasesOf(client.name)).find((l) => l.family === net.family && l.expires_at > now);
       const same = old?.ip === text;
@@ -79,7 +83,7 @@ export class LeaseBook {
         ip: text,
         granted_at: same ? old!.granted_at : now,
         renewed_at: now,
-        expires_at: now + this.ttlOf(client) * 1000,
+        expires_at: expiresAt,
         renewals: same ? old!.renewals + 1 : 0,
       };
       await t.upsertLease(lease);

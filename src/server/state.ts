@@ -202,6 +202,13 @@ export class StateStore {
     return this.db.query("SELECT * FROM leases ORDER BY client, family").all() as LeaseRow[];
   }
 
+  /** Extends a live lease that holds exactly ip; returns it, or null when there is none such. */
+  extendLease(client: string, family: number, ip: string, now: number, expiresAt: number): LeaseRow | null {
+    return this.db
+      .query("UPDATE leases SET renewed_at = ?1, expires_at = ?2, renewals = renewals + 1 WHERE client = ?3 AND family = ?4 AND ip = ?5 AND expires_at > ?1 RETURNING *")
+      .get(now, expiresAt, client, family, ip) as LeaseRow | null;
+  }
+
   upsertLease(l: LeaseRow): void {
     this.db
       .query(

@@ -23,6 +23,12 @@ export interface StoreTx {
   setToken(name: string, tokenId: string, hash: Uint8Array): Promise<boolean>;
   deleteClient(name: string): Promise<boolean>;
   leasesOf(client: string): Promise<LeaseRow[]>;
+  /**
+   * Extends the client's lease of this family to expiresAt when it is live
+   * at `now` and holds exactly ip: a plain renewal in one statement. Null
+   * when it holds none or another; the caller then takes the full path.
+   */
+  extendLease(client: string, family: number, ip: string, now: number, expiresAt: number): Promise<LeaseRow | null>;
   upsertLease(l: LeaseRow): Promise<void>;
   setLeaseExpiry(client: string, family: number, expiresAt: number): Promise<void>;
   /** Deletes the client's lease of one family, or all of them; returns what went. */

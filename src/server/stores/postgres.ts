@@ -203,6 +203,14 @@ function statements(q: SQL, now: number): StoreTx {
     setToken: async (name, id, hash) => (await all(`UPDATE clients SET token_id = $1, token_hash = $2 WHERE name = $3 RETURNING name`, [id, Buffer.from(hash), name])).length > 0,
     deleteClient: async (name) => (await all(`DELETE FROM clients WHERE name = $1 RETURNING name`, [name])).length > 0,
     leasesOf: async (client) => (await all(`SELECT ${LEASE_COLS} FROM leases WHERE client = $1 ORDER BY family`, [client])).map(leaseRow),
+    extendLease: async (client, family, ip, now, at) =>
+      (
+        await all(
+          `UPDATE leases SET renewed_at = to_timestamp($1::float8 / 1000), expires_at = to_timestamp($2::float8 / 1000), renewals = renewals + 1
+           WHERE client = $3 AND family = $4 AND net = $5::cidr AND expires_at > to_timestamp($1::float8 / 1000) RETURNING ${LEASE_COLS}`,
+          [now, at, client, family, cidrText(ip)],
+        )
+      ).map(leaseRow)[0] ?? null,
     upsertLease: async (l) =>
       void (await all(
         `INSERT INTO leases (client, family, net, granted_at, renewed_at, expires_at, renewals)

@@ -110,6 +110,7 @@ export class SqliteStore implements Store {
       setToken: async (name, id, hash) => s.setToken(name, id, hash),
       deleteClient: async (name) => s.deleteClient(name),
       leasesOf: async (client) => s.leasesOf(client),
+      extendLease: async (client, family, ip, now, at) => s.extendLease(client, family, ip, now, at),
       upsertLease: async (l) => s.upsertLease(l),
       setLeaseExpiry: async (client, family, at) => s.setLeaseExpiry(client, family, at),
       deleteLeasesOf: async (client, family) => s.deleteLeasesOf(client, family),

@@ -72,7 +72,11 @@ describe.skipIf(!HAVE_PG)("PgStore on a real PostgreSQL", () => {
       await s.tx(async (t) => t.insertClient({ ...client("lan"), ipv6_prefix: 64 }));
       const r = await book.renew((await s.getClient("office"))!, parseCidr("198.51.100.7")!, "198.51.100.7");
       expect(r.event).toBe("grant");
-      expect((await book.renew((await s.getClient("office"))!, parseCidr("198.51.100.7")!, "x")).event).toBe("renew");
+      const again = await book.renew((await s.getClient("office"))!, parseCidr("198.51.100.7")!, "x");
+      expect(again.event).toBe("renew");
+      expect(again.lease).toMatchObject({ ip: "198.51.100.7", granted_at: r.lease.granted_at, renewals: 1 });
+      expect(again.lease.expires_at).toBeGreaterThanOrEqual(r.lease.expires_at);
+      expect(await s.leasesOfClients(["office"])).toEqual([again.lease]);
       await book.renew((await s.getClient("lan"))!, parseCidr("2001:db8:1:2::/64")!, "x");
       expect((await pg.psql("SELECT pg_typeof(net) || ' ' || pg_typeof(expires_at) FROM leases LIMIT 1")).trim()).toBe("cidr timestamp with time zone");
       const q = (k: string) => pg.psql(`SELECT 'OK' FROM leases WHERE net >>= relayctl_inet('${k}') AND expires_at > now() LIMIT 1`);

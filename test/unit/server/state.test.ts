@@ -59,6 +59,19 @@ describe("StateStore", () => {
     ]);
   });
 
+  test("extendLease moves only a live lease that holds exactly that address", () => {
+    store.insertClient(clientRow("a"));
+    store.upsertLease({ ...lease("a", 4, "192.0.2.1", 100), renewals: 2 });
+    expect(store.extendLease("a", 4, "192.0.2.2", 50, 500)).toBeNull();
+    expect(store.extendLease("a", 6, "192.0.2.1", 50, 500)).toBeNull();
+    expect(store.extendLease("b", 4, "192.0.2.1", 50, 500)).toBeNull();
+    // Expired at now: a renewal then is a new grant, not an extension.
+    expect(store.extendLease("a", 4, "192.0.2.1", 100, 500)).toBeNull();
+    expect(store.leasesOf("a")[0]).toMatchObject({ expires_at: 100, renewals: 2 });
+    expect(store.extendLease("a", 4, "192.0.2.1", 99, 500)).toEqual({ ...lease("a", 4, "192.0.2.1", 500), renewed_at: 99, renewals: 3 });
+    expect(store.leasesOf("a")[0]).toMatchObject({ granted_at: 1, renewed_at: 99, expires_at: 500, renewals: 3 });
+  });
+
   test("a lease needs an existing client, and deleting the client cascades", () => {
     expect(() => store.upsertLease(lease("ghost", 4, "192.0.2.1", 100))).toThrow();
     store.insertClient(clientRow("a"));
