@@ -114,7 +114,15 @@ class Lines implements Attributes {
   }
 }
 
-/** Formats an action as the protocol's answer. */
-export function answer(action: string): string {
-  return `action=${action}\n\n`;
+const encoded = new Map<string, Buffer>();
+
+/** The protocol's answer to an action, as the bytes to write. */
+export function answer(action: string): Buffer {
+  let bytes = encoded.get(action);
+  if (bytes === undefined) {
+    bytes = Buffer.from(`action=${action}\n\n`);
+    // Handlers give a handful of actions (OK, DUNNO): encode each once, and let no handler grow this.
+    if (encoded.size < 16) encoded.set(action, bytes);
+  }
+  return bytes;
 }

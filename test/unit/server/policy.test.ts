@@ -1,5 +1,6 @@
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { lstatSync } from "node:fs";
+import { createConnection } from "node:net";
 import { join } from "node:path";
 import { parseCidr } from "../../../src/lib/ip.ts";
 import { LiveIndex } from "../../../src/server/live.ts";
@@ -67,7 +68,8 @@ describe("RequestReader framing", () => {
   });
 
   test("the answer is action=... and a blank line", () => {
-    expect(answer("OK")).toBe("action=OK\n\n");
+    expect(answer("OK").toString()).toBe("action=OK\n\n");
+    expect(answer("DUNNO").toString()).toBe("action=DUNNO\n\n");
   });
 });
 
@@ -167,6 +169,22 @@ describe("PolicyLookup over a real unix socket", () => {
     const huge = await talk(path, ["a=" + "x".repeat(MAX_REQUEST_BYTES + 10)]);
     expect(huge).toEqual({ got: "", closed: true });
     expect(lookup!.answers.closed).toBe(3);
+  });
+
+  test("a client that pipelines without reading its answers is closed, not sent answers cut short", async () => {
+    const path = start();
+    const sock = createConnection(path);
+    // Paused: nothing is read, so the answers fill the socket buffer.
+    sock.pause();
+    let closed = false;
+    sock.on("close", () => (closed = true));
+    sock.on("error", () => {});
+    sock.write(request("192.0.2.99").repeat(50_000));
+    for (let i = 0; i < 100 && !closed; i++) await Bun.sleep(20);
+    sock.destroy();
+    expect(closed).toBe(true);
+    expect(lookup!.answers.closed).toBe(1);
+    expect(lookup!.answers.DUNNO).toBeLessThan(50_000);
   });
 
   test("a removed socket is bound again by check(); close() removes it", async () => {
