@@ -43,6 +43,27 @@ describe("RequestReader framing", () => {
     expect(r.feed(bytes.subarray(at))[0]!.get("sender")).toBe("ü=x@example.org");
   });
 
+  test("an attribute is found only by its whole name; a name given twice has its last value", () => {
+    const [attrs] = new RequestReader().feed(enc("client_address=192.0.2.1\nrequest=smtpd_access_policy\nx_client_address=192.0.2.9\nclient_address=192.0.2.2\nempty=\n\n"));
+    expect(attrs!.get("client_address")).toBe("192.0.2.2");
+    expect(attrs!.get("request")).toBe("smtpd_access_policy");
+    expect(attrs!.get("address")).toBeUndefined();
+    expect(attrs!.get("client")).toBeUndefined();
+    expect(attrs!.get("empty")).toBe("");
+    const [first] = new RequestReader().feed(enc("request=smtpd_access_policy\nx=1\n\n"));
+    expect(first!.get("request")).toBe("smtpd_access_policy");
+    expect(first!.get("x")).toBe("1");
+  });
+
+  test("CRLF line ends are read as LF, also when a CRLF is split across chunks", () => {
+    const r = new RequestReader();
+    const text = request("192.0.2.7").replaceAll("\n", "\r\n");
+    expect(r.feed(enc(text.slice(0, -1)))).toEqual([]);
+    const [attrs] = r.feed(enc(text.slice(-1)));
+    expect(attrs!.get("client_address")).toBe("192.0.2.7");
+    expect(r.error).toBeNull();
+  });
+
   /** The protocol error a stream ends in, after the requests before it. */
   const failure = (text: string): { requests: number; error: string | undefined } => {
     const r = new RequestReader();
