@@ -269,8 +269,8 @@ export async function benchProfile(o: { leases: number; seconds: number; n: numb
     return [value("request"), value("client_address"), text.indexOf("\n\n")];
   });
   P.whole = await span(o.n * 4, o.reps, () => {
-    let out = "";
-    for (const a of reader.feed(reqBytes)) out += answer(handler(a));
+    const out: Buffer[] = [];
+    for (const a of reader.feed(reqBytes)) out.push(answer(handler(a)));
     return out;
   });
 
@@ -320,12 +320,12 @@ export async function benchProfile(o: { leases: number; seconds: number; n: numb
     "| part | µs | how measured |",
     "|---|---|---|",
     `| feed + handler + answer, in-process | ${us(P.whole!)} | what PolicyLookup's data callback runs per request (${reqBytes.byteLength} bytes, 29 attributes) |`,
-    `| · RequestReader.feed (decode, split lines, Map of 29) | ${us(P.feed!)} | src/server/policy/protocol.ts |`,
+    `| · RequestReader.feed (frame on bytes, decode once, check the lines) | ${us(P.feed!)} | src/server/policy/protocol.ts |`,
     `| · · of which TextDecoder.decode of the request | ${us(P.decode!)} | a fresh decoder per call |`,
     `| · policyHandler (parseIp + LiveIndex.covers) | ${us(P.handler!)} | src/server/lookups/policy.ts |`,
     `| · · parseIp | ${us(P.parseIp!)} | src/lib/ip.ts |`,
     `| · · LiveIndex.covers (${o.leases.toLocaleString("en-US")} leases) | ${us(P.covers!)} | src/server/live.ts |`,
-    `| · answer() | ${us(P.answer!)} | string template |`,
+    `| · answer() | ${us(P.answer!)} | bytes encoded once per action |`,
     `| prototype: decode + one split + Map of 29 | ${us(P.protoSplit!)} | bench-only, in bench/profile.ts |`,
     `| prototype: decode + indexOf of the 2 attributes the handler reads | ${us(P.protoScan!)} | bench-only, in bench/profile.ts (no per-line validation) |`,
     "",

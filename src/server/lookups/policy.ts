@@ -100,17 +100,22 @@ export class PolicyLookup implements Lookup {
         },
         data(socket, chunk) {
           const reader = socket.data.reader;
-          let out = "";
+          const out: Buffer[] = [];
           try {
             for (const attrs of reader.feed(chunk)) {
               const action = handler(attrs);
               counts[action as "OK" | "DUNNO"]++;
-              out += answer(action);
+              out.push(answer(action));
             }
           } catch (err) {
             reader.error = err as Error;
           }
-          if (out) socket.write(out);
+          // One write for every answer this chunk completed (Postfix may pipeline).
+          if (out.length) {
+            const bytes = out.length === 1 ? out[0]! : Buffer.concat(out);
+            // Writes are unbuffered: a peer that lets its answers pile up unread would get them cut short.
+            if (socket.write(bytes) < bytes.length && !reader.error) reader.error = new ProtocolError("the client does not read its answers");
+          }
           if (reader.error) drop(socket, reader.error.message);
         },
         error(socket, err) {

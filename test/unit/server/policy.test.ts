@@ -1,5 +1,6 @@
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { lstatSync } from "node:fs";
+import { createConnection } from "node:net";
 import { join } from "node:path";
 import { parseCidr } from "../../../src/lib/ip.ts";
 import { LiveIndex } from "../../../src/server/live.ts";
@@ -42,6 +43,27 @@ describe("RequestReader framing", () => {
     expect(r.feed(bytes.subarray(at))[0]!.get("sender")).toBe("ü=x@example.org");
   });
 
+  test("an attribute is found only by its whole name; a name given twice has its last value", () => {
+    const [attrs] = new RequestReader().feed(enc("client_address=192.0.2.1\nrequest=smtpd_access_policy\nx_client_address=192.0.2.9\nclient_address=192.0.2.2\nempty=\n\n"));
+    expect(attrs!.get("client_address")).toBe("192.0.2.2");
+    expect(attrs!.get("request")).toBe("smtpd_access_policy");
+    expect(attrs!.get("address")).toBeUndefined();
+    expect(attrs!.get("client")).toBeUndefined();
+    expect(attrs!.get("empty")).toBe("");
+    const [first] = new RequestReader().feed(enc("request=smtpd_access_policy\nx=1\n\n"));
+    expect(first!.get("request")).toBe("smtpd_access_policy");
+    expect(first!.get("x")).toBe("1");
+  });
+
+  test("CRLF line ends are read as LF, also when a CRLF is split across chunks", () => {
+    const r = new RequestReader();
+    const text = request("192.0.2.7").replaceAll("\n", "\r\n");
+    expect(r.feed(enc(text.slice(0, -1)))).toEqual([]);
+    const [attrs] = r.feed(enc(text.slice(-1)));
+    expect(attrs!.get("client_address")).toBe("192.0.2.7");
+    expect(r.error).toBeNull();
+  });
+
   /** The protocol error a stream ends in, after the requests before it. */
   const failure = (text: string): { requests: number; error: string | undefined } => {
     const r = new RequestReader();
@@ -67,7 +89,8 @@ describe("RequestReader framing", () => {
   });
 
   test("the answer is action=... and a blank line", () => {
-    expect(answer("OK")).toBe("action=OK\n\n");
+    expect(answer("OK").toString()).toBe("action=OK\n\n");
+    expect(answer("DUNNO").toString()).toBe("action=DUNNO\n\n");
   });
 });
 
@@ -167,6 +190,22 @@ describe("PolicyLookup over a real unix socket", () => {
     const huge = await talk(path, ["a=" + "x".repeat(MAX_REQUEST_BYTES + 10)]);
     expect(huge).toEqual({ got: "", closed: true });
     expect(lookup!.answers.closed).toBe(3);
+  });
+
+  test("a client that pipelines without reading its answers is closed, not sent answers cut short", async () => {
+    const path = start();
+    const sock = createConnection(path);
+    // Paused: nothing is read, so the answers fill the socket buffer.
+    sock.pause();
+    let closed = false;
+    sock.on("close", () => (closed = true));
+    sock.on("error", () => {});
+    sock.write(request("192.0.2.99").repeat(50_000));
+    for (let i = 0; i < 100 && !closed; i++) await Bun.sleep(20);
+    sock.destroy();
+    expect(closed).toBe(true);
+    expect(lookup!.answers.closed).toBe(1);
+    expect(lookup!.answers.DUNNO).toBeLessThan(50_000);
   });
 
   test("a removed socket is bound again by check(); close() removes it", async () => {
