@@ -1,8 +1,8 @@
-import { lstatSync, mkdirSync, readFileSync, renameSync, rmSync, type Stats } from "node:fs";
+import { closeSync, fchownSync, fsyncSync, lstatSync, mkdirSync, readFileSync, renameSync, rmSync, type Stats } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import type { MapType, ServerConfig } from "../../lib/config.ts";
 import { usageError } from "../../lib/errors.ts";
-import { fsyncDir, handOver, ownerFor, privateDir, writeFileSynced } from "../../lib/fsutil.ts";
+import { createFile, fsyncDir, handOver, ownerFor, privateDir } from "../../lib/fsutil.ts";
 import { parseIp, type Cidr } from "../../lib/ip.ts";
 import { log } from "../../lib/logging.ts";
 import { leaseText, type LiveIndex } from "../live.ts";
@@ -203,14 +203,29 @@ export class MapWriter {
       tmpDir = privateDir(dir);
       const tmp = join(tmpDir, basename(path));
       const tmpDb = tmp + mapDbSuffix(type);
-      writeFileSynced(tmp, text, 0o644);
-      const r = await runTool([this.opts.postmap, `${type}:${tmp}`], timeoutMs);
+      const fd = createFile(tmp, text, 0o644);
+      // Root (an admin command, sweep) hands the files to the map directory's
+      // owner, through open descriptors; only once postmap is done, since
+      // postmap run by root becomes the source's owner, who cannot write here.
+      const owner = ownerFor(dir);
+      let r: Awaited<ReturnType<typeof runTool>>;
+      try {
+        const building = runTool([this.opts.postmap, `${type}:${tmp}`], timeoutMs);
+        // The source must be on disk before it is renamed into place, not
+        // before postmap reads it (from the page cache): synced while postmap
+        // runs, it costs no wall time (1.4 ms at 10,000 entries when it came first).
+        try {
+          fsyncSync(fd);
+        } finally {
+          r = await building;
+        }
+        if (owner) fchownSync(fd, owner.uid, owner.gid);
+      } finally {
+        closeSync(fd);
+      }
       if (r.timedOut) throw postmapError(`timed out after ${timeoutMs / 1000}s`);
       if (r.code !== 0) throw postmapError(r.stderr || `exit code ${r.code}`);
-      // Root (an admin command, sweep) hands the files to the map directory's owner, through the open descriptor.
-      const owner = ownerFor(dir);
       handOver(tmpDb, owner, 0o644);
-      handOver(tmp, owner, 0o644);
       // Database first: Postfix reads it, and a source newer than its
       // database only draws a warning, never a lookup in a half-built table.
       renameSync(tmpDb, this.dbPath);
