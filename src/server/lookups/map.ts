@@ -1,4 +1,4 @@
-import { closeSync, fchownSync, fsyncSync, lstatSync, mkdirSync, readFileSync, renameSync, rmSync, type Stats } from "node:fs";
+import { close, closeSync, constants, fchownSync, fstatSync, fsyncSync, lstatSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, type Stats } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import type { MapType, ServerConfig } from "../../lib/config.ts";
 import { usageError } from "../../lib/errors.ts";
@@ -89,6 +89,25 @@ function lstatOrNull(path: string): Stats | null {
   }
 }
 
+/**
+ * An open descriptor of the regular file at path (never through a link), or
+ * null: held across the rename that replaces the file, it keeps the kernel
+ * from freeing the old blocks inside that rename (2.2 ms for the 8.5 MB lmdb
+ * database of 100,000 entries); they are freed when it is closed, off the
+ * main thread. Postfix's open handles defer the same work in production.
+ */
+function holdOpen(path: string): number | null {
+  let fd: number;
+  try {
+    fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  } catch {
+    return null;
+  }
+  if (fstatSync(fd).isFile()) return fd;
+  closeSync(fd);
+  return null;
+}
+
 /** Refuses a map path that exists, is not empty and was not written by relayctl: it is never overwritten. */
 export function assertOurMap(path: string): void {
   const st = lstatOrNull(path);
@@ -113,6 +132,8 @@ export function assertOurMap(path: string): void {
 export class MapWriter {
   private running: Promise<RebuildInfo> | null = null;
   private queued: Promise<RebuildInfo> | null = null;
+  /** Closes of replaced files still under way (holdOpen). */
+  private readonly freeing = new Set<Promise<void>>();
   /** Text and files this process installed last; null until its first rebuild. */
   private written: { text: string; db: Identity; source: Identity } | null = null;
   rebuilds = 0;
@@ -159,9 +180,17 @@ export class MapWriter {
     return this.queued;
   }
 
-  /** Resolves once no rebuild is running or queued (for shutdown), whatever their outcome. */
+  /** Resolves once no rebuild is running or queued (for shutdown), whatever their outcome, and replaced files are freed. */
   async settled(): Promise<void> {
     while (this.running || this.queued) await (this.queued ?? this.running)!.catch(() => undefined);
+    await Promise.all(this.freeing);
+  }
+
+  /** Closes a held descriptor in the background (a thread of the runtime's pool). */
+  private release(fd: number): void {
+    const done = new Promise<void>((resolve) => close(fd, () => resolve()));
+    this.freeing.add(done);
+    void done.then(() => this.freeing.delete(done));
   }
 
   /** What is wrong with the installed files, or null when they are the ones this process wrote. */
@@ -198,6 +227,7 @@ export class MapWriter {
     const dir = dirname(path);
     const timeoutMs = this.opts.timeoutMs ?? 30_000;
     let tmpDir: string | null = null;
+    let held: (number | null)[] = [];
     try {
       // A private directory: nobody else can plant a link at the names postmap writes.
       tmpDir = privateDir(dir);
@@ -226,6 +256,7 @@ export class MapWriter {
       if (r.timedOut) throw postmapError(`timed out after ${timeoutMs / 1000}s`);
       if (r.code !== 0) throw postmapError(r.stderr || `exit code ${r.code}`);
       handOver(tmpDb, owner, 0o644);
+      held = [holdOpen(this.dbPath), holdOpen(path)];
       // Database first: Postfix reads it, and a source newer than its
       // database only draws a warning, never a lookup in a half-built table.
       renameSync(tmpDb, this.dbPath);
@@ -239,6 +270,8 @@ export class MapWriter {
       throw err;
     } finally {
       if (tmpDir) rmSync(tmpDir, { recursive: true, force: true });
+      // Last: freeing the old blocks slows other file work (1.7 ms of this rm at 100,000 entries when it came first).
+      for (const fd of held) if (fd !== null) this.release(fd);
     }
     this.written = { text, db: identityOf(lstatOrNull(this.dbPath)), source: identityOf(lstatOrNull(path)) };
     this.installedText = text;

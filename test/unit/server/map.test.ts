@@ -161,6 +161,21 @@ describe("MapWriter", () => {
     expect(statSync(f.db).ino).not.toBe(before.db);
   });
 
+  test("the replaced files are held open only until settled: no descriptor is left behind", async () => {
+    const f = fixture();
+    const open = (): number => readdirSync("/proc/self/fd").length;
+    f.addrs.push("192.0.2.1");
+    await f.writer.sync();
+    await f.writer.settled();
+    const before = open();
+    for (let i = 2; i < 6; i++) {
+      f.addrs.push(`192.0.2.${i}`);
+      await f.writer.sync();
+    }
+    await f.writer.settled();
+    expect(open()).toBe(before);
+  });
+
   test("concurrent syncs coalesce: at most 2 rebuilds, and each caller sees its change", async () => {
     const f = fixture();
     f.pm.slow(0.3);
