@@ -51,16 +51,28 @@ export function fsyncDir(dir: string): void {
 }
 
 /**
- * Writes and fsyncs a new file at `path` with `mode` (and `owner`, set on the
- * descriptor); an existing file or link there is an error, never followed.
+ * Creates a new file at `path` with `mode` (and `owner`, set on the
+ * descriptor) holding `data`, and returns its open descriptor for the caller
+ * to sync and close; an existing file or link there is an error, never followed.
  */
-export function writeFileSynced(path: string, data: string | Uint8Array, mode = 0o644, owner?: Owner): void {
+export function createFile(path: string, data: string | Uint8Array, mode = 0o644, owner?: Owner): number {
   const fd = openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, mode);
   try {
     // The umask would otherwise narrow the mode given to open().
     fchmodSync(fd, mode);
     if (owner) fchownSync(fd, owner.uid, owner.gid);
     writeSync(fd, typeof data === "string" ? Buffer.from(data) : data);
+    return fd;
+  } catch (err) {
+    closeSync(fd);
+    throw err;
+  }
+}
+
+/** Writes and fsyncs a new file at `path`, as createFile does. */
+export function writeFileSynced(path: string, data: string | Uint8Array, mode = 0o644, owner?: Owner): void {
+  const fd = createFile(path, data, mode, owner);
+  try {
     fsyncSync(fd);
   } finally {
     closeSync(fd);

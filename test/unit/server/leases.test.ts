@@ -30,7 +30,7 @@ beforeEach(async () => {
 afterEach(() => store.close());
 
 /** What the lookups would publish now. */
-const live = (): string[] => book.index.liveTexts(clock.now());
+const live = (): string[] => [...book.index.liveTexts(clock.now())];
 
 describe("LeaseBook.renew", () => {
   test("first renewal is a grant: lease expires ttl later, map must change", async () => {

@@ -17,7 +17,7 @@ const row = (client: string, family: number, addr: string, expires_at = T + 60_0
   expires_at,
   renewals: 0,
 });
-const nets = (index: LiveIndex, now = T): string[] => index.liveTexts(now);
+const nets = (index: LiveIndex, now = T): readonly string[] => index.liveTexts(now);
 
 describe("LiveIndex.covers", () => {
   test("an exact lease covers its own address only, IPv4 and IPv6", () => {
@@ -138,5 +138,88 @@ describe("LiveIndex renewals", () => {
     expect(index.covers(parseIp("192.0.2.1")!, 4000)).toBe(false);
     expect(index.covers(parseIp("192.0.2.2")!, 4000)).toBe(true);
     expect(index.liveTexts(0)).toEqual(["192.0.2.2"]);
+  });
+});
+
+describe("LiveIndex.liveTexts kept in step", () => {
+  /** A small deterministic generator: the same sequence on every run, so a failure reproduces. */
+  function prng(seed: number): (n: number) => number {
+    let s = seed >>> 0;
+    return (n) => {
+      s = (Math.imul(s, 1_664_525) + 1_013_904_223) >>> 0;
+      return s % n;
+    };
+  }
+  // Few texts among many clients, so addresses are shared, moved and freed often.
+  const TEXTS: [number, string][] = [
+    ...Array.from({ length: 12 }, (_, i): [number, string] => [4, `192.0.2.${i}`]),
+    [4, "10.0.0.0/8"],
+    [6, "2001:db8::1"],
+    [6, "2001:db8:1:2::/64"],
+    [6, "2001:db8:0:1:2:3:4:5"],
+  ];
+
+  test("equals a sort of the live leases after every grant, move, renewal, release, expiry and load", () => {
+    const rand = prng(7);
+    const index = new LiveIndex();
+    const model = new Map<string, LeaseRow>();
+    const expected = (now: number): string[] => [...new Set([...model.values()].filter((l) => l.expires_at > now).map((l) => l.ip))].sort();
+    let now = T;
+    for (let step = 0; step < 5_000; step++) {
+      const client = `c${rand(20)}`;
+      const op = rand(100);
+      if (op < 55) {
+        // Grant, move or renew; the expiry may also move earlier (a shorter ttl).
+        const [family, text] = TEXTS[rand(TEXTS.length)]!;
+        const key = `${client}/${family}`;
+        const held = model.get(key);
+        const r = row(client, family, rand(3) === 0 && held ? held.ip : text, now + 1 + rand(2_000));
+        model.set(key, r);
+        index.put(r);
+      } else if (op < 70) {
+        const family = rand(2) ? 4 : 6;
+        model.delete(`${client}/${family}`);
+        index.remove(client, family);
+      } else if (op < 75) {
+        model.delete(`${client}/4`);
+        model.delete(`${client}/6`);
+        index.removeClient(client);
+      } else if (op < 85) {
+        const dropped = index.dropExpired(now);
+        for (const l of dropped) model.delete(`${l.client}/${l.family}`);
+        expect([...model.values()].every((l) => l.expires_at > now)).toBe(true);
+      } else if (op < 88) {
+        index.load([...model.values()]);
+      } else if (op < 90) {
+        index.nextExpiry();
+      } else {
+        now += rand(400);
+      }
+      expect([...index.liveTexts(now)]).toEqual(expected(now));
+      expect([...index.liveTexts(now + 500)]).toEqual(expected(now + 500));
+    }
+  });
+
+  test("a lease renewed to an earlier expiry leaves the list at that expiry", () => {
+    const index = new LiveIndex();
+    index.put(row("a", 4, "192.0.2.1", T + 10_000));
+    expect(index.liveTexts(T + 5_000)).toEqual(["192.0.2.1"]);
+    index.put(row("a", 4, "192.0.2.1", T + 1_000));
+    expect(index.liveTexts(T + 999)).toEqual(["192.0.2.1"]);
+    expect(index.liveTexts(T + 1_000)).toEqual([]);
+  });
+
+  test("onlyIPv4Hosts is false as soon as an IPv6 lease or a prefix is held", () => {
+    const index = new LiveIndex();
+    expect(index.onlyIPv4Hosts()).toBe(true);
+    index.put(row("a", 4, "192.0.2.1"));
+    expect(index.onlyIPv4Hosts()).toBe(true);
+    index.put(row("b", 4, "10.0.0.0/8"));
+    expect(index.onlyIPv4Hosts()).toBe(false);
+    index.remove("b", 4);
+    index.put(row("c", 6, "2001:db8::1"));
+    expect(index.onlyIPv4Hosts()).toBe(false);
+    index.removeClient("c");
+    expect(index.onlyIPv4Hosts()).toBe(true);
   });
 });
