@@ -7,7 +7,7 @@ import { ExitCode, RelayError, usageError } from "../lib/errors.ts";
 import { apiError, createApi, isTlsTrouble } from "../lib/http.ts";
 import { writeFileAtomic } from "../lib/fsutil.ts";
 import { cidrContains, parseCidr, parseIp, specialAddressKind } from "../lib/ip.ts";
-import { parsePin, verifiedPeerChain } from "../lib/tls.ts";
+import { parsePin, verifiedPeerChain } from "../lib/pin.ts";
 
 /** The server's answer to a lease request, and its view of this client (the wire types both ends share). */
 export type { LeaseAnswerBody as LeaseAnswer, LeaseStatusBody as LeaseStatus } from "../lib/wire.ts";
