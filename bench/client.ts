@@ -15,6 +15,7 @@ async function buildLikeRelayctl(dir: string, name: string): Promise<string> {
     entrypoints: [join(import.meta.dir, `${name}.ts`)],
     minify: true,
     bytecode: true,
+    splitting: true,
     format: "esm",
     sourcemap: "none",
     define: { RELAYCTL_VERSION: JSON.stringify("bench"), RELAYCTL_COMMIT: JSON.stringify("bench"), RELAYCTL_TARGET: JSON.stringify(`linux-${process.arch}`) },

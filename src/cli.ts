@@ -1,7 +1,5 @@
 #!/usr/bin/env bun
 import { defineCommand, renderUsage, runCommand, type ArgsDef, type CommandDef } from "citty";
-import { clientCommand } from "./commands/client.ts";
-import { completionCommand } from "./commands/completion.ts";
 import { resolve } from "./lib/cmdtree.ts";
 import { ExitCode, formatError, RelayError } from "./lib/errors.ts";
 import { log, setVerbosity } from "./lib/logging.ts";
@@ -10,12 +8,13 @@ import { VERSION, versionLine } from "./lib/version.ts";
 /** The root command: `relayctl server|client|doctor|completion`. */
 export const main: CommandDef<ArgsDef> = defineCommand({
   meta: { name: "relayctl", version: VERSION, description: "Let hosts on dynamic addresses relay through Postfix, by lease" },
-  // Loaded only when named: a cron-run `relayctl client` never evaluates the server or doctor code.
+  // Loaded only when named (each is its own chunk of the build): a cron-run
+  // `relayctl client` never evaluates the server, doctor or completion code.
   subCommands: {
     server: () => import("./commands/server.ts").then((m) => m.serverCommand),
-    client: clientCommand,
+    client: () => import("./commands/client.ts").then((m) => m.clientCommand),
     doctor: () => import("./commands/doctor.ts").then((m) => m.doctorCommand),
-    completion: completionCommand(() => main),
+    completion: () => import("./commands/completion.ts").then((m) => m.completionCommand(() => main)),
   },
 });
 
