@@ -2,7 +2,7 @@ import { accessSync, constants, existsSync, readFileSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { FileLock } from "../lib/lock.ts";
 import { log } from "../lib/logging.ts";
-import { loadClientConfig, renderClientConfig, validateHttpsUrl, validateName, DEFAULT_CLIENT_CONFIG, type ClientConfig } from "../lib/config.ts";
+import { loadClientConfig, renderClientConfig, validateHttpsUrl, validateName, DEFAULT_CLIENT_CONFIG, type ClientConfig } from "../lib/configfile.ts";
 import { ExitCode, RelayError, usageError } from "../lib/errors.ts";
 import { apiError, createApi, isTlsTrouble } from "../lib/http.ts";
 import { writeFileAtomic } from "../lib/fsutil.ts";
