@@ -15,7 +15,8 @@ export class FileLock {
     const db = new Database(path, { create: true });
     try {
       // The lock file holds no data: no syncs, and the journal in memory, so taking and dropping it
-      // writes no file. (journal_mode = OFF would be ignored: Bun opens databases in defensive mode.)
+      // writes no file. (journal_mode = OFF is a silent no-op here, as SQLite makes it under
+      // SQLITE_DBCONFIG_DEFENSIVE: the journal stayed "delete", created and unlinked on every run.)
       db.exec("PRAGMA journal_mode = MEMORY; PRAGMA synchronous = OFF; PRAGMA busy_timeout = 0; PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE;");
       return new FileLock(db);
     } catch {
