@@ -59,6 +59,9 @@ async function compile(opts: { outfile: string; targetName: string; bunTarget?: 
     minify: true,
     // Precompiled bytecode: the CLI starts on every cron run, and parsing the bundle dominated start-up.
     bytecode: true,
+    // One chunk per lazily imported command: a chunk's node: imports are evaluated only when it
+    // loads, so a cron-run `relayctl client` never pays for the server's or doctor's modules.
+    splitting: true,
     format: "esm",
     sourcemap: "none",
     define: {

@@ -2,12 +2,12 @@ import { accessSync, constants, existsSync, readFileSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { FileLock } from "../lib/lock.ts";
 import { log } from "../lib/logging.ts";
-import { loadClientConfig, renderClientConfig, validateHttpsUrl, validateName, DEFAULT_CLIENT_CONFIG, type ClientConfig } from "../lib/config.ts";
+import { loadClientConfig, renderClientConfig, validateHttpsUrl, validateName, DEFAULT_CLIENT_CONFIG, type ClientConfig } from "../lib/configfile.ts";
 import { ExitCode, RelayError, usageError } from "../lib/errors.ts";
 import { apiError, createApi, isTlsTrouble } from "../lib/http.ts";
 import { writeFileAtomic } from "../lib/fsutil.ts";
 import { cidrContains, parseCidr, parseIp, specialAddressKind } from "../lib/ip.ts";
-import { parsePin, verifiedPeerChain } from "../lib/tls.ts";
+import { parsePin, verifiedPeerChain } from "../lib/pin.ts";
 
 /** The server's answer to a lease request, and its view of this client (the wire types both ends share). */
 export type { LeaseAnswerBody as LeaseAnswer, LeaseStatusBody as LeaseStatus } from "../lib/wire.ts";
@@ -117,7 +117,7 @@ export function readToken(opts: { token?: string; tokenFile?: string; stdin?: ()
 
 // Addresses a relay client is rarely seen from directly: the server then usually
 // sees a proxy or NAT, and Postfix will see something else again.
-const PRIVATE_NETS = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"].map((c) => parseCidr(c)!);
+const PRIVATE_NETS = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"];
 
 /**
  * Why the address the server sees would not work as this client's lease, or
@@ -131,7 +131,8 @@ export function seenAddressProblem(seen: string): string | null {
   if (kind) {
     return `the server sees this host as ${seen}, a ${kind} address: it refuses to lease that unless this client's allow list names it (relayctl server add --allow); if the server sits behind a proxy, list it in trusted_proxies`;
   }
-  if (PRIVATE_NETS.some((n) => cidrContains(n, ip))) {
+  // Parsed here rather than at load: only enrollment asks, and every cron run loads this module.
+  if (PRIVATE_NETS.some((n) => cidrContains(parseCidr(n)!, ip))) {
     return `the server sees this host as ${seen}, a private address: relaying works only if Postfix sees this host at that same address; if the server sits behind a proxy or NAT, list it in trusted_proxies or lease the public address with --allow and --ip`;
   }
   return null;

@@ -1,9 +1,8 @@
-import { defineCommand } from "citty";
 import { enroll, leaseStatus, readToken, releaseLease, renewLease, type LeaseStatus } from "../client/client.ts";
 import { parseDuration } from "../lib/duration.ts";
 import { ExitCode, formatError, RelayError, usageError } from "../lib/errors.ts";
 import { log } from "../lib/logging.ts";
-import { common, ifNoSubcommand } from "./shared.ts";
+import { command, common, ifNoSubcommand } from "./shared.ts";
 
 /**
  * `relayctl client --watch`: renew every interval until SIGTERM or SIGINT,
@@ -69,7 +68,7 @@ export async function runClientStatus(opts: { config?: string; json?: boolean })
   return s;
 }
 
-const enrollCommand = defineCommand({
+const enrollCommand = command({
   meta: { name: "enroll", description: "Check the server and write the client config (mode 0600)" },
   args: {
     ...common,
@@ -83,13 +82,13 @@ const enrollCommand = defineCommand({
   run: ({ args }) => runClientEnroll({ url: args.url, name: args.name, token: args.token, tokenFile: args["token-file"], pin: args.pin, config: args.config, force: args.force, verbose: args.verbose }),
 });
 
-const statusCommand = defineCommand({
+const statusCommand = command({
   meta: { name: "status", description: "Show this client's lease as the server sees it" },
   args: { ...common, json: { type: "boolean", description: "print JSON" } },
   run: ({ args }) => runClientStatus({ config: args.config, json: args.json }).then(() => undefined),
 });
 
-export const clientCommand = defineCommand({
+export const clientCommand = command({
   meta: { name: "client", description: "Renew (or release) this host's lease; run from cron" },
   args: {
     ...common,

@@ -1,4 +1,12 @@
-import type { CommandContext, ArgsDef } from "citty";
+import type { ArgsDef, CommandContext, CommandDef } from "citty";
+
+/**
+ * citty's defineCommand, which only types `run`'s args, without importing
+ * citty: it loads node:util, which a plain `relayctl client` run never needs.
+ */
+export function command<T extends ArgsDef = ArgsDef>(def: CommandDef<T>): CommandDef<T> {
+  return def;
+}
 
 /** Flags every command takes. */
 export const common = {

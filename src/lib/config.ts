@@ -1,17 +1,19 @@
-import { existsSync, readFileSync } from "node:fs";
+// server.toml: every key's rules and defaults. Reading TOML and the client's
+// config live in configfile.ts, re-exported here for existing importers.
+import { existsSync } from "node:fs";
 import { hostname } from "node:os";
-import { ExitCode, RelayError, usageError } from "./errors.ts";
-import { parseDuration, type DurationSetting } from "./duration.ts";
+import { Keys, readToml, validateHttpsUrl } from "./configfile.ts";
+import { usageError } from "./errors.ts";
 import { parseCidr, parseIp, type Cidr } from "./ip.ts";
 import { SERVER_KEY_NAMES } from "./schema.ts";
 
+export { DEFAULT_CLIENT_CONFIG, loadClientConfig, renderClientConfig, validateHttpsUrl, validateName, type ClientConfig } from "./configfile.ts";
+
 export const DEFAULT_SERVER_CONFIG = "/etc/relayctl/server.toml";
-export const DEFAULT_CLIENT_CONFIG = "/etc/relayctl/client.toml";
 export const MAP_TYPES = ["hash", "lmdb", "btree", "cdb"] as const;
 export type MapType = (typeof MAP_TYPES)[number];
 /** Widest IPv6 prefix lease: a /48 is a whole site. */
 export const MIN_IPV6_PREFIX = 48;
-const NAME_RE = /^[a-z0-9][a-z0-9._-]{0,62}$/;
 
 /** Effective server settings after defaults; map_type stays undefined until postconf is asked. */
 export interface ServerConfig {
@@ -48,25 +50,6 @@ export interface ServerConfig {
 export const LOG_LEVELS = ["error", "warn", "info", "debug"] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
 
-/** What `relayctl client enroll` writes and `relayctl client` reads. */
-export interface ClientConfig {
-  path: string;
-  server: string;
-  name: string;
-  token: string;
-  pin?: string;
-  /** The pinned server's certificate chain, saved at enrollment so a run needs one TLS handshake, not two. */
-  serverCert?: string;
-}
-
-/** Checks a client name against `[a-z0-9][a-z0-9._-]{0,62}`. */
-export function validateName(name: unknown, where = "name"): string {
-  if (typeof name !== "string" || !NAME_RE.test(name)) {
-    throw usageError(`${where}: "${String(name)}" is not a valid client name`, "use 1-63 characters: a-z 0-9 . _ - starting with a letter or digit");
-  }
-  return name;
-}
-
 /** Parses `HOST:PORT`, `[V6]:PORT` or `:PORT` (all addresses, dual-stack). */
 export function parseListen(value: string, where = "listen"): { host: string; port: number } {
   const m = /^(?:\[([0-9a-fA-F:.]+)\]|([0-9.]*|[a-z0-9.-]+)):([0-9]{1,5})$/.exec(value);
@@ -75,96 +58,6 @@ export function parseListen(value: string, where = "listen"): { host: string; po
   const host = m[1] ?? (m[2] || "::");
   if (m[1] !== undefined && !parseIp(m[1])) throw usageError(`${where}: "${value}" has an invalid IPv6 address`);
   return { host, port };
-}
-
-/** Finds the line a key is set on, so errors can point at it. */
-function lineOf(text: string, key: string): number | undefined {
-  const re = new RegExp(`^\\s*${key.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}\\s*=`);
-  const idx = text.split("\n").findIndex((l) => re.test(l));
-  return idx === -1 ? undefined : idx + 1;
-}
-
-/** Reads and parses a TOML file; a missing default file yields `{}` (built-in defaults). */
-function readToml(path: string, required: boolean): { data: Record<string, unknown>; text: string } {
-  if (!existsSync(path)) {
-    if (required) throw usageError(`config file ${path} not found`, "pass --config PATH or create it");
-    return { data: {}, text: "" };
-  }
-  let text: string;
-  try {
-    text = readFileSync(path, "utf8");
-  } catch (err) {
-    throw usageError(`cannot read ${path}: ${(err as Error).message}`, "check the file's owner and mode");
-  }
-  try {
-    return { data: Bun.TOML.parse(text) as Record<string, unknown>, text };
-  } catch (err) {
-    throw usageError(`${path}: invalid TOML: ${(err as Error).message}`);
-  }
-}
-
-/** Typed access to TOML keys that names file, key and line in every error. */
-class Keys {
-  constructor(
-    private readonly path: string,
-    private readonly text: string,
-    private readonly data: Record<string, unknown>,
-    allowed: readonly string[],
-  ) {
-    for (const key of Object.keys(data)) {
-      if (!allowed.includes(key)) throw this.error(key, `unknown key "${key}"`, `known keys: ${allowed.join(", ")}`);
-    }
-  }
-
-  where(key: string): string {
-    const line = lineOf(this.text, key);
-    return `${this.path}${line ? `:${line}` : ""}: ${key}`;
-  }
-
-  error(key: string, message: string, hint?: string): RelayError {
-    return usageError(`${this.where(key)}: ${message}`, hint);
-  }
-
-  str(key: string): string | undefined {
-    const v = this.data[key];
-    if (v === undefined) return undefined;
-    if (typeof v !== "string" || v === "") throw this.error(key, "must be a non-empty string");
-    return v;
-  }
-
-  /** A duration within its bounds in DURATION_LIMITS, where the key names its row. */
-  duration(key: DurationSetting): number | undefined {
-    const v = this.data[key];
-    if (v === undefined) return undefined;
-    if (typeof v !== "string" && typeof v !== "number") throw this.error(key, "must be a duration like \"20m\"");
-    return parseDuration(v, key, this.where(key));
-  }
-
-  int(key: string): number | undefined {
-    const v = this.data[key];
-    if (v === undefined) return undefined;
-    if (typeof v !== "number" || !Number.isInteger(v) || v < 0) throw this.error(key, "must be a whole number, 0 or more");
-    return v;
-  }
-
-  list(key: string): string[] {
-    const v = this.data[key];
-    if (v === undefined) return [];
-    if (!Array.isArray(v) || v.some((x) => typeof x !== "string")) throw this.error(key, "must be a list of strings");
-    return v as string[];
-  }
-}
-
-/** Checks that a URL is an https:// URL with a host, as clients and enrollment lines need. */
-export function validateHttpsUrl(value: string, where: string): string {
-  let url: URL;
-  try {
-    url = new URL(value);
-  } catch {
-    throw usageError(`${where}: "${value}" is not a URL`, "use e.g. https://mail.example.org:8443");
-  }
-  if (url.protocol !== "https:" || !url.hostname) throw usageError(`${where}: "${value}" must be an https:// URL`);
-  return url.origin;
 }
 
 /**
@@ -260,44 +153,4 @@ export function checkDatabaseUrl(value: string, where: string): URL {
   const host = url.searchParams.get("host");
   if (host !== null && !host.startsWith("/")) throw usageError(`${where}: ?host= must be an absolute socket directory`, hint);
   return url;
-}
-
-/** Loads client.toml; every key is required except pin. */
-export function loadClientConfig(path?: string): ClientConfig {
-  const file = path ?? DEFAULT_CLIENT_CONFIG;
-  if (!existsSync(file)) {
-    throw new RelayError(`no client config at ${file}`, {
-      exitCode: ExitCode.USAGE,
-      hint: "enroll first with the line `relayctl server add NAME` printed on the mail host",
-    });
-  }
-  const { data, text } = readToml(file, true);
-  const k = new Keys(file, text, data, ["server", "name", "token", "pin", "server_cert"]);
-  const need = (key: string): string => {
-    const v = k.str(key);
-    if (v === undefined) throw usageError(`${file}: missing key "${key}"`, "re-run relayctl client enroll");
-    return v;
-  };
-  return {
-    path: file,
-    server: validateHttpsUrl(need("server"), k.where("server")),
-    name: validateName(need("name"), k.where("name")),
-    token: need("token"),
-    pin: k.str("pin"),
-    serverCert: k.str("server_cert"),
-  };
-}
-
-/** Renders client.toml; values are JSON-quoted, which is valid TOML for plain strings. */
-export function renderClientConfig(c: Omit<ClientConfig, "path">): string {
-  const lines = [
-    "# relayctl client configuration, written by `relayctl client enroll`.",
-    "# Holds a secret token: keep this file mode 0600.",
-    `server = ${JSON.stringify(c.server)}`,
-    `name = ${JSON.stringify(c.name)}`,
-    `token = ${JSON.stringify(c.token)}`,
-  ];
-  if (c.pin) lines.push(`pin = ${JSON.stringify(c.pin)}`);
-  if (c.serverCert) lines.push("# The server's certificate chain as enrolled (matches pin); saves a TLS handshake per run.", `server_cert = ${JSON.stringify(c.serverCert)}`);
-  return lines.join("\n") + "\n";
 }

@@ -1,6 +1,6 @@
 import { FetchError, ofetch, type $Fetch } from "ofetch";
 import { ExitCode, RelayError } from "./errors.ts";
-import { serverTlsOptions, VERIFY_PEER } from "./tls.ts";
+import { serverTlsOptions, VERIFY_PEER } from "./pin.ts";
 
 /** Where and how to reach a relayctl server. */
 export interface ApiOptions {

@@ -180,7 +180,12 @@ const SPECIAL: Array<[string, string]> = [
   ["::1/128", "loopback"],
   ["fe80::/10", "link-local"],
 ];
-const SPECIAL_NETS = SPECIAL.map(([c, why]) => [parseCidr(c)!, why] as const);
+let specialParsed: (readonly [Cidr, string])[] | undefined;
+
+// Parsed on first use, not at load: every client run loads this module, and parsing cost it ~0.5 ms.
+function specialNets(): (readonly [Cidr, string])[] {
+  return (specialParsed ??= SPECIAL.map(([c, why]) => [parseCidr(c)!, why] as const));
+}
 
 /** True when every address of `inner` lies inside `outer`. */
 export function cidrWithin(inner: Cidr, outer: Cidr): boolean {
@@ -189,13 +194,13 @@ export function cidrWithin(inner: Cidr, outer: Cidr): boolean {
 
 /** The special range an address lies in (loopback, multicast, ...) and its kind, or null. */
 export function specialRange(ip: Ip): { net: Cidr; kind: string } | null {
-  for (const [net, kind] of SPECIAL_NETS) if (cidrContains(net, ip)) return { net, kind };
+  for (const [net, kind] of specialNets()) if (cidrContains(net, ip)) return { net, kind };
   return null;
 }
 
 /** The special ranges a network overlaps (lies in, or contains), with their kinds. */
 export function specialRangesTouching(net: Cidr): { net: Cidr; kind: string }[] {
-  return SPECIAL_NETS.filter(([r]) => r.family === net.family && (cidrWithin(net, r) || cidrWithin(r, net))).map(([r, kind]) => ({ net: r, kind }));
+  return specialNets().filter(([r]) => r.family === net.family && (cidrWithin(net, r) || cidrWithin(r, net))).map(([r, kind]) => ({ net: r, kind }));
 }
 
 /** Names why an address can never be a sensible relay client (loopback, multicast, ...), or null. */

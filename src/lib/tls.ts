@@ -1,20 +1,15 @@
-import {
-  createHash,
-  createPrivateKey,
-  generateKeyPairSync,
-  randomBytes,
-  sign,
-  timingSafeEqual,
-  X509Certificate,
-  type KeyObject,
-} from "node:crypto";
+// Certificates for the server: a self-signed pair in hand-written DER, or a
+// configured one checked. The client's side (pins, pinned fetch) is pin.ts.
+import { createHash, createPrivateKey, generateKeyPairSync, randomBytes, sign, X509Certificate, type KeyObject } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import * as nodeTls from "node:tls";
 import { domainToASCII } from "node:url";
 import { ExitCode, RelayError, usageError } from "./errors.ts";
 import { makeOwnedDir, ownerFor, writeFileAtomic } from "./fsutil.ts";
 import { parseIp } from "./ip.ts";
+import { firstCertificateDer, toPem } from "./pin.ts";
+
+export { certificatePin, fetchPeerCertificate, parsePin } from "./pin.ts";
 
 // ---------------------------------------------------------------------------
 // Minimal DER encoder: just the types an X.509 v3 certificate needs.
@@ -167,27 +162,6 @@ export function generateSelfSigned(opts: { hosts: string[]; days?: number }): { 
   };
 }
 
-function toPem(label: string, der: Uint8Array): string {
-  const b64 = Buffer.from(der).toString("base64").replace(/.{64}/g, "$&\n").replace(/\n$/, "");
-  return `-----BEGIN ${label}-----\n${b64}\n-----END ${label}-----\n`;
-}
-
-/** DER of the first certificate in a PEM bundle: the leaf, which is what a pin names. */
-function firstCertificateDer(certPem: string): Buffer {
-  const m = /-----BEGIN CERTIFICATE-----([A-Za-z0-9+/=\s]+?)-----END CERTIFICATE-----/.exec(certPem);
-  if (!m) throw usageError("no PEM certificate found", "expected a -----BEGIN CERTIFICATE----- block");
-  return Buffer.from(m[1]!.replace(/\s+/g, ""), "base64");
-}
-
-function sha256Pin(der: Uint8Array): string {
-  return `sha256:${createHash("sha256").update(der).digest("hex")}`;
-}
-
-/** Pin of a certificate: `sha256:` + hex SHA-256 of its DER, as `openssl x509 -outform der | sha256sum` prints. */
-export function certificatePin(certPem: string): string {
-  return sha256Pin(firstCertificateDer(certPem));
-}
-
 /** When the (first) certificate in `certPem` stops being valid. */
 export function certificateExpiry(certPem: string): Date {
   const x = new X509Certificate(firstCertificateDer(certPem));
@@ -296,180 +270,4 @@ export async function ensureServerCertificate(opts: {
     });
   }
   return { certPem, keyPem, certPath, keyPath, generated: true };
-}
-
-// ---------------------------------------------------------------------------
-// Client side: server identity
-// ---------------------------------------------------------------------------
-
-/** Validates and normalises a pin: `sha256:` + 64 hex digits, any case, colons between bytes allowed. */
-export function parsePin(s: string): string {
-  const m = /^sha256(?::|\s+fingerprint=)\s*([0-9a-f:]+)$/i.exec(s.trim());
-  const body = m?.[1] ?? "";
-  const plain = /^[0-9a-f]{64}$/i.test(body);
-  const colons = /^[0-9a-f]{2}(:[0-9a-f]{2}){31}$/i.test(body);
-  if (!plain && !colons) {
-    throw usageError(`"${s}" is not a certificate pin`, "expected sha256: followed by 64 hex digits, as printed by `relayctl server add`");
-  }
-  return `sha256:${body.replace(/:/g, "").toLowerCase()}`;
-}
-
-function pinsEqual(a: string, b: string): boolean {
-  const x = Buffer.from(a);
-  const y = Buffer.from(b);
-  return x.length === y.length && timingSafeEqual(x, y);
-}
-
-export interface PeerCertificate {
-  pem: string;
-  der: Buffer;
-  pin: string;
-  /** Leaf then every certificate the server sent with it, as PEM: the trust list for pinnedTls. */
-  chainPem: string;
-}
-
-type ChainLink = { raw?: Uint8Array; issuerCertificate?: ChainLink };
-
-function chainToPem(leaf: ChainLink): string {
-  const out: string[] = [];
-  const seen = new Set<string>();
-  // A self-signed root points at itself, so stop on the first repeat.
-  for (let c: ChainLink | undefined = leaf; c?.raw && c.raw.length > 0; c = c.issuerCertificate) {
-    const key = Buffer.from(c.raw).toString("base64");
-    if (seen.has(key)) break;
-    seen.add(key);
-    out.push(toPem("CERTIFICATE", c.raw));
-  }
-  return out.join("");
-}
-
-function urlHostPort(url: URL): { host: string; port: number } {
-  if (url.protocol !== "https:") {
-    throw usageError(`${url.origin} is not an https URL`, "a certificate pin only makes sense with https://");
-  }
-  // URL keeps IPv6 literals bracketed; sockets want them bare.
-  const host = url.hostname.replace(/^\[(.*)\]$/, "$1");
-  return { host, port: url.port ? Number(url.port) : 443 };
-}
-
-/** Reads the server's leaf certificate over a TLS handshake that sends no application data. */
-export function fetchPeerCertificate(url: URL, timeoutMs = 10000): Promise<PeerCertificate> {
-  const { host, port } = urlHostPort(url);
-  const failed = (why: string, cause?: unknown) =>
-    new RelayError(`cannot read the TLS certificate of ${url.host}: ${why}`, {
-      exitCode: ExitCode.FAILED,
-      hint: "check the server URL, that the server is running, and that no firewall blocks the port",
-      cause,
-    });
-  return new Promise((resolve, reject) => {
-    let done = false;
-    const finish = (err: RelayError | null, value?: PeerCertificate) => {
-      if (done) return;
-      done = true;
-      clearTimeout(timer);
-      socket.destroy();
-      if (err) reject(err);
-      else resolve(value!);
-    };
-    const socket = nodeTls.connect({
-      host,
-      port,
-      // SNI must be a name; sending an IP there is invalid (RFC 6066 3).
-      ...(parseIp(host) ? {} : { servername: host }),
-      // Safe only because nothing is written on this socket: identity is judged from the pin.
-      rejectUnauthorized: false,
-    });
-    const timer = setTimeout(() => finish(failed(`no TLS handshake within ${timeoutMs} ms`)), timeoutMs);
-    socket.once("secureConnect", () => {
-      const peer = socket.getPeerCertificate(true) as ChainLink | undefined;
-      if (!peer?.raw || peer.raw.length === 0) return finish(failed("the server sent no certificate"));
-      const der = Buffer.from(peer.raw);
-      finish(null, { der, pem: toPem("CERTIFICATE", der), pin: sha256Pin(der), chainPem: chainToPem(peer) });
-    });
-    socket.once("error", (err: NodeJS.ErrnoException) => finish(failed(err.code ?? err.message, err)));
-    socket.once("close", () => finish(failed("connection closed during the TLS handshake")));
-  });
-}
-
-/**
- * Always set explicitly: Bun's fetch otherwise takes its default from
- * NODE_TLS_REJECT_UNAUTHORIZED, and with that set to 0 it skips both the
- * chain check and checkServerIdentity, so a pin would check nothing.
- */
-export const VERIFY_PEER = { rejectUnauthorized: true } as const;
-
-/** The `tls` option for fetch: chain verification forced on, plus the pin check when pinned. */
-export interface PinnedTlsOptions {
-  rejectUnauthorized: true;
-  ca: string[];
-  checkServerIdentity: (host: string, cert: { raw?: Uint8Array }) => Error | undefined;
-}
-
-/**
- * The `tls` option for fetch that accepts exactly the server whose certificate hashes to `pin`;
- * `peerPem` is the leaf, or the leaf plus the chain the server sent (one PEM string).
- */
-export function pinnedTls(pin: string, peerPem: string): PinnedTlsOptions {
-  const expected = parsePin(pin);
-  return {
-    ...VERIFY_PEER,
-    ...pinnedCa(peerPem),
-    // Bun's fetch checks the chain before checkServerIdentity runs, so it must verify: the peer's
-    // own certs make self-signed and private-CA chains verify, and the roots keep public-CA chains
-    // verifying, since giving `ca` replaces the default trust store. The pin does the real check.
-    // Returning undefined skips the hostname check on purpose: with a pin the name does not matter.
-    checkServerIdentity(_host, cert) {
-      if (!cert?.raw) return new Error("server certificate unavailable for the pin check");
-      if (!pinsEqual(sha256Pin(cert.raw), expected)) return new Error(`server certificate does not match the pinned ${expected}`);
-      return undefined;
-    },
-  };
-}
-
-/**
- * The trust list for a pinned chain. Bun's fetch verifies the chain before
- * checkServerIdentity runs: the peer's own certificates make self-signed and
- * private-CA chains verify, and the system roots (parsed only when needed,
- * ~150 certificates per run) keep public-CA chains that omit their root verifying.
- */
-function pinnedCa(chainPem: string): { ca: string[] } {
-  const certs = chainPem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
-  const top = certs.length ? new X509Certificate(certs[certs.length - 1]!) : null;
-  const selfContained = top !== null && top.issuer === top.subject;
-  return { ca: selfContained ? [chainPem] : [chainPem, ...nodeTls.rootCertificates] };
-}
-
-/** The pin of the first certificate in a PEM chain. */
-function pinOfChain(chainPem: string): string | null {
-  try {
-    return sha256Pin(firstCertificateDer(chainPem));
-  } catch {
-    return null;
-  }
-}
-
-/** Fetches the server's chain and checks it against the pin before anything else is sent; returns the chain. */
-export async function verifiedPeerChain(url: URL, pin: string): Promise<string> {
-  const expected = parsePin(pin);
-  const peer = await fetchPeerCertificate(url);
-  if (!pinsEqual(peer.pin, expected)) {
-    throw new RelayError(`server certificate does not match the pinned ${expected} (got ${peer.pin})`, {
-      exitCode: ExitCode.REFUSED,
-      hint: "re-enroll with the line printed by `relayctl server add`, or check that you reach the right server",
-    });
-  }
-  return peer.chainPem;
-}
-
-/**
- * TLS options for a request to `url`: undefined for normal CA checks, pinned
- * options when `pin` is set. A chain saved at enrollment (`knownChain`) whose
- * pin still matches saves the extra handshake of fetching it first; the pin
- * is checked again inside the real handshake either way.
- */
-export async function serverTlsOptions(url: URL, pin?: string, knownChain?: string): Promise<PinnedTlsOptions | undefined> {
-  if (pin === undefined || pin === "") return undefined;
-  const expected = parsePin(pin);
-  if (knownChain && pinsEqual(pinOfChain(knownChain) ?? "", expected)) return pinnedTls(expected, knownChain);
-  return pinnedTls(expected, await verifiedPeerChain(url, expected));
 }

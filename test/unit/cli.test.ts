@@ -1,7 +1,8 @@
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
+import { spawnSync } from "node:child_process";
 import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { cli, forStream } from "../../src/cli.ts";
+import { cli, forStream, plainContext } from "../../src/cli.ts";
 import { DEFAULT_SERVER_CONFIG, renderClientConfig } from "../../src/lib/config.ts";
 import { log } from "../../src/lib/logging.ts";
 import { capture, fakePostmap, removeTempDirs, tempDir, writeServerConfig } from "./helpers.ts";
@@ -181,5 +182,59 @@ describe("cli", () => {
     expect(r.code).toBe(1);
     expect(JSON.parse(r.stdout)).toMatchObject({ running: false, status: null });
     expect(r.stderr).toBe("relayctl: server is not running: start it: systemctl start relayctl (or relayctl server --config PATH)\n");
+  });
+});
+
+describe("plainContext (the renewal's way round citty)", () => {
+  const defs = {
+    config: { type: "string" },
+    verbose: { type: "boolean" },
+    release: { type: "boolean" },
+    ip: { type: "string" },
+    "token-file": { type: "string" },
+    url: { type: "positional", required: true },
+  } as const;
+  const { url: _positional, ...flagDefs } = defs;
+  const cmd = { meta: { name: "client" }, args: flagDefs, run: () => undefined } as never;
+
+  test("plain forms give exactly the args citty parses", async () => {
+    const { parseArgs } = await import("citty");
+    for (const argv of [[], ["--config", "/etc/relayctl/client.toml"], ["--verbose", "--ip", "192.0.2.1", "--config", "c.toml"], ["--release"], ["--config", ""]]) {
+      const ctx = await plainContext(cmd, argv);
+      expect(ctx).not.toBeNull();
+      const cittys = parseArgs(argv, flagDefs);
+      for (const key of ["_", ...Object.keys(flagDefs)]) expect([key, ctx!.args[key]]).toEqual([key, cittys[key]]);
+      expect(ctx!.rawArgs).toBe(argv);
+      expect(ctx!.cmd).toBe(cmd);
+    }
+  });
+
+  test("anything else is left to citty", async () => {
+    for (const argv of [
+      ["--config=c.toml"],
+      ["--no-verbose"],
+      ["--verbose=false"],
+      ["--config"],
+      ["--config", "--verbose"],
+      ["--ip", "-1"],
+      ["--verbose", "--verbose"],
+      ["--token-file", "t"],
+      ["-h"],
+      ["status"],
+      ["--", "x"],
+      ["--unknown"],
+      ["--constructor"],
+    ]) {
+      expect([argv, await plainContext(cmd, argv)]).toEqual([argv, null]);
+    }
+    // Definitions with rules of their own: positionals, defaults, aliases, enums, required flags.
+    for (const args of [defs, { ...flagDefs, ip: { type: "string", default: "x" } }, { ...flagDefs, verbose: { type: "boolean", alias: "V" } }, { mode: { type: "enum", options: ["a"] } }, { ...flagDefs, ip: { type: "string", required: true } }]) {
+      expect(await plainContext({ args, run: () => undefined } as never, ["--config", "c"])).toBeNull();
+    }
+  });
+
+  test("the client renewal takes the plain way and citty is then never loaded", async () => {
+    const r = spawnSync(process.execPath, ["-e", `import { cli } from ${JSON.stringify(join(import.meta.dir, "../../src/cli.ts"))}; const code = await cli(["client", "--config", ${JSON.stringify(join(tempDir("relayctl-cli-"), "none.toml"))}]); console.log(code, Object.keys(require.cache).some((k) => k.includes("/citty/")));`], { encoding: "utf8" });
+    expect(r.stdout.trim()).toBe("2 false");
   });
 });

@@ -1,6 +1,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { apiError, createApi } from "../../../src/lib/http.ts";
-import { certificatePin, generateSelfSigned, pinnedTls } from "../../../src/lib/tls.ts";
+import { certificatePin, pinnedTls } from "../../../src/lib/pin.ts";
+import { generateSelfSigned } from "../../../src/lib/tls.ts";
 
 // A loopback HTTPS server with a certificate nobody trusts or pinned, recording what it was sent.
 const mine = generateSelfSigned({ hosts: ["127.0.0.1"] });
@@ -56,7 +57,7 @@ describe("NODE_TLS_REJECT_UNAUTHORIZED=0 changes nothing", () => {
     expect(apiError(err, url).exitCode).toBe(3);
   });
 
-  test("the pinned options force verification whatever the default", () => {
-    expect(pinnedTls(certificatePin(mine.certPem), mine.certPem).rejectUnauthorized).toBe(true);
+  test("the pinned options force verification whatever the default", async () => {
+    expect((await pinnedTls(certificatePin(mine.certPem), mine.certPem)).rejectUnauthorized).toBe(true);
   });
 });

@@ -5,17 +5,8 @@ import { chmodSync, chownSync, mkdirSync, mkdtempSync, readdirSync, readFileSync
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { RelayError } from "../../../src/lib/errors.ts";
-import {
-  certificateExpiry,
-  certificatePin,
-  ensureServerCertificate,
-  fetchPeerCertificate,
-  generateSelfSigned,
-  keyMatchesCertificate,
-  parsePin,
-  pinnedTls,
-  serverTlsOptions,
-} from "../../../src/lib/tls.ts";
+import { certificatePin, fetchPeerCertificate, parsePin, pinnedTls, serverTlsOptions } from "../../../src/lib/pin.ts";
+import { certificateExpiry, ensureServerCertificate, generateSelfSigned, keyMatchesCertificate } from "../../../src/lib/tls.ts";
 
 const DAY = 86400_000;
 
@@ -267,11 +258,11 @@ describe("pinned TLS against real loopback servers", () => {
   });
 
   test("a different server behind the same address after the pin check is refused by checkServerIdentity", async () => {
-    const tls = pinnedTls(pinA, certA.certPem);
+    const tls = await pinnedTls(pinA, certA.certPem);
     // Same name in the cert, but a different key: only the pin tells them apart.
     await expect(fetch(b.url, { headers: { authorization: "Bearer t" }, tls } as RequestInit)).rejects.toThrow();
     // Even trusting B's cert for the chain, the pin still refuses it.
-    await expect(fetch(b.url, { tls: pinnedTls(pinA, certB.certPem) } as RequestInit)).rejects.toThrow(`does not match the pinned ${pinA}`);
+    await expect(fetch(b.url, { tls: await pinnedTls(pinA, certB.certPem) } as RequestInit)).rejects.toThrow(`does not match the pinned ${pinA}`);
     expect(b.state.requests).toBe(0);
   });
 
@@ -316,13 +307,30 @@ describe("pinned TLS against real loopback servers", () => {
       try {
         expect((await fetchPeerCertificate(s.url)).chainPem.match(/BEGIN CERTIFICATE/g)?.length).toBe(2);
         const tls = await serverTlsOptions(s.url, certificatePin(chain));
+        // The chain ends in its own root, so it is the whole trust list: no bundled roots loaded.
+        expect(tls?.ca).toEqual([chain]);
         expect(await (await fetch(s.url, { tls } as RequestInit)).text()).toBe("hello ");
+        // Without its root the chain needs the bundled roots (which do not hold this CA: refused).
+        const leafOnly = await pinnedTls(certificatePin(leaf), leaf);
+        expect(leafOnly.ca.length).toBeGreaterThan(100);
+        expect(leafOnly.ca[0]).toBe(leaf);
+        await expect(fetch(s.url, { tls: leafOnly } as RequestInit)).rejects.toThrow();
       } finally {
         s.server.stop(true);
       }
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+
+  test("a self-signed certificate is its own trust list; an unreadable top certificate adds the bundled roots", async () => {
+    expect((await pinnedTls(pinA, certA.certPem)).ca).toEqual([certA.certPem]);
+    // Cut inside the TBSCertificate: the issuer and subject cannot be read, so no shortcut is taken.
+    const der = derOf(certA.certPem);
+    const cut = `-----BEGIN CERTIFICATE-----\n${der.subarray(0, 40).toString("base64")}\n-----END CERTIFICATE-----\n`;
+    const ca = (await pinnedTls(pinA, certA.certPem + cut)).ca;
+    expect(ca.slice(0, 1)).toEqual([certA.certPem + cut]);
+    expect(ca.length).toBeGreaterThan(100);
   });
 
   test("plain http with a pin is a usage error", async () => {

@@ -1,0 +1,159 @@
+// A TOML config file read with errors that name file:line: key, the checks
+// both configs share, and the client's own config (client.toml). Apart from
+// config.ts (server.toml), which loads node:os and every server key's rules:
+// each cron run of `relayctl client` loads this module, and those cost it ~0.6 ms.
+import { existsSync, readFileSync } from "node:fs";
+import { parseDuration, type DurationSetting } from "./duration.ts";
+import { ExitCode, RelayError, usageError } from "./errors.ts";
+
+export const DEFAULT_CLIENT_CONFIG = "/etc/relayctl/client.toml";
+const NAME_RE = /^[a-z0-9][a-z0-9._-]{0,62}$/;
+
+/** What `relayctl client enroll` writes and `relayctl client` reads. */
+export interface ClientConfig {
+  path: string;
+  server: string;
+  name: string;
+  token: string;
+  pin?: string;
+  /** The pinned server's certificate chain, saved at enrollment so a run needs one TLS handshake, not two. */
+  serverCert?: string;
+}
+
+/** Checks a client name against `[a-z0-9][a-z0-9._-]{0,62}`. */
+export function validateName(name: unknown, where = "name"): string {
+  if (typeof name !== "string" || !NAME_RE.test(name)) {
+    throw usageError(`${where}: "${String(name)}" is not a valid client name`, "use 1-63 characters: a-z 0-9 . _ - starting with a letter or digit");
+  }
+  return name;
+}
+
+/** Finds the line a key is set on, so errors can point at it. */
+function lineOf(text: string, key: string): number | undefined {
+  const re = new RegExp(`^\\s*${key.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}\\s*=`);
+  const idx = text.split("\n").findIndex((l) => re.test(l));
+  return idx === -1 ? undefined : idx + 1;
+}
+
+/** Reads and parses a TOML file; a missing default file yields `{}` (built-in defaults). */
+export function readToml(path: string, required: boolean): { data: Record<string, unknown>; text: string } {
+  if (!existsSync(path)) {
+    if (required) throw usageError(`config file ${path} not found`, "pass --config PATH or create it");
+    return { data: {}, text: "" };
+  }
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (err) {
+    throw usageError(`cannot read ${path}: ${(err as Error).message}`, "check the file's owner and mode");
+  }
+  try {
+    return { data: Bun.TOML.parse(text) as Record<string, unknown>, text };
+  } catch (err) {
+    throw usageError(`${path}: invalid TOML: ${(err as Error).message}`);
+  }
+}
+
+/** Typed access to TOML keys that names file, key and line in every error. */
+export class Keys {
+  constructor(
+    private readonly path: string,
+    private readonly text: string,
+    private readonly data: Record<string, unknown>,
+    allowed: readonly string[],
+  ) {
+    for (const key of Object.keys(data)) {
+      if (!allowed.includes(key)) throw this.error(key, `unknown key "${key}"`, `known keys: ${allowed.join(", ")}`);
+    }
+  }
+
+  where(key: string): string {
+    const line = lineOf(this.text, key);
+    return `${this.path}${line ? `:${line}` : ""}: ${key}`;
+  }
+
+  error(key: string, message: string, hint?: string): RelayError {
+    return usageError(`${this.where(key)}: ${message}`, hint);
+  }
+
+  str(key: string): string | undefined {
+    const v = this.data[key];
+    if (v === undefined) return undefined;
+    if (typeof v !== "string" || v === "") throw this.error(key, "must be a non-empty string");
+    return v;
+  }
+
+  /** A duration within its bounds in DURATION_LIMITS, where the key names its row. */
+  duration(key: DurationSetting): number | undefined {
+    const v = this.data[key];
+    if (v === undefined) return undefined;
+    if (typeof v !== "string" && typeof v !== "number") throw this.error(key, "must be a duration like \"20m\"");
+    return parseDuration(v, key, this.where(key));
+  }
+
+  int(key: string): number | undefined {
+    const v = this.data[key];
+    if (v === undefined) return undefined;
+    if (typeof v !== "number" || !Number.isInteger(v) || v < 0) throw this.error(key, "must be a whole number, 0 or more");
+    return v;
+  }
+
+  list(key: string): string[] {
+    const v = this.data[key];
+    if (v === undefined) return [];
+    if (!Array.isArray(v) || v.some((x) => typeof x !== "string")) throw this.error(key, "must be a list of strings");
+    return v as string[];
+  }
+}
+
+/** Checks that a URL is an https:// URL with a host, as clients and enrollment lines need. */
+export function validateHttpsUrl(value: string, where: string): string {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw usageError(`${where}: "${value}" is not a URL`, "use e.g. https://mail.example.org:8443");
+  }
+  if (url.protocol !== "https:" || !url.hostname) throw usageError(`${where}: "${value}" must be an https:// URL`);
+  return url.origin;
+}
+
+/** Loads client.toml; every key is required except pin. */
+export function loadClientConfig(path?: string): ClientConfig {
+  const file = path ?? DEFAULT_CLIENT_CONFIG;
+  if (!existsSync(file)) {
+    throw new RelayError(`no client config at ${file}`, {
+      exitCode: ExitCode.USAGE,
+      hint: "enroll first with the line `relayctl server add NAME` printed on the mail host",
+    });
+  }
+  const { data, text } = readToml(file, true);
+  const k = new Keys(file, text, data, ["server", "name", "token", "pin", "server_cert"]);
+  const need = (key: string): string => {
+    const v = k.str(key);
+    if (v === undefined) throw usageError(`${file}: missing key "${key}"`, "re-run relayctl client enroll");
+    return v;
+  };
+  return {
+    path: file,
+    server: validateHttpsUrl(need("server"), k.where("server")),
+    name: validateName(need("name"), k.where("name")),
+    token: need("token"),
+    pin: k.str("pin"),
+    serverCert: k.str("server_cert"),
+  };
+}
+
+/** Renders client.toml; values are JSON-quoted, which is valid TOML for plain strings. */
+export function renderClientConfig(c: Omit<ClientConfig, "path">): string {
+  const lines = [
+    "# relayctl client configuration, written by `relayctl client enroll`.",
+    "# Holds a secret token: keep this file mode 0600.",
+    `server = ${JSON.stringify(c.server)}`,
+    `name = ${JSON.stringify(c.name)}`,
+    `token = ${JSON.stringify(c.token)}`,
+  ];
+  if (c.pin) lines.push(`pin = ${JSON.stringify(c.pin)}`);
+  if (c.serverCert) lines.push("# The server's certificate chain as enrolled (matches pin); saves a TLS handshake per run.", `server_cert = ${JSON.stringify(c.serverCert)}`);
+  return lines.join("\n") + "\n";
+}
