@@ -139,6 +139,29 @@ export function handOver(path: string, owner: Owner | undefined, mode?: number):
 }
 
 /**
+ * Makes sure path is a plain file owned by owner (created empty, mode 0600,
+ * when `create` and missing), touching it only when something must change.
+ * Call it before any lock is taken on the file: closing a descriptor drops
+ * every fcntl lock this process holds on that file, SQLite's included.
+ */
+export function ensureOwnedFile(path: string, owner: Owner | undefined, create: boolean): void {
+  refuseLink(path);
+  let st;
+  try {
+    st = lstatSync(path);
+  } catch {
+    if (!create) return;
+  }
+  if (st && (!owner || (st.uid === owner.uid && st.gid === owner.gid))) return;
+  const fd = openNoFollow(path, constants.O_RDWR | constants.O_CREAT, 0o600);
+  try {
+    if (owner) fchownSync(fd, owner.uid, owner.gid);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
  * Opens an existing or new file for writing without ever following a
  * symlink at `path`, and refuses hard links to files elsewhere.
  */

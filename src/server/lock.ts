@@ -1,8 +1,8 @@
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { RelayError, ExitCode } from "../lib/errors.ts";
+import { ensureOwnedFile, ownerFor } from "../lib/fsutil.ts";
 import { FileLock } from "../lib/lock.ts";
-import { adoptOwnership } from "./state.ts";
 
 /** One server per state_dir: a FileLock on state_dir/server.lock. */
 export class StateLock {
@@ -11,8 +11,11 @@ export class StateLock {
   /** Takes the lock, or returns null when another process holds it. */
   static tryAcquire(stateDir: string): StateLock | null {
     mkdirSync(stateDir, { recursive: true, mode: 0o700 });
-    const lock = FileLock.tryAcquire(join(stateDir, "server.lock"));
-    adoptOwnership(stateDir, ["server.lock"]);
+    const path = join(stateDir, "server.lock");
+    // Owned like state_dir before the lock is taken, never after: handing it
+    // over then closed a descriptor and dropped the lock (root on a relayctl-owned state_dir).
+    ensureOwnedFile(path, ownerFor(stateDir), true);
+    const lock = FileLock.tryAcquire(path);
     return lock ? new StateLock(lock) : null;
   }
 

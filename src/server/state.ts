@@ -1,6 +1,6 @@
 import { Database } from "bun:sqlite";
 import { mkdirSync } from "node:fs";
-import { handOver, ownerFor, refuseLink } from "../lib/fsutil.ts";
+import { ensureOwnedFile, ownerFor, refuseLink } from "../lib/fsutil.ts";
 import { join } from "node:path";
 import { RelayError, ExitCode } from "../lib/errors.ts";
 
@@ -94,7 +94,14 @@ export class StateStore {
   constructor(readonly stateDir: string) {
     try {
       mkdirSync(stateDir, { recursive: true, mode: 0o700 });
-      for (const f of ["state.db", "state.db-wal", "state.db-shm"]) refuseLink(join(stateDir, f));
+      // Ownership is settled before SQLite opens anything: handing a file over
+      // afterwards closes a descriptor of it, which drops this connection's
+      // locks (an admin command run by root could then lose its WAL to a
+      // process that believed itself the last). Run as root, SQLite gives a
+      // new -wal and -shm the database's owner itself.
+      const owner = ownerFor(stateDir);
+      ensureOwnedFile(join(stateDir, "state.db"), owner, true);
+      for (const f of ["state.db-wal", "state.db-shm"]) ensureOwnedFile(join(stateDir, f), owner, false);
       this.db = new Database(join(stateDir, "state.db"), { create: true, strict: true });
       // WAL with synchronous=NORMAL: a crash or kill -9 loses nothing committed;
       // a power cut may drop the last renewals, which clients redo on their
@@ -109,7 +116,6 @@ export class StateStore {
         hint: "check that state_dir exists and is writable by this user (run admin commands as root or as the relayctl user)",
       });
     }
-    adoptOwnership(stateDir, ["state.db", "state.db-wal", "state.db-shm"]);
   }
 
   /** Creates the tables, then runs the migrations this database has not seen yet. */
@@ -277,21 +283,5 @@ export function readLeases(stateDir: string): LeaseRow[] {
     }
   } catch {
     return [];
-  }
-}
-
-/**
- * When root runs an admin command, files it creates in state_dir are handed
- * to state_dir's owner, so the service user can still open them.
- */
-export function adoptOwnership(dir: string, names: string[]): void {
-  const owner = ownerFor(dir);
-  if (!owner) return;
-  for (const name of names) {
-    try {
-      handOver(join(dir, name), owner);
-    } catch {
-      // Not created (yet), or not a plain file: never followed, nothing handed over.
-    }
   }
 }

@@ -18,6 +18,14 @@ describe("FileLock", () => {
     b!.release();
   });
 
+  test("a lock nobody references any more stays held until the process exits (the collector must not drop it)", () => {
+    const path = join(tempDir("relayctl-filelock-"), "run.lock");
+    // Taken inside a function whose result is dropped: only the lock module can keep it.
+    (() => void FileLock.tryAcquire(path))();
+    Bun.gc(true);
+    expect(FileLock.tryAcquire(path)).toBeNull();
+  });
+
   test("holding it writes nothing beside the lock file (no journal to create and unlink on every client run)", () => {
     const dir = tempDir("relayctl-filelock-");
     const lock = FileLock.tryAcquire(join(dir, "run.lock"));

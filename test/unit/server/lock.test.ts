@@ -1,4 +1,5 @@
 import { afterAll, describe, expect, test } from "bun:test";
+import { chmodSync, chownSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { ExitCode, RelayError } from "../../../src/lib/errors.ts";
 import { StateLock } from "../../../src/server/lock.ts";
@@ -76,6 +77,21 @@ describe("StateLock", () => {
     expect(StateLock.isHeld(dir)).toBe(false);
     const mine = StateLock.acquire(dir);
     mine.release();
+  });
+
+  test.skipIf(process.getuid?.() !== 0)("root on another user's state_dir: the lock file is that user's, and the lock holds", () => {
+    const dir = tempDir("relayctl-lock-owned-");
+    chownSync(dir, 65534, 65534);
+    chmodSync(dir, 0o700);
+    const mine = StateLock.acquire(dir);
+    try {
+      expect(statSync(join(dir, "server.lock")).uid).toBe(65534);
+      const script = `import { StateLock } from ${JSON.stringify(LOCK_MODULE)}; console.log(StateLock.isHeld(process.env.LOCK_DIR!) ? "held" : "free");`;
+      const r = Bun.spawnSync([process.execPath, "-e", script], { env: { ...process.env, LOCK_DIR: dir }, stdout: "pipe", stderr: "pipe", timeout: 10_000 });
+      expect(r.stdout.toString().trim()).toBe("held");
+    } finally {
+      mine.release();
+    }
   });
 
   test("another process cannot take the lock we hold", async () => {

@@ -1,5 +1,5 @@
 import { afterAll, afterEach, beforeEach, describe, expect, test } from "bun:test";
-import { mkdirSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, mkdirSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ExitCode, RelayError } from "../../../src/lib/errors.ts";
 import { Database } from "bun:sqlite";
@@ -280,5 +280,28 @@ describe("schema migrations", () => {
     expect(err).toBeInstanceOf(RelayError);
     expect((err as RelayError).exitCode).toBe(ExitCode.USAGE);
     expect((err as RelayError).message).toContain(`schema version ${SCHEMA_VERSION + 1}`);
+  });
+});
+
+// Root runs admin commands on the service user's state_dir (uid 65534 stands in for it).
+describe.skipIf(process.getuid?.() !== 0)("state opened by root in another user's state_dir", () => {
+  test("files are that user's, and this connection keeps its locks: nobody else may take the database and drop its WAL", () => {
+    const owned = tempDir("relayctl-state-owned-");
+    chownSync(owned, 65534, 65534);
+    chmodSync(owned, 0o700);
+    const s = new StateStore(owned);
+    try {
+      s.listClients();
+      for (const f of ["state.db", "state.db-wal", "state.db-shm"]) expect({ f, uid: statSync(join(owned, f)).uid }).toEqual({ f, uid: 65534 });
+      // Handing files over after the open closed a descriptor of each, which dropped
+      // this connection's locks: another process got EXCLUSIVE and, closing as the
+      // last connection, deleted the WAL this one still wrote to.
+      const probe = `import { Database } from "bun:sqlite"; const db = new Database(process.env.DB); try { db.exec("PRAGMA busy_timeout = 0; PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE; COMMIT"); console.log("taken"); } catch { console.log("busy"); }`;
+      const r = Bun.spawnSync([process.execPath, "-e", probe], { env: { ...process.env, DB: join(owned, "state.db") }, timeout: 10_000 });
+      expect(r.stdout.toString().trim()).toBe("busy");
+      expect(statSync(join(owned, "state.db-wal")).isFile()).toBe(true);
+    } finally {
+      s.close();
+    }
   });
 });
