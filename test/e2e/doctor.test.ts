@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { cpSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { freePort, postmap, requireE2E, run, startPostfix, tmpDir, which, type Postfix, type RunResult, type TmpDir } from "./harness.ts";
+import { enrollmentArgv } from "./relayctl.ts";
 
 const ROOT = resolve(import.meta.dir, "../..");
 const BIN = join(ROOT, "dist", "relayctl");
@@ -185,8 +186,7 @@ describe.skipIf(!requireE2E())("relayctl doctor", () => {
     async function enroll(name: string): Promise<void> {
       const add = await relayctl(["server", "add", name, "--config", serverToml, "--allow", "127.0.0.1/32"]);
       expect(add.code, add.stderr).toBe(0);
-      const args = add.stdout.trim().split(/\s+/).slice(3);
-      const r = await relayctl(["client", "enroll", ...args, "--config", clientToml(name)]);
+      const r = await relayctl([...enrollmentArgv(add.stdout), "--config", clientToml(name)]);
       expect(r.code, r.stderr).toBe(0);
     }
 
