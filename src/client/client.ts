@@ -4,7 +4,7 @@ import { FileLock } from "../lib/lock.ts";
 import { log } from "../lib/logging.ts";
 import { loadClientConfig, renderClientConfig, validateHttpsUrl, validateName, DEFAULT_CLIENT_CONFIG, type ClientConfig } from "../lib/configfile.ts";
 import { ExitCode, RelayError, usageError } from "../lib/errors.ts";
-import { apiError, createApi, isTlsTrouble } from "../lib/http.ts";
+import { apiFailure, createApi, isTlsTrouble } from "../lib/http.ts";
 import { writeFileAtomic } from "../lib/fsutil.ts";
 import { cidrContains, parseCidr, parseIp, specialAddressKind } from "../lib/ip.ts";
 import { parsePin, verifiedPeerChain } from "../lib/pin.ts";
@@ -20,7 +20,7 @@ async function call<T>(cfg: Pick<ClientConfig, "server" | "token" | "pin" | "ser
   } catch (err) {
     // The saved chain no longer verifies: fetch the live one, which names the pin mismatch exactly.
     if (cfg.pin && cfg.serverCert && isTlsTrouble(err)) await verifiedPeerChain(new URL(cfg.server), cfg.pin);
-    throw apiError(err, cfg.server);
+    throw await apiFailure(err, cfg.server);
   }
 }
 
