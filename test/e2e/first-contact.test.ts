@@ -182,27 +182,19 @@ describe.skipIf(!e2e)("network errors for real: DNS, an absent host, a refused p
     return { status: status.stderr, enroll: enroll.stderr };
   }
 
-  test("no name server: DNS failed, said as DNS", async () => {
-    await nameServer("none");
-    const r = await inA("name", "https://relay.invalid:8443");
-    expect(r.status).toBe("relayctl: cannot reach https://relay.invalid:8443: DNS lookup failed for now: check this host's DNS; the next run retries\n");
-    expect(r.enroll).toBe("relayctl: cannot read the TLS certificate of relay.invalid:8443: DNS lookup failed for now: check this host's DNS; the next run retries\n");
-  }, 60_000);
-
-  test("a name that does not exist (NXDOMAIN): does not resolve, not connection refused", async () => {
-    await nameServer("nx");
-    const r = await inA("name", "https://relay.invalid:8443");
-    expect(r.status).toBe("relayctl: cannot reach https://relay.invalid:8443: the host name does not resolve: check the server URL and this host's DNS\n");
-    expect(r.enroll).toBe("relayctl: cannot read the TLS certificate of relay.invalid:8443: the host name does not resolve: check the server URL and this host's DNS\n");
-  }, 60_000);
-
-  test("a name server that never answers: a DNS timeout, not a TLS handshake timeout", async () => {
-    await nameServer("mute");
-    const r = await inA("name", "https://relay.invalid:8443");
-    const dns = "the DNS lookup got no answer in time: check the name servers in /etc/resolv.conf and that this host reaches them\n";
-    expect(r.status).toBe(`relayctl: cannot reach https://relay.invalid:8443: ${dns}`);
-    expect(r.enroll).toBe(`relayctl: cannot read the TLS certificate of relay.invalid:8443: ${dns}`);
-  }, 60_000);
+  const dnsCases: ["none" | "nx" | "mute", string, string][] = [
+    ["none", "no name server: DNS failed, said as DNS", "DNS lookup failed for now: check this host's DNS; the next run retries"],
+    ["nx", "a name that does not exist (NXDOMAIN): does not resolve, not connection refused", "the host name does not resolve: check the server URL and this host's DNS"],
+    ["mute", "a name server that never answers: a DNS timeout, not a TLS handshake timeout", "the DNS lookup got no answer in time: check the name servers in /etc/resolv.conf and that this host reaches them"],
+  ];
+  for (const [kind, title, why] of dnsCases) {
+    test(title, async () => {
+      await nameServer(kind);
+      const r = await inA("name", "https://relay.invalid:8443");
+      expect(r.status).toBe(`relayctl: cannot reach https://relay.invalid:8443: ${why}\n`);
+      expect(r.enroll).toBe(`relayctl: cannot read the TLS certificate of relay.invalid:8443: ${why}\n`);
+    }, 60_000);
+  }
 
   test("an address where nothing answers: no route, not connection refused", async () => {
     const r = await inA("absent", `https://${absent}:8443`);
