@@ -82,13 +82,14 @@ describe("npm test", () => {
 });
 
 describe("an e2e file that cannot run", () => {
-  // Not root is the missing prerequisite: as root, the file runs as nobody. The file stops at its
-  // support check, before any namespace or Postfix exists.
+  // Not root is the missing prerequisite: as root, the file runs as nobody, keeping only the right
+  // to read (a clone under /root is closed to nobody). The file stops at its support check,
+  // before any namespace or Postfix exists.
   function e2eFileAsNonRoot(env: Record<string, string>): { code: number; out: string } {
     const home = tempDir("relayctl-nonroot-");
     chmodSync(home, 0o777);
     const argv = [process.execPath, "test", "test/e2e/harness.test.ts"];
-    const asUser = process.getuid?.() === 0 ? ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", ...argv] : argv;
+    const asUser = process.getuid?.() === 0 ? ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search", ...argv] : argv;
     const r = Bun.spawnSync(asUser, { cwd: REPO, env: { PATH: "/usr/bin:/bin", HOME: home, TMPDIR: home, ...env }, stdout: "pipe", stderr: "pipe" });
     return { code: r.exitCode ?? -1, out: r.stdout.toString() + r.stderr.toString() };
   }
