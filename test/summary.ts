@@ -25,7 +25,7 @@ export function skipSummary(junit: string, e2eWhy: string | null): string[] {
   if (total === 0) return [];
   const lines = [`skipped: ${total} tests; each was skipped by the condition at the line named (a tool, root or a file this machine lacks, or an opt-out)`];
   const e2e = [...byFile.keys()].filter((f) => f.startsWith("test/e2e/")).reduce((n, f) => n + byFile.get(f)!.length, 0);
-  if (e2e && e2eWhy) lines.push(`  e2e: ${e2e} skipped because the e2e tests cannot run here: ${e2eWhy}; as root, test/prereqs.sh installs what they need`);
+  if (e2e && e2eWhy) lines.push(`  e2e: ${e2e} skipped because the e2e tests cannot run here: ${e2eWhy}`);
   for (const [file, tests] of [...byFile].sort()) {
     if (tests.length > 3) lines.push(`  ${file}: ${tests.length} tests`);
     else for (const t of tests) lines.push(`  ${file}:${t.line}: ${t.name}`);
@@ -37,6 +37,6 @@ if (import.meta.main) {
   const report = process.argv[2] ?? "test-results/junit.xml";
   if (existsSync(report)) {
     const support = e2eSupport();
-    for (const line of skipSummary(readFileSync(report, "utf8"), support.ok ? null : support.reason)) console.log(line);
+    for (const line of skipSummary(readFileSync(report, "utf8"), support.ok ? null : `${support.reason}: ${support.fix}`)) console.log(line);
   }
 }

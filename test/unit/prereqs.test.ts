@@ -138,9 +138,9 @@ describe("the skip summary at the end of npm test", () => {
   test("names each skipped test by file:line, counts a file with many, and gives the e2e reason", () => {
     const cases = [skipped("test/unit/cli.test.ts", 172, "bare `relayctl server` with &quot;no&quot; default config")];
     for (let i = 0; i < 5; i++) cases.push(skipped("test/e2e/relay.test.ts", 20 + i, `t${i}`));
-    expect(skipSummary(junit(cases.join("\n")), "not root")).toEqual([
+    expect(skipSummary(junit(cases.join("\n")), "not root: as root, test/prereqs.sh installs what they need")).toEqual([
       "skipped: 6 tests; each was skipped by the condition at the line named (a tool, root or a file this machine lacks, or an opt-out)",
-      "  e2e: 5 skipped because the e2e tests cannot run here: not root; as root, test/prereqs.sh installs what they need",
+      "  e2e: 5 skipped because the e2e tests cannot run here: not root: as root, test/prereqs.sh installs what they need",
       "  test/e2e/relay.test.ts: 5 tests",
       '  test/unit/cli.test.ts:172: bare `relayctl server` with "no" default config',
     ]);
