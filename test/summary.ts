@@ -23,7 +23,7 @@ export function skipSummary(junit: string, e2eWhy: string | null): string[] {
   const byFile = skippedByFile(junit);
   const total = [...byFile.values()].reduce((n, l) => n + l.length, 0);
   if (total === 0) return [];
-  const lines = [`skipped: ${total} tests; each was skipped by the condition at the line named (a tool, root or a file this machine lacks, or an opt-out)`];
+  const lines = [`skipped: ${total} test${total === 1 ? "" : "s"}; each was skipped by the condition at the line named (a tool, root or a file this machine lacks, or an opt-out)`];
   const e2e = [...byFile.keys()].filter((f) => f.startsWith("test/e2e/")).reduce((n, f) => n + byFile.get(f)!.length, 0);
   if (e2e && e2eWhy) lines.push(`  e2e: ${e2e} skipped because the e2e tests cannot run here: ${e2eWhy}`);
   for (const [file, tests] of [...byFile].sort()) {
