@@ -2,7 +2,7 @@ import { existsSync, lstatSync, mkdtempSync, readFileSync, rmSync, statSync, wri
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { FetchError } from "ofetch";
-import { DEFAULT_SERVER_CONFIG, loadServerConfig, MAP_TYPES, type MapType, type ServerConfig } from "../lib/config.ts";
+import { DEFAULT_SERVER_CONFIG, loadServerConfig, MAP_TYPES, serverConfigToRun, type MapType, type ServerConfig } from "../lib/config.ts";
 import { usageError } from "../lib/errors.ts";
 import { apiError, createApi } from "../lib/http.ts";
 import { certificateExpiry, certificatePin, keyMatchesCertificate } from "../lib/tls.ts";
@@ -13,9 +13,10 @@ import { fail, pass, shellQuote, warn, type CheckResult } from "./checks.ts";
 import { accessProblem, currentUser, lookupUser, type Principal } from "./files.ts";
 import { hookChecks } from "./hook.ts";
 import { policyHookChecks, policyHookFacts, policySocketChecks } from "./policy.ts";
+import { postmapVerdict, refusedSetting, settingVerdict } from "./postmap.ts";
 import { frozenEntries, installedKeys } from "../server/lookups/map.ts";
 import { postfixGid } from "../server/lookups/policy.ts";
-import { defaultConfigDir, readPostfix, type PostfixView } from "./postfix.ts";
+import { defaultConfigDir, PostconfFailed, readPostfix, type PostfixView } from "./postfix.ts";
 
 const TOOL_TIMEOUT_MS = 10_000;
 /** Certificates closer to expiry than this draw a warning. */
@@ -52,15 +53,28 @@ export async function serverChecks(o: ServerDoctorOptions): Promise<CheckResult[
     const e = err as Error & { hint?: string };
     return [fail("server.config", e.message, e.hint)];
   }
-  const out: CheckResult[] = [
-    pass("server.config", existsSync(config.path) ? `${config.path} is valid` : `no ${DEFAULT_SERVER_CONFIG}: using built-in defaults`),
-  ];
+  const out: CheckResult[] = [configCheck(config.path)];
   const owner = existsSync(config.stateDir) ? lookupUser(statSync(config.stateDir).uid) : null;
   const ctx: Ctx = { config, serverUser: owner ?? currentUser() };
   out.push(...(await postfixChecks(ctx, o.postfixDir)));
   out.push(...(config.lookup === "policy" ? await policyChecks(ctx) : await mapChecks(ctx)));
   out.push(...stateDirCheck(ctx), ...(await databaseCheck(ctx)), ...tlsChecks(ctx), ...(await listenChecks(ctx)));
   return out;
+}
+
+/**
+ * Verdict on `server.config` for a config that loads: the file must exist, since
+ * `relayctl server` refuses to start on built-in defaults (serverConfigToRun says
+ * why, in the words doctor repeats). The other checks still run, on those defaults.
+ */
+export function configCheck(path: string): CheckResult {
+  try {
+    serverConfigToRun(path);
+  } catch (err) {
+    const e = err as Error & { hint?: string };
+    return fail("server.config", `${e.message}; the checks below use the built-in defaults`, e.hint);
+  }
+  return pass("server.config", `${path} is valid`);
 }
 
 /** Verdict on `server.database`: with shared state, the database answers and holds relayctl's schema. */
@@ -71,6 +85,15 @@ async function databaseCheck(ctx: Ctx): Promise<CheckResult[]> {
     return [fail("server.database", `the shared database cannot be read: ${error}`, "check that PostgreSQL runs and the database line in server.toml; the server creates the schema when it first starts")];
   }
   return [pass("server.database", `the shared database answers; ${rows.filter((l) => l.expires_at > Date.now()).length} live leases`)];
+}
+
+/** main.cf's text, or "" when it cannot be read (the verdicts then name no line). */
+function readMainCf(configDir: string): string {
+  try {
+    return readFileSync(join(configDir, "main.cf"), "utf8");
+  } catch {
+    return "";
+  }
 }
 
 function configHint(ctx: Ctx, setting: string): string {
@@ -87,9 +110,7 @@ async function postfixChecks(ctx: Ctx, postfixDir?: string): Promise<CheckResult
 
   if (ctx.postmap) {
     const r = await runTool([ctx.postmap, "-c", configDir, "-q", "relayctl-doctor", "static:ok"], TOOL_TIMEOUT_MS).catch((e: Error) => ({ code: -1, stdout: "", stderr: e.message, timedOut: false }));
-    out.push(r.code === 0 && r.stdout.trim() === "ok"
-      ? pass("postfix.postmap", `${ctx.postmap} runs`)
-      : fail("postfix.postmap", `${ctx.postmap} does not run: ${r.timedOut ? "timed out" : r.stderr.trim().split("\n").at(-1) || `exit code ${r.code}`}`, "reinstall Postfix (apt-get install --reinstall postfix)"));
+    out.push(postmapVerdict({ ...r, path: ctx.postmap, configDir, mainCf: readMainCf(configDir) }));
   } else if (config.postmap) {
     const elsewhere = findPostfixTool("postmap");
     out.push(fail("postfix.postmap", `postmap = "${config.postmap}" in ${config.path} is not an executable file`,
@@ -110,7 +131,9 @@ async function postfixChecks(ctx: Ctx, postfixDir?: string): Promise<CheckResult
     ctx.view = await readPostfix(ctx.postconf, configDir);
   } catch (err) {
     const e = err as Error & { hint?: string };
-    out.push(fail("postfix.postconf", e.message, e.hint));
+    const mainCf = readMainCf(configDir);
+    const refused = err instanceof PostconfFailed ? refusedSetting(err.stderr, mainCf) : null;
+    out.push(refused ? settingVerdict("postfix.postconf", "doctor cannot check main.cf", configDir, mainCf, refused) : fail("postfix.postconf", e.message, e.hint));
     return out;
   }
   const view = ctx.view;

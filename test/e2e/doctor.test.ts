@@ -5,6 +5,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { cpSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
+import { DEFAULT_SERVER_CONFIG } from "../../src/lib/config.ts";
 import { freePort, postmap, requireE2E, run, startPostfix, tmpDir, which, type Postfix, type RunResult, type TmpDir } from "./harness.ts";
 
 const ROOT = resolve(import.meta.dir, "../..");
@@ -170,6 +171,41 @@ describe.skipIf(!requireE2E())("relayctl doctor", () => {
     expect(code).toBe(1);
     expect(check("postfix.postmap").status).toBe("fail");
     expect(check("postfix.postmap").hint).toContain(`postmap = "${which("postmap")}"`);
+  }, 60_000);
+
+  test("a main.cf setting postmap refuses: postfix.postmap names file:line, and its fix (not a reinstall) makes it pass", async () => {
+    const copy = brokenCopy((cf) => `${cf}smtputf8_enable = maybe\n`);
+    const line = readFileSync(join(copy, "main.cf"), "utf8").split("\n").indexOf("smtputf8_enable = maybe") + 1;
+    const { code, check } = await doctorJson(["--config", serverToml, "--postfix-dir", copy]);
+    expect(code).toBe(1);
+    const got = check("postfix.postmap");
+    expect(got.status).toBe("fail");
+    expect(got.message).toContain(`${copy}/main.cf:${line} sets smtputf8_enable`);
+    expect(got.message).toContain("postmap: fatal: bad boolean configuration: smtputf8_enable = maybe");
+    expect(got.hint).not.toContain("reinstall");
+    // postconf stops at the same setting: same fix there, not "check --postfix-dir".
+    expect(check("postfix.postconf").message).toContain(`${copy}/main.cf:${line} sets smtputf8_enable, which postconf refuses`);
+    expect(check("postfix.postconf").hint).toBe(got.hint!);
+    const fix = got.hint!.split("\n").find((l) => l.startsWith("postconf "));
+    expect(fix).toBe(`postconf -c ${copy} -X smtputf8_enable`);
+    const pasted = await run(["sh", "-c", fix!]);
+    expect(pasted.code, pasted.stderr).toBe(0);
+    const after = await doctorJson(["--config", serverToml, "--postfix-dir", copy]);
+    expect(after.check("postfix.postmap").status).toBe("pass");
+    expect(after.check("map.lookup").status).toBe("pass");
+  }, 60_000);
+
+  test("no server.toml: server.config fails with what `relayctl server` says, the other checks still run", async () => {
+    if (existsSync(DEFAULT_SERVER_CONFIG)) throw new Error(`${DEFAULT_SERVER_CONFIG} exists on this machine: this test needs it absent`);
+    const server = await relayctl(["server"]);
+    expect(server.code).toBe(2);
+    const { code, check } = await doctorJson(["--postfix-dir", pf.configDir]);
+    expect(code).toBe(1);
+    const got = check("server.config");
+    expect(got.status).toBe("fail");
+    expect(got.message).toStartWith(`no server config at ${DEFAULT_SERVER_CONFIG}, so the server does not start`);
+    expect(server.stderr).toBe(`relayctl: ${got.message.split("; ")[0]}: ${got.hint}\n`);
+    expect(check("postfix.postconf").status).toBe("pass");
   }, 60_000);
 
   test("usage errors exit 2", async () => {
