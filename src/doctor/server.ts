@@ -12,6 +12,7 @@ import { findPostfixTool, mapDbSuffix, runTool } from "../server/postfix.ts";
 import { fail, pass, shellQuote, warn, type CheckResult } from "./checks.ts";
 import { accessProblem, currentUser, lookupUser, type Principal } from "./files.ts";
 import { hookChecks } from "./hook.ts";
+import { leaseAddressChecks, localAddresses } from "./leases.ts";
 import { policyHookChecks, policyHookFacts, policySocketChecks } from "./policy.ts";
 import { postmapVerdict, refusedSetting, settingVerdict } from "./postmap.ts";
 import { frozenEntries, installedKeys } from "../server/lookups/map.ts";
@@ -39,6 +40,12 @@ interface Ctx {
   mapType?: MapType;
   /** Who runs the server: the owner of state_dir, else whoever runs doctor. */
   serverUser: Principal;
+  /** The leases in state, read once (read-only) for every check that needs them. */
+  leases?: ReturnType<typeof peekLeases>;
+}
+
+function leasesOf(ctx: Ctx): ReturnType<typeof peekLeases> {
+  return (ctx.leases ??= peekLeases(ctx.config));
 }
 
 /** Runs every mail-host check: config, Postfix tools and main.cf, the map, and the server itself. */
@@ -58,7 +65,7 @@ export async function serverChecks(o: ServerDoctorOptions): Promise<CheckResult[
   const ctx: Ctx = { config, serverUser: owner ?? currentUser() };
   out.push(...(await postfixChecks(ctx, o.postfixDir)));
   out.push(...(config.lookup === "policy" ? await policyChecks(ctx) : await mapChecks(ctx)));
-  out.push(...stateDirCheck(ctx), ...(await databaseCheck(ctx)), ...tlsChecks(ctx), ...(await listenChecks(ctx)));
+  out.push(...stateDirCheck(ctx), ...(await databaseCheck(ctx)), ...(await leaseChecks(ctx)), ...tlsChecks(ctx), ...(await listenChecks(ctx)));
   return out;
 }
 
@@ -80,7 +87,7 @@ export function configCheck(path: string): CheckResult {
 /** Verdict on `server.database`: with shared state, the database answers and holds relayctl's schema. */
 async function databaseCheck(ctx: Ctx): Promise<CheckResult[]> {
   if (ctx.config.database === undefined) return [];
-  const { rows, error } = await peekLeases(ctx.config);
+  const { rows, error } = await leasesOf(ctx);
   if (error) {
     return [fail("server.database", `the shared database cannot be read: ${error}`, "check that PostgreSQL runs and the database line in server.toml; the server creates the schema when it first starts")];
   }
@@ -94,6 +101,14 @@ function readMainCf(configDir: string): string {
   } catch {
     return "";
   }
+}
+
+/** Facts for the lease-address verdicts: the live leases against this host's own addresses. */
+async function leaseChecks(ctx: Ctx): Promise<CheckResult[]> {
+  const { rows, error } = await leasesOf(ctx);
+  // An unreadable database is server.database's failure; there is nothing to judge here.
+  if (error) return [];
+  return leaseAddressChecks({ now: Date.now(), leases: rows, local: localAddresses(), configPath: ctx.config.path, defaultConfig: ctx.config.path === DEFAULT_SERVER_CONFIG });
 }
 
 function configHint(ctx: Ctx, setting: string): string {
@@ -227,6 +242,7 @@ async function frozenCheck(ctx: Ctx, type: MapType): Promise<CheckResult> {
   const m = { path: ctx.config.map, type, postmap: ctx.postmap! };
   const keys = await installedKeys(m);
   if (!keys) return warn("map.frozen", `postmap -s ${type}:${m.path} cannot read the map`, "see map.files and map.lookup");
+  // Read after the map's keys, not from the shared read: a lease granted in between must not look frozen.
   const { rows, error } = await peekLeases(ctx.config);
   if (error) return warn("map.frozen", `cannot compare the map with the leases: ${error}`, "see server.database");
   const f = frozenEntries(keys, rows, Date.now(), statSync(m.path + mapDbSuffix(type)).mtimeMs);
@@ -305,8 +321,8 @@ function mapPermissionCheck(ctx: Ctx, src: string, db: string): CheckResult {
 }
 
 /** The address of a live lease in state_dir, read without changing anything. */
-async function liveLease(config: ServerConfig): Promise<{ client: string; ip: string } | null> {
-  return (await peekLeases(config)).rows.find((l) => l.expires_at > Date.now()) ?? null;
+async function liveLease(ctx: Ctx): Promise<{ client: string; ip: string } | null> {
+  return (await leasesOf(ctx)).rows.find((l) => l.expires_at > Date.now()) ?? null;
 }
 
 async function query(ctx: Ctx, type: string, path: string, key: string): Promise<{ found: boolean; error?: string }> {
@@ -318,7 +334,7 @@ async function query(ctx: Ctx, type: string, path: string, key: string): Promise
 }
 
 async function lookupCheck(ctx: Ctx, type: MapType, src: string): Promise<CheckResult> {
-  const lease = await liveLease(ctx.config);
+  const lease = await liveLease(ctx);
   if (lease) {
     const r = await query(ctx, type, src, lease.ip);
     if (r.found) return pass("map.lookup", `postmap -q ${lease.ip} finds the live lease of ${lease.client}`);
