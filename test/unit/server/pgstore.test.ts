@@ -130,6 +130,55 @@ describe.skipIf(!HAVE_PG)("PgStore on a real PostgreSQL", () => {
     }
   });
 
+  test("a renewal checked before a server edit waits for the edit's transaction and follows it", async () => {
+    const editor = open();
+    const host = open();
+    const book = new LeaseBook(host, () => 600, systemClock);
+    const net = parseCidr("198.51.100.20")!;
+    try {
+      await editor.tx(async (t) => t.insertClient({ ...client("racer", 3600), allow: '["198.51.100.0/24"]' }));
+      const checked = (await host.getClient("racer"))!;
+      await book.renew(checked, net, "x");
+      const leaseOf = async () => (await host.leasesOfClients(["racer"]))[0]!;
+      // The edit holds the client's row between its UPDATE and COMMIT, leaving the lease row alone (ttl cut to 60 s, lease already shorter).
+      for (const [over, expect60] of [[{ ttl: 60 }, true], [{ allow: '["198.51.100.128/25"]' }, false]] as const) {
+        let commit!: () => void;
+        let updated!: () => void;
+        const held = new Promise<void>((r) => (commit = r));
+        const didUpdate = new Promise<void>((r) => (updated = r));
+        const editing = editor.tx(async (t) => {
+          const c = (await t.getClient("racer"))!;
+          await t.updateClient("racer", "ttl" in over ? over.ttl : c.ttl, "allow" in over ? over.allow : c.allow, c.ipv6_prefix);
+          updated();
+          await held;
+        });
+        await didUpdate;
+        const renewing = book.renew(checked, net, "x", (now) => {
+          if (!now || !JSON.parse(now.allow).includes("198.51.100.0/24")) throw new Error("refused by the row in the transaction");
+          return net;
+        }).then((r) => r, (e: Error) => e);
+        await Bun.sleep(300);
+        const before = await leaseOf();
+        commit();
+        await editing;
+        const r = await renewing;
+        // Nothing was extended by the row as it was before the edit, while the edit was open.
+        expect(before.renewed_at).toBeLessThan(Date.now() - 250);
+        if (expect60) {
+          expect(r).not.toBeInstanceOf(Error);
+          const l = await leaseOf();
+          expect(l.expires_at - l.renewed_at).toBeGreaterThan(59_000);
+          expect(l.expires_at - l.renewed_at).toBeLessThan(61_000);
+        } else {
+          expect((r as Error).message).toBe("refused by the row in the transaction");
+        }
+      }
+    } finally {
+      await editor.close();
+      await host.close();
+    }
+  });
+
   test("a host whose clock is an hour behind learns the database's lead and expires by it", async () => {
     const behind = { now: () => Date.now() - 3_600_000 };
     const s = new PgStore(pgTarget(pg.url), behind);
