@@ -1,6 +1,6 @@
 // The PostgreSQL store against a real, private PostgreSQL cluster (unix
 // socket only). Skipped where PostgreSQL is not installed; CI installs it.
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, setSystemTime, test } from "bun:test";
 import { chmodSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseCidr } from "../../../src/lib/ip.ts";
@@ -9,7 +9,8 @@ import type { ClientRow } from "../../../src/server/state.ts";
 import { StoreUnavailable } from "../../../src/server/stores/index.ts";
 import { PG_SCHEMA_VERSION, PgStore, pgTarget, readPasswordFile } from "../../../src/server/stores/postgres.ts";
 import { postgresBinDir, startCluster, type PgCluster } from "../../pgcluster.ts";
-import { relayError, removeTempDirs, silenceLogger, tempDir, writeServerConfig } from "../helpers.ts";
+import { fakePostmap, relayError, removeTempDirs, silenceLogger, tempDir, writeServerConfig } from "../helpers.ts";
+import { editClient } from "../../../src/server/admin.ts";
 import { loadServerConfig } from "../../../src/lib/config.ts";
 import { StateStore } from "../../../src/server/state.ts";
 import { SqliteStore } from "../../../src/server/stores/sqlite.ts";
@@ -232,6 +233,35 @@ describe("server.toml database keys and the Postfix file", () => {
     expect(text).toContain(`\nquery = ${PGSQL_QUERY}\n`);
     expect(PGSQL_QUERY).toBe("SELECT 'OK' FROM leases WHERE net >>= relayctl_inet('%s') AND expires_at > now() LIMIT 1");
     expect(text).not.toContain("pw");
+  });
+});
+
+describe.skipIf(!HAVE_PG)("server edit on the shared database", () => {
+  test("--ttl cuts a lease by the database's clock, whatever the admin host's clock says", async () => {
+    const dir = tempDir();
+    await pg.psql("CREATE DATABASE edited", "postgres");
+    const db = `postgres://postgres@localhost:${pg.port}/edited?host=${pg.socketDir}`;
+    const configPath = writeServerConfig(dir, { postmap: fakePostmap(dir).path, extra: `database = ${JSON.stringify(db)}` });
+    const s = new PgStore(pgTarget(db), systemClock);
+    try {
+      await s.tx(async (t) => t.insertClient(client("skewed")));
+      await new LeaseBook(s, () => 3600, systemClock).renew((await s.getClient("skewed"))!, parseCidr("198.51.100.30")!, "x");
+    } finally {
+      await s.close();
+    }
+    // The admin host's clock is an hour behind the database's.
+    setSystemTime(new Date(Date.now() - 3_600_000));
+    let r;
+    try {
+      r = await editClient({ configPath, name: "skewed", ttl: 300 });
+    } finally {
+      setSystemTime();
+    }
+    expect(r.shortened.map((x) => x.ip)).toEqual(["198.51.100.30"]);
+    const left = Number((await pg.psql("SELECT extract(epoch FROM expires_at - now()) FROM leases WHERE client = 'skewed'", "edited")).trim());
+    expect(left).toBeGreaterThan(290);
+    expect(left).toBeLessThanOrEqual(300);
+    expect(Math.abs(Date.parse(r.shortened[0]!.expires_at) - (Date.now() + left * 1000))).toBeLessThan(2_000);
   });
 });
 
