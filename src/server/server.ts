@@ -178,6 +178,13 @@ async function serve(
   };
   await pruneAudit();
   const refusals = new RefusalLog(store.refusalSink(), clock);
+  // The client count for /metrics, read again with every full reload (an
+  // admin command committed, or the shared database's periodic reconcile).
+  let clients = 0;
+  const countClients = async (): Promise<void> => {
+    clients = (await store.counts()).clients;
+  };
+  await countClients().catch(() => undefined);
   // Another process or relay host changed state: refresh the index (only the
   // clients named, when a notice names them) and publish. One refresh at a
   // time; changes arriving meanwhile are folded into the next.
@@ -191,8 +198,10 @@ async function serve(
         const which = pending;
         pending = undefined;
         try {
-          if (which === null) await leases.reload();
-          else await leases.refresh([...which]);
+          if (which === null) {
+            await leases.reload();
+            await countClients();
+          } else await leases.refresh([...which]);
         } catch (err) {
           // An unreachable database is already reported (once, and in health); anything else is news.
           if (store.problems().length === 0) log.warn(`state: cannot refresh leases from ${store.where}: ${(err as Error).message}`);
@@ -247,10 +256,8 @@ async function serve(
     service,
     degraded,
     metricsAllow: () => config.metricsAllow,
-    renderMetrics: async () => {
-      const counts = await store.counts().catch(() => ({ clients: 0, leases: 0 }));
-      return metrics.render({ ...counts, degraded: degraded().length > 0, mapEntries: lookup.status().entries });
-    },
+    // From memory: a scrape never costs a database query.
+    renderMetrics: () => metrics.render({ leases: leases.index.liveCount(clock.now()), clients, degraded: degraded().length > 0, mapEntries: lookup.status().entries }),
     extra: { "/nic/update": dyndnsRoute(service), ...opts.extraRoutes?.(service) },
   });
   const fallback = dispatcher({});

@@ -159,6 +159,11 @@ export interface ServiceDeps {
 export class LeaseService {
   constructor(private readonly d: ServiceDeps) {}
 
+  /** True when the peer is a trusted proxy, whose X-Forwarded-For is believed. */
+  trusts(peer: Ip): boolean {
+    return this.d.config().trustedProxies.some((n) => cidrContains(n, peer));
+  }
+
   /** The address the request is believed to come from, after the trusted-proxy rules. */
   believe(peer: string | undefined, forwarded: string | null): Ip {
     return observedAddress(peer, forwarded, this.d.config().trustedProxies);
