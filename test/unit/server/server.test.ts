@@ -2,9 +2,13 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { loadServerConfig } from "../../../src/lib/config.ts";
 import { parseCidr } from "../../../src/lib/ip.ts";
+import { ExitCode } from "../../../src/lib/errors.ts";
 import { addClient } from "../../../src/server/admin.ts";
+import { StateLock } from "../../../src/server/lock.ts";
 import { startServer, type RunningServer } from "../../../src/server/server.ts";
-import { fakePostmap, removeTempDirs, silenceLogger, tempDir, writeServerConfig } from "../helpers.ts";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { fakePostmap, relayError, removeTempDirs, silenceLogger, tempDir, writeServerConfig } from "../helpers.ts";
 
 let server: RunningServer;
 let configPath: string;
@@ -50,6 +54,24 @@ describe("GET /metrics", () => {
       expect(queries).toBe(0);
     } finally {
       store.counts = counts;
+    }
+  });
+});
+
+describe("the listen port", () => {
+  test("held by another listener, even one that shares ports: the server refuses at once, naming it, touching nothing", async () => {
+    // What another relayctl server (another state_dir) looks like: SO_REUSEPORT set.
+    const other = Bun.serve({ hostname: "127.0.0.1", port: 0, reusePort: true, fetch: () => new Response("other") });
+    try {
+      const dir = tempDir("relayctl-server-");
+      const config = { ...loadServerConfig(writeServerConfig(dir, { postmap: fakePostmap(dir).path })), listen: { host: "127.0.0.1", port: other.port! } };
+      const err = await relayError(() => startServer({ config }));
+      expect(err.exitCode).toBe(ExitCode.USAGE);
+      expect(err.message).toBe(`cannot listen on 127.0.0.1:${other.port}: another process already listens on port ${other.port}`);
+      expect(StateLock.isHeld(config.stateDir)).toBe(false);
+      expect(existsSync(join(dir, "postfix", "clients"))).toBe(false);
+    } finally {
+      other.stop(true);
     }
   });
 });
