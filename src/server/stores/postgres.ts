@@ -203,13 +203,14 @@ function statements(q: SQL, now: number): StoreTx {
     setToken: async (name, id, hash) => (await all(`UPDATE clients SET token_id = $1, token_hash = $2 WHERE name = $3 RETURNING name`, [id, Buffer.from(hash), name])).length > 0,
     deleteClient: async (name) => (await all(`DELETE FROM clients WHERE name = $1 RETURNING name`, [name])).length > 0,
     leasesOf: async (client) => (await all(`SELECT ${LEASE_COLS} FROM leases WHERE client = $1 ORDER BY family`, [client])).map(leaseRow),
-    // FOR SHARE: a server edit holding the client's row is waited for, and its committed row is what the guard compares.
+    // FOR UPDATE, as lockClient: a server edit holding the client's row is waited for and its committed row is what the
+    // guard compares; the full path after it then needs no stronger lock (two renewals upgrading a share would deadlock).
     extendLease: async (client, family, ip, now, at) =>
       (
         await all(
           `UPDATE leases SET renewed_at = to_timestamp($1::float8 / 1000), expires_at = to_timestamp($2::float8 / 1000), renewals = renewals + 1
            WHERE client = $3 AND family = $4 AND net = $5::cidr AND expires_at > to_timestamp($1::float8 / 1000)
-           AND EXISTS (SELECT 1 FROM clients WHERE name = $3 AND allow = $6 AND ttl IS NOT DISTINCT FROM $7::int AND ipv6_prefix IS NOT DISTINCT FROM $8::int FOR SHARE)
+           AND EXISTS (SELECT 1 FROM clients WHERE name = $3 AND allow = $6 AND ttl IS NOT DISTINCT FROM $7::int AND ipv6_prefix IS NOT DISTINCT FROM $8::int FOR UPDATE)
            RETURNING ${LEASE_COLS}`,
           [now, at, client.name, family, cidrText(ip), client.allow, client.ttl, client.ipv6_prefix],
         )

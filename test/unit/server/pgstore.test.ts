@@ -180,6 +180,22 @@ describe.skipIf(!HAVE_PG)("PgStore on a real PostgreSQL", () => {
     }
   });
 
+  test("two hosts granting one client's two families at once both succeed: the renewal's row lock never deadlocks", async () => {
+    const a = open();
+    const b = open();
+    try {
+      for (let i = 0; i < 10; i++) {
+        await a.tx(async (t) => t.insertClient(client(`both${i}`)));
+        const c = (await a.getClient(`both${i}`))!;
+        const r = await Promise.allSettled([new LeaseBook(a, () => 600).renew(c, parseCidr("198.51.100.1")!, "x"), new LeaseBook(b, () => 600).renew(c, parseCidr("2001:db8::1")!, "x")]);
+        expect(r.map((x) => (x.status === "fulfilled" ? x.value.event : (x.reason as Error).message))).toEqual(["grant", "grant"]);
+      }
+    } finally {
+      await a.close();
+      await b.close();
+    }
+  });
+
   test("a host whose clock is an hour behind learns the database's lead and expires by it", async () => {
     const behind = { now: () => Date.now() - 3_600_000 };
     const s = new PgStore(pgTarget(pg.url), behind);
