@@ -194,7 +194,7 @@ function statements(q: SQL, now: number): StoreTx {
   return {
     now,
     getClient: async (name) => (await all(`SELECT ${CLIENT_COLS} FROM clients WHERE name = $1`, [name])).map(clientRow)[0] ?? null,
-    lockClient: async (name) => void (await all(`SELECT 1 FROM clients WHERE name = $1 FOR UPDATE`, [name])),
+    lockClient: async (name) => (await all(`SELECT ${CLIENT_COLS} FROM clients WHERE name = $1 FOR UPDATE`, [name])).map(clientRow)[0] ?? null,
     insertClient: async (c) =>
       void (await all(`INSERT INTO clients (name, token_id, token_hash, ttl, allow, created_at, ipv6_prefix) VALUES ($1, $2, $3, $4, $5, to_timestamp($6::float8 / 1000), $7)`, [
         c.name, c.token_id, Buffer.from(c.token_hash), c.ttl, c.allow, c.created_at, c.ipv6_prefix,
@@ -203,12 +203,16 @@ function statements(q: SQL, now: number): StoreTx {
     setToken: async (name, id, hash) => (await all(`UPDATE clients SET token_id = $1, token_hash = $2 WHERE name = $3 RETURNING name`, [id, Buffer.from(hash), name])).length > 0,
     deleteClient: async (name) => (await all(`DELETE FROM clients WHERE name = $1 RETURNING name`, [name])).length > 0,
     leasesOf: async (client) => (await all(`SELECT ${LEASE_COLS} FROM leases WHERE client = $1 ORDER BY family`, [client])).map(leaseRow),
+    // FOR UPDATE, as lockClient: a server edit holding the client's row is waited for and its committed row is what the
+    // guard compares; the full path after it then needs no stronger lock (two renewals upgrading a share would deadlock).
     extendLease: async (client, family, ip, now, at) =>
       (
         await all(
           `UPDATE leases SET renewed_at = to_timestamp($1::float8 / 1000), expires_at = to_timestamp($2::float8 / 1000), renewals = renewals + 1
-           WHERE client = $3 AND family = $4 AND net = $5::cidr AND expires_at > to_timestamp($1::float8 / 1000) RETURNING ${LEASE_COLS}`,
-          [now, at, client, family, cidrText(ip)],
+           WHERE client = $3 AND family = $4 AND net = $5::cidr AND expires_at > to_timestamp($1::float8 / 1000)
+           AND EXISTS (SELECT 1 FROM clients WHERE name = $3 AND allow = $6 AND ttl IS NOT DISTINCT FROM $7::int AND ipv6_prefix IS NOT DISTINCT FROM $8::int FOR UPDATE)
+           RETURNING ${LEASE_COLS}`,
+          [now, at, client.name, family, cidrText(ip), client.allow, client.ttl, client.ipv6_prefix],
         )
       ).map(leaseRow)[0] ?? null,
     upsertLease: async (l) =>

@@ -1,6 +1,6 @@
 // The PostgreSQL store against a real, private PostgreSQL cluster (unix
 // socket only). Skipped where PostgreSQL is not installed; CI installs it.
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, beforeAll, describe, expect, setSystemTime, test } from "bun:test";
 import { chmodSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseCidr } from "../../../src/lib/ip.ts";
@@ -9,7 +9,8 @@ import type { ClientRow } from "../../../src/server/state.ts";
 import { StoreUnavailable } from "../../../src/server/stores/index.ts";
 import { PG_SCHEMA_VERSION, PgStore, pgTarget, readPasswordFile } from "../../../src/server/stores/postgres.ts";
 import { postgresBinDir, startCluster, type PgCluster } from "../../pgcluster.ts";
-import { relayError, removeTempDirs, silenceLogger, tempDir, writeServerConfig } from "../helpers.ts";
+import { fakePostmap, relayError, removeTempDirs, silenceLogger, tempDir, writeServerConfig } from "../helpers.ts";
+import { editClient } from "../../../src/server/admin.ts";
 import { loadServerConfig } from "../../../src/lib/config.ts";
 import { StateStore } from "../../../src/server/state.ts";
 import { SqliteStore } from "../../../src/server/stores/sqlite.ts";
@@ -130,6 +131,71 @@ describe.skipIf(!HAVE_PG)("PgStore on a real PostgreSQL", () => {
     }
   });
 
+  test("a renewal checked before a server edit waits for the edit's transaction and follows it", async () => {
+    const editor = open();
+    const host = open();
+    const book = new LeaseBook(host, () => 600, systemClock);
+    const net = parseCidr("198.51.100.20")!;
+    try {
+      await editor.tx(async (t) => t.insertClient({ ...client("racer", 3600), allow: '["198.51.100.0/24"]' }));
+      const checked = (await host.getClient("racer"))!;
+      await book.renew(checked, net, "x");
+      const leaseOf = async () => (await host.leasesOfClients(["racer"]))[0]!;
+      // The edit holds the client's row between its UPDATE and COMMIT, leaving the lease row alone (ttl cut to 60 s, lease already shorter).
+      for (const [over, expect60] of [[{ ttl: 60 }, true], [{ allow: '["198.51.100.128/25"]' }, false]] as const) {
+        let commit!: () => void;
+        let updated!: () => void;
+        const held = new Promise<void>((r) => (commit = r));
+        const didUpdate = new Promise<void>((r) => (updated = r));
+        const editing = editor.tx(async (t) => {
+          const c = (await t.getClient("racer"))!;
+          await t.updateClient("racer", "ttl" in over ? over.ttl : c.ttl, "allow" in over ? over.allow : c.allow, c.ipv6_prefix);
+          updated();
+          await held;
+        });
+        await didUpdate;
+        const renewing = book.renew(checked, net, "x", (now) => {
+          if (!now || !JSON.parse(now.allow).includes("198.51.100.0/24")) throw new Error("refused by the row in the transaction");
+          return net;
+        }).then((r) => r, (e: Error) => e);
+        await Bun.sleep(300);
+        const before = await leaseOf();
+        commit();
+        await editing;
+        const r = await renewing;
+        // Nothing was extended by the row as it was before the edit, while the edit was open.
+        expect(before.renewed_at).toBeLessThan(Date.now() - 250);
+        if (expect60) {
+          expect(r).not.toBeInstanceOf(Error);
+          const l = await leaseOf();
+          expect(l.expires_at - l.renewed_at).toBeGreaterThan(59_000);
+          expect(l.expires_at - l.renewed_at).toBeLessThan(61_000);
+        } else {
+          expect((r as Error).message).toBe("refused by the row in the transaction");
+        }
+      }
+    } finally {
+      await editor.close();
+      await host.close();
+    }
+  });
+
+  test("two hosts granting one client's two families at once both succeed: the renewal's row lock never deadlocks", async () => {
+    const a = open();
+    const b = open();
+    try {
+      for (let i = 0; i < 10; i++) {
+        await a.tx(async (t) => t.insertClient(client(`both${i}`)));
+        const c = (await a.getClient(`both${i}`))!;
+        const r = await Promise.allSettled([new LeaseBook(a, () => 600).renew(c, parseCidr("198.51.100.1")!, "x"), new LeaseBook(b, () => 600).renew(c, parseCidr("2001:db8::1")!, "x")]);
+        expect(r.map((x) => (x.status === "fulfilled" ? x.value.event : (x.reason as Error).message))).toEqual(["grant", "grant"]);
+      }
+    } finally {
+      await a.close();
+      await b.close();
+    }
+  });
+
   test("a host whose clock is an hour behind learns the database's lead and expires by it", async () => {
     const behind = { now: () => Date.now() - 3_600_000 };
     const s = new PgStore(pgTarget(pg.url), behind);
@@ -183,6 +249,35 @@ describe("server.toml database keys and the Postfix file", () => {
     expect(text).toContain(`\nquery = ${PGSQL_QUERY}\n`);
     expect(PGSQL_QUERY).toBe("SELECT 'OK' FROM leases WHERE net >>= relayctl_inet('%s') AND expires_at > now() LIMIT 1");
     expect(text).not.toContain("pw");
+  });
+});
+
+describe.skipIf(!HAVE_PG)("server edit on the shared database", () => {
+  test("--ttl cuts a lease by the database's clock, whatever the admin host's clock says", async () => {
+    const dir = tempDir();
+    await pg.psql("CREATE DATABASE edited", "postgres");
+    const db = `postgres://postgres@localhost:${pg.port}/edited?host=${pg.socketDir}`;
+    const configPath = writeServerConfig(dir, { postmap: fakePostmap(dir).path, extra: `database = ${JSON.stringify(db)}` });
+    const s = new PgStore(pgTarget(db), systemClock);
+    try {
+      await s.tx(async (t) => t.insertClient(client("skewed")));
+      await new LeaseBook(s, () => 3600, systemClock).renew((await s.getClient("skewed"))!, parseCidr("198.51.100.30")!, "x");
+    } finally {
+      await s.close();
+    }
+    // The admin host's clock is an hour behind the database's.
+    setSystemTime(new Date(Date.now() - 3_600_000));
+    let r;
+    try {
+      r = await editClient({ configPath, name: "skewed", ttl: 300 });
+    } finally {
+      setSystemTime();
+    }
+    expect(r.shortened.map((x) => x.ip)).toEqual(["198.51.100.30"]);
+    const left = Number((await pg.psql("SELECT extract(epoch FROM expires_at - now()) FROM leases WHERE client = 'skewed'", "edited")).trim());
+    expect(left).toBeGreaterThan(290);
+    expect(left).toBeLessThanOrEqual(300);
+    expect(Math.abs(Date.parse(r.shortened[0]!.expires_at) - (Date.now() + left * 1000))).toBeLessThan(2_000);
   });
 });
 
