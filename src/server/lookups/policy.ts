@@ -56,7 +56,7 @@ export function checkSocketDirOwner(dir: string, owner: number, self: number, pa
   const ownerName = nameOf(owner, passwdFile);
   const selfName = nameOf(self, passwdFile) ?? String(self);
   throw usageError(
-    `the policy socket directory ${dir} belongs to ${ownerName ? `${ownerName} (uid ${owner})` : `uid ${owner}`}, not to root or to ${selfName} that relayctl runs as, so that user could replace the socket and answer for relayctl`,
+    `the policy socket directory ${dir} belongs to ${ownerName ? `${ownerName} (uid ${owner})` : `uid ${owner}`}, not to ${self === 0 ? "root" : `root or ${selfName}`} (the user relayctl runs as), so that user could replace the socket and answer for relayctl`,
     `set policy_socket to a path in a directory of relayctl's own (the default /var/spool/postfix/relayctl/policy), or, if nothing but relayctl uses ${dir}: chown ${selfName}:postfix ${dir} && chmod 2750 ${dir}`,
   );
 }

@@ -239,12 +239,12 @@ describe("the policy socket directory's owner", () => {
     expect(() => checkSocketDirOwner("/run/relayctl", 0, 0, passwd)).not.toThrow();
     const err = await relayError(() => checkSocketDirOwner("/var/spool/postfix/private", 102, 990, passwd));
     expect(err.exitCode).toBe(2);
-    expect(err.message).toBe("the policy socket directory /var/spool/postfix/private belongs to postfix (uid 102), not to root or to relayctl that relayctl runs as, so that user could replace the socket and answer for relayctl");
+    expect(err.message).toBe("the policy socket directory /var/spool/postfix/private belongs to postfix (uid 102), not to root or relayctl (the user relayctl runs as), so that user could replace the socket and answer for relayctl");
     expect(err.hint).toBe("set policy_socket to a path in a directory of relayctl's own (the default /var/spool/postfix/relayctl/policy), or, if nothing but relayctl uses /var/spool/postfix/private: chown relayctl:postfix /var/spool/postfix/private && chmod 2750 /var/spool/postfix/private");
     // Root is no exception for the owner: a root server still refuses a directory postfix owns.
-    expect((await relayError(() => checkSocketDirOwner("/var/spool/postfix/private", 102, 0, passwd))).message).toContain("belongs to postfix (uid 102), not to root or to root that");
+    expect((await relayError(() => checkSocketDirOwner("/var/spool/postfix/private", 102, 0, passwd))).message).toContain("belongs to postfix (uid 102), not to root (the user relayctl runs as), so");
     // A uid without a name is named by number.
-    expect((await relayError(() => checkSocketDirOwner("/srv/p", 4242, 990, passwd))).message).toContain("/srv/p belongs to uid 4242, not to root or to relayctl");
+    expect((await relayError(() => checkSocketDirOwner("/srv/p", 4242, 990, passwd))).message).toContain("/srv/p belongs to uid 4242, not to root or relayctl (");
   });
 
   // Needs root to hand the directory to another user; as anyone else it fails here rather than passing unseen.
