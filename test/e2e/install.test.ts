@@ -137,6 +137,14 @@ function targetUser(root: string, uid: number): void {
   writeFileSync(join(root, "etc/passwd"), `root:x:0:0:root:/root:/bin/sh\nrelayctl:x:${uid}:${uid}::/var/lib/relayctl:/usr/sbin/nologin\n`);
 }
 
+/** `install.sh server|client` with RELAYCTL_INIT=init into a fresh root that has /etc/cron.d and these programs (path, or [path, symlink target]). */
+function installWith(name: string, what: "server" | "client", programs: (string | [string, string])[], init = "cron"): { root: string; r: RunResult } {
+  const root = freshDir(name);
+  mkdirSync(join(root, "etc/cron.d"), { recursive: true });
+  for (const p of programs) (typeof p === "string" ? targetProgram(root, p) : targetProgram(root, p[0], p[1]));
+  return { root, r: runInstall(root, [what], { env: { RELAYCTL_INIT: init } }) };
+}
+
 /** Writes a server.toml into a target root before install.sh runs. */
 function targetConfig(root: string, text: string): void {
   mkdirSync(join(root, "etc/relayctl"), { recursive: true });
@@ -242,10 +250,7 @@ describe("install.sh server", () => {
   });
 
   test("without systemd, with cron: the sweep goes to cron.d, and the foreground command and log are printed", () => {
-    const root = freshDir("server-cron");
-    mkdirSync(join(root, "etc/cron.d"), { recursive: true });
-    targetProgram(root, "usr/sbin/cron");
-    const r = runInstall(root, ["server"], { env: { RELAYCTL_INIT: "cron" } });
+    const { root, r } = installWith("server-cron", "server", ["usr/sbin/cron"]);
     expect(r.code).toBe(0);
     expect(existsSync(join(root, "etc/systemd"))).toBe(false);
     expect(readFileSync(join(root, "etc/cron.d/relayctl"), "utf8")).toEndWith("\n* * * * * relayctl /usr/local/bin/relayctl server sweep --config /etc/relayctl/server.toml\n");
@@ -265,11 +270,8 @@ describe("install.sh server", () => {
   });
 
   test("without systemd or any cron daemon: no cron file that never runs, but the exact alternatives", () => {
-    const root = freshDir("server-nocron");
     // /etc/cron.d alone (packages create it) is not a cron daemon.
-    mkdirSync(join(root, "etc/cron.d"), { recursive: true });
-    targetProgram(root, "usr/bin/apt-get");
-    const r = runInstall(root, ["server"], { env: { RELAYCTL_INIT: "cron" } });
+    const { root, r } = installWith("server-nocron", "server", ["usr/bin/apt-get"]);
     expect(r.code).toBe(0);
     expect(existsSync(join(root, "etc/cron.d/relayctl"))).toBe(false);
     expect(r.stderr).toContain("install.sh: warning: no cron daemon (cron, crond) found, so /etc/cron.d/relayctl was not written: nothing would run the sweep");
@@ -278,18 +280,12 @@ describe("install.sh server", () => {
     expect(r.stdout).not.toContain("systemctl");
     expect(r.stdout).toContain("(stop it there first if it runs): runuser -u relayctl -- /usr/local/bin/relayctl server --config /etc/relayctl/server.toml\n");
     // Another package manager, another package; none known: said in words.
-    const dnf = freshDir("server-nocron-dnf");
-    targetProgram(dnf, "usr/bin/dnf");
-    expect(runInstall(dnf, ["server"], { env: { RELAYCTL_INIT: "cron" } }).stdout).toContain("\n  dnf install cronie\n");
-    expect(runInstall(freshDir("server-nocron-none"), ["server"], { env: { RELAYCTL_INIT: "cron" } }).stdout).toContain("\n  install cron or cronie with your package manager\n");
+    expect(installWith("server-nocron-dnf", "server", ["usr/bin/dnf"]).r.stdout).toContain("\n  dnf install cronie\n");
+    expect(installWith("server-nocron-none", "server", []).r.stdout).toContain("\n  install cron or cronie with your package manager\n");
   });
 
   test("without systemd, with BusyBox crond (no /etc/cron.d support): the sweep line for relayctl's crontab", () => {
-    const root = freshDir("server-busybox");
-    mkdirSync(join(root, "etc/cron.d"), { recursive: true });
-    targetProgram(root, "bin/busybox");
-    targetProgram(root, "usr/sbin/crond", "/bin/busybox");
-    const r = runInstall(root, ["server"], { env: { RELAYCTL_INIT: "cron" } });
+    const { root, r } = installWith("server-busybox", "server", ["bin/busybox", ["usr/sbin/crond", "/bin/busybox"]]);
     expect(r.code).toBe(0);
     expect(existsSync(join(root, "etc/cron.d/relayctl"))).toBe(false);
     expect(r.stdout).toContain("BusyBox crond reads no /etc/cron.d");
@@ -299,19 +295,15 @@ describe("install.sh server", () => {
 
   test("auto-detection in a DESTDIR root follows the target's systemctl, not this machine's", () => {
     // This machine's PATH has the fake systemctl; the target decides.
-    const plain = freshDir("auto-plain");
-    targetProgram(plain, "usr/sbin/cron");
-    const r = runInstall(plain, ["server"], { env: { RELAYCTL_INIT: "auto" } });
-    expect(r.code).toBe(0);
-    expect(existsSync(join(plain, "etc/systemd/system/relayctl.service"))).toBe(false);
-    expect(r.stdout).toContain("no systemd: run the server in the foreground");
-    expect(r.stdout).not.toContain("systemctl");
-    const systemd = freshDir("auto-systemd");
-    targetProgram(systemd, "usr/bin/systemctl");
-    const s = runInstall(systemd, ["server"], { env: { RELAYCTL_INIT: "auto" } });
-    expect(s.code).toBe(0);
-    expect(existsSync(join(systemd, "etc/systemd/system/relayctl.service"))).toBe(true);
-    expect(s.stdout).toContain("then: systemctl restart relayctl\n");
+    const plain = installWith("auto-plain", "server", ["usr/sbin/cron"], "auto");
+    expect(plain.r.code).toBe(0);
+    expect(existsSync(join(plain.root, "etc/systemd/system/relayctl.service"))).toBe(false);
+    expect(plain.r.stdout).toContain("no systemd: run the server in the foreground");
+    expect(plain.r.stdout).not.toContain("systemctl");
+    const systemd = installWith("auto-systemd", "server", ["usr/bin/systemctl"], "auto");
+    expect(systemd.r.code).toBe(0);
+    expect(existsSync(join(systemd.root, "etc/systemd/system/relayctl.service"))).toBe(true);
+    expect(systemd.r.stdout).toContain("then: systemctl restart relayctl\n");
     expect(existsSync(systemctlLog)).toBe(false);
   });
 
@@ -465,9 +457,7 @@ describe("install.sh client", () => {
   });
 
   test("without systemd: prints the cron line and writes no unit", () => {
-    const root = freshDir("cron");
-    targetProgram(root, "usr/sbin/cron");
-    const r = runInstall(root, ["client"], { env: { RELAYCTL_INIT: "cron" } });
+    const { root, r } = installWith("cron", "client", ["usr/sbin/cron"]);
     expect(r.code).toBe(0);
     expect(r.stdout).toContain("*/4 * * * * sleep $(($(od -An -N1 -tu1 /dev/urandom) / 6)) && /usr/local/bin/relayctl client --config /etc/relayctl/client.toml");
     expect(r.stderr).not.toContain("no cron daemon");
@@ -475,9 +465,7 @@ describe("install.sh client", () => {
   });
 
   test("without systemd or cron: says so and gives the --watch service line", () => {
-    const root = freshDir("client-nocron");
-    targetProgram(root, "usr/bin/apt-get");
-    const r = runInstall(root, ["client"], { env: { RELAYCTL_INIT: "cron" } });
+    const { r } = installWith("client-nocron", "client", ["usr/bin/apt-get"]);
     expect(r.code).toBe(0);
     expect(r.stderr).toContain("install.sh: warning: no systemd and no cron daemon (cron, crond) found: nothing renews the lease yet");
     expect(r.stdout).toContain("  /usr/local/bin/relayctl client --watch --config /etc/relayctl/client.toml\n");
