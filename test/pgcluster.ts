@@ -33,6 +33,68 @@ export interface PgCluster {
   destroy(): Promise<void>;
 }
 
+/**
+ * The schema relayctl wrote before it had a schema of its own (version 1:
+ * everything unqualified, in the owner's first schema), to test upgrades.
+ */
+export const SCHEMA_V1 = `CREATE TABLE relayctl_schema (version integer NOT NULL);
+   INSERT INTO relayctl_schema (version) VALUES (1);
+   CREATE TABLE clients (
+     name text PRIMARY KEY,
+     token_id text NOT NULL UNIQUE,
+     token_hash bytea NOT NULL,
+     ttl integer,
+     allow text NOT NULL DEFAULT '[]',
+     created_at timestamptz NOT NULL,
+     ipv6_prefix integer
+   );
+   CREATE TABLE leases (
+     client text NOT NULL REFERENCES clients(name) ON DELETE CASCADE,
+     family smallint NOT NULL CHECK (family IN (4, 6)),
+     net cidr NOT NULL,
+     granted_at timestamptz NOT NULL,
+     renewed_at timestamptz NOT NULL,
+     expires_at timestamptz NOT NULL,
+     renewals integer NOT NULL DEFAULT 0,
+     PRIMARY KEY (client, family),
+     CHECK (family(net) = family),
+     -- relayctl leases an IPv4 address or an IPv6 /48../128, never wider: a
+     -- row written by hand or by a bug can never open the relay to a network.
+     CHECK ((family = 4 AND masklen(net) = 32) OR (family = 6 AND masklen(net) >= 48))
+   );
+   CREATE INDEX leases_net_gist ON leases USING gist (net inet_ops);
+   CREATE INDEX leases_expiry ON leases (expires_at);
+   CREATE TABLE audit (
+     id bigserial PRIMARY KEY,
+     ts timestamptz NOT NULL,
+     event text NOT NULL,
+     client text,
+     ip text,
+     source text,
+     detail text,
+     count integer NOT NULL DEFAULT 1
+   );
+   CREATE INDEX audit_ts ON audit (ts);
+   -- Postfix also looks up client hostnames ("unknown"): a plain '%s'::inet
+   -- would raise an error, which Postfix takes as a temporary failure for
+   -- every client. This answers NULL instead, which matches no lease.
+   CREATE FUNCTION relayctl_inet(k text) RETURNS inet
+     LANGUAGE plpgsql IMMUTABLE STRICT AS $$
+   BEGIN RETURN k::inet;
+   EXCEPTION WHEN invalid_text_representation THEN RETURN NULL; END $$;
+   -- Every change to a lease, by relayctl or by hand, reaches every server's lookup.
+   CREATE FUNCTION relayctl_lease_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+   BEGIN
+     IF TG_OP = 'TRUNCATE' THEN PERFORM pg_notify('relayctl_leases', ''); RETURN NULL; END IF;
+     IF TG_OP IN ('UPDATE', 'DELETE') THEN PERFORM pg_notify('relayctl_leases', OLD.client); END IF;
+     IF TG_OP IN ('INSERT', 'UPDATE') THEN PERFORM pg_notify('relayctl_leases', NEW.client); END IF;
+     RETURN NULL;
+   END $$;
+   CREATE TRIGGER leases_changed AFTER INSERT OR UPDATE OR DELETE ON leases
+     FOR EACH ROW EXECUTE FUNCTION relayctl_lease_changed();
+   CREATE TRIGGER leases_truncated AFTER TRUNCATE ON leases
+     FOR EACH STATEMENT EXECUTE FUNCTION relayctl_lease_changed();`;
+
 function pgIds(): { uid: number; gid: number } | null {
   if (process.getuid?.() !== 0) return null;
   const line = readFileSync("/etc/passwd", "utf8")
