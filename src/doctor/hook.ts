@@ -1,4 +1,6 @@
+import { dirname } from "node:path";
 import { cidrContains, parseCidr, parseIp, type Cidr } from "../lib/ip.ts";
+import { EXACT_REGEXP, exactTable, PGSQL_QUERY } from "../server/stores/tools.ts";
 import { fail, pass, shellQuote, warn, type CheckResult } from "./checks.ts";
 import { mainCfLines, parseTableRef, splitPostfixList, type PostfixView } from "./postfix.ts";
 
@@ -199,4 +201,88 @@ export function hookChecks(i: HookInput): CheckResult[] {
   const f = hookFacts(i);
   const relay = relayRestrictionsCheck(i, f);
   return [hookCheck(i, f), ...(relay ? [relay] : []), broadNetworksCheck(i)];
+}
+
+/** A pgsql: table file that relayctl printed, where main.cf references it. */
+export interface PgsqlTableFact {
+  /** The parameter that references it (mynetworks, smtpd_relay_restrictions, ...). */
+  where: string;
+  /** The list item as main.cf has it (the pipemap, or the bare table). */
+  token: string;
+  path: string;
+  /** Its `query =` value, whitespace folded. */
+  query: string;
+  /** Behind a regexp (or pcre) stage in a pipemap, which Postfix never asks for parent networks. */
+  staged: boolean;
+  /** The role in its `hosts` URI, for the fix. */
+  user: string | null;
+}
+
+/** The `query =` value and the hosts URI's role of a pgsql: table file's text (continuation lines folded). */
+function pgsqlSettings(text: string): { query: string | null; user: string | null } {
+  const settings = new Map<string, string>();
+  let last: string | null = null;
+  for (const line of text.split("\n")) {
+    if (/^\s*(#|$)/.test(line)) continue;
+    const m = /^([a-z_]+)\s*=\s*(.*)$/.exec(line);
+    if (m) settings.set((last = m[1]!), m[2]!.trim());
+    else if (last && /^\s/.test(line)) settings.set(last, `${settings.get(last)} ${line.trim()}`);
+  }
+  const query = settings.get("query")?.replace(/\s+/g, " ") ?? null;
+  const user = /^postgres(?:ql)?:\/\/([^:@/]+)(?::[^@]*)?@/.exec(settings.get("hosts") ?? "")?.[1];
+  return { query, user: user ? decodeURIComponent(user) : null };
+}
+
+/**
+ * Finds the pgsql: tables relayctl printed (their query names relayctl's
+ * objects) in mynetworks and the relay restriction lists, alone or inside a
+ * pipemap; `read` returns a file's text or null.
+ */
+export function pgsqlTableFacts(view: HookInput["view"], read: (path: string) => string | null): PgsqlTableFact[] {
+  const out: PgsqlTableFact[] = [];
+  for (const where of ["mynetworks", ...LISTS] as const) {
+    for (const token of splitPostfixList(view.values[where])) {
+      const pipe = /^pipemap:\{(.*)\}$/s.exec(token);
+      const parts = pipe ? splitPostfixList(pipe[1]!) : [token];
+      const staged = pipe !== null && /^(regexp|pcre):/.test(parts[0] ?? "");
+      for (const part of parts) {
+        const ref = parseTableRef(part);
+        if (ref?.type !== "pgsql") continue;
+        const text = read(ref.path);
+        const { query, user } = text === null ? { query: null, user: null } : pgsqlSettings(text);
+        if (query && /relayctl(_inet\s*\(|\.)/.test(query)) out.push({ where, token, path: ref.path, query, staged, user });
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * Verdicts on `postfix.pgsql`: a relayctl pgsql: table must hold this
+ * release's query (older ones let a client relay on the lease of a shorter
+ * address), and bare it refuses IPv6 clients written with an inner "::".
+ */
+export function pgsqlTableChecks(view: HookInput["view"], facts: PgsqlTableFact[]): CheckResult[] {
+  return facts.map((f) => {
+    if (f.query !== PGSQL_QUERY) {
+      const user = f.user ? ` --user ${shellQuote(f.user)}` : "";
+      return fail(
+        "postfix.pgsql",
+        `${f.path} (in ${f.where}) has a query from an older relayctl: it lets a client relay on the lease of an address its own starts with (2001:db8:5::9:1 on a lease for 2001:db8:5::9), or fails once the database is upgraded`,
+        `relayctl server postfix-pgsql${user} --path ${shellQuote(f.path)} > ${shellQuote(`${f.path}.new`)} && mv ${shellQuote(`${f.path}.new`)} ${shellQuote(f.path)}   # then re-add any password you put in hosts`,
+      );
+    }
+    if (!f.staged) {
+      const regexp = `${dirname(f.path)}/relayctl-exact.regexp`;
+      const staged = exactTable(f.path, regexp);
+      const raw = rawValue(view, f.where);
+      const value = (raw.includes(f.token) ? raw : view.values[f.where as keyof typeof view.values]).split(f.token).join(staged);
+      return warn(
+        "postfix.pgsql",
+        `${f.where} uses ${f.path} bare: IPv6 clients written with an inner "::" (2001:db8:5::9) never relay through it`,
+        [`printf '%s\\n' ${shellQuote(EXACT_REGEXP)} > ${shellQuote(regexp)}`, postconfFix(view.configDir, f.where, value)].join("\n"),
+      );
+    }
+    return pass("postfix.pgsql", `${f.where} asks ${f.path} (this release's query) behind the regexp stage`);
+  });
 }

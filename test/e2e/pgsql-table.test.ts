@@ -7,7 +7,7 @@
  * Postfix logs in as its own role holding only the grants the file lists.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { chmodSync, mkdirSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseCidr } from "../../src/lib/ip.ts";
 import { LeaseBook, systemClock } from "../../src/server/leases.ts";
@@ -28,13 +28,15 @@ const EXACT_ONLY = ["2001:db8:5::9", "2001:db8::1:2:3:4"];
 describe.if(enabled)("the pgsql: table Postfix queries directly", () => {
   let pg: PgCluster;
   let tmp: TmpDir;
+  let config: string;
+  let cf: string;
   const hooks: { name: string; exact: boolean; smtp: string; postfix?: Postfix }[] = [];
 
   beforeAll(async () => {
     pg = await startCluster();
     tmp = tmpDir("relayctl-pgsql-");
     try {
-      const config = writeServerConfig(tmp.path, {
+      config = writeServerConfig(tmp.path, {
         listen: "127.0.0.1:9", public_url: "https://127.0.0.1:9", state_dir: join(tmp.path, "state"), map: join(tmp.path, "clients"), map_type: "hash", database: pg.url,
       });
       // relayctl creates its schema; the leases go in through the store, as a renewal writes them.
@@ -51,7 +53,7 @@ describe.if(enabled)("the pgsql: table Postfix queries directly", () => {
       } finally {
         await store.close();
       }
-      const cf = join(tmp.path, "relayctl-pgsql.cf");
+      cf = join(tmp.path, "relayctl-pgsql.cf");
       const out = await relayctl(["server", "postfix-pgsql", "--user", "postfix", "--path", cf, "--config", config]);
       if (out.code !== 0) throw new Error(`postfix-pgsql failed: ${out.stderr}`);
       writeFileSync(cf, out.stdout);
@@ -116,6 +118,23 @@ describe.if(enabled)("the pgsql: table Postfix queries directly", () => {
     const want = (exact: boolean) => Object.fromEntries([...ALWAYS.map((a) => [a, true]), ...NEVER.map((a) => [a, false]), ...EXACT_ONLY.map((a) => [a, exact])]);
     expect(Object.fromEntries(got)).toEqual(Object.fromEntries(hooks.map((h) => [h.name, want(h.exact)])));
   }, 120_000);
+
+  test("doctor: the staged hooks pass, bare ones warn, and a file with the old query fails", async () => {
+    const verdict = async (h: (typeof hooks)[number]) => {
+      const r = await relayctl(["doctor", "--json", "--config", config, "--postfix-dir", h.postfix!.configDir]);
+      const checks = (JSON.parse(r.stdout) as { checks: { id: string; status: string; message: string }[] }).checks.filter((c) => c.id === "postfix.pgsql");
+      return checks.map((c) => c.status).join(",");
+    };
+    expect(await Promise.all(hooks.map(verdict))).toEqual(hooks.map((h) => (h.exact ? "pass" : "warn")));
+    const current = readFileSync(cf, "utf8");
+    try {
+      // The query relayctl printed before the relayctl schema.
+      writeFileSync(cf, current.replace(/^query = .*$/m, "query = SELECT 'OK' FROM leases WHERE net >>= relayctl_inet('%s') AND expires_at > now() LIMIT 1"));
+      expect(await Promise.all(hooks.map(verdict))).toEqual(hooks.map(() => "fail"));
+    } finally {
+      writeFileSync(cf, current);
+    }
+  }, 60_000);
 
   test("the Postfix role reads leases and nothing else", async () => {
     const as = (sql: string) => pg.psql(`SET ROLE postfix; ${sql}`);
