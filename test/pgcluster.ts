@@ -6,6 +6,7 @@
 import { chmodSync, chownSync, existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { PG_TABLES, SCHEMA } from "../src/server/stores/postgres.ts";
 
 const BIN_DIRS = ["/usr/lib/postgresql/17/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin", "/usr/local/bin", "/usr/bin"];
 
@@ -39,42 +40,7 @@ export interface PgCluster {
  */
 export const SCHEMA_V1 = `CREATE TABLE relayctl_schema (version integer NOT NULL);
    INSERT INTO relayctl_schema (version) VALUES (1);
-   CREATE TABLE clients (
-     name text PRIMARY KEY,
-     token_id text NOT NULL UNIQUE,
-     token_hash bytea NOT NULL,
-     ttl integer,
-     allow text NOT NULL DEFAULT '[]',
-     created_at timestamptz NOT NULL,
-     ipv6_prefix integer
-   );
-   CREATE TABLE leases (
-     client text NOT NULL REFERENCES clients(name) ON DELETE CASCADE,
-     family smallint NOT NULL CHECK (family IN (4, 6)),
-     net cidr NOT NULL,
-     granted_at timestamptz NOT NULL,
-     renewed_at timestamptz NOT NULL,
-     expires_at timestamptz NOT NULL,
-     renewals integer NOT NULL DEFAULT 0,
-     PRIMARY KEY (client, family),
-     CHECK (family(net) = family),
-     -- relayctl leases an IPv4 address or an IPv6 /48../128, never wider: a
-     -- row written by hand or by a bug can never open the relay to a network.
-     CHECK ((family = 4 AND masklen(net) = 32) OR (family = 6 AND masklen(net) >= 48))
-   );
-   CREATE INDEX leases_net_gist ON leases USING gist (net inet_ops);
-   CREATE INDEX leases_expiry ON leases (expires_at);
-   CREATE TABLE audit (
-     id bigserial PRIMARY KEY,
-     ts timestamptz NOT NULL,
-     event text NOT NULL,
-     client text,
-     ip text,
-     source text,
-     detail text,
-     count integer NOT NULL DEFAULT 1
-   );
-   CREATE INDEX audit_ts ON audit (ts);
+   ${PG_TABLES.replaceAll(`${SCHEMA}.`, "")}
    -- Postfix also looks up client hostnames ("unknown"): a plain '%s'::inet
    -- would raise an error, which Postfix takes as a temporary failure for
    -- every client. This answers NULL instead, which matches no lease.

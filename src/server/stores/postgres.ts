@@ -58,10 +58,8 @@ const ROUTINES = `
    CREATE TRIGGER leases_truncated AFTER TRUNCATE ON ${SCHEMA}.leases
      FOR EACH STATEMENT EXECUTE FUNCTION ${SCHEMA}.lease_changed();`;
 
-/** A new database: every object in its own schema, at the current version. */
-const CREATE = `
-   CREATE SCHEMA IF NOT EXISTS ${SCHEMA};
-   CREATE TABLE ${SCHEMA}.relayctl_schema (version integer NOT NULL);
+/** The tables, the same since version 1 (which had them unqualified). */
+export const PG_TABLES = `
    CREATE TABLE ${SCHEMA}.clients (
      name text PRIMARY KEY,
      token_id text NOT NULL UNIQUE,
@@ -97,7 +95,13 @@ const CREATE = `
      detail text,
      count integer NOT NULL DEFAULT 1
    );
-   CREATE INDEX audit_ts ON ${SCHEMA}.audit (ts);
+   CREATE INDEX audit_ts ON ${SCHEMA}.audit (ts);`;
+
+/** A new database: every object in its own schema, at the current version. */
+const CREATE = `
+   CREATE SCHEMA IF NOT EXISTS ${SCHEMA};
+   CREATE TABLE ${SCHEMA}.relayctl_schema (version integer NOT NULL);
+   ${PG_TABLES}
    ${ROUTINES}`;
 
 /** Quotes an identifier read from the catalog (the schema version 1 was created in). */
