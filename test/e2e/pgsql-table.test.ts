@@ -4,7 +4,8 @@
  * instances and a private PostgreSQL cluster: only leased addresses relay.
  * Postfix's check_client_access also looks up parent networks (it cuts
  * 2001:db8:5::9:1 to 2001:db8:5::9); none of those may match a lease.
- * Postfix logs in as its own role holding only the grants the file lists.
+ * Postfix logs in as its own role holding only the grants the file lists,
+ * and a relay host runs with only the row grants docs/several-relays.md lists.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { chmodSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
@@ -14,7 +15,7 @@ import { LeaseBook, systemClock } from "../../src/server/leases.ts";
 import { PgStore, pgTarget } from "../../src/server/stores/postgres.ts";
 import { postgresBinDir, startCluster, type PgCluster } from "../pgcluster.ts";
 import { freePort, requireE2E, startPostfix, swaks, tmpDir, type Postfix, type TmpDir } from "./harness.ts";
-import { relayctl, writeServerConfig } from "./relayctl.ts";
+import { relayctl, startServer, writeServerConfig } from "./relayctl.ts";
 
 const enabled = requireE2E() && postgresBinDir() !== undefined;
 
@@ -133,6 +134,32 @@ describe.if(enabled)("the pgsql: table Postfix queries directly", () => {
       expect(await Promise.all(hooks.map(verdict))).toEqual(hooks.map(() => "fail"));
     } finally {
       writeFileSync(cf, current);
+    }
+  }, 60_000);
+
+  test("a relay host whose role holds only the documented row grants runs the server and admin commands", async () => {
+    const docs = readFileSync(join(import.meta.dir, "../../docs/several-relays.md"), "utf8");
+    const grants = /## Roles and grants[\s\S]*?```sql\n([\s\S]*?)```/.exec(docs)?.[1];
+    expect(grants).toContain("TO relayhost");
+    await pg.psql(`CREATE ROLE relayhost LOGIN; ${grants}`);
+    expect((await pg.psql("SELECT has_database_privilege('relayhost', 'relayctl', 'CREATE') OR has_schema_privilege('relayhost', 'relayctl', 'CREATE') OR has_schema_privilege('relayhost', 'public', 'CREATE')")).trim()).toBe("f");
+    const dir = join(tmp.path, "host");
+    mkdirSync(join(dir, "map"), { recursive: true });
+    const port = freePort();
+    const url = `https://127.0.0.1:${port}`;
+    const map = join(dir, "map", "clients");
+    const hostConfig = writeServerConfig(dir, {
+      listen: `127.0.0.1:${port}`, public_url: url, state_dir: join(dir, "state"), map, map_type: "hash", database: pg.url.replace("postgres://postgres@", "postgres://relayhost@"),
+    });
+    const server = await startServer(hostConfig, url);
+    try {
+      // It read the leases (its map holds them) and writes rows like any host.
+      expect(readFileSync(map, "utf8")).toContain("192.0.2.7");
+      expect((await relayctl(["server", "add", "by-relayhost", "--config", hostConfig])).code).toBe(0);
+      const list = await relayctl(["server", "list", "--json", "--config", hostConfig]);
+      expect(JSON.parse(list.stdout).clients.map((c: { name: string }) => c.name)).toContain("by-relayhost");
+    } finally {
+      expect(await server.stop()).toBe(0);
     }
   }, 60_000);
 
