@@ -119,17 +119,22 @@ const ident = (name: string): string => `"${name.replace(/"/g, '""')}"`;
 const UPGRADES: Record<number, (legacy: string) => string> = {
   1: (legacy) => {
     const l = ident(legacy);
-    return `
-   CREATE SCHEMA IF NOT EXISTS ${SCHEMA};
+    // A role whose own schema was named relayctl already had version 1 there: nothing to move.
+    const move =
+      legacy === SCHEMA
+        ? ""
+        : `CREATE SCHEMA IF NOT EXISTS ${SCHEMA};
    CREATE TABLE ${SCHEMA}.relayctl_schema (version integer NOT NULL);
+   ALTER TABLE ${l}.clients SET SCHEMA ${SCHEMA};
+   ALTER TABLE ${l}.leases SET SCHEMA ${SCHEMA};
+   ALTER TABLE ${l}.audit SET SCHEMA ${SCHEMA};
+   UPDATE ${l}.relayctl_schema SET version = 2;`;
+    return `
    DROP TRIGGER leases_changed ON ${l}.leases;
    DROP TRIGGER leases_truncated ON ${l}.leases;
    DROP FUNCTION ${l}.relayctl_lease_changed();
    DROP FUNCTION ${l}.relayctl_inet(text);
-   ALTER TABLE ${l}.clients SET SCHEMA ${SCHEMA};
-   ALTER TABLE ${l}.leases SET SCHEMA ${SCHEMA};
-   ALTER TABLE ${l}.audit SET SCHEMA ${SCHEMA};
-   UPDATE ${l}.relayctl_schema SET version = 2;
+   ${move}
    ${ROUTINES}`;
   },
 };
@@ -300,6 +305,7 @@ async function schemaVersion(q: SQL): Promise<{ version: number; legacy?: string
   let legacy: string | undefined;
   if (where!.current) {
     version = Number(((await q.unsafe(`SELECT version FROM ${SCHEMA}.relayctl_schema`)) as Row[])[0]?.version ?? 0);
+    if (version === 1) legacy = SCHEMA;
   } else if (where!.legacy?.length) {
     if (where!.legacy.length > 1) {
       throw new RelayError(`the database has relayctl tables in several schemas (${where!.legacy.join(", ")})`, {

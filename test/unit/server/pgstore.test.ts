@@ -266,6 +266,26 @@ describe.skipIf(!HAVE_PG)("the relayctl schema: upgrades and roles", () => {
     }
   });
 
+  test("a version 1 database already in a schema named relayctl (the owner's own schema) is upgraded in place", async () => {
+    await pg.psql("CREATE DATABASE v1own", "postgres");
+    await pg.psql(`CREATE SCHEMA relayctl; SET search_path = relayctl; ${SCHEMA_V1}`, "v1own");
+    await pg.psql(
+      `INSERT INTO relayctl.clients (name, token_id, token_hash, created_at) VALUES ('own', 'own0000000000000', '\\x07', now());
+       INSERT INTO relayctl.leases (client, family, net, granted_at, renewed_at, expires_at) VALUES ('own', 4, '192.0.2.9', now(), now(), now() + interval '1 hour')`,
+      "v1own",
+    );
+    const s = new PgStore(at("v1own"), systemClock);
+    try {
+      await s.ready();
+      expect((await s.allLeases()).map((l) => l.ip)).toEqual(["192.0.2.9"]);
+      expect((await pg.psql("SELECT version FROM relayctl.relayctl_schema", "v1own")).trim()).toBe("2");
+      expect((await pg.psql("SELECT count(*) FROM pg_proc WHERE proname IN ('relayctl_inet', 'relayctl_lease_changed')", "v1own")).trim()).toBe("0");
+      expect((await pg.psql(PGSQL_QUERY.replace("%s", "192.0.2.9"), "v1own")).trim()).toBe("OK");
+    } finally {
+      await s.close();
+    }
+  });
+
   test("with the documented grants, a relay host's role runs the server without DDL; on an old schema it says to start the owner first", async () => {
     const pg2 = await startCluster();
     const at2 = (user: string) => pgTarget(`postgres://${user}@localhost:${pg2.port}/relayctl?host=${pg2.socketDir}`);
