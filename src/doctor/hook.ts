@@ -233,25 +233,42 @@ function pgsqlSettings(text: string): { query: string | null; user: string | nul
   return { query, user: user ? decodeURIComponent(user) : null };
 }
 
+/** relayctl's pgsql: tables in main.cf, and its regexp stage where it is not the first stage before one. */
+export interface PgsqlFacts {
+  tables: PgsqlTableFact[];
+  /** The stage answers for every client address: anywhere else (mynetworks, a unionmap) it relays for everyone. */
+  strayStages: { where: string; token: string; path: string }[];
+}
+
+/** True for a regexp or pcre file holding relayctl's stage (a rule whose result is `exact:$1`). */
+function isExactStage(text: string | null): boolean {
+  return text !== null && text.split("\n").some((l) => /^\/.*\/[a-zA-Z]*\s+exact:\$1\s*$/.test(l));
+}
+
 /**
- * Finds the pgsql: tables relayctl printed (their query names relayctl's
- * objects) in mynetworks and the relay restriction lists, alone or inside a
- * pipemap; `read` returns a file's text or null.
+ * Finds relayctl's pgsql: tables (their query names relayctl's objects) and
+ * regexp stage in mynetworks and the relay restriction lists, alone or inside
+ * a pipemap or unionmap; `read` returns a file's text or null.
  */
-export function pgsqlTableFacts(view: HookInput["view"], read: (path: string) => string | null): PgsqlTableFact[] {
-  const out: PgsqlTableFact[] = [];
+export function pgsqlTableFacts(view: HookInput["view"], read: (path: string) => string | null): PgsqlFacts {
+  const out: PgsqlFacts = { tables: [], strayStages: [] };
   for (const where of ["mynetworks", ...LISTS] as const) {
     for (const token of splitPostfixList(view.values[where])) {
-      const pipe = /^pipemap:\{(.*)\}$/s.exec(token);
-      const parts = pipe ? splitPostfixList(pipe[1]!) : [token];
-      const staged = pipe !== null && /^(regexp|pcre):/.test(parts[0] ?? "");
-      for (const part of parts) {
-        const ref = parseTableRef(part);
-        if (ref?.type !== "pgsql") continue;
+      const group = /^(pipemap|unionmap):\{(.*)\}$/s.exec(token);
+      const parts = group ? splitPostfixList(group[2]!) : [token];
+      const refs = parts.map((p) => parseTableRef(p));
+      // Postfix asks a pipemap for parent networks only when its first table is not a pattern table.
+      const staged = group?.[1] === "pipemap" && (refs[0]?.type === "regexp" || refs[0]?.type === "pcre");
+      refs.forEach((ref, i) => {
+        if (ref?.type === "regexp" || ref?.type === "pcre") {
+          const beforePgsql = staged && i === 0 && refs.slice(1).some((r) => r?.type === "pgsql");
+          if (!beforePgsql && isExactStage(read(ref.path))) out.strayStages.push({ where, token, path: ref.path });
+        }
+        if (ref?.type !== "pgsql") return;
         const text = read(ref.path);
         const { query, user } = text === null ? { query: null, user: null } : pgsqlSettings(text);
-        if (query && /relayctl(_inet\s*\(|\.)/.test(query)) out.push({ where, token, path: ref.path, query, staged, user });
-      }
+        if (query && /relayctl(_inet\s*\(|\.)/.test(query)) out.tables.push({ where, token, path: ref.path, query, staged, user });
+      });
     }
   }
   return out;
@@ -262,8 +279,21 @@ export function pgsqlTableFacts(view: HookInput["view"], read: (path: string) =>
  * release's query (older ones let a client relay on the lease of a shorter
  * address), and bare it refuses IPv6 clients written with an inner "::".
  */
-export function pgsqlTableChecks(view: HookInput["view"], facts: PgsqlTableFact[]): CheckResult[] {
-  return facts.map((f) => {
+export function pgsqlTableChecks(view: HookInput["view"], facts: PgsqlFacts): CheckResult[] {
+  const stray = facts.strayStages.map((f) => {
+    const raw = rawValue(view, f.where);
+    const items = splitPostfixList(raw.includes(f.token) ? raw : view.values[f.where as keyof typeof view.values]);
+    const at = items.indexOf(f.token);
+    // In a restriction list the table goes with the check_*_access before it.
+    const from = at > 0 && /^check_[a-z_]+_access$/.test(items[at - 1]!) ? at - 1 : at;
+    const value = [...items.slice(0, from), ...items.slice(at + 1)];
+    return fail(
+      "postfix.pgsql",
+      `${f.where} lists ${f.path}, relayctl's regexp stage, other than as the first table of pipemap:{${f.path}, proxy:pgsql:...}: it answers for every client address, so Postfix relays for everyone (or defers everyone)`,
+      `${postconfFix(view.configDir, f.where, value.join(f.where === "mynetworks" ? " " : ", "))}\nthen hook the pgsql table as ${exactTable("/etc/postfix/relayctl-pgsql.cf", f.path)} (see relayctl server postfix-pgsql)`,
+    );
+  });
+  return [...stray, ...facts.tables.map((f) => {
     if (f.query !== PGSQL_QUERY) {
       const user = f.user ? ` --user ${shellQuote(f.user)}` : "";
       return fail(
@@ -284,5 +314,5 @@ export function pgsqlTableChecks(view: HookInput["view"], facts: PgsqlTableFact[
       );
     }
     return pass("postfix.pgsql", `${f.where} asks ${f.path} (this release's query) behind the regexp stage`);
-  });
+  })];
 }

@@ -31,6 +31,8 @@ describe.if(enabled)("the pgsql: table Postfix queries directly", () => {
   let tmp: TmpDir;
   let config: string;
   let cf: string;
+  let re: string;
+  let stray: Postfix | undefined;
   const hooks: { name: string; exact: boolean; smtp: string; postfix?: Postfix }[] = [];
 
   beforeAll(async () => {
@@ -66,7 +68,7 @@ describe.if(enabled)("the pgsql: table Postfix queries directly", () => {
       // The regexp stage exactly as the comments say.
       const stage = /^#\s+(\/.*)$/m.exec(out.stdout.slice(out.stdout.indexOf("holding the one line")))?.[1];
       if (!stage) throw new Error(`the file names no regexp stage:\n${out.stdout}`);
-      const re = join(tmp.path, "relayctl-exact.regexp");
+      re = join(tmp.path, "relayctl-exact.regexp");
       writeFileSync(re, `${stage}\n`, { mode: 0o644 });
       // startPostfix writes `${mapType}:${mapPath}`: the pipemap is split so that it ends with the pgsql file.
       const variants = [
@@ -93,6 +95,7 @@ describe.if(enabled)("the pgsql: table Postfix queries directly", () => {
     }
   }, 120_000);
   afterAll(async () => {
+    await stray?.stop();
     await Promise.all(hooks.map((h) => h.postfix?.stop()));
     await pg?.destroy();
     tmp?.remove();
@@ -135,6 +138,19 @@ describe.if(enabled)("the pgsql: table Postfix queries directly", () => {
     } finally {
       writeFileSync(cf, current);
     }
+  }, 60_000);
+
+  test("the regexp stage alone in mynetworks relays for everyone, and doctor fails it", async () => {
+    const smtp = `127.0.0.1:${freePort()}`;
+    stray = await startPostfix({ dir: join(tmp.path, "stray"), mapPath: re, mapType: "regexp", listen: smtp, hook: "mynetworks" });
+    // Why the file's comments forbid it: an address nobody leased relays.
+    expect(await relays(smtp, "192.0.2.8")).toBe(true);
+    const r = await relayctl(["doctor", "--json", "--config", config, "--postfix-dir", stray.configDir]);
+    const pgsql = (JSON.parse(r.stdout) as { checks: { id: string; status: string; message: string }[] }).checks.filter((c) => c.id === "postfix.pgsql");
+    expect(pgsql.map((c) => c.status)).toEqual(["fail"]);
+    expect(pgsql[0]!.message).toContain("relays for everyone");
+    await stray.stop();
+    stray = undefined;
   }, 60_000);
 
   test("a relay host whose role holds only the documented row grants runs the server and admin commands", async () => {

@@ -15,8 +15,12 @@ import { unavailableError } from "./open.ts";
  */
 export const PGSQL_QUERY = `SELECT 'OK' FROM ${SCHEMA}.leases WHERE net OPERATOR(pg_catalog.>>=) ${SCHEMA}.client_address('%s') AND expires_at OPERATOR(pg_catalog.>) pg_catalog.now() LIMIT 1`;
 
-/** The one line of the regexp stage that marks keys "exact:" (a pattern table, so Postfix never asks it for parent networks). */
-export const EXACT_REGEXP = "/^(.+)$/ exact:$1";
+/**
+ * The one line of the regexp stage that marks address keys "exact:" (a
+ * pattern table, so Postfix never asks it for parent networks). It answers
+ * for every client address: alone, in mynetworks, it would be an open relay.
+ */
+export const EXACT_REGEXP = "/^([0-9A-Fa-f:.]+)$/ exact:$1";
 
 /** The main.cf table reference for the pgsql file behind its regexp stage. */
 export function exactTable(pgsqlPath: string, regexpPath: string): string {
@@ -59,7 +63,9 @@ export function postfixPgsqlFile(config: ServerConfig, opts: { user?: string; pa
     `# and which marks its keys as whole addresses. Create ${regexp}`,
     `# holding the one line`,
     `#   ${EXACT_REGEXP}`,
-    `# and hook the pair in one of two ways (main.cf):`,
+    `# and never list that file anywhere else: alone it answers for every client`,
+    `# address, so in mynetworks it would relay for everyone (relayctl doctor fails it).`,
+    `# Hook the pair in one of two ways (main.cf):`,
     `#   smtpd_relay_restrictions = permit_mynetworks, permit_sasl_authenticated, permit_auth_destination,`,
     `#       check_client_access ${table}, reject_unauth_destination`,
     `#   (a database outage defers only relaying: 451 4.3.5; mail to local domains still arrives)`,

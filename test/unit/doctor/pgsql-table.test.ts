@@ -41,7 +41,7 @@ describe("postfix.pgsql", () => {
     const v = view("127.0.0.0/8", `permit_mynetworks, check_client_access proxy:pgsql:${CF}, reject_unauth_destination`, { smtpd_relay_restrictions: `permit_mynetworks, check_client_access proxy:pgsql:${CF}, reject_unauth_destination` });
     const [c] = checks(v, { [CF]: NEW_FILE });
     expect(c!.status).toBe("warn");
-    expect(c!.hint).toContain(`printf '%s\\n' '/^(.+)$/ exact:$1' > ${RE}`);
+    expect(c!.hint).toContain(`printf '%s\\n' '/^([0-9A-Fa-f:.]+)$/ exact:$1' > ${RE}`);
     expect(c!.hint).toContain(`postconf -c /etc/postfix -e 'smtpd_relay_restrictions = permit_mynetworks, check_client_access ${STAGED}, reject_unauth_destination'`);
   });
 
@@ -55,5 +55,31 @@ describe("postfix.pgsql", () => {
     const v = view(`127.0.0.0/8 ${STAGED}`, "permit_mynetworks, reject_unauth_destination");
     const folded = NEW_FILE.replace(" AND expires_at", "\n    AND expires_at");
     expect(checks(v, { [CF]: folded }).map((c) => c.status)).toEqual(["pass"]);
+  });
+});
+
+describe("postfix.pgsql: relayctl's regexp stage out of place", () => {
+  const STAGE = "/^([0-9A-Fa-f:.]+)$/ exact:$1\n";
+
+  test("alone in mynetworks, in a unionmap or after the pgsql table it fails as an open relay, with the list without it", () => {
+    for (const [mynetworks, left] of [
+      [`127.0.0.0/8 regexp:${RE}`, "127.0.0.0/8"],
+      [`127.0.0.0/8 unionmap:{regexp:${RE}, proxy:pgsql:${CF}}`, "127.0.0.0/8"],
+      [`127.0.0.0/8 pipemap:{proxy:pgsql:${CF}, regexp:${RE}}`, "127.0.0.0/8"],
+    ] as const) {
+      const c = checks(view(mynetworks, "permit_mynetworks, reject_unauth_destination", { mynetworks }), { [RE]: STAGE, [CF]: NEW_FILE }).find((x) => x.status === "fail");
+      expect(c?.message).toContain("relays for everyone");
+      expect(c?.hint).toContain(`postconf -c /etc/postfix -e 'mynetworks = ${left}'`);
+    }
+  });
+
+  test("in a restriction list the check goes with it; the staged pipemap is not flagged", () => {
+    const relay = `permit_mynetworks, check_client_access regexp:${RE}, reject_unauth_destination`;
+    const [c] = checks(view("127.0.0.0/8", relay, { smtpd_relay_restrictions: relay }), { [RE]: STAGE });
+    expect(c!.status).toBe("fail");
+    expect(c!.hint).toContain("'smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination'");
+    expect(checks(view(`127.0.0.0/8 ${STAGED}`, "permit_mynetworks, reject_unauth_destination"), { [RE]: STAGE, [CF]: NEW_FILE }).map((x) => x.status)).toEqual(["pass"]);
+    // Another regexp table is none of doctor's business here.
+    expect(checks(view("127.0.0.0/8 regexp:/etc/postfix/lan.regexp", "permit_mynetworks"), { "/etc/postfix/lan.regexp": "/^10\\./ OK\n" })).toEqual([]);
   });
 });
