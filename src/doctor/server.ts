@@ -11,7 +11,7 @@ import { peekLeases } from "../server/stores/open.ts";
 import { findPostfixTool, mapDbSuffix, runTool } from "../server/postfix.ts";
 import { fail, pass, shellQuote, warn, type CheckResult } from "./checks.ts";
 import { accessProblem, currentUser, lookupUser, type Principal } from "./files.ts";
-import { hookChecks } from "./hook.ts";
+import { hookChecks, pgsqlTableChecks, pgsqlTableFacts } from "./hook.ts";
 import { leaseAddressChecks, localAddresses } from "./leases.ts";
 import { policyHookChecks, policyHookFacts, policySocketChecks } from "./policy.ts";
 import { postmapVerdict, refusedSetting, settingVerdict } from "./postmap.ts";
@@ -161,7 +161,17 @@ async function postfixChecks(ctx: Ctx, postfixDir?: string): Promise<CheckResult
   out.push(mapTypeCheck(ctx, view, dbType));
   if (config.lookup === "policy") out.push(...policyHookChecks(view.configDir, config, policyHookFacts(view, config)));
   else if (view.mapTypes.includes(ctx.mapType)) out.push(...hookChecks({ view, mapType: ctx.mapType, mapPath: config.map }));
+  out.push(...pgsqlTableChecks(view, pgsqlTableFacts(view, readableText)));
   return out;
+}
+
+/** A file's text, or null when it is missing or this user may not read it. */
+function readableText(path: string): string | null {
+  try {
+    return readFileSync(path, "utf8");
+  } catch {
+    return null;
+  }
 }
 
 /** Asks the policy socket about a documentation address, as smtpd would; the action, or why not. */
