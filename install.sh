@@ -15,7 +15,8 @@
 #   DESTDIR          install into this root instead of / (images, tests): no user is created,
 #                    nothing is chowned and systemctl is never run
 #   RELAYCTL_BINARY  the relayctl executable to install (default: next to this script, else ./relayctl)
-#   RELAYCTL_INIT    systemd | cron (default: systemd when systemctl is on PATH)
+#   RELAYCTL_INIT    systemd | cron (default: systemd when it runs here and systemctl exists;
+#                    with DESTDIR, when the target has systemctl)
 #   RELAYCTL_DOCTOR  1: run relayctl doctor even with DESTDIR (tests)
 #
 # See docs/operations.md ("Installing") for what each step does and why.
@@ -180,6 +181,32 @@ make_dir() {
 	mkdir -p "$DESTDIR$1"
 	chmod "$2" "$DESTDIR$1"
 	set_owner "$3" "$DESTDIR$1"
+}
+
+# uid_of USER: USER's uid on the system being changed (the target's passwd under DESTDIR),
+# empty when it has no such user.
+uid_of() {
+	if [ -n "$DESTDIR" ]; then
+		awk -F: -v u="$1" '$1 == u { print $3; exit }' "$DESTDIR/etc/passwd" 2>/dev/null || true
+	else
+		id -u "$1" 2>/dev/null || true
+	fi
+}
+
+# ours DIR DEFAULT: true when DIR may be handed to relayctl (chowned and chmodded): it does
+# not exist yet, so install.sh creates it; it is relayctl's own default directory; or it
+# belongs to the relayctl user already. Never a symlink, which would hand over its target.
+ours() {
+	[ ! -L "$DESTDIR$1" ] || return 1
+	[ -d "$DESTDIR$1" ] || return 0
+	[ "$1" != "$2" ] || return 0
+	uid=$(uid_of "$SERVICE_USER")
+	[ -n "$uid" ] && [ "$(stat -c %u "$DESTDIR$1")" = "$uid" ]
+}
+
+# owner_of DIR: who owns DIR, for messages.
+owner_of() {
+	stat -c '%U (uid %u)' "$DESTDIR$1" 2>/dev/null || echo unknown
 }
 
 # put_file PATH MODE < content: atomic, so a half-written unit is never loaded.
@@ -480,13 +507,55 @@ write_units() {
 	fi
 }
 
+# find_program NAME: prints where NAME is installed on the system being changed: in the
+# target's bin directories under DESTDIR; here also on PATH (the sbin ones may be missing from it).
+find_program() {
+	for d in /usr/local/sbin /usr/local/bin /usr/sbin /usr/bin /sbin /bin; do
+		# -L as well: in a target root, /usr/sbin/crond -> /bin/busybox points at this machine's /bin.
+		if [ -x "$DESTDIR$d/$1" ] || [ -L "$DESTDIR$d/$1" ]; then
+			echo "$d/$1"
+			return 0
+		fi
+	done
+	[ -z "$DESTDIR" ] && command -v "$1" 2>/dev/null
+}
+
+# systemd runs the services only where it is the running init and systemctl exists: a
+# container or chroot that merely has the package installed gets the cron way. A DESTDIR
+# root cannot be running, so there the target's systemctl decides.
 use_systemd() {
 	case ${RELAYCTL_INIT:-auto} in
 	systemd) return 0 ;;
 	cron) return 1 ;;
-	auto) command -v systemctl >/dev/null 2>&1 ;;
+	auto) { [ -n "$DESTDIR" ] || [ -d /run/systemd/system ]; } && find_program systemctl >/dev/null ;;
 	*) die "RELAYCTL_INIT=${RELAYCTL_INIT:-}: use systemd or cron" ;;
 	esac
+}
+
+# cron_daemon: which cron daemon the system has: "cron.d" (Debian's cron, cronie: they read
+# /etc/cron.d), "busybox" (BusyBox crond: per-user crontabs only), or nothing. A /etc/cron.d
+# directory alone proves nothing: packages create it without any daemon to read it.
+cron_daemon() {
+	for name in cron crond; do
+		path=$(find_program "$name") || continue
+		case $(readlink "$DESTDIR$path" 2>/dev/null) in
+		*busybox) echo busybox ;;
+		*) echo cron.d ;;
+		esac
+		return 0
+	done
+	if [ -z "$DESTDIR" ] && command -v busybox >/dev/null 2>&1 && busybox --list 2>/dev/null | grep -qx crond; then echo busybox; fi
+}
+
+# cron_install_hint: the command that installs a cron daemon with this system's package manager.
+cron_install_hint() {
+	for cmd in "apt-get install cron" "dnf install cronie" "yum install cronie" "apk add cronie" "zypper install cronie"; do
+		if find_program "${cmd%% *}" >/dev/null; then
+			echo "$cmd"
+			return 0
+		fi
+	done
+	echo "install cron or cronie with your package manager"
 }
 
 # systemctl only when systemd runs this very system; never for a DESTDIR root or a container without it.
@@ -566,8 +635,13 @@ install_server() {
 	policy_dir=
 	if [ "$(toml_get "$DESTDIR$SERVER_CONFIG" lookup)" = policy ]; then
 		policy_socket=$(toml_get "$DESTDIR$SERVER_CONFIG" policy_socket)
-		policy_dir=$(dirname "${policy_socket:-$DEFAULT_POLICY_SOCKET}")
+		policy_socket=${policy_socket:-$DEFAULT_POLICY_SOCKET}
+		policy_dir=$(dirname "$policy_socket")
 		writable="$writable $policy_dir"
+		# Before anything is installed, so a refusal leaves the system as it was. Postfix's own
+		# directories (private/, public/) must keep their owner and mode, or Postfix breaks
+		# and whoever got them could answer for relayctl.
+		ours "$policy_dir" "$(dirname "$DEFAULT_POLICY_SOCKET")" || die "policy_socket = \"$policy_socket\" lies in $DESTDIR$policy_dir, which exists and is not relayctl's own (owner $(owner_of "$policy_dir")), so install.sh will not chown or chmod it: set policy_socket in $SERVER_CONFIG to a path in a directory of its own, such as the default $DEFAULT_POLICY_SOCKET, or, if nothing but relayctl uses $policy_dir, chown it to $SERVICE_USER first; then run install.sh server again"
 	fi
 
 	install_binary
@@ -575,10 +649,10 @@ install_server() {
 	make_dir "$CONF_DIR" 0750 "root:$SERVICE_USER"
 	make_dir "$state_dir" 0700 "$SERVICE_USER:$SERVICE_USER"
 	# Only a directory of our own is handed to relayctl: chowning /etc/postfix itself would be wrong.
-	if [ "$map_dir" = "$(dirname "$DEFAULT_MAP")" ] || [ ! -d "$DESTDIR$map_dir" ]; then
+	if ours "$map_dir" "$(dirname "$DEFAULT_MAP")"; then
 		make_dir "$map_dir" 0755 "$SERVICE_USER:$SERVICE_USER"
 	else
-		warn "$map_dir exists and is not relayctl's own: make sure the $SERVICE_USER user can write it"
+		warn "$map_dir exists and is not relayctl's own (owner $(owner_of "$map_dir")): make sure the $SERVICE_USER user can write it"
 	fi
 	install_config "$SERVER_CONFIG" 0640 "root:$SERVICE_USER" write_server_skeleton
 	if [ -n "$policy_dir" ]; then
@@ -609,26 +683,52 @@ install_server() {
 	run_doctor --config "$SERVER_CONFIG"
 	say ""
 	say "Next steps:"
-	say "  1. Review $SERVER_CONFIG (public_url above all), then: systemctl restart relayctl"
-	if [ -n "$policy_dir" ]; then print_policy_steps "${policy_socket:-$DEFAULT_POLICY_SOCKET}"; else print_postfix_steps "$map"; fi
+	if use_systemd; then
+		say "  1. Review $SERVER_CONFIG (public_url above all), then: systemctl restart relayctl"
+	else
+		say "  1. Review $SERVER_CONFIG (public_url above all), then start the server from your init system"
+		say "     (stop it there first if it runs): $(server_command)"
+	fi
+	if [ -n "$policy_dir" ]; then print_policy_steps "$policy_socket"; else print_postfix_steps "$map"; fi
 	say "  3. Open TCP port $port to the dynamic hosts."
 	say "  4. For each host: relayctl server add NAME, and run the printed line on that host"
 	say "     after installing relayctl there with \`install.sh client\`."
 }
 
+# The foreground server as the service user, for init systems other than systemd.
+server_command() {
+	echo "runuser -u $SERVICE_USER -- $BIN server --config $SERVER_CONFIG"
+}
+
 # For containers, OpenRC, runit and BSD-style inits: how to run the server in the
 # foreground, where its log goes, and the sweep that expires leases while it is down.
 without_systemd_server() {
-	sweep="* * * * * $SERVICE_USER $BIN server sweep --config $SERVER_CONFIG"
-	if [ -d "$DESTDIR$(dirname "$CRON_FILE")" ]; then
-		printf '# Expire relayctl leases every minute, also while the server is down.\n%s\n' "$sweep" | put_file "$DESTDIR$CRON_FILE" 0644
-		say "installed $DESTDIR$CRON_FILE (the sweep, every minute as $SERVICE_USER)"
-	else
-		say "no /etc/cron.d: add the sweep to the system crontab (/etc/crontab format, with the user field):"
-		say "  $sweep"
-	fi
+	sweep="$BIN server sweep --config $SERVER_CONFIG"
+	case $(cron_daemon) in
+	cron.d)
+		if [ -d "$DESTDIR$(dirname "$CRON_FILE")" ]; then
+			printf '# Expire relayctl leases every minute, also while the server is down.\n* * * * * %s %s\n' "$SERVICE_USER" "$sweep" | put_file "$DESTDIR$CRON_FILE" 0644
+			say "installed $DESTDIR$CRON_FILE (the sweep, every minute as $SERVICE_USER)"
+		else
+			say "no /etc/cron.d: add the sweep to the system crontab (/etc/crontab format, with the user field):"
+			say "  * * * * * $SERVICE_USER $sweep"
+		fi
+		;;
+	busybox)
+		say "BusyBox crond reads no /etc/cron.d: give the sweep to $SERVICE_USER's crontab, and make sure crond"
+		say "runs (Alpine: rc-update add crond && rc-service crond start):"
+		say "  echo '* * * * * $sweep' | crontab -u $SERVICE_USER -"
+		;;
+	*)
+		warn "no cron daemon (cron, crond) found, so $CRON_FILE was not written: nothing would run the sweep, which expires leases while the server is down"
+		say "run the sweep every minute: install cron, then run install.sh server again:"
+		say "  $(cron_install_hint)"
+		say "or run it as a service of its own from your init system:"
+		say "  runuser -u $SERVICE_USER -- sh -c 'while :; do $sweep; sleep 60; done'"
+		;;
+	esac
 	say "no systemd: run the server in the foreground as user $SERVICE_USER from your init system:"
-	say "  runuser -u $SERVICE_USER -- $BIN server --config $SERVER_CONFIG"
+	say "  $(server_command)"
 	say "  (without runuser: su -s /bin/sh $SERVICE_USER -c '$BIN server --config $SERVER_CONFIG')"
 	say "  It logs one line per event on stderr (JSON lines with log_format = \"json\" in server.toml);"
 	say "  SIGTERM stops it cleanly, SIGHUP reloads its config and certificate."
@@ -651,6 +751,12 @@ install_client() {
 			say "systemd is not running here: later run systemctl daemon-reload && systemctl enable --now relayctl-client.timer"
 		fi
 	else
+		if [ -z "$(cron_daemon)" ]; then
+			warn "no systemd and no cron daemon (cron, crond) found: nothing renews the lease yet"
+			say "either run the client from your init system as a service of its own (as root):"
+			say "  $BIN client --watch --config $CLIENT_CONFIG"
+			say "or install cron ($(cron_install_hint)) and use the crontab line below."
+		fi
 		say "no systemd: add this line to root's crontab (crontab -e); the sleep spreads hosts over 42 seconds:"
 		say "  */4 * * * * sleep \$((\$(od -An -N1 -tu1 /dev/urandom) / 6)) && $BIN client --config $CLIENT_CONFIG"
 	fi

@@ -190,9 +190,9 @@ export async function benchProfile(o: { leases: number; seconds: number; n: numb
     S.sqlTxEmpty = await span(n, reps, () => store.tx(() => 0));
     const lease = store.leasesOf(client.name)[0]!;
     let at = lease.expires_at;
-    S.sqlExtendTx = await span(n, reps, () => store.tx(() => store.extendLease(client.name, 4, lease.ip, lease.renewed_at, ++at)));
+    S.sqlExtendTx = await span(n, reps, () => store.tx(() => store.extendLease(client, 4, lease.ip, lease.renewed_at, ++at)));
     // The server's path: 50 renewals arriving together share one COMMIT (SqliteStore group commit).
-    S.sqlExtend50 = (await span(n / 50, reps, () => Promise.all(Array.from({ length: 50 }, () => shared.tx((t) => t.extendLease(client.name, 4, lease.ip, lease.renewed_at, ++at)))))) / 50;
+    S.sqlExtend50 = (await span(n / 50, reps, () => Promise.all(Array.from({ length: 50 }, () => shared.tx((t) => t.extendLease(client, 4, lease.ip, lease.renewed_at, ++at)))))) / 50;
     S.sqlUpsertTx = await span(n, reps, (i) => store.tx(() => store.upsertLease({ ...lease, renewed_at: lease.renewed_at + i, renewals: lease.renewals + i })));
     // Group commit: the same upserts for 1,000 different clients, one transaction each vs 50 per transaction.
     const many = store.allLeases().slice(0, 1000);

@@ -6,6 +6,7 @@
 import { chmodSync, chownSync, existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { PG_TABLES, SCHEMA } from "../src/server/stores/postgres.ts";
 
 const BIN_DIRS = ["/usr/lib/postgresql/17/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin", "/usr/local/bin", "/usr/bin"];
 
@@ -32,6 +33,33 @@ export interface PgCluster {
   /** Stops and deletes everything. */
   destroy(): Promise<void>;
 }
+
+/**
+ * The schema relayctl wrote before it had a schema of its own (version 1:
+ * everything unqualified, in the owner's first schema), to test upgrades.
+ */
+export const SCHEMA_V1 = `CREATE TABLE relayctl_schema (version integer NOT NULL);
+   INSERT INTO relayctl_schema (version) VALUES (1);
+   ${PG_TABLES.replaceAll(`${SCHEMA}.`, "")}
+   -- Postfix also looks up client hostnames ("unknown"): a plain '%s'::inet
+   -- would raise an error, which Postfix takes as a temporary failure for
+   -- every client. This answers NULL instead, which matches no lease.
+   CREATE FUNCTION relayctl_inet(k text) RETURNS inet
+     LANGUAGE plpgsql IMMUTABLE STRICT AS $$
+   BEGIN RETURN k::inet;
+   EXCEPTION WHEN invalid_text_representation THEN RETURN NULL; END $$;
+   -- Every change to a lease, by relayctl or by hand, reaches every server's lookup.
+   CREATE FUNCTION relayctl_lease_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+   BEGIN
+     IF TG_OP = 'TRUNCATE' THEN PERFORM pg_notify('relayctl_leases', ''); RETURN NULL; END IF;
+     IF TG_OP IN ('UPDATE', 'DELETE') THEN PERFORM pg_notify('relayctl_leases', OLD.client); END IF;
+     IF TG_OP IN ('INSERT', 'UPDATE') THEN PERFORM pg_notify('relayctl_leases', NEW.client); END IF;
+     RETURN NULL;
+   END $$;
+   CREATE TRIGGER leases_changed AFTER INSERT OR UPDATE OR DELETE ON leases
+     FOR EACH ROW EXECUTE FUNCTION relayctl_lease_changed();
+   CREATE TRIGGER leases_truncated AFTER TRUNCATE ON leases
+     FOR EACH STATEMENT EXECUTE FUNCTION relayctl_lease_changed();`;
 
 function pgIds(): { uid: number; gid: number } | null {
   if (process.getuid?.() !== 0) return null;

@@ -1,4 +1,6 @@
+import { dirname } from "node:path";
 import { cidrContains, parseCidr, parseIp, type Cidr } from "../lib/ip.ts";
+import { EXACT_REGEXP, exactTable, PGSQL_QUERY } from "../server/stores/tools.ts";
 import { fail, pass, shellQuote, warn, type CheckResult } from "./checks.ts";
 import { mainCfLines, parseTableRef, splitPostfixList, type PostfixView } from "./postfix.ts";
 
@@ -199,4 +201,118 @@ export function hookChecks(i: HookInput): CheckResult[] {
   const f = hookFacts(i);
   const relay = relayRestrictionsCheck(i, f);
   return [hookCheck(i, f), ...(relay ? [relay] : []), broadNetworksCheck(i)];
+}
+
+/** A pgsql: table file that relayctl printed, where main.cf references it. */
+export interface PgsqlTableFact {
+  /** The parameter that references it (mynetworks, smtpd_relay_restrictions, ...). */
+  where: string;
+  /** The list item as main.cf has it (the pipemap, or the bare table). */
+  token: string;
+  path: string;
+  /** Its `query =` value, whitespace folded. */
+  query: string;
+  /** Behind a regexp (or pcre) stage in a pipemap, which Postfix never asks for parent networks. */
+  staged: boolean;
+  /** The role in its `hosts` URI, for the fix. */
+  user: string | null;
+}
+
+/** The `query =` value and the hosts URI's role of a pgsql: table file's text (continuation lines folded). */
+function pgsqlSettings(text: string): { query: string | null; user: string | null } {
+  const settings = new Map<string, string>();
+  let last: string | null = null;
+  for (const line of text.split("\n")) {
+    if (/^\s*(#|$)/.test(line)) continue;
+    const m = /^([a-z_]+)\s*=\s*(.*)$/.exec(line);
+    if (m) settings.set((last = m[1]!), m[2]!.trim());
+    else if (last && /^\s/.test(line)) settings.set(last, `${settings.get(last)} ${line.trim()}`);
+  }
+  const query = settings.get("query")?.replace(/\s+/g, " ") ?? null;
+  const user = /^postgres(?:ql)?:\/\/([^:@/]+)(?::[^@]*)?@/.exec(settings.get("hosts") ?? "")?.[1];
+  return { query, user: user ? decodeURIComponent(user) : null };
+}
+
+/** relayctl's pgsql: tables in main.cf, and its regexp stage where it is not the first stage before one. */
+export interface PgsqlFacts {
+  tables: PgsqlTableFact[];
+  /** The stage answers for every client address: anywhere else (mynetworks, a unionmap) it relays for everyone. */
+  strayStages: { where: string; token: string; path: string }[];
+}
+
+/** True for a regexp or pcre file holding relayctl's stage (a rule whose result is `exact:$1`). */
+function isExactStage(text: string | null): boolean {
+  return text !== null && text.split("\n").some((l) => /^\/.*\/[a-zA-Z]*\s+exact:\$1\s*$/.test(l));
+}
+
+/**
+ * Finds relayctl's pgsql: tables (their query names relayctl's objects) and
+ * regexp stage in mynetworks and the relay restriction lists, alone or inside
+ * a pipemap or unionmap; `read` returns a file's text or null.
+ */
+export function pgsqlTableFacts(view: HookInput["view"], read: (path: string) => string | null): PgsqlFacts {
+  const out: PgsqlFacts = { tables: [], strayStages: [] };
+  for (const where of ["mynetworks", ...LISTS] as const) {
+    for (const token of splitPostfixList(view.values[where])) {
+      const group = /^(pipemap|unionmap):\{(.*)\}$/s.exec(token);
+      const parts = group ? splitPostfixList(group[2]!) : [token];
+      const refs = parts.map((p) => parseTableRef(p));
+      // Postfix asks a pipemap for parent networks only when its first table is not a pattern table.
+      const staged = group?.[1] === "pipemap" && (refs[0]?.type === "regexp" || refs[0]?.type === "pcre");
+      refs.forEach((ref, i) => {
+        if (ref?.type === "regexp" || ref?.type === "pcre") {
+          const beforePgsql = staged && i === 0 && refs.slice(1).some((r) => r?.type === "pgsql");
+          if (!beforePgsql && isExactStage(read(ref.path))) out.strayStages.push({ where, token, path: ref.path });
+        }
+        if (ref?.type !== "pgsql") return;
+        const text = read(ref.path);
+        const { query, user } = text === null ? { query: null, user: null } : pgsqlSettings(text);
+        if (query && /relayctl(_inet\s*\(|\.)/.test(query)) out.tables.push({ where, token, path: ref.path, query, staged, user });
+      });
+    }
+  }
+  return out;
+}
+
+/**
+ * Verdicts on `postfix.pgsql`: a relayctl pgsql: table must hold this
+ * release's query (older ones let a client relay on the lease of a shorter
+ * address), and bare it refuses IPv6 clients written with an inner "::".
+ */
+export function pgsqlTableChecks(view: HookInput["view"], facts: PgsqlFacts): CheckResult[] {
+  const stray = facts.strayStages.map((f) => {
+    const raw = rawValue(view, f.where);
+    const items = splitPostfixList(raw.includes(f.token) ? raw : view.values[f.where as keyof typeof view.values]);
+    const at = items.indexOf(f.token);
+    // In a restriction list the table goes with the check_*_access before it.
+    const from = at > 0 && /^check_[a-z_]+_access$/.test(items[at - 1]!) ? at - 1 : at;
+    const value = [...items.slice(0, from), ...items.slice(at + 1)];
+    return fail(
+      "postfix.pgsql",
+      `${f.where} lists ${f.path}, relayctl's regexp stage, other than as the first table of pipemap:{${f.path}, proxy:pgsql:...}: it answers for every client address, so Postfix relays for everyone (or defers everyone)`,
+      `${postconfFix(view.configDir, f.where, value.join(f.where === "mynetworks" ? " " : ", "))}\nthen hook the pgsql table as ${exactTable("/etc/postfix/relayctl-pgsql.cf", f.path)} (see relayctl server postfix-pgsql)`,
+    );
+  });
+  return [...stray, ...facts.tables.map((f) => {
+    if (f.query !== PGSQL_QUERY) {
+      const user = f.user ? ` --user ${shellQuote(f.user)}` : "";
+      return fail(
+        "postfix.pgsql",
+        `${f.path} (in ${f.where}) has a query from an older relayctl: it lets a client relay on the lease of an address its own starts with (2001:db8:5::9:1 on a lease for 2001:db8:5::9), or fails once the database is upgraded`,
+        `relayctl server postfix-pgsql${user} --path ${shellQuote(f.path)} > ${shellQuote(`${f.path}.new`)} && mv ${shellQuote(`${f.path}.new`)} ${shellQuote(f.path)}   # then re-add any password you put in hosts`,
+      );
+    }
+    if (!f.staged) {
+      const regexp = `${dirname(f.path)}/relayctl-exact.regexp`;
+      const staged = exactTable(f.path, regexp);
+      const raw = rawValue(view, f.where);
+      const value = (raw.includes(f.token) ? raw : view.values[f.where as keyof typeof view.values]).split(f.token).join(staged);
+      return warn(
+        "postfix.pgsql",
+        `${f.where} uses ${f.path} bare: IPv6 clients written with an inner "::" (2001:db8:5::9) never relay through it`,
+        [`printf '%s\\n' ${shellQuote(EXACT_REGEXP)} > ${shellQuote(regexp)}`, postconfFix(view.configDir, f.where, value)].join("\n"),
+      );
+    }
+    return pass("postfix.pgsql", `${f.where} asks ${f.path} (this release's query) behind the regexp stage`);
+  })];
 }

@@ -111,8 +111,13 @@ export function policySocketChecks(f: PolicySocketFacts): CheckResult[] {
   if ((f.dir.mode & 0o777) !== 0o750) dirProblems.push(`mode ${(f.dir.mode & 0o7777).toString(8)}, not 2750`);
   if (f.dir.mode & 0o002) dirProblems.push("writable by everyone");
   if (f.postfixGid !== null && f.dir.gid !== f.postfixGid) dirProblems.push("group is not postfix");
-  if (f.dir.uid !== f.serviceUid && f.dir.uid !== 0) dirProblems.push("owned by neither the service user nor root");
-  out.push(dirProblems.length ? fail("policy.socket_dir", `${dir}: ${dirProblems.join(", ")}`, `chown relayctl:postfix ${dir} && chmod 2750 ${dir}`) : pass("policy.socket_dir", `${dir} is 2750, group postfix`));
+  // A directory another user owns (Postfix's private/, say) is never taken over: that user
+  // could replace the socket, and chowning it would break whoever uses it. Move the socket.
+  const foreign = f.dir.uid !== f.serviceUid && f.dir.uid !== 0;
+  if (foreign) dirProblems.push("owned by neither the service user nor root (the server refuses to start there)");
+  const own = `${f.queueDirectory.replace(/\/?$/, "")}/relayctl`;
+  const fixDir = foreign ? `set policy_socket = "${own}/policy" in server.toml, then: install -d -o relayctl -g postfix -m 2750 ${own}` : `chown relayctl:postfix ${dir} && chmod 2750 ${dir}`;
+  out.push(dirProblems.length ? fail("policy.socket_dir", `${dir}: ${dirProblems.join(", ")}`, fixDir) : pass("policy.socket_dir", `${dir} is 2750, group postfix`));
   if (!f.socket) {
     out.push(fail("policy.socket", `${f.path} does not exist: the server is not running with lookup = "policy" (Postfix defers relay attempts with 451)`, "systemctl start relayctl"));
     return out;

@@ -70,7 +70,8 @@ export function parsePostconfN(text: string): Map<string, string> {
 export function mainCfLines(text: string, name: string): { set?: number; commented?: number } {
   const lines = text.split("\n");
   // A parameter starts in column one; an indented line continues the previous one.
-  const set = lines.findIndex((l) => new RegExp(`^${name}\\s*=`).test(l));
+  // Postfix keeps the last of several settings, so that is the line to point at.
+  const set = lines.findLastIndex((l) => new RegExp(`^${name}\\s*=`).test(l));
   const commented = lines.findIndex((l) => new RegExp(`^\\s*#\\s*${name}\\s*=`).test(l));
   return { set: set === -1 ? undefined : set + 1, commented: commented === -1 ? undefined : commented + 1 };
 }
@@ -85,11 +86,18 @@ export async function defaultConfigDir(postconf: string | undefined): Promise<st
   return "/etc/postfix";
 }
 
+/** postconf failed; its stderr is kept so doctor can tell a refused main.cf setting from a broken install. */
+export class PostconfFailed extends RelayError {
+  constructor(message: string, readonly stderr: string) {
+    super(message, { hint: "check --postfix-dir and that main.cf is readable" });
+  }
+}
+
 async function postconfRun(postconf: string, args: string[]): Promise<string> {
   const r = await runTool([postconf, ...args], POSTCONF_TIMEOUT_MS);
   if (r.timedOut || r.code !== 0) {
     const why = r.timedOut ? "timed out" : (r.stderr.trim().split("\n").at(-1) ?? `exit code ${r.code}`);
-    throw new RelayError(`${postconf} ${args.join(" ")} failed: ${why}`, { hint: "check --postfix-dir and that main.cf is readable" });
+    throw new PostconfFailed(`${postconf} ${args.join(" ")} failed: ${why}`, r.timedOut ? "" : r.stderr);
   }
   return r.stdout;
 }

@@ -2,7 +2,7 @@ import { existsSync, lstatSync, mkdtempSync, readFileSync, rmSync, statSync, wri
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { FetchError } from "ofetch";
-import { DEFAULT_SERVER_CONFIG, loadServerConfig, MAP_TYPES, type MapType, type ServerConfig } from "../lib/config.ts";
+import { DEFAULT_SERVER_CONFIG, loadServerConfig, MAP_TYPES, serverConfigToRun, type MapType, type ServerConfig } from "../lib/config.ts";
 import { usageError } from "../lib/errors.ts";
 import { apiError, createApi } from "../lib/http.ts";
 import { certificateExpiry, certificatePin, keyMatchesCertificate } from "../lib/tls.ts";
@@ -11,11 +11,13 @@ import { peekLeases } from "../server/stores/open.ts";
 import { findPostfixTool, mapDbSuffix, runTool } from "../server/postfix.ts";
 import { fail, pass, shellQuote, warn, type CheckResult } from "./checks.ts";
 import { accessProblem, currentUser, lookupUser, type Principal } from "./files.ts";
-import { hookChecks } from "./hook.ts";
+import { hookChecks, pgsqlTableChecks, pgsqlTableFacts } from "./hook.ts";
+import { leaseAddressChecks, localAddresses } from "./leases.ts";
 import { policyHookChecks, policyHookFacts, policySocketChecks } from "./policy.ts";
+import { postmapVerdict, refusedSetting, settingVerdict } from "./postmap.ts";
 import { frozenEntries, installedKeys } from "../server/lookups/map.ts";
 import { postfixGid } from "../server/lookups/policy.ts";
-import { defaultConfigDir, readPostfix, type PostfixView } from "./postfix.ts";
+import { defaultConfigDir, PostconfFailed, readPostfix, type PostfixView } from "./postfix.ts";
 
 const TOOL_TIMEOUT_MS = 10_000;
 /** Certificates closer to expiry than this draw a warning. */
@@ -38,6 +40,12 @@ interface Ctx {
   mapType?: MapType;
   /** Who runs the server: the owner of state_dir, else whoever runs doctor. */
   serverUser: Principal;
+  /** The leases in state, read once (read-only) for every check that needs them. */
+  leases?: ReturnType<typeof peekLeases>;
+}
+
+function leasesOf(ctx: Ctx): ReturnType<typeof peekLeases> {
+  return (ctx.leases ??= peekLeases(ctx.config));
 }
 
 /** Runs every mail-host check: config, Postfix tools and main.cf, the map, and the server itself. */
@@ -52,25 +60,55 @@ export async function serverChecks(o: ServerDoctorOptions): Promise<CheckResult[
     const e = err as Error & { hint?: string };
     return [fail("server.config", e.message, e.hint)];
   }
-  const out: CheckResult[] = [
-    pass("server.config", existsSync(config.path) ? `${config.path} is valid` : `no ${DEFAULT_SERVER_CONFIG}: using built-in defaults`),
-  ];
+  const out: CheckResult[] = [configCheck(config.path)];
   const owner = existsSync(config.stateDir) ? lookupUser(statSync(config.stateDir).uid) : null;
   const ctx: Ctx = { config, serverUser: owner ?? currentUser() };
   out.push(...(await postfixChecks(ctx, o.postfixDir)));
   out.push(...(config.lookup === "policy" ? await policyChecks(ctx) : await mapChecks(ctx)));
-  out.push(...stateDirCheck(ctx), ...(await databaseCheck(ctx)), ...tlsChecks(ctx), ...(await listenChecks(ctx)));
+  out.push(...stateDirCheck(ctx), ...(await databaseCheck(ctx)), ...(await leaseChecks(ctx)), ...tlsChecks(ctx), ...(await listenChecks(ctx)));
   return out;
+}
+
+/**
+ * Verdict on `server.config` for a config that loads: the file must exist, since
+ * `relayctl server` refuses to start on built-in defaults (serverConfigToRun says
+ * why, in the words doctor repeats). The other checks still run, on those defaults.
+ */
+export function configCheck(path: string): CheckResult {
+  try {
+    serverConfigToRun(path);
+  } catch (err) {
+    const e = err as Error & { hint?: string };
+    return fail("server.config", `${e.message}; the checks below use the built-in defaults`, e.hint);
+  }
+  return pass("server.config", `${path} is valid`);
 }
 
 /** Verdict on `server.database`: with shared state, the database answers and holds relayctl's schema. */
 async function databaseCheck(ctx: Ctx): Promise<CheckResult[]> {
   if (ctx.config.database === undefined) return [];
-  const { rows, error } = await peekLeases(ctx.config);
+  const { rows, error } = await leasesOf(ctx);
   if (error) {
     return [fail("server.database", `the shared database cannot be read: ${error}`, "check that PostgreSQL runs and the database line in server.toml; the server creates the schema when it first starts")];
   }
   return [pass("server.database", `the shared database answers; ${rows.filter((l) => l.expires_at > Date.now()).length} live leases`)];
+}
+
+/** main.cf's text, or "" when it cannot be read (the verdicts then name no line). */
+function readMainCf(configDir: string): string {
+  try {
+    return readFileSync(join(configDir, "main.cf"), "utf8");
+  } catch {
+    return "";
+  }
+}
+
+/** Facts for the lease-address verdicts: the live leases against this host's own addresses. */
+async function leaseChecks(ctx: Ctx): Promise<CheckResult[]> {
+  const { rows, error } = await leasesOf(ctx);
+  // An unreadable database is server.database's failure; there is nothing to judge here.
+  if (error) return [];
+  return leaseAddressChecks({ now: Date.now(), leases: rows, local: localAddresses(), configPath: ctx.config.path, defaultConfig: ctx.config.path === DEFAULT_SERVER_CONFIG });
 }
 
 function configHint(ctx: Ctx, setting: string): string {
@@ -87,9 +125,7 @@ async function postfixChecks(ctx: Ctx, postfixDir?: string): Promise<CheckResult
 
   if (ctx.postmap) {
     const r = await runTool([ctx.postmap, "-c", configDir, "-q", "relayctl-doctor", "static:ok"], TOOL_TIMEOUT_MS).catch((e: Error) => ({ code: -1, stdout: "", stderr: e.message, timedOut: false }));
-    out.push(r.code === 0 && r.stdout.trim() === "ok"
-      ? pass("postfix.postmap", `${ctx.postmap} runs`)
-      : fail("postfix.postmap", `${ctx.postmap} does not run: ${r.timedOut ? "timed out" : r.stderr.trim().split("\n").at(-1) || `exit code ${r.code}`}`, "reinstall Postfix (apt-get install --reinstall postfix)"));
+    out.push(postmapVerdict({ ...r, path: ctx.postmap, configDir, mainCf: readMainCf(configDir) }));
   } else if (config.postmap) {
     const elsewhere = findPostfixTool("postmap");
     out.push(fail("postfix.postmap", `postmap = "${config.postmap}" in ${config.path} is not an executable file`,
@@ -110,7 +146,9 @@ async function postfixChecks(ctx: Ctx, postfixDir?: string): Promise<CheckResult
     ctx.view = await readPostfix(ctx.postconf, configDir);
   } catch (err) {
     const e = err as Error & { hint?: string };
-    out.push(fail("postfix.postconf", e.message, e.hint));
+    const mainCf = readMainCf(configDir);
+    const refused = err instanceof PostconfFailed ? refusedSetting(err.stderr, mainCf) : null;
+    out.push(refused ? settingVerdict("postfix.postconf", "doctor cannot check main.cf", configDir, mainCf, refused) : fail("postfix.postconf", e.message, e.hint));
     return out;
   }
   const view = ctx.view;
@@ -123,7 +161,17 @@ async function postfixChecks(ctx: Ctx, postfixDir?: string): Promise<CheckResult
   out.push(mapTypeCheck(ctx, view, dbType));
   if (config.lookup === "policy") out.push(...policyHookChecks(view.configDir, config, policyHookFacts(view, config)));
   else if (view.mapTypes.includes(ctx.mapType)) out.push(...hookChecks({ view, mapType: ctx.mapType, mapPath: config.map }));
+  out.push(...pgsqlTableChecks(view, pgsqlTableFacts(view, readableText)));
   return out;
+}
+
+/** A file's text, or null when it is missing or this user may not read it. */
+function readableText(path: string): string | null {
+  try {
+    return readFileSync(path, "utf8");
+  } catch {
+    return null;
+  }
 }
 
 /** Asks the policy socket about a documentation address, as smtpd would; the action, or why not. */
@@ -204,6 +252,7 @@ async function frozenCheck(ctx: Ctx, type: MapType): Promise<CheckResult> {
   const m = { path: ctx.config.map, type, postmap: ctx.postmap! };
   const keys = await installedKeys(m);
   if (!keys) return warn("map.frozen", `postmap -s ${type}:${m.path} cannot read the map`, "see map.files and map.lookup");
+  // Read after the map's keys, not from the shared read: a lease granted in between must not look frozen.
   const { rows, error } = await peekLeases(ctx.config);
   if (error) return warn("map.frozen", `cannot compare the map with the leases: ${error}`, "see server.database");
   const f = frozenEntries(keys, rows, Date.now(), statSync(m.path + mapDbSuffix(type)).mtimeMs);
@@ -282,8 +331,8 @@ function mapPermissionCheck(ctx: Ctx, src: string, db: string): CheckResult {
 }
 
 /** The address of a live lease in state_dir, read without changing anything. */
-async function liveLease(config: ServerConfig): Promise<{ client: string; ip: string } | null> {
-  return (await peekLeases(config)).rows.find((l) => l.expires_at > Date.now()) ?? null;
+async function liveLease(ctx: Ctx): Promise<{ client: string; ip: string } | null> {
+  return (await leasesOf(ctx)).rows.find((l) => l.expires_at > Date.now()) ?? null;
 }
 
 async function query(ctx: Ctx, type: string, path: string, key: string): Promise<{ found: boolean; error?: string }> {
@@ -295,7 +344,7 @@ async function query(ctx: Ctx, type: string, path: string, key: string): Promise
 }
 
 async function lookupCheck(ctx: Ctx, type: MapType, src: string): Promise<CheckResult> {
-  const lease = await liveLease(ctx.config);
+  const lease = await liveLease(ctx);
   if (lease) {
     const r = await query(ctx, type, src, lease.ip);
     if (r.found) return pass("map.lookup", `postmap -q ${lease.ip} finds the live lease of ${lease.client}`);

@@ -250,7 +250,8 @@ export async function editClient(opts: { configPath?: string; name: string; ttl?
       const shortened: EditResult["shortened"] = [];
       if (!changes.length) return { changes, dropped, shortened };
       await t.updateClient(name, after.ttl, after.allow, after.ipv6_prefix);
-      const now = Date.now();
+      // The store's clock, as renewals use: PostgreSQL's now(), not this admin host's clock.
+      const now = t.now;
       const latest = now + (after.ttl ?? config.ttl) * 1000;
       for (const l of await t.leasesOf(name)) {
         const prefix = after.ipv6_prefix ?? config.ipv6Prefix;

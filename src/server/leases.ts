@@ -2,7 +2,7 @@ import type { Cidr } from "../lib/ip.ts";
 import { LiveIndex, leaseText } from "./live.ts";
 import { log } from "../lib/logging.ts";
 import type { ClientRow, LeaseRow } from "./state.ts";
-import type { Store } from "./stores/index.ts";
+import type { Store, StoreTx } from "./stores/index.ts";
 
 /** Wall-clock source, injectable so tests can move time. */
 export interface Clock {
@@ -23,6 +23,18 @@ export function monotonicWallClock(wall: () => number = Date.now, mono: () => nu
 }
 
 export type RenewEvent = "grant" | "renew" | "replace";
+
+/**
+ * Decides a renewal's network again from the client's row as the
+ * transaction sees it (null: the client is gone); throws to refuse.
+ */
+export type Recheck = (client: ClientRow | null) => Cidr;
+
+/** One network a renewal asks for, and how to decide it again inside the transaction. */
+export interface RenewRequest {
+  net: Cidr;
+  recheck?: Recheck;
+}
 
 /** What a renewal did, and whether the map must change because of it. */
 export interface RenewResult {
@@ -66,36 +78,54 @@ export class LeaseBook {
   }
 
   /** Grants, renews or replaces the client's lease for the network's family (an address, or an IPv6 prefix). */
-  async renew(client: ClientRow, net: Cidr, source: string): Promise<RenewResult> {
-    const text = leaseText(net);
-    const r = await this.store.tx(async (t) => {
-      const now = t.now;
-      const expiresAt = now + this.ttlOf(client) * 1000;
-      // Most renewals keep their address: one statement, no read, no audit, no lookup change.
-      const extended = await t.extendLease(client.name, net.family, text, now, expiresAt);
-      if (extended) return { event: "renew" as const, lease: extended, mapChanged: false };
-      await t.lockClient(client.name);
-      const old = (await t.leasesOf(client.name)).find((l) => l.family === net.family && l.expires_at > now);
-      const same = old?.ip === text;
-      const lease: LeaseRow = {
-        client: client.name,
-        family: net.family,
-        ip: text,
-        granted_at: same ? old!.granted_at : now,
-        renewed_at: now,
-        expires_at: expiresAt,
-        renewals: same ? old!.renewals + 1 : 0,
-      };
-      await t.upsertLease(lease);
-      const event: RenewEvent = !old ? "grant" : same ? "renew" : "replace";
-      // A plain renewal is state on the lease (renewed_at, renewals), not an
-      // audit row: 10,000 clients renewing every 4 minutes would add 220 MB a day.
-      if (event !== "renew") await t.audit({ ts: now, event, client: client.name, ip: text, source, detail: event === "replace" ? `was ${old!.ip}` : null });
-      // Only a new or different address can change the lookup.
-      return { event, lease, replaced: event === "replace" ? old!.ip : undefined, mapChanged: event !== "renew" };
+  async renew(client: ClientRow, net: Cidr, source: string, recheck?: Recheck): Promise<RenewResult> {
+    return (await this.renewAll(client, [{ net, recheck }], source))[0]!;
+  }
+
+  /**
+   * Renews every requested network in one transaction, all or nothing:
+   * a throw for any of them (a recheck refusing) leaves none changed.
+   */
+  async renewAll(client: ClientRow, requests: RenewRequest[], source: string): Promise<RenewResult[]> {
+    const results = await this.store.tx(async (t) => {
+      const done: RenewResult[] = [];
+      for (const r of requests) done.push(await this.renewIn(t, client, r, source));
+      return done;
     });
-    this.index.put(r.lease);
-    return r;
+    for (const r of results) this.index.put(r.lease);
+    return results;
+  }
+
+  private async renewIn(t: StoreTx, checked: ClientRow, req: RenewRequest, source: string): Promise<RenewResult> {
+    const now = t.now;
+    // Most renewals keep their address: one statement, no read, no audit, no
+    // lookup change, and only while the client's row is as it was checked.
+    const extended = await t.extendLease(checked, req.net.family, leaseText(req.net), now, now + this.ttlOf(checked) * 1000);
+    if (extended) return { event: "renew", lease: extended, mapChanged: false };
+    // The row as the transaction sees it decides: a server edit committed
+    // since the request was checked (narrower allow list, shorter ttl) wins.
+    const client = await t.lockClient(checked.name);
+    const net = req.recheck ? req.recheck(client) : req.net;
+    if (!client) throw new Error(`client ${checked.name} no longer exists`);
+    const text = leaseText(net);
+    const old = (await t.leasesOf(client.name)).find((l) => l.family === net.family && l.expires_at > now);
+    const same = old?.ip === text;
+    const lease: LeaseRow = {
+      client: client.name,
+      family: net.family,
+      ip: text,
+      granted_at: same ? old!.granted_at : now,
+      renewed_at: now,
+      expires_at: now + this.ttlOf(client) * 1000,
+      renewals: same ? old!.renewals + 1 : 0,
+    };
+    await t.upsertLease(lease);
+    const event: RenewEvent = !old ? "grant" : same ? "renew" : "replace";
+    // A plain renewal is state on the lease (renewed_at, renewals), not an
+    // audit row: 10,000 clients renewing every 4 minutes would add 220 MB a day.
+    if (event !== "renew") await t.audit({ ts: now, event, client: lease.client, ip: text, source, detail: event === "replace" ? `was ${old!.ip}` : null });
+    // Only a new or different address can change the lookup.
+    return { event, lease, replaced: event === "replace" ? old!.ip : undefined, mapChanged: event !== "renew" };
   }
 
   /** Drops the client's lease of one family, or every lease it holds. */

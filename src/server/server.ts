@@ -87,11 +87,40 @@ export function certFor(config: ServerConfig): Promise<ServerCertificate> {
   });
 }
 
+/**
+ * Refuses an address another process already listens on. The listener sets
+ * SO_REUSEPORT so a SIGHUP can bind the new certificate beside the old
+ * listener, but the kernel then lets any process of the same user join the
+ * port the same way (a second server with another state_dir) and hands it
+ * half the connections. A plain bind without the option fails while anyone
+ * holds the port; anything else it meets is left to the real bind to report.
+ */
+export function refuseHeldPort(host: string, port: number): void {
+  if (port === 0) return;
+  try {
+    Bun.listen({ hostname: host, port, exclusive: true, socket: { data() {} } }).stop(true);
+  } catch (err) {
+    if ((err as { code?: string }).code !== "EADDRINUSE") return;
+    const shown = `${host.includes(":") ? `[${host}]` : host}:${port}`;
+    throw new RelayError(`cannot listen on ${shown}: another process already listens on port ${port}`, {
+      exitCode: ExitCode.USAGE,
+      hint: "stop it (ss -ltnp shows which), or give this server another listen in server.toml",
+    });
+  }
+}
+
 /** Starts the HTTPS server: lock, state, lookup published from state, timers. */
 export async function startServer(opts: { configPath?: string; config?: ServerConfig; clock?: Clock; timers?: Timers; extraRoutes?: (service: LeaseService) => Record<string, Route> } = {}): Promise<RunningServer> {
   const config = opts.config ?? loadServerConfig(opts.configPath);
   mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
   const lock = StateLock.acquire(config.stateDir);
+  // Before state or the lookup is touched: a second server on a held port changes nothing.
+  try {
+    refuseHeldPort(config.listen.host, config.listen.port);
+  } catch (err) {
+    lock.release();
+    throw err;
+  }
   let core: Core | undefined;
   let lookup: Lookup | undefined;
   try {
@@ -178,6 +207,13 @@ async function serve(
   };
   await pruneAudit();
   const refusals = new RefusalLog(store.refusalSink(), clock);
+  // The client count for /metrics, read again with every full reload (an
+  // admin command committed, or the shared database's periodic reconcile).
+  let clients = 0;
+  const countClients = async (): Promise<void> => {
+    clients = (await store.counts()).clients;
+  };
+  await countClients().catch(() => undefined);
   // Another process or relay host changed state: refresh the index (only the
   // clients named, when a notice names them) and publish. One refresh at a
   // time; changes arriving meanwhile are folded into the next.
@@ -191,8 +227,10 @@ async function serve(
         const which = pending;
         pending = undefined;
         try {
-          if (which === null) await leases.reload();
-          else await leases.refresh([...which]);
+          if (which === null) {
+            await leases.reload();
+            await countClients();
+          } else await leases.refresh([...which]);
         } catch (err) {
           // An unreachable database is already reported (once, and in health); anything else is news.
           if (store.problems().length === 0) log.warn(`state: cannot refresh leases from ${store.where}: ${(err as Error).message}`);
@@ -247,10 +285,8 @@ async function serve(
     service,
     degraded,
     metricsAllow: () => config.metricsAllow,
-    renderMetrics: async () => {
-      const counts = await store.counts().catch(() => ({ clients: 0, leases: 0 }));
-      return metrics.render({ ...counts, degraded: degraded().length > 0, mapEntries: lookup.status().entries });
-    },
+    // From memory: a scrape never costs a database query.
+    renderMetrics: () => metrics.render({ leases: leases.index.liveCount(clock.now()), clients, degraded: degraded().length > 0, mapEntries: lookup.status().entries }),
     extra: { "/nic/update": dyndnsRoute(service), ...opts.extraRoutes?.(service) },
   });
   const fallback = dispatcher({});
@@ -280,6 +316,8 @@ async function serve(
     }
   };
   try {
+    // Again just before binding: check and bind are then microseconds apart, not the seconds state takes to load.
+    refuseHeldPort(config.listen.host, config.listen.port);
     listener = listen();
   } catch (err) {
     for (const i of intervals) clearInterval(i);

@@ -2,7 +2,7 @@ import type { ServerConfig } from "../lib/config.ts";
 import { cidrContains, cidrWithin, parseCidr, parseIp, specialRangesTouching, type Cidr, type Ip } from "../lib/ip.ts";
 import { log } from "../lib/logging.ts";
 import { maskText } from "./live.ts";
-import { leaseText, type Clock, type LeaseBook, type RenewEvent } from "./leases.ts";
+import { leaseText, type Clock, type LeaseBook, type RenewEvent, type RenewRequest } from "./leases.ts";
 import type { Lookup } from "./lookups/index.ts";
 import type { Metrics } from "./metrics.ts";
 import type { RefusalLog } from "./refusals.ts";
@@ -159,6 +159,11 @@ export interface ServiceDeps {
 export class LeaseService {
   constructor(private readonly d: ServiceDeps) {}
 
+  /** True when the peer is a trusted proxy, whose X-Forwarded-For is believed. */
+  trusts(peer: Ip): boolean {
+    return this.d.config().trustedProxies.some((n) => cidrContains(n, peer));
+  }
+
   /** The address the request is believed to come from, after the trusted-proxy rules. */
   believe(peer: string | undefined, forwarded: string | null): Ip {
     return observedAddress(peer, forwarded, this.d.config().trustedProxies);
@@ -193,34 +198,45 @@ export class LeaseService {
 
   /** Grants, renews or replaces a lease for the observed or requested address; resolves once Postfix relays for it. */
   async renew(client: ClientRow, observed: Ip, requested?: unknown): Promise<RenewAnswer> {
-    const limited = this.d.renewals().take(client.name);
-    if (limited.wait) {
-      if (limited.first) log.warn(`refused: client ${client.name} renews too often`);
-      throw new LeaseError("rate_limited", `client ${client.name} renews too often; retry in ${limited.wait}s`, limited.wait, limited.first);
-    }
-    const net = this.admitted(client, observed, requested);
-    const r = await stored(() => this.d.leases.renew(client, net, observed.text));
-    this.d.metrics.event(r.event);
-    if (r.event !== "renew") log.info(`${r.event}: ${client.name} ${r.lease.ip}${r.replaced ? ` (was ${r.replaced})` : ""}`);
-    // A plain renewal leaves the lookup alone unless an earlier publication failed.
-    if (r.mapChanged || this.d.lookup.problems().length) await this.publish();
-    return { client: client.name, event: r.event, lease: r.lease, replaced: r.replaced, ttl: this.ttlOf(client) };
+    return (await this.renewEach(client, observed, [requested]))[0]!;
   }
 
   /**
-   * Renews one lease per requested address (dyndns2 `myip=v4,v6`), all or
-   * nothing on the rules: every address is checked before any is leased, so
-   * a refused IPv6 address never leaves a half-applied update behind.
+   * Renews one lease per requested address (dyndns2 `myip=v4,v6`; undefined
+   * is the observed address), all or nothing: one rate-limit token for the
+   * request, every address checked before any is leased, all of them
+   * committed in one transaction, where each is checked again against the
+   * client's row as it is then (a server edit may have committed since).
    */
-  async renewEach(client: ClientRow, observed: Ip, requested: string[]): Promise<RenewAnswer[]> {
-    for (const ip of requested) this.admitted(client, observed, ip);
-    const answers: RenewAnswer[] = [];
-    for (const ip of requested) answers.push(await this.renew(client, observed, ip));
-    return answers;
+  async renewEach(client: ClientRow, observed: Ip, requested: unknown[]): Promise<RenewAnswer[]> {
+    this.take(client);
+    const requests: RenewRequest[] = requested.map((ip) => ({
+      net: this.admitted(client, observed, ip),
+      recheck: (now) => {
+        if (!now) throw new LeaseError("unauthorized", "token missing, unknown or revoked");
+        return this.admitted(now, observed, ip);
+      },
+    }));
+    const results = await stored(() => this.d.leases.renewAll(client, requests, observed.text));
+    for (const r of results) {
+      this.d.metrics.event(r.event);
+      if (r.event !== "renew") log.info(`${r.event}: ${client.name} ${r.lease.ip}${r.replaced ? ` (was ${r.replaced})` : ""}`);
+    }
+    // A plain renewal leaves the lookup alone unless an earlier publication failed.
+    if (results.some((r) => r.mapChanged) || this.d.lookup.problems().length) await this.publish();
+    // The ttl the lease was given, which an edit committed meanwhile may have changed.
+    return results.map((r) => ({ client: client.name, event: r.event, lease: r.lease, replaced: r.replaced, ttl: Math.round((r.lease.expires_at - r.lease.renewed_at) / 1000) }));
   }
 
-  /** Drops the client's leases (one family, or all); resolves once Postfix no longer relays for them. */
+  /**
+   * Drops the client's leases (one family, or all); resolves once Postfix no
+   * longer relays for them. It takes a rate-limit token like a renewal, so
+   * releases between renewals cannot double the audit rows a token holder
+   * writes (each needs a grant first, and the grants are what run out), but
+   * is never refused for it: giving up relaying must always work.
+   */
   async release(client: ClientRow, source: Ip, family?: 4 | 6): Promise<LeaseRow[]> {
+    this.d.renewals().take(client.name);
     const gone = await stored(() => this.d.leases.release(client.name, source.text, family));
     this.d.metrics.event("release", gone.length);
     if (gone.length) {
@@ -239,6 +255,14 @@ export class LeaseService {
   refused(err: { code: string; message: string; audit?: boolean }, client: string | null, source: Ip | null): void {
     this.d.metrics.refusal(err.code);
     if (err.audit !== false) this.d.refusals.record({ code: err.code, message: err.message, client, source });
+  }
+
+  /** Takes one of the client's renewal tokens, or refuses the request when it renews too often. */
+  private take(client: ClientRow): void {
+    const limited = this.d.renewals().take(client.name);
+    if (!limited.wait) return;
+    if (limited.first) log.warn(`refused: client ${client.name} renews too often`);
+    throw new LeaseError("rate_limited", `client ${client.name} renews too often; retry in ${limited.wait}s`, limited.wait, limited.first);
   }
 
   /** The network a renewal would lease, once the client's rules and the lookup admit it. */

@@ -16,6 +16,9 @@ export interface ClientRow {
   ipv6_prefix: number | null;
 }
 
+/** The parts of a client row a renewal's admission was decided by. */
+export type Checked = Pick<ClientRow, "name" | "allow" | "ttl" | "ipv6_prefix">;
+
 /** One live lease; times are wall-clock milliseconds. */
 export interface LeaseRow {
   client: string;
@@ -208,11 +211,18 @@ export class StateStore {
     return this.db.query("SELECT * FROM leases ORDER BY client, family").all() as LeaseRow[];
   }
 
-  /** Extends a live lease that holds exactly ip; returns it, or null when there is none such. */
-  extendLease(client: string, family: number, ip: string, now: number, expiresAt: number): LeaseRow | null {
+  /**
+   * Extends a live lease that holds exactly ip, while the client's row still
+   * has the allow list, ttl and prefix the caller checked; returns it, or
+   * null when there is none such (or the row changed since).
+   */
+  extendLease(client: Checked, family: number, ip: string, now: number, expiresAt: number): LeaseRow | null {
     return this.db
-      .query("UPDATE leases SET renewed_at = ?1, expires_at = ?2, renewals = renewals + 1 WHERE client = ?3 AND family = ?4 AND ip = ?5 AND expires_at > ?1 RETURNING *")
-      .get(now, expiresAt, client, family, ip) as LeaseRow | null;
+      .query(
+        `UPDATE leases SET renewed_at = ?1, expires_at = ?2, renewals = renewals + 1 WHERE client = ?3 AND family = ?4 AND ip = ?5 AND expires_at > ?1
+         AND EXISTS (SELECT 1 FROM clients WHERE name = ?3 AND allow = ?6 AND ttl IS ?7 AND ipv6_prefix IS ?8) RETURNING *`,
+      )
+      .get(now, expiresAt, client.name, family, ip, client.allow, client.ttl, client.ipv6_prefix) as LeaseRow | null;
   }
 
   upsertLease(l: LeaseRow): void {

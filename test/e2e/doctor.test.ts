@@ -5,7 +5,8 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { cpSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { freePort, postmap, requireE2E, run, startPostfix, tmpDir, which, type Postfix, type RunResult, type TmpDir } from "./harness.ts";
+import { DEFAULT_SERVER_CONFIG } from "../../src/lib/config.ts";
+import { createNetwork, freePort, postmap, requireE2E, run, startPostfix, tmpDir, which, type Postfix, type RunResult, type TmpDir } from "./harness.ts";
 import { enrollmentArgv } from "./relayctl.ts";
 
 const ROOT = resolve(import.meta.dir, "../..");
@@ -173,6 +174,41 @@ describe.skipIf(!requireE2E())("relayctl doctor", () => {
     expect(check("postfix.postmap").hint).toContain(`postmap = "${which("postmap")}"`);
   }, 60_000);
 
+  test("a main.cf setting postmap refuses: postfix.postmap names file:line, and its fix (not a reinstall) makes it pass", async () => {
+    const copy = brokenCopy((cf) => `${cf}smtputf8_enable = maybe\n`);
+    const line = readFileSync(join(copy, "main.cf"), "utf8").split("\n").indexOf("smtputf8_enable = maybe") + 1;
+    const { code, check } = await doctorJson(["--config", serverToml, "--postfix-dir", copy]);
+    expect(code).toBe(1);
+    const got = check("postfix.postmap");
+    expect(got.status).toBe("fail");
+    expect(got.message).toContain(`${copy}/main.cf:${line} sets smtputf8_enable`);
+    expect(got.message).toContain("postmap: fatal: bad boolean configuration: smtputf8_enable = maybe");
+    expect(got.hint).not.toContain("reinstall");
+    // postconf stops at the same setting: same fix there, not "check --postfix-dir".
+    expect(check("postfix.postconf").message).toContain(`${copy}/main.cf:${line} sets smtputf8_enable, which postconf refuses`);
+    expect(check("postfix.postconf").hint).toBe(got.hint!);
+    const fix = got.hint!.split("\n").find((l) => l.startsWith("postconf "));
+    expect(fix).toBe(`postconf -c ${copy} -X smtputf8_enable`);
+    const pasted = await run(["sh", "-c", fix!]);
+    expect(pasted.code, pasted.stderr).toBe(0);
+    const after = await doctorJson(["--config", serverToml, "--postfix-dir", copy]);
+    expect(after.check("postfix.postmap").status).toBe("pass");
+    expect(after.check("map.lookup").status).toBe("pass");
+  }, 60_000);
+
+  test("no server.toml: server.config fails with what `relayctl server` says, the other checks still run", async () => {
+    if (existsSync(DEFAULT_SERVER_CONFIG)) throw new Error(`${DEFAULT_SERVER_CONFIG} exists on this machine: this test needs it absent`);
+    const server = await relayctl(["server"]);
+    expect(server.code).toBe(2);
+    const { code, check } = await doctorJson(["--postfix-dir", pf.configDir]);
+    expect(code).toBe(1);
+    const got = check("server.config");
+    expect(got.status).toBe("fail");
+    expect(got.message).toStartWith(`no server config at ${DEFAULT_SERVER_CONFIG}, so the server does not start`);
+    expect(server.stderr).toBe(`relayctl: ${got.message.split("; ")[0]}: ${got.hint}\n`);
+    expect(check("postfix.postconf").status).toBe("pass");
+  }, 60_000);
+
   test("usage errors exit 2", async () => {
     expect((await relayctl(["doctor", "--postfix-dir", join(dir.path, "nope")])).code).toBe(2);
     expect((await relayctl(["doctor", "--config", serverToml, "--smtp", "not a host"])).code).toBe(2);
@@ -204,9 +240,14 @@ describe.skipIf(!requireE2E())("relayctl doctor", () => {
       expect(lease.code, lease.stderr).toBe(0);
     }, 60_000);
 
-    test("mail host: listen held by the server, /healthz ok, live lease found by postmap -q", async () => {
+    test("mail host: listen held by the server, /healthz ok, live lease found by postmap -q; the lease on loopback fails", async () => {
       const { code, check, report } = await doctorJson(["--config", serverToml, "--postfix-dir", pf.configDir]);
-      expect(code, JSON.stringify(report, null, 2)).toBe(0);
+      expect(code, JSON.stringify(report, null, 2)).toBe(1);
+      // A test setup leases loopback; on a mail host that is the address a local proxy forwards every client from.
+      expect(report.checks.filter((c) => c.status !== "pass").map((c) => c.id)).toEqual(["leases.local_address"]);
+      expect(check("leases.local_address").message).toContain("the lease of good on 127.0.0.1 is an address of this host (lo)");
+      expect(check("leases.local_address").hint).toContain(`relayctl server revoke good --config ${serverToml}`);
+      expect(check("leases.shared_address").status).toBe("pass");
       expect(check("server.listen").message).toContain("held by the running relayctl server");
       expect(check("server.health").status).toBe("pass");
       expect(check("server.tls").status).toBe("pass");
@@ -214,6 +255,41 @@ describe.skipIf(!requireE2E())("relayctl doctor", () => {
       expect(check("map.lookup").message).toContain("127.0.0.1");
       expect(check("map.lookup").status).toBe("pass");
     }, 60_000);
+
+    test("leases on a bridge address of this host fail; two clients on one address warn", async () => {
+      const net = await createNetwork(PREFIX);
+      const extra = ["bridged", "natted1", "natted2"];
+      try {
+        const lease = async (name: string, allow: string, ip: string) => {
+          const add = await relayctl(["server", "add", name, "--config", serverToml, "--allow", allow]);
+          expect(add.code, add.stderr).toBe(0);
+          const r = await relayctl([...enrollmentArgv(add.stdout), "--config", clientToml(name)]);
+          expect(r.code, r.stderr).toBe(0);
+          const got = await relayctl(["client", "--config", clientToml(name), "--ip", ip]);
+          expect(got.code, got.stderr).toBe(0);
+        };
+        await lease("bridged", `${net.hostIp}/32`, net.hostIp);
+        await lease("natted1", "198.18.0.0/24", "198.18.0.77");
+        await lease("natted2", "198.18.0.0/24", "198.18.0.77");
+        const { code, check } = await doctorJson(["--config", serverToml, "--postfix-dir", pf.configDir]);
+        expect(code).toBe(1);
+        const local = check("leases.local_address");
+        expect(local.status).toBe("fail");
+        expect(local.message).toContain(`the lease of bridged on ${net.hostIp} is an address of this host (${net.bridge})`);
+        expect(local.message).not.toContain("natted");
+        expect(local.hint).toContain(`relayctl server revoke bridged --config ${serverToml}`);
+        const shared = check("leases.shared_address");
+        expect(shared.status).toBe("warn");
+        expect(shared.message).toStartWith("clients natted1, natted2 share 198.18.0.77");
+      } finally {
+        for (const name of extra) await relayctl(["server", "revoke", name, "--config", serverToml]);
+        await net.destroy();
+      }
+      // Gone with the clients: only the loopback lease of good is left.
+      const after = await doctorJson(["--config", serverToml, "--postfix-dir", pf.configDir]);
+      expect(after.check("leases.shared_address").status).toBe("pass");
+      expect(after.check("leases.local_address").message).not.toContain("bridged");
+    }, 120_000);
 
     test("good client: token, pin, address, lease, and the SMTP probe relays", async () => {
       const { code, check, report } = await doctorJson(["--client-config", clientToml("good"), "--smtp", smtp]);

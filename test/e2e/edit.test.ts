@@ -4,11 +4,15 @@
  * dist/relayctl with a real Postfix deciding what relays.
  */
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { requireE2E } from "./harness.ts";
-import { onHost, relayctl, stage, type Stage } from "./relayctl.ts";
+import { existsSync } from "node:fs";
+import { e2eRequired, requireE2E, run } from "./harness.ts";
+import { BIN, onHost, relayctl, stage, type Stage } from "./relayctl.ts";
+import { postgresBinDir, startCluster, type PgCluster } from "../pgcluster.ts";
 
 setDefaultTimeout(60_000);
 const enabled = requireE2E();
+const FAKETIME = ["/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1", "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1"].find((p) => existsSync(p));
+if (enabled && (!FAKETIME || !postgresBinDir()) && e2eRequired()) throw new Error("libfaketime or PostgreSQL missing: as root, test/prereqs.sh installs them");
 
 describe.skipIf(!enabled)("server edit and server status", () => {
   let s: Stage;
@@ -111,5 +115,47 @@ describe.skipIf(!enabled)("server edit and server status", () => {
 
     await s.start();
     expect((await relayctl(["server", "status", "--config", s.config])).code).toBe(0);
+  });
+});
+
+describe.skipIf(!enabled || !FAKETIME || !postgresBinDir())("server edit on a shared PostgreSQL database", () => {
+  let pg: PgCluster;
+  let s: Stage;
+
+  beforeAll(async () => {
+    pg = await startCluster();
+    try {
+      s = await stage({
+        prefix: "rct",
+        prepare: async (st) => st.writeConfig({ database: pg.url }),
+        ready: async (st) => {
+          await st.enroll(st.h1, "h1");
+          expect((await onHost(st.h1, ["client", "--config", st.cfg("h1")])).code).toBe(0);
+        },
+      });
+    } catch (err) {
+      await pg.destroy();
+      throw err;
+    }
+  }, 180_000);
+  afterAll(async () => {
+    await s?.cleanup();
+    await pg?.destroy();
+  });
+
+  test("--ttl from an admin host whose clock is an hour slow cuts the lease by the database's clock: it keeps relaying", async () => {
+    expect(await s.relays(s.h1)).toBe(true);
+    const r = await run([BIN, "server", "edit", "h1", "--ttl", "5m", "--config", s.config], { env: { LD_PRELOAD: FAKETIME!, FAKETIME: "-1h", FAKETIME_DONT_FAKE_MONOTONIC: "1" } });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain("lease 198.18.0.2 now expires");
+    const { leases } = JSON.parse((await relayctl(["server", "list", "--json", "--config", s.config])).stdout).clients.find((c: { name: string }) => c.name === "h1");
+    // Cut by the admin host's clock it would have ended 55 minutes ago, and be gone.
+    expect(leases).toHaveLength(1);
+    const left = Date.parse(leases[0].expires_at) - Date.now();
+    expect(left).toBeGreaterThan(290_000);
+    expect(left).toBeLessThanOrEqual(300_000);
+    // Long enough for the server to hear of the change and expire anything due.
+    await Bun.sleep(1_500);
+    expect(await s.relays(s.h1)).toBe(true);
   });
 });

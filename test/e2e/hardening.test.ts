@@ -8,7 +8,7 @@ import { chmodSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, wr
 import { join } from "node:path";
 import { connect } from "node:net";
 import { requireE2E, run, which, type Host } from "./harness.ts";
-import { addClient, apiCaller, onHost, relayctl, stage, tokenOf, type Stage } from "./relayctl.ts";
+import { addClient, apiCaller, BIN, onHost, relayctl, stage, tokenOf, type Stage } from "./relayctl.ts";
 
 setDefaultTimeout(60_000);
 type Body = string | ReadableStream;
@@ -176,6 +176,33 @@ describe.skipIf(!enabled)("hardening", () => {
     const r = await relayctl(["server", "--config", s.config], 10_000);
     expect(r.code).toBe(2);
     expect(r.stderr).toContain("already running");
+    await mapIntact();
+  });
+
+  test("a second server on another state_dir but the same listen address exits at once naming the port; the first keeps every connection", async () => {
+    const dir = join(s.tmp.path, "second");
+    mkdirSync(join(dir, "map"), { recursive: true });
+    const config = join(dir, "server.toml");
+    writeFileSync(
+      config,
+      readFileSync(s.config, "utf8")
+        .replace(/^state_dir = .*$/m, `state_dir = ${JSON.stringify(join(dir, "state"))}`)
+        .replace(/^map = .*$/m, `map = ${JSON.stringify(join(dir, "map", "clients"))}`),
+    );
+    const port = new URL(s.url).port;
+    const second = Bun.spawn([BIN, "server", "--config", config], { stdout: "pipe", stderr: "pipe" });
+    try {
+      expect(await Promise.race([second.exited, Bun.sleep(5_000).then(() => "still running")])).toBe(2);
+      const lines = (await new Response(second.stderr).text()).trim().split("\n");
+      expect(lines).toHaveLength(1);
+      expect(lines[0]).toStartWith("relayctl: ");
+      expect(lines[0]).toContain(`port ${port}`);
+    } finally {
+      if (second.exitCode === null) process.kill(second.pid, "SIGKILL");
+    }
+    // A new connection each time; one reaching any other server would fail the check against the first's certificate.
+    for (let i = 0; i < 24; i++) expect((await api("/healthz", { keepalive: false })).status).toBe(200);
+    expect(readdirSync(join(dir, "map"))).toEqual([]);
     await mapIntact();
   });
 

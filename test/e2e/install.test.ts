@@ -11,11 +11,13 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { loadServerConfig } from "../../src/lib/config.ts";
 import { renderServerSkeleton } from "../../src/lib/schema.ts";
+import { freePort } from "./harness.ts";
+import { ensureBinary, relayctl, startServer, writeServerConfig } from "./relayctl.ts";
 
 const REPO = join(import.meta.dir, "..", "..");
 const INSTALL_SH = join(REPO, "install.sh");
@@ -122,6 +124,33 @@ function writeExecutable(path: string, text: string): void {
   chmodSync(path, 0o755);
 }
 
+/** Puts a program into a target root's bin directory (a symlink when `linkTo` is given), as its package would. */
+function targetProgram(root: string, path: string, linkTo?: string): void {
+  mkdirSync(join(root, path, ".."), { recursive: true });
+  if (linkTo) symlinkSync(linkTo, join(root, path));
+  else writeExecutable(join(root, path), "#!/bin/sh\nexit 0\n");
+}
+
+/** Gives a target root a relayctl user with this uid in its etc/passwd. */
+function targetUser(root: string, uid: number): void {
+  mkdirSync(join(root, "etc"), { recursive: true });
+  writeFileSync(join(root, "etc/passwd"), `root:x:0:0:root:/root:/bin/sh\nrelayctl:x:${uid}:${uid}::/var/lib/relayctl:/usr/sbin/nologin\n`);
+}
+
+/** `install.sh server|client` with RELAYCTL_INIT=init into a fresh root that has /etc/cron.d and these programs (path, or [path, symlink target]). */
+function installWith(name: string, what: "server" | "client", programs: (string | [string, string])[], init = "cron"): { root: string; r: RunResult } {
+  const root = freshDir(name);
+  mkdirSync(join(root, "etc/cron.d"), { recursive: true });
+  for (const p of programs) (typeof p === "string" ? targetProgram(root, p) : targetProgram(root, p[0], p[1]));
+  return { root, r: runInstall(root, [what], { env: { RELAYCTL_INIT: init } }) };
+}
+
+/** Writes a server.toml into a target root before install.sh runs. */
+function targetConfig(root: string, text: string): void {
+  mkdirSync(join(root, "etc/relayctl"), { recursive: true });
+  writeFileSync(join(root, "etc/relayctl/server.toml"), text);
+}
+
 /** Puts install.sh, a binary and a matching SHA256SUMS into dir, like an unpacked release. */
 function makeReleaseDir(dir: string, binary = FAKE_RELAYCTL): void {
   copyFileSync(INSTALL_SH, join(dir, "install.sh"));
@@ -220,21 +249,62 @@ describe("install.sh server", () => {
     expect(server).toContain("Also=relayctl-sweep.timer");
   });
 
-  test("without systemd: the sweep goes to cron.d, and the foreground command and log are printed", () => {
-    const root = freshDir("server-cron");
-    mkdirSync(join(root, "etc/cron.d"), { recursive: true });
-    const r = runInstall(root, ["server"], { env: { RELAYCTL_INIT: "cron" } });
+  test("without systemd, with cron: the sweep goes to cron.d, and the foreground command and log are printed", () => {
+    const { root, r } = installWith("server-cron", "server", ["usr/sbin/cron"]);
     expect(r.code).toBe(0);
     expect(existsSync(join(root, "etc/systemd"))).toBe(false);
     expect(readFileSync(join(root, "etc/cron.d/relayctl"), "utf8")).toEndWith("\n* * * * * relayctl /usr/local/bin/relayctl server sweep --config /etc/relayctl/server.toml\n");
     expect(mode(join(root, "etc/cron.d/relayctl"))).toBe("644");
     expect(r.stdout).toContain("runuser -u relayctl -- /usr/local/bin/relayctl server --config /etc/relayctl/server.toml\n");
     expect(r.stdout).toContain('on stderr (JSON lines with log_format = "json"');
+    // Without systemd, nothing tells you to run systemctl.
+    expect(r.stdout).not.toContain("systemctl");
+    expect(r.stdout).toContain("  1. Review /etc/relayctl/server.toml (public_url above all), then start the server from your init system\n     (stop it there first if it runs): runuser -u relayctl -- /usr/local/bin/relayctl server --config /etc/relayctl/server.toml\n");
     // Without /etc/cron.d the line is printed instead.
-    const bare = runInstall(freshDir("server-nocrond"), ["server"], { env: { RELAYCTL_INIT: "cron" } });
-    expect(bare.stdout).toContain("  * * * * * relayctl /usr/local/bin/relayctl server sweep --config /etc/relayctl/server.toml\n");
+    const noCronD = freshDir("server-nocrond");
+    targetProgram(noCronD, "usr/sbin/crond");
+    const bare = runInstall(noCronD, ["server"], { env: { RELAYCTL_INIT: "cron" } });
+    expect(bare.stdout).toContain("no /etc/cron.d: add the sweep to the system crontab (/etc/crontab format, with the user field):\n  * * * * * relayctl /usr/local/bin/relayctl server sweep --config /etc/relayctl/server.toml\n");
     expect(runInstall(root, ["uninstall"]).code).toBe(0);
     expect(existsSync(join(root, "etc/cron.d/relayctl"))).toBe(false);
+  });
+
+  test("without systemd or any cron daemon: no cron file that never runs, but the exact alternatives", () => {
+    // /etc/cron.d alone (packages create it) is not a cron daemon.
+    const { root, r } = installWith("server-nocron", "server", ["usr/bin/apt-get"]);
+    expect(r.code).toBe(0);
+    expect(existsSync(join(root, "etc/cron.d/relayctl"))).toBe(false);
+    expect(r.stderr).toContain("install.sh: warning: no cron daemon (cron, crond) found, so /etc/cron.d/relayctl was not written: nothing would run the sweep");
+    expect(r.stdout).toContain("install cron, then run install.sh server again:\n  apt-get install cron\n");
+    expect(r.stdout).toContain("or run it as a service of its own from your init system:\n  runuser -u relayctl -- sh -c 'while :; do /usr/local/bin/relayctl server sweep --config /etc/relayctl/server.toml; sleep 60; done'\n");
+    expect(r.stdout).not.toContain("systemctl");
+    expect(r.stdout).toContain("(stop it there first if it runs): runuser -u relayctl -- /usr/local/bin/relayctl server --config /etc/relayctl/server.toml\n");
+    // Another package manager, another package; none known: said in words.
+    expect(installWith("server-nocron-dnf", "server", ["usr/bin/dnf"]).r.stdout).toContain("\n  dnf install cronie\n");
+    expect(installWith("server-nocron-none", "server", []).r.stdout).toContain("\n  install cron or cronie with your package manager\n");
+  });
+
+  test("without systemd, with BusyBox crond (no /etc/cron.d support): the sweep line for relayctl's crontab", () => {
+    const { root, r } = installWith("server-busybox", "server", ["bin/busybox", ["usr/sbin/crond", "/bin/busybox"]]);
+    expect(r.code).toBe(0);
+    expect(existsSync(join(root, "etc/cron.d/relayctl"))).toBe(false);
+    expect(r.stdout).toContain("BusyBox crond reads no /etc/cron.d");
+    expect(r.stdout).toContain("  echo '* * * * * /usr/local/bin/relayctl server sweep --config /etc/relayctl/server.toml' | crontab -u relayctl -\n");
+    expect(r.stderr).not.toContain("no cron daemon");
+  });
+
+  test("auto-detection in a DESTDIR root follows the target's systemctl, not this machine's", () => {
+    // This machine's PATH has the fake systemctl; the target decides.
+    const plain = installWith("auto-plain", "server", ["usr/sbin/cron"], "auto");
+    expect(plain.r.code).toBe(0);
+    expect(existsSync(join(plain.root, "etc/systemd/system/relayctl.service"))).toBe(false);
+    expect(plain.r.stdout).toContain("no systemd: run the server in the foreground");
+    expect(plain.r.stdout).not.toContain("systemctl");
+    const systemd = installWith("auto-systemd", "server", ["usr/bin/systemctl"], "auto");
+    expect(systemd.r.code).toBe(0);
+    expect(existsSync(join(systemd.root, "etc/systemd/system/relayctl.service"))).toBe(true);
+    expect(systemd.r.stdout).toContain("then: systemctl restart relayctl\n");
+    expect(existsSync(systemctlLog)).toBe(false);
   });
 
   test("the skeleton is the schema's, word for word", () => {
@@ -255,6 +325,65 @@ describe("install.sh server", () => {
     }
     expect(r.stdout).toContain("check_policy_service { unix:relayctl/policy, timeout=5s }");
     expect(r.stdout).not.toContain("mynetworks =");
+    // Its own default directory is repaired on a re-run.
+    chmodSync(join(root, "var/spool/postfix/relayctl"), 0o700);
+    expect(runInstall(root, ["server"]).code).toBe(0);
+    expect(mode(join(root, "var/spool/postfix/relayctl"))).toBe("2750");
+  });
+
+  test('lookup = "policy" in a directory that is not relayctl\'s (Postfix\'s private/): refused, nothing changed or installed', () => {
+    const root = freshDir("policy-private");
+    const priv = join(root, "var/spool/postfix/private");
+    mkdirSync(priv, { recursive: true });
+    chmodSync(priv, 0o700);
+    targetConfig(root, 'lookup = "policy"\npolicy_socket = "/var/spool/postfix/private/relayctl-policy"\n');
+    const r = runInstall(root, ["server"]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toStartWith(`install.sh: policy_socket = "/var/spool/postfix/private/relayctl-policy" lies in ${priv}, which exists and is not relayctl's own (owner `);
+    expect(r.stderr).toContain("so install.sh will not chown or chmod it: set policy_socket in /etc/relayctl/server.toml to a path in a directory of its own, such as the default /var/spool/postfix/relayctl/policy");
+    expect(r.stderr.trim().split("\n")).toHaveLength(1);
+    expect(mode(priv)).toBe("700");
+    for (const p of ["usr/local/bin/relayctl", "etc/systemd", "var/lib/relayctl"]) expect(existsSync(join(root, p))).toBe(false);
+  });
+
+  test('lookup = "policy": a symlink, even at the default path, is not relayctl\'s own and its target keeps its mode', () => {
+    const root = freshDir("policy-symlink");
+    const priv = join(root, "var/spool/postfix/private");
+    mkdirSync(priv, { recursive: true });
+    chmodSync(priv, 0o700);
+    symlinkSync(priv, join(root, "var/spool/postfix/relayctl"));
+    targetConfig(root, 'lookup = "policy"\n');
+    const r = runInstall(root, ["server"]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("which exists and is not relayctl's own");
+    expect(mode(priv)).toBe("700");
+  });
+
+  test("an existing policy or map directory that the target's relayctl user owns is handed over (made 2750 / 755)", () => {
+    if (process.getuid?.() !== 0) throw new Error("this test must run as root: it chowns directories to the target's relayctl uid");
+    const root = freshDir("policy-ours");
+    targetUser(root, 4711);
+    const dirs = { policy: join(root, "srv/relayctl-policy"), map: join(root, "srv/relayctl-map") };
+    for (const d of Object.values(dirs)) {
+      mkdirSync(d, { recursive: true, mode: 0o700 });
+      chownSync(d, 4711, 4711);
+    }
+    targetConfig(root, 'lookup = "policy"\npolicy_socket = "/srv/relayctl-policy/policy"\nmap = "/srv/relayctl-map/clients"\n');
+    const r = runInstall(root, ["server"]);
+    expect(r.code).toBe(0);
+    expect(r.stderr).not.toContain("not relayctl's own");
+    expect(mode(dirs.policy)).toBe("2750");
+    expect(mode(dirs.map)).toBe("755");
+    // Someone else's map directory is left alone, with a warning naming its owner.
+    const other = freshDir("map-theirs");
+    targetUser(other, 4711);
+    mkdirSync(join(other, "srv/maps"), { recursive: true, mode: 0o700 });
+    chownSync(join(other, "srv/maps"), 4712, 4712);
+    targetConfig(other, 'map = "/srv/maps/clients"\n');
+    const w = runInstall(other, ["server"]);
+    expect(w.code).toBe(0);
+    expect(w.stderr).toContain(`install.sh: warning: /srv/maps exists and is not relayctl's own (owner `);
+    expect(mode(join(other, "srv/maps"))).toBe("700");
   });
 
   test("the skeleton's keys and example values are ones the server accepts", () => {
@@ -328,18 +457,26 @@ describe("install.sh client", () => {
   });
 
   test("without systemd: prints the cron line and writes no unit", () => {
-    const root = freshDir("cron");
-    const r = runInstall(root, ["client"], { env: { RELAYCTL_INIT: "cron" } });
+    const { root, r } = installWith("cron", "client", ["usr/sbin/cron"]);
     expect(r.code).toBe(0);
     expect(r.stdout).toContain("*/4 * * * * sleep $(($(od -An -N1 -tu1 /dev/urandom) / 6)) && /usr/local/bin/relayctl client --config /etc/relayctl/client.toml");
+    expect(r.stderr).not.toContain("no cron daemon");
     expect(existsSync(join(root, "etc/systemd"))).toBe(false);
   });
 
-  test("auto-detection without systemctl on PATH falls back to cron", () => {
+  test("without systemd or cron: says so and gives the --watch service line", () => {
+    const { r } = installWith("client-nocron", "client", ["usr/bin/apt-get"]);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toContain("install.sh: warning: no systemd and no cron daemon (cron, crond) found: nothing renews the lease yet");
+    expect(r.stdout).toContain("  /usr/local/bin/relayctl client --watch --config /etc/relayctl/client.toml\n");
+    expect(r.stdout).toContain("or install cron (apt-get install cron)");
+  });
+
+  test("auto-detection with only the tools install.sh needs on PATH: the cron way, no tool missing", () => {
     const root = freshDir("nosystemctl");
     // Only the tools install.sh needs, so systemctl is certainly absent.
     const bin = freshDir("minimal-path");
-    for (const tool of ["sh", "cat", "chmod", "cp", "dirname", "basename", "head", "hostname", "mkdir", "mv", "rm", "sed", "awk", "cut", "id", "sha256sum"]) {
+    for (const tool of ["sh", "cat", "chmod", "cp", "dirname", "basename", "head", "hostname", "mkdir", "mv", "rm", "sed", "awk", "cut", "id", "sha256sum", "readlink", "stat", "grep"]) {
       const found = spawnSync("sh", ["-c", 'command -v "$1"', "sh", tool], { encoding: "utf8" }).stdout.trim();
       if (found) writeExecutable(join(bin, tool), `#!/bin/sh\nexec ${found} "$@"\n`);
     }
@@ -585,6 +722,37 @@ describe("systemd units", () => {
     expect(r.stderr).toBe("");
     expect(r.status).toBe(0);
   });
+});
+
+describe("dist/relayctl server and the policy socket directory install.sh would not hand over", () => {
+  // As root, the server could bind in any directory, so only its own check stops it.
+  test("another non-root user's directory: exit 2 and one line naming it, its owner and the fix; its own: starts", async () => {
+    if (process.getuid?.() !== 0) throw new Error("this test must run as root: it chowns a directory to uid 65534");
+    await ensureBinary();
+    const dir = freshDir("server-policy-owner");
+    const priv = join(dir, "private");
+    mkdirSync(priv, { mode: 0o700 });
+    chownSync(priv, 65534, 65534);
+    const port = freePort();
+    const config = writeServerConfig(dir, { listen: `127.0.0.1:${port}`, public_url: `https://127.0.0.1:${port}`, state_dir: join(dir, "state"), lookup: "policy", policy_socket: join(priv, "policy") });
+    const r = await relayctl(["server", "--config", config], 20_000);
+    const owner = spawnSync("id", ["-nu", "65534"], { encoding: "utf8" }).stdout.trim();
+    expect(owner).not.toBe("");
+    expect(r.stderr).toBe(
+      `relayctl: the policy socket directory ${priv} belongs to ${owner} (uid 65534), not to root (the user relayctl runs as), so that user could replace the socket and answer for relayctl: ` +
+        `set policy_socket to a path in a directory of relayctl's own (the default /var/spool/postfix/relayctl/policy), or, if nothing but relayctl uses ${priv}: chown root:postfix ${priv} && chmod 2750 ${priv}\n`,
+    );
+    expect(r.code).toBe(2);
+    expect(existsSync(join(priv, "policy"))).toBe(false);
+    // Once the directory is the server's own (root's here), it starts and binds the socket.
+    chownSync(priv, 0, 0);
+    const server = await startServer(config, `https://127.0.0.1:${port}`);
+    try {
+      expect(statSync(join(priv, "policy")).isSocket()).toBe(true);
+    } finally {
+      expect(await server.stop()).toBe(0);
+    }
+  }, 60_000);
 });
 
 const shellcheck = spawnSync("shellcheck", ["--version"]).status === 0;

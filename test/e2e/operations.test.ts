@@ -68,6 +68,9 @@ describe.skipIf(!enabled)("operations", () => {
     expect(text).toContain('relayctl_lease_events_total{event="grant"} 1');
     expect(text).toContain("relayctl_leases_active 1");
     expect(text).toMatch(/relayctl_map_rebuild_duration_seconds_count \d+/);
+    // The same allowed peer forwarding for someone (a proxy not in trusted_proxies): who asks cannot be told, so 404.
+    const forwarded = await fetch(`${s.url}/metrics`, { tls: { ca }, headers: { "x-forwarded-for": "198.18.0.3" } } as RequestInit);
+    expect(forwarded.status).toBe(404);
     const other = await s.h2.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", join(s.tmp.path, "cert1.pem"), `${s.url}/metrics`]);
     expect(other.stdout).toBe("404");
   });

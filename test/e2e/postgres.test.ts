@@ -106,7 +106,7 @@ describe.if(enabled)("several relay hosts on one PostgreSQL database", () => {
     // h2 holds no lease anywhere.
     expect(await viaB(s.h2)).toBe(false);
     expect(await viaPgsql(s.h2)).toBe(false);
-    const q = await pg.psql("SELECT count(*) FROM leases WHERE net >>= relayctl_inet('unknown')");
+    const q = await pg.psql("SELECT count(*) FROM relayctl.leases WHERE net >>= relayctl.client_address('unknown')");
     expect(q.trim()).toBe("0");
   });
 
@@ -142,7 +142,7 @@ describe.if(enabled)("several relay hosts on one PostgreSQL database", () => {
     expect(await within(1_000, () => viaB(s.h2), false)).not.toBeNull();
     expect(await viaPgsql(s.h2)).toBe(false);
     await Bun.sleep(500);
-    expect((await pg.psql("SELECT count(*) FROM audit WHERE event = 'expire' AND client = 'brief'")).trim()).toBe("1");
+    expect((await pg.psql("SELECT count(*) FROM relayctl.audit WHERE event = 'expire' AND client = 'brief'")).trim()).toBe("1");
   }, 30_000);
 
   test("database down: renewals 503 (client exit 1), live leases keep relaying, expiry continues, health degraded; back: renewals work without a restart", async () => {
@@ -186,13 +186,13 @@ describe.if(enabled)("several relay hosts on one PostgreSQL database", () => {
     const healthy = async () => (await fetch(`${s.url}/healthz`, { tls: { rejectUnauthorized: false } } as RequestInit)).status === 200;
     expect(await within(7_000, healthy, true)).not.toBeNull();
     // The outage's expiry reached the database too once it was back.
-    expect(await within(7_000, async () => (await pg.psql("SELECT count(*) FROM leases WHERE client = 'outage'")).trim() === "0", true)).not.toBeNull();
+    expect(await within(7_000, async () => (await pg.psql("SELECT count(*) FROM relayctl.leases WHERE client = 'outage'")).trim() === "0", true)).not.toBeNull();
   }, 60_000);
 
   test("a change no notice announced (trigger off) still reaches both hosts by the 5 s reconcile", async () => {
     expect((await renew(s.h1, "office")).code).toBe(0);
     expect(await within(1_000, () => viaB(s.h1), true)).not.toBeNull();
-    await pg.psql("BEGIN; ALTER TABLE leases DISABLE TRIGGER leases_changed; DELETE FROM leases WHERE client = 'office'; ALTER TABLE leases ENABLE TRIGGER leases_changed; COMMIT");
+    await pg.psql("BEGIN; ALTER TABLE relayctl.leases DISABLE TRIGGER leases_changed; DELETE FROM relayctl.leases WHERE client = 'office'; ALTER TABLE relayctl.leases ENABLE TRIGGER leases_changed; COMMIT");
     expect(await within(6_000, () => viaB(s.h1), false)).not.toBeNull();
     expect(await within(6_000, () => viaA(s.h1), false)).not.toBeNull();
   }, 20_000);

@@ -142,21 +142,16 @@ export function dyndnsRoute(service: LeaseService): (req: Request, server: Serve
       if (!credential) return textResponse({ status: 401, lines: ["badauth"], headers: { "www-authenticate": CHALLENGE } });
       client = await service.authenticate(credential, source);
       const update = parseUpdate(params);
+      const named = update.addresses;
       if (update.offline) {
-        const lines: string[] = [];
-        // Without myip the device goes offline as a whole: every family is released.
-        for (const a of update.addresses.length ? update.addresses : [null]) {
-          const gone = await service.release(client, source, a?.family);
-          lines.push(`${gone.length ? "good" : "nochg"} ${(a ?? source).text}`);
-        }
+        // One release, one rate-limit token: myip names one family, or both
+        // (at most one address each), which is every lease, as is no myip.
+        const gone = await service.release(client, source, named.length === 1 ? named[0]!.family : undefined);
+        const lines = (named.length ? named : [source]).map((a) => `${gone.some((l) => !named.length || l.family === a.family) ? "good" : "nochg"} ${a.text}`);
         return textResponse({ status: 200, lines, headers: {} });
       }
-      if (!update.addresses.length) {
-        const r = await service.renew(client, source);
-        return textResponse({ status: 200, lines: [resultLine(r.event, source)], headers: {} });
-      }
-      const renewed = await service.renewEach(client, source, update.addresses.map((a) => a.text));
-      return textResponse({ status: 200, lines: renewed.map((r, i) => resultLine(r.event, update.addresses[i]!)), headers: {} });
+      const renewed = await service.renewEach(client, source, named.length ? named.map((a) => a.text) : [undefined]);
+      return textResponse({ status: 200, lines: renewed.map((r, i) => resultLine(r.event, named[i] ?? source)), headers: {} });
     } catch (err) {
       if ((err instanceof LeaseError && err.refusal) || (err instanceof HttpError && err.status < 500)) service.refused(err, client?.name ?? null, source);
       const answer = answerFor(err);

@@ -1,5 +1,5 @@
 import type { Server } from "bun";
-import { cidrContains, parseIp, specialAddressKind, type Cidr } from "../../lib/ip.ts";
+import { cidrContains, parseIp, specialAddressKind, type Cidr, type Ip } from "../../lib/ip.ts";
 import type { LeaseService } from "../service.ts";
 import { errorResponse, HttpError, json, leaseRoute } from "./api.ts";
 
@@ -28,9 +28,9 @@ export function routes(ctx: RouteContext): Record<string, Route> {
       return reasons.length ? json(503, { status: "degraded", reasons }) : json(200, { status: "ok" });
     },
     "/metrics": async (req, server) => {
-      const peer = parseIp(server.requestIP(req)?.address ?? "");
+      const reader = metricsReader(ctx.service, server.requestIP(req)?.address, req.headers);
       // Anyone else gets the same 404 as for a path that does not exist.
-      const allowed = peer && (specialAddressKind(peer) === "loopback" || ctx.metricsAllow().some((n) => cidrContains(n, peer)));
+      const allowed = reader && (specialAddressKind(reader) === "loopback" || ctx.metricsAllow().some((n) => cidrContains(n, reader)));
       if (!allowed) return notFound(req);
       if (req.method !== "GET") return errorResponse(new HttpError(405, "method_not_allowed", "use GET", { allow: "GET" }));
       return new Response(await ctx.renderMetrics(), { headers: { "content-type": "text/plain; version=0.0.4", "cache-control": "no-store" } });
@@ -38,6 +38,29 @@ export function routes(ctx: RouteContext): Record<string, Route> {
     "/v1/lease": leaseRoute(ctx.service),
     ...ctx.extra,
   };
+}
+
+/** Headers a reverse proxy adds to say whom it forwards for. */
+const FORWARDING = ["x-forwarded-for", "forwarded", "x-real-ip"];
+
+/**
+ * Who is asking for /metrics, or null when that cannot be told. Behind a
+ * reverse proxy on this host every request comes from loopback, so a
+ * forwarded request is judged by the client the trusted proxy names in
+ * X-Forwarded-For; one forwarded by a peer not in trusted_proxies, or
+ * without X-Forwarded-For, cannot be judged and is refused.
+ */
+export function metricsReader(service: LeaseService, peer: string | undefined, headers: Headers): Ip | null {
+  const ip = parseIp(peer ?? "");
+  if (!ip) return null;
+  if (!FORWARDING.some((h) => headers.has(h))) return ip;
+  const forwarded = headers.get("x-forwarded-for");
+  if (forwarded === null || !service.trusts(ip)) return null;
+  try {
+    return service.believe(peer, forwarded);
+  } catch {
+    return null;
+  }
 }
 
 /** The answer for any path no route serves. */

@@ -22,17 +22,43 @@ export function policyHandler(index: LiveIndex, clock: Clock): Handler {
   };
 }
 
-/** The gid of the group Postfix's smtpd runs as, or null when there is none (a test host). */
-export function postfixGid(groupFile = "/etc/group"): number | null {
+/** The first row of a colon-separated account file (/etc/passwd, /etc/group) whose field `field` is `value`; null when none or unreadable. */
+function accountRow(file: string, field: number, value: string): string[] | null {
   try {
-    for (const line of readFileSync(groupFile, "utf8").split("\n")) {
-      const [name, , gid] = line.split(":");
-      if (name === "postfix" && gid && /^\d+$/.test(gid)) return Number(gid);
+    for (const line of readFileSync(file, "utf8").split("\n")) {
+      const row = line.split(":");
+      if (row.length >= 3 && row[field] === value) return row;
     }
   } catch {
-    // No group file: no postfix group.
+    // No such file: no such account.
   }
   return null;
+}
+
+/** The gid of the group Postfix's smtpd runs as, or null when there is none (a test host). */
+export function postfixGid(groupFile = "/etc/group"): number | null {
+  const gid = accountRow(groupFile, 0, "postfix")?.[2];
+  return gid && /^\d+$/.test(gid) ? Number(gid) : null;
+}
+
+/** The name of a uid in the passwd file, or null when it has none. */
+function nameOf(uid: number, passwdFile: string): string | null {
+  return accountRow(passwdFile, 2, String(uid))?.[0] || null;
+}
+
+/**
+ * Refuses a socket directory that belongs to another user than root or the
+ * server's own: its owner could swap the socket for one that answers OK for
+ * everyone. Nothing else may decide who relays, so the server does not start.
+ */
+export function checkSocketDirOwner(dir: string, owner: number, self: number, passwdFile = "/etc/passwd"): void {
+  if (owner === 0 || owner === self) return;
+  const ownerName = nameOf(owner, passwdFile);
+  const selfName = nameOf(self, passwdFile) ?? String(self);
+  throw usageError(
+    `the policy socket directory ${dir} belongs to ${ownerName ? `${ownerName} (uid ${owner})` : `uid ${owner}`}, not to ${self === 0 ? "root" : `root or ${selfName}`} (the user relayctl runs as), so that user could replace the socket and answer for relayctl`,
+    `set policy_socket to a path in a directory of relayctl's own (the default /var/spool/postfix/relayctl/policy), or, if nothing but relayctl uses ${dir}: chown ${selfName}:postfix ${dir} && chmod 2750 ${dir}`,
+  );
 }
 
 type Conn = { reader: RequestReader };
@@ -40,8 +66,8 @@ type Conn = { reader: RequestReader };
 /**
  * The policy-delegation lookup: a unix socket inside Postfix's queue
  * directory (smtpd runs chrooted there on Debian), in a directory owned by
- * the service user, group postfix, mode 2750, socket 0660. Never TCP: any
- * local user could bind a port while relayctl is down and answer OK.
+ * the service user (or root), group postfix, mode 2750, socket 0660. Never
+ * TCP: any local user could bind a port while relayctl is down and answer OK.
  */
 export class PolicyLookup implements Lookup {
   readonly type = policyLookupType;
@@ -73,6 +99,7 @@ export class PolicyLookup implements Lookup {
     const st = lstatSync(dir);
     if (!st.isDirectory()) throw usageError(`${dir} is not a directory`, `remove it; relayctl creates the policy socket directory itself`);
     if (st.mode & 0o002) throw usageError(`${dir} is writable by everyone: another user could replace the policy socket`, `chmod 2750 ${dir}`);
+    checkSocketDirOwner(dir, st.uid, process.getuid?.() ?? 0);
     const old = (() => {
       try {
         return lstatSync(this.socketPath);

@@ -1,8 +1,8 @@
 import type { ServerConfig } from "../../lib/config.ts";
 import type { Clock } from "../leases.ts";
-import type { AuditRow, ClientRow, LeaseRow } from "../state.ts";
+import type { AuditRow, Checked, ClientRow, LeaseRow } from "../state.ts";
 
-export type { AuditRow, ClientRow, LeaseRow };
+export type { AuditRow, Checked, ClientRow, LeaseRow };
 
 /** An audit entry as written; the store assigns id, count defaults to 1. */
 export type AuditEntry = Omit<AuditRow, "id" | "count"> & { count?: number };
@@ -16,8 +16,12 @@ export interface StoreTx {
   /** The time this transaction decides expiry by, in ms: the injected clock (SQLite) or the database's now() (PostgreSQL). */
   readonly now: number;
   getClient(name: string): Promise<ClientRow | null>;
-  /** Holds the client's row until commit, so two hosts renewing one client at once do not both see "no lease". */
-  lockClient(name: string): Promise<void>;
+  /**
+   * Holds the client's row until commit, so two hosts renewing one client at
+   * once do not both see "no lease", and returns it as it is now (null when
+   * gone): an edit committed since the request was checked is seen here.
+   */
+  lockClient(name: string): Promise<ClientRow | null>;
   insertClient(c: ClientRow): Promise<void>;
   updateClient(name: string, ttl: number | null, allow: string, ipv6Prefix: number | null): Promise<void>;
   setToken(name: string, tokenId: string, hash: Uint8Array): Promise<boolean>;
@@ -25,10 +29,12 @@ export interface StoreTx {
   leasesOf(client: string): Promise<LeaseRow[]>;
   /**
    * Extends the client's lease of this family to expiresAt when it is live
-   * at `now` and holds exactly ip: a plain renewal in one statement. Null
-   * when it holds none or another; the caller then takes the full path.
+   * at `now` and holds exactly ip, and the client's row still has the allow
+   * list, ttl and prefix the renewal was checked against: a plain renewal in
+   * one statement. Null when it holds none or another, or the row changed
+   * (server edit); the caller then takes the full path and checks again.
    */
-  extendLease(client: string, family: number, ip: string, now: number, expiresAt: number): Promise<LeaseRow | null>;
+  extendLease(client: Checked, family: number, ip: string, now: number, expiresAt: number): Promise<LeaseRow | null>;
   upsertLease(l: LeaseRow): Promise<void>;
   setLeaseExpiry(client: string, family: number, expiresAt: number): Promise<void>;
   /** Deletes the client's lease of one family, or all of them; returns what went. */

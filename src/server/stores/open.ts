@@ -32,7 +32,7 @@ export function unavailableError(where: string, err: unknown): RelayError {
   if (err instanceof RelayError) return err;
   return new RelayError(`cannot open the shared database ${where}: ${(err as Error).message}`, {
     exitCode: ExitCode.FAILED,
-    hint: "check that PostgreSQL runs, the URL in database (server.toml), the user's password and that the role may create tables in that database",
+    hint: "check that PostgreSQL runs, the URL in database (server.toml), the user's password and the role's grants (docs/several-relays.md, Roles and grants)",
     cause: err,
   });
 }

@@ -9,20 +9,58 @@ import { leaseText, type Clock } from "../leases.ts";
 import type { AuditRow, ClientRow, LeaseRow } from "../state.ts";
 import { StoreUnavailable, type AuditEntry, type Store, type StoreChange, type StoreTx } from "./index.ts";
 
-/** The channel every lease change is announced on; the payload is the client's name, empty for "anything". */
+/**
+ * The channel every lease change is announced on. The payload is empty: any
+ * role that may connect can LISTEN, so a notice says only "something
+ * changed" and every server reloads; it never names a client.
+ */
 export const CHANNEL = "relayctl_leases";
 /** How often each server reloads every lease anyway, so a lost notice or a reconnect leaves nothing stale. */
 export const RECONCILE_MS = 5_000;
 /** Advisory lock key held while the schema is created or migrated ("relayctl" in ASCII, as a bigint). */
 const SCHEMA_LOCK = 0x72656c6179637478n;
+/** The schema holding every relayctl object; all SQL names it, so no search_path can redirect a name. */
+export const SCHEMA = "relayctl";
 
 /**
- * The schema, in order; relayctl_schema.version counts how many have run.
- * Each runs once, under the advisory lock, in the same transaction as the
- * version bump, so two servers starting at once never race.
+ * Functions and triggers, for a new database and for the move from version 1.
+ * Both functions pin search_path: they run for Postfix's role too.
  */
-export const MIGRATIONS: string[] = [
-  `CREATE TABLE clients (
+const ROUTINES = `
+   -- The key Postfix looks up, as an address, or NULL (which matches no lease).
+   -- Postfix looks up client hostnames too ("unknown"), and check_client_access
+   -- also looks up parent networks: it cuts the client address at its last
+   -- ':' ('.'), so 2001:db8:5::9:1 is also looked up as 2001:db8:5::9. A cut
+   -- that is a valid address always has "::" before its end, and a cut of an
+   -- IPv4 address has fewer than four parts; such keys are refused. The cost:
+   -- looked up bare, an IPv6 client written with an inner "::" matches
+   -- nothing. Keys marked "exact:" come from the pipemap regexp stage, which
+   -- Postfix never asks for parent networks; they are taken whole.
+   CREATE FUNCTION ${SCHEMA}.client_address(k text) RETURNS inet
+     LANGUAGE plpgsql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
+   DECLARE a text := k;
+   BEGIN
+     IF a LIKE 'exact:%' THEN a := substr(a, 7);
+     ELSIF a ~ '::.' THEN RETURN NULL;
+     END IF;
+     IF a !~ '^([0-9]{1,3}([.][0-9]{1,3}){3}|[0-9A-Fa-f:]*:[0-9A-Fa-f:.]*)$' THEN RETURN NULL; END IF;
+     RETURN a::inet;
+   EXCEPTION WHEN invalid_text_representation THEN RETURN NULL;
+   END $$;
+   -- Every change to a lease, by relayctl or by hand, reaches every server's lookup.
+   CREATE FUNCTION ${SCHEMA}.lease_changed() RETURNS trigger
+     LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+   BEGIN PERFORM pg_notify('${CHANNEL}', ''); RETURN NULL; END $$;
+   -- Per row, not per statement: a DELETE that found nothing due must not
+   -- wake every other host (which would sweep, and wake this one again).
+   CREATE TRIGGER leases_changed AFTER INSERT OR UPDATE OR DELETE ON ${SCHEMA}.leases
+     FOR EACH ROW EXECUTE FUNCTION ${SCHEMA}.lease_changed();
+   CREATE TRIGGER leases_truncated AFTER TRUNCATE ON ${SCHEMA}.leases
+     FOR EACH STATEMENT EXECUTE FUNCTION ${SCHEMA}.lease_changed();`;
+
+/** The tables, the same since version 1 (which had them unqualified). */
+export const PG_TABLES = `
+   CREATE TABLE ${SCHEMA}.clients (
      name text PRIMARY KEY,
      token_id text NOT NULL UNIQUE,
      token_hash bytea NOT NULL,
@@ -31,8 +69,8 @@ export const MIGRATIONS: string[] = [
      created_at timestamptz NOT NULL,
      ipv6_prefix integer
    );
-   CREATE TABLE leases (
-     client text NOT NULL REFERENCES clients(name) ON DELETE CASCADE,
+   CREATE TABLE ${SCHEMA}.leases (
+     client text NOT NULL REFERENCES ${SCHEMA}.clients(name) ON DELETE CASCADE,
      family smallint NOT NULL CHECK (family IN (4, 6)),
      net cidr NOT NULL,
      granted_at timestamptz NOT NULL,
@@ -45,9 +83,9 @@ export const MIGRATIONS: string[] = [
      -- row written by hand or by a bug can never open the relay to a network.
      CHECK ((family = 4 AND masklen(net) = 32) OR (family = 6 AND masklen(net) >= 48))
    );
-   CREATE INDEX leases_net_gist ON leases USING gist (net inet_ops);
-   CREATE INDEX leases_expiry ON leases (expires_at);
-   CREATE TABLE audit (
+   CREATE INDEX leases_net_gist ON ${SCHEMA}.leases USING gist (net inet_ops);
+   CREATE INDEX leases_expiry ON ${SCHEMA}.leases (expires_at);
+   CREATE TABLE ${SCHEMA}.audit (
      id bigserial PRIMARY KEY,
      ts timestamptz NOT NULL,
      event text NOT NULL,
@@ -57,30 +95,52 @@ export const MIGRATIONS: string[] = [
      detail text,
      count integer NOT NULL DEFAULT 1
    );
-   CREATE INDEX audit_ts ON audit (ts);
-   -- Postfix also looks up client hostnames ("unknown"): a plain '%s'::inet
-   -- would raise an error, which Postfix takes as a temporary failure for
-   -- every client. This answers NULL instead, which matches no lease.
-   CREATE FUNCTION relayctl_inet(k text) RETURNS inet
-     LANGUAGE plpgsql IMMUTABLE STRICT AS $$
-   BEGIN RETURN k::inet;
-   EXCEPTION WHEN invalid_text_representation THEN RETURN NULL; END $$;
-   -- Every change to a lease, by relayctl or by hand, reaches every server's lookup.
-   CREATE FUNCTION relayctl_lease_changed() RETURNS trigger LANGUAGE plpgsql AS $$
-   BEGIN
-     IF TG_OP = 'TRUNCATE' THEN PERFORM pg_notify('${CHANNEL}', ''); RETURN NULL; END IF;
-     IF TG_OP IN ('UPDATE', 'DELETE') THEN PERFORM pg_notify('${CHANNEL}', OLD.client); END IF;
-     IF TG_OP IN ('INSERT', 'UPDATE') THEN PERFORM pg_notify('${CHANNEL}', NEW.client); END IF;
-     RETURN NULL;
-   END $$;
-   CREATE TRIGGER leases_changed AFTER INSERT OR UPDATE OR DELETE ON leases
-     FOR EACH ROW EXECUTE FUNCTION relayctl_lease_changed();
-   CREATE TRIGGER leases_truncated AFTER TRUNCATE ON leases
-     FOR EACH STATEMENT EXECUTE FUNCTION relayctl_lease_changed();`,
-];
+   CREATE INDEX audit_ts ON ${SCHEMA}.audit (ts);`;
+
+/** A new database: every object in its own schema, at the current version. */
+const CREATE = `
+   CREATE SCHEMA IF NOT EXISTS ${SCHEMA};
+   CREATE TABLE ${SCHEMA}.relayctl_schema (version integer NOT NULL);
+   ${PG_TABLES}
+   ${ROUTINES}`;
+
+/** Quotes an identifier read from the catalog (the schema version 1 was created in). */
+const ident = (name: string): string => `"${name.replace(/"/g, '""')}"`;
+
+/**
+ * Upgrades of an existing database, by the version they start from.
+ * Version 1 had every object unqualified in the owner's first schema
+ * (usually public), its Postfix function answered parent-network keys, and
+ * its notices named clients. The old version table stays behind holding the
+ * new number, so a relay host still on version 1 refuses the database
+ * instead of creating a second, empty one; and the old function is dropped,
+ * so an old Postfix query fails (Postfix defers) instead of widening.
+ */
+const UPGRADES: Record<number, (legacy: string) => string> = {
+  1: (legacy) => {
+    const l = ident(legacy);
+    // A role whose own schema was named relayctl already had version 1 there: nothing to move.
+    const move =
+      legacy === SCHEMA
+        ? ""
+        : `CREATE SCHEMA IF NOT EXISTS ${SCHEMA};
+   CREATE TABLE ${SCHEMA}.relayctl_schema (version integer NOT NULL);
+   ALTER TABLE ${l}.clients SET SCHEMA ${SCHEMA};
+   ALTER TABLE ${l}.leases SET SCHEMA ${SCHEMA};
+   ALTER TABLE ${l}.audit SET SCHEMA ${SCHEMA};
+   UPDATE ${l}.relayctl_schema SET version = 2;`;
+    return `
+   DROP TRIGGER leases_changed ON ${l}.leases;
+   DROP TRIGGER leases_truncated ON ${l}.leases;
+   DROP FUNCTION ${l}.relayctl_lease_changed();
+   DROP FUNCTION ${l}.relayctl_inet(text);
+   ${move}
+   ${ROUTINES}`;
+  },
+};
 
 /** The schema version this build writes; a newer database is refused rather than misread. */
-export const PG_SCHEMA_VERSION = MIGRATIONS.length;
+export const PG_SCHEMA_VERSION = 2;
 
 /** Connection settings taken apart from `database`, so the password never travels in a URL we log. */
 export interface PgTarget {
@@ -193,41 +253,80 @@ function statements(q: SQL, now: number): StoreTx {
   const all = async (text: string, params: unknown[] = []): Promise<Row[]> => [...((await q.unsafe(text, params as never[])) as Row[])];
   return {
     now,
-    getClient: async (name) => (await all(`SELECT ${CLIENT_COLS} FROM clients WHERE name = $1`, [name])).map(clientRow)[0] ?? null,
-    lockClient: async (name) => void (await all(`SELECT 1 FROM clients WHERE name = $1 FOR UPDATE`, [name])),
+    getClient: async (name) => (await all(`SELECT ${CLIENT_COLS} FROM ${SCHEMA}.clients WHERE name = $1`, [name])).map(clientRow)[0] ?? null,
+    lockClient: async (name) => (await all(`SELECT ${CLIENT_COLS} FROM ${SCHEMA}.clients WHERE name = $1 FOR UPDATE`, [name])).map(clientRow)[0] ?? null,
     insertClient: async (c) =>
-      void (await all(`INSERT INTO clients (name, token_id, token_hash, ttl, allow, created_at, ipv6_prefix) VALUES ($1, $2, $3, $4, $5, to_timestamp($6::float8 / 1000), $7)`, [
+      void (await all(`INSERT INTO ${SCHEMA}.clients (name, token_id, token_hash, ttl, allow, created_at, ipv6_prefix) VALUES ($1, $2, $3, $4, $5, to_timestamp($6::float8 / 1000), $7)`, [
         c.name, c.token_id, Buffer.from(c.token_hash), c.ttl, c.allow, c.created_at, c.ipv6_prefix,
       ])),
-    updateClient: async (name, ttl, allow, p) => void (await all(`UPDATE clients SET ttl = $1, allow = $2, ipv6_prefix = $3 WHERE name = $4`, [ttl, allow, p, name])),
-    setToken: async (name, id, hash) => (await all(`UPDATE clients SET token_id = $1, token_hash = $2 WHERE name = $3 RETURNING name`, [id, Buffer.from(hash), name])).length > 0,
-    deleteClient: async (name) => (await all(`DELETE FROM clients WHERE name = $1 RETURNING name`, [name])).length > 0,
-    leasesOf: async (client) => (await all(`SELECT ${LEASE_COLS} FROM leases WHERE client = $1 ORDER BY family`, [client])).map(leaseRow),
+    updateClient: async (name, ttl, allow, p) => void (await all(`UPDATE ${SCHEMA}.clients SET ttl = $1, allow = $2, ipv6_prefix = $3 WHERE name = $4`, [ttl, allow, p, name])),
+    setToken: async (name, id, hash) => (await all(`UPDATE ${SCHEMA}.clients SET token_id = $1, token_hash = $2 WHERE name = $3 RETURNING name`, [id, Buffer.from(hash), name])).length > 0,
+    deleteClient: async (name) => (await all(`DELETE FROM ${SCHEMA}.clients WHERE name = $1 RETURNING name`, [name])).length > 0,
+    leasesOf: async (client) => (await all(`SELECT ${LEASE_COLS} FROM ${SCHEMA}.leases WHERE client = $1 ORDER BY family`, [client])).map(leaseRow),
+    // FOR UPDATE, as lockClient: a server edit holding the client's row is waited for and its committed row is what the
+    // guard compares; the full path after it then needs no stronger lock (two renewals upgrading a share would deadlock).
     extendLease: async (client, family, ip, now, at) =>
       (
         await all(
-          `UPDATE leases SET renewed_at = to_timestamp($1::float8 / 1000), expires_at = to_timestamp($2::float8 / 1000), renewals = renewals + 1
-           WHERE client = $3 AND family = $4 AND net = $5::cidr AND expires_at > to_timestamp($1::float8 / 1000) RETURNING ${LEASE_COLS}`,
-          [now, at, client, family, cidrText(ip)],
+          `UPDATE ${SCHEMA}.leases SET renewed_at = to_timestamp($1::float8 / 1000), expires_at = to_timestamp($2::float8 / 1000), renewals = renewals + 1
+           WHERE client = $3 AND family = $4 AND net = $5::cidr AND expires_at > to_timestamp($1::float8 / 1000)
+           AND EXISTS (SELECT 1 FROM ${SCHEMA}.clients WHERE name = $3 AND allow = $6 AND ttl IS NOT DISTINCT FROM $7::int AND ipv6_prefix IS NOT DISTINCT FROM $8::int FOR UPDATE)
+           RETURNING ${LEASE_COLS}`,
+          [now, at, client.name, family, cidrText(ip), client.allow, client.ttl, client.ipv6_prefix],
         )
       ).map(leaseRow)[0] ?? null,
     upsertLease: async (l) =>
       void (await all(
-        `INSERT INTO leases (client, family, net, granted_at, renewed_at, expires_at, renewals)
+        `INSERT INTO ${SCHEMA}.leases (client, family, net, granted_at, renewed_at, expires_at, renewals)
          VALUES ($1, $2, $3::cidr, to_timestamp($4::float8 / 1000), to_timestamp($5::float8 / 1000), to_timestamp($6::float8 / 1000), $7)
          ON CONFLICT (client, family) DO UPDATE SET net = excluded.net, granted_at = excluded.granted_at, renewed_at = excluded.renewed_at, expires_at = excluded.expires_at, renewals = excluded.renewals`,
         [l.client, l.family, cidrText(l.ip), l.granted_at, l.renewed_at, l.expires_at, l.renewals],
       )),
-    setLeaseExpiry: async (client, family, at) => void (await all(`UPDATE leases SET expires_at = to_timestamp($1::float8 / 1000) WHERE client = $2 AND family = $3`, [at, client, family])),
+    setLeaseExpiry: async (client, family, at) => void (await all(`UPDATE ${SCHEMA}.leases SET expires_at = to_timestamp($1::float8 / 1000) WHERE client = $2 AND family = $3`, [at, client, family])),
     deleteLeasesOf: async (client, family) =>
-      (await all(`DELETE FROM leases WHERE client = $1 AND ($2::int IS NULL OR family = $2::int) RETURNING ${LEASE_COLS}`, [client, family ?? null])).map(leaseRow),
+      (await all(`DELETE FROM ${SCHEMA}.leases WHERE client = $1 AND ($2::int IS NULL OR family = $2::int) RETURNING ${LEASE_COLS}`, [client, family ?? null])).map(leaseRow),
     // The database clock decides, whatever `now` this host computed: every host agrees.
-    deleteExpired: async () => (await all(`DELETE FROM leases WHERE expires_at <= now() RETURNING ${LEASE_COLS}`)).map(leaseRow),
+    deleteExpired: async () => (await all(`DELETE FROM ${SCHEMA}.leases WHERE expires_at <= now() RETURNING ${LEASE_COLS}`)).map(leaseRow),
     audit: async (e) =>
-      void (await all(`INSERT INTO audit (ts, event, client, ip, source, detail, count) VALUES (to_timestamp($1::float8 / 1000), $2, $3, $4, $5, $6, $7)`, [
+      void (await all(`INSERT INTO ${SCHEMA}.audit (ts, event, client, ip, source, detail, count) VALUES (to_timestamp($1::float8 / 1000), $2, $3, $4, $5, $6, $7)`, [
         e.ts, e.event, e.client, e.ip, e.source, e.detail, e.count ?? 1,
       ])),
   };
+}
+
+/**
+ * The schema version a database holds, read without creating anything: 0
+ * for an empty database, 1 for the unqualified layout (with the schema it
+ * is in); a version newer than this build is refused.
+ */
+async function schemaVersion(q: SQL): Promise<{ version: number; legacy?: string }> {
+  const [where] = (await q.unsafe(
+    `SELECT to_regclass('${SCHEMA}.relayctl_schema') IS NOT NULL AS current,
+            (SELECT array_agg(n.nspname::text) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relname = 'relayctl_schema' AND c.relkind = 'r' AND n.nspname <> '${SCHEMA}') AS legacy`,
+  )) as { current: boolean; legacy: string[] | null }[];
+  let version = 0;
+  let legacy: string | undefined;
+  if (where!.current) {
+    version = Number(((await q.unsafe(`SELECT version FROM ${SCHEMA}.relayctl_schema`)) as Row[])[0]?.version ?? 0);
+    if (version === 1) legacy = SCHEMA;
+  } else if (where!.legacy?.length) {
+    if (where!.legacy.length > 1) {
+      throw new RelayError(`the database has relayctl tables in several schemas (${where!.legacy.join(", ")})`, {
+        exitCode: ExitCode.USAGE,
+        hint: "drop the copies relay hosts do not use, keeping the schema whose leases table they write",
+      });
+    }
+    legacy = where!.legacy[0]!;
+    version = Number(((await q.unsafe(`SELECT version FROM ${ident(legacy)}.relayctl_schema`)) as Row[])[0]?.version ?? 0);
+  }
+  if (version > PG_SCHEMA_VERSION) {
+    throw new RelayError(`the database has relayctl schema version ${version}, newer than this relayctl knows (${PG_SCHEMA_VERSION})`, {
+      exitCode: ExitCode.USAGE,
+      hint: "upgrade relayctl on this host to the version the other relay hosts run",
+    });
+  }
+  return { version, legacy };
 }
 
 /**
@@ -263,6 +362,9 @@ export class PgStore implements Store {
       max: 8,
       idleTimeout: 60,
       connectionTimeout: 5,
+      // Built-in functions, operators and types come from pg_catalog only, whatever
+      // schemas the role may see; relayctl's own objects are always named with theirs.
+      connection: { search_path: "pg_catalog, pg_temp" },
     });
   }
 
@@ -282,22 +384,31 @@ export class PgStore implements Store {
     return this.schema;
   }
 
+  /**
+   * Creates or upgrades the schema, but only when its version is behind: a
+   * relay host whose role may only read and write rows starts on a current
+   * database without any DDL.
+   */
   private async migrate(): Promise<void> {
-    await this.sql.begin(async (tx) => {
-      await tx`SELECT pg_advisory_xact_lock(${SCHEMA_LOCK.toString()}::bigint)`;
-      await tx`CREATE TABLE IF NOT EXISTS relayctl_schema (version integer NOT NULL)`;
-      const rows = (await tx`SELECT version FROM relayctl_schema`) as { version: number }[];
-      const version = rows[0]?.version ?? 0;
-      if (version > PG_SCHEMA_VERSION) {
-        throw new RelayError(`the database has relayctl schema version ${version}, newer than this relayctl knows (${PG_SCHEMA_VERSION})`, {
-          exitCode: ExitCode.USAGE,
-          hint: "upgrade relayctl on this host to the version the other relay hosts run",
-        });
-      }
-      for (let v = version; v < PG_SCHEMA_VERSION; v++) await tx.unsafe(MIGRATIONS[v]!);
-      if (rows.length === 0) await tx`INSERT INTO relayctl_schema (version) VALUES (${PG_SCHEMA_VERSION})`;
-      else if (version !== PG_SCHEMA_VERSION) await tx`UPDATE relayctl_schema SET version = ${PG_SCHEMA_VERSION}`;
-    });
+    if ((await schemaVersion(this.sql)).version === PG_SCHEMA_VERSION) return;
+    try {
+      await this.sql.begin(async (tx) => {
+        await tx`SELECT pg_advisory_xact_lock(${SCHEMA_LOCK.toString()}::bigint)`;
+        // Another host may have upgraded while we waited for the lock.
+        const { version, legacy } = await schemaVersion(tx as unknown as SQL);
+        if (version === PG_SCHEMA_VERSION) return;
+        if (version === 0) await tx.unsafe(CREATE);
+        else for (let v = version; v < PG_SCHEMA_VERSION; v++) await tx.unsafe(UPGRADES[v]!(legacy!));
+        await tx.unsafe(`DELETE FROM ${SCHEMA}.relayctl_schema; INSERT INTO ${SCHEMA}.relayctl_schema (version) VALUES (${PG_SCHEMA_VERSION})`);
+      });
+    } catch (err) {
+      if ((err as { errno?: string }).errno !== "42501") throw err;
+      throw new RelayError(`role ${this.target.username} may not create or upgrade relayctl's schema in ${this.where}: ${(err as Error).message}`, {
+        exitCode: ExitCode.FAILED,
+        hint: "run relayctl once with the owner role (see docs/several-relays.md); relay hosts then need only the row grants",
+        cause: err,
+      });
+    }
   }
 
   /** Runs a database call; "cannot reach it" becomes StoreUnavailable and marks the store degraded until a call works. */
@@ -337,21 +448,21 @@ export class PgStore implements Store {
    * never touches); throws when the database or the schema is not there.
    */
   async peekLeases(): Promise<LeaseRow[]> {
-    return ([...((await this.sql.unsafe(`SELECT ${LEASE_COLS} FROM leases ORDER BY expires_at DESC`)) as Row[])]).map(leaseRow);
+    return ([...((await this.sql.unsafe(`SELECT ${LEASE_COLS} FROM ${SCHEMA}.leases ORDER BY expires_at DESC`)) as Row[])]).map(leaseRow);
   }
 
   async getClientByTokenId(tokenId: string): Promise<ClientRow | null> {
-    return (await this.rows(`SELECT ${CLIENT_COLS} FROM clients WHERE token_id = $1`, [tokenId])).map(clientRow)[0] ?? null;
+    return (await this.rows(`SELECT ${CLIENT_COLS} FROM ${SCHEMA}.clients WHERE token_id = $1`, [tokenId])).map(clientRow)[0] ?? null;
   }
   async getClient(name: string): Promise<ClientRow | null> {
-    return (await this.rows(`SELECT ${CLIENT_COLS} FROM clients WHERE name = $1`, [name])).map(clientRow)[0] ?? null;
+    return (await this.rows(`SELECT ${CLIENT_COLS} FROM ${SCHEMA}.clients WHERE name = $1`, [name])).map(clientRow)[0] ?? null;
   }
   async listClients(): Promise<ClientRow[]> {
-    return (await this.rows(`SELECT ${CLIENT_COLS} FROM clients ORDER BY name`)).map(clientRow);
+    return (await this.rows(`SELECT ${CLIENT_COLS} FROM ${SCHEMA}.clients ORDER BY name`)).map(clientRow);
   }
   async allLeases(): Promise<LeaseRow[]> {
     const t0 = this.clock.now();
-    const rows = await this.rows(`SELECT ${LEASE_COLS}, ${MS("now()")} AS db_now FROM leases RIGHT JOIN (SELECT 1) one ON true ORDER BY client, family`);
+    const rows = await this.rows(`SELECT ${LEASE_COLS}, ${MS("now()")} AS db_now FROM ${SCHEMA}.leases RIGHT JOIN (SELECT 1) one ON true ORDER BY client, family`);
     // Each reload also measures how far the database clock is ahead of ours.
     const t1 = this.clock.now();
     const dbNow = Number(rows[0]?.db_now);
@@ -360,11 +471,11 @@ export class PgStore implements Store {
   }
   async leasesOfClients(names: string[]): Promise<LeaseRow[]> {
     if (!names.length) return [];
-    return (await this.rows(`SELECT ${LEASE_COLS} FROM leases WHERE client = ANY($1::text[]) ORDER BY client, family`, [names])).map(leaseRow);
+    return (await this.rows(`SELECT ${LEASE_COLS} FROM ${SCHEMA}.leases WHERE client = ANY($1::text[]) ORDER BY client, family`, [names])).map(leaseRow);
   }
   async auditLog(filter: { client?: string; since?: number; limit?: number } = {}): Promise<AuditRow[]> {
     return (
-      await this.rows(`SELECT ${AUDIT_COLS} FROM audit WHERE ($1::text IS NULL OR client = $1::text) AND ts >= to_timestamp($2::float8 / 1000) ORDER BY id DESC LIMIT $3`, [
+      await this.rows(`SELECT ${AUDIT_COLS} FROM ${SCHEMA}.audit WHERE ($1::text IS NULL OR client = $1::text) AND ts >= to_timestamp($2::float8 / 1000) ORDER BY id DESC LIMIT $3`, [
         filter.client ?? null,
         filter.since ?? 0,
         filter.limit ?? 1000,
@@ -372,11 +483,11 @@ export class PgStore implements Store {
     ).map(auditRow);
   }
   async counts(): Promise<{ clients: number; leases: number }> {
-    const [r] = await this.rows(`SELECT (SELECT count(*) FROM clients)::int AS clients, (SELECT count(*) FROM leases)::int AS leases`);
+    const [r] = await this.rows(`SELECT (SELECT count(*) FROM ${SCHEMA}.clients)::int AS clients, (SELECT count(*) FROM ${SCHEMA}.leases)::int AS leases`);
     return { clients: Number(r!.clients), leases: Number(r!.leases) };
   }
   async pruneAudit(before: number): Promise<number> {
-    return (await this.rows(`DELETE FROM audit WHERE ts < to_timestamp($1::float8 / 1000) RETURNING 1`, [before])).length;
+    return (await this.rows(`DELETE FROM ${SCHEMA}.audit WHERE ts < to_timestamp($1::float8 / 1000) RETURNING 1`, [before])).length;
   }
 
   /**
@@ -398,7 +509,7 @@ export class PgStore implements Store {
         this.auditIds.delete(local - 10_000);
         later(async () => {
           try {
-            const [r] = await this.rows(`INSERT INTO audit (ts, event, client, ip, source, detail, count) VALUES (to_timestamp($1::float8 / 1000), $2, $3, $4, $5, $6, $7) RETURNING id::float8 AS id`, [
+            const [r] = await this.rows(`INSERT INTO ${SCHEMA}.audit (ts, event, client, ip, source, detail, count) VALUES (to_timestamp($1::float8 / 1000), $2, $3, $4, $5, $6, $7) RETURNING id::float8 AS id`, [
               e.ts, e.event, e.client, e.ip, e.source, e.detail, e.count ?? 1,
             ]);
             settle(Number(r!.id));
@@ -414,7 +525,7 @@ export class PgStore implements Store {
         if (!id) return;
         later(async () => {
           const real = await id;
-          if (real !== null) await this.rows(`UPDATE audit SET count = $1, detail = COALESCE($2, detail) WHERE id = $3`, [count, detail ?? null, real]);
+          if (real !== null) await this.rows(`UPDATE ${SCHEMA}.audit SET count = $1, detail = COALESCE($2, detail) WHERE id = $3`, [count, detail ?? null, real]);
         });
       },
     };
@@ -426,7 +537,8 @@ export class PgStore implements Store {
     const subscribe = async (): Promise<void> => {
       try {
         // onlisten runs again after each reconnect: whatever was missed meanwhile is reloaded.
-        sub = await this.sql.listen(CHANNEL, (payload) => onChange(payload ? [payload] : null), () => onChange(null));
+        // A notice names nothing (see CHANNEL): each one means "reload all".
+        sub = await this.sql.listen(CHANNEL, () => onChange(null), () => onChange(null));
         if (stopped) void sub.unlisten().catch(() => undefined);
       } catch (err) {
         if (stopped) return;

@@ -1,14 +1,31 @@
 import { existsSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { checkDatabaseUrl, type ServerConfig } from "../../lib/config.ts";
 import { ExitCode, RelayError, usageError } from "../../lib/errors.ts";
 import { systemClock } from "../leases.ts";
 import { StateStore } from "../state.ts";
-import { PgStore, pgTarget, readPasswordFile, type PgTarget } from "./postgres.ts";
+import { PgStore, pgTarget, readPasswordFile, SCHEMA, type PgTarget } from "./postgres.ts";
 import { unavailableError } from "./open.ts";
 
-/** The one query Postfix runs: prefix match and expiry in SQL, hostnames ("unknown") match nothing. */
-export const PGSQL_QUERY = "SELECT 'OK' FROM leases WHERE net >>= relayctl_inet('%s') AND expires_at > now() LIMIT 1";
+/**
+ * The one query Postfix runs: prefix match and expiry in SQL; hostnames and
+ * keys that could be a parent-network cut match nothing (see client_address).
+ * Every name is qualified, operators too: the Postfix role's search_path is
+ * not ours to trust.
+ */
+export const PGSQL_QUERY = `SELECT 'OK' FROM ${SCHEMA}.leases WHERE net OPERATOR(pg_catalog.>>=) ${SCHEMA}.client_address('%s') AND expires_at OPERATOR(pg_catalog.>) pg_catalog.now() LIMIT 1`;
+
+/**
+ * The one line of the regexp stage that marks address keys "exact:" (a
+ * pattern table, so Postfix never asks it for parent networks). It answers
+ * for every client address: alone, in mynetworks, it would be an open relay.
+ */
+export const EXACT_REGEXP = "/^([0-9A-Fa-f:.]+)$/ exact:$1";
+
+/** The main.cf table reference for the pgsql file behind its regexp stage. */
+export function exactTable(pgsqlPath: string, regexpPath: string): string {
+  return `pipemap:{regexp:${regexpPath}, proxy:pgsql:${pgsqlPath}}`;
+}
 
 /** The `hosts =` value for a target: a postgresql:// URI, the socket directory percent-encoded as the host. */
 export function pgsqlHosts(t: PgTarget, user: string): string {
@@ -30,15 +47,29 @@ export function postfixPgsqlFile(config: ServerConfig, opts: { user?: string; pa
   const t = pgTarget(config.database);
   const user = opts.user ?? t.username;
   const path = opts.path ?? "/etc/postfix/relayctl-pgsql.cf";
+  const regexp = join(dirname(path), "relayctl-exact.regexp");
+  const table = exactTable(path, regexp);
   return [
     `# Postfix pgsql: table for relayctl leases, from \`relayctl server postfix-pgsql\`.`,
     `# Install as ${path}, mode 0640 root:postfix. The role needs only:`,
-    `#   GRANT SELECT ON leases TO ${user};`,
-    `# Hook it in one of two ways (main.cf):`,
+    `#   GRANT CONNECT ON DATABASE ${t.database} TO ${user};`,
+    `#   GRANT USAGE ON SCHEMA ${SCHEMA} TO ${user};`,
+    `#   GRANT SELECT ON ${SCHEMA}.leases TO ${user};`,
+    `# check_client_access also looks up parent networks of a client: 2001:db8:5::9:1`,
+    `# is looked up as 2001:db8:5::9 too. The query refuses every key that could be`,
+    `# such a cut, so this table never widens a lease; but used bare, it also refuses`,
+    `# IPv6 clients written with an inner "::" (2001:db8:5::9): they do not relay.`,
+    `# So use it behind a regexp stage, which Postfix never asks for parent networks`,
+    `# and which marks its keys as whole addresses. Create ${regexp}`,
+    `# holding the one line`,
+    `#   ${EXACT_REGEXP}`,
+    `# and never list that file anywhere else: alone it answers for every client`,
+    `# address, so in mynetworks it would relay for everyone (relayctl doctor fails it).`,
+    `# Hook the pair in one of two ways (main.cf):`,
     `#   smtpd_relay_restrictions = permit_mynetworks, permit_sasl_authenticated, permit_auth_destination,`,
-    `#       check_client_access proxy:pgsql:${path}, reject_unauth_destination`,
+    `#       check_client_access ${table}, reject_unauth_destination`,
     `#   (a database outage defers only relaying: 451 4.3.5; mail to local domains still arrives)`,
-    `# or: mynetworks = 127.0.0.0/8, proxy:pgsql:${path}`,
+    `# or: mynetworks = 127.0.0.0/8, ${table}`,
     `#   (simpler, but a database outage then defers ALL inbound mail: 451 4.3.0)`,
     `# Postfix 3.7-3.9 keep failing for retry_interval (60 s) after the database returns.`,
     `hosts = ${pgsqlHosts(t, user)}`,

@@ -253,6 +253,36 @@ describe("GET|POST /nic/update", () => {
     expect(await call("?offline=YES", { token: tok })).toMatchObject({ status: 200, text: "nochg 198.51.100.7\n" });
   });
 
+  test("offline=YES takes a renewal token like an update: a token holder cannot alternate offline and update past the cap", async () => {
+    setUp({ renewals: new RenewalLimiter(2) });
+    const tok = addClient("router");
+    expect((await call("", { token: tok })).status).toBe(200);
+    expect(await call("?offline=YES", { token: tok })).toMatchObject({ status: 200, text: "good 198.51.100.7\n" });
+    expect(await call("", { token: tok })).toMatchObject({ status: 503, text: "911\n" });
+    // Going offline is never refused; with nothing leased it writes nothing.
+    expect(await call("?offline=YES", { token: tok })).toMatchObject({ status: 200, text: "nochg 198.51.100.7\n" });
+    expect(store.auditLog({ client: "router" }).filter((r) => r.event !== "refuse").map((r) => r.event)).toEqual(["release", "grant"]);
+  });
+
+  test("v4,v6 takes one renewal token and is applied whole or not at all, also at the cap", async () => {
+    setUp({ renewals: new RenewalLimiter(2) });
+    const tok = addClient("router", ["198.51.100.0/24", "2001:db8::/32"]);
+    expect((await call("?myip=198.51.100.9", { token: tok })).status).toBe(200);
+    expect(await call(`?myip=198.51.100.10,${V6}`, { token: tok })).toMatchObject({ status: 200, text: `good 198.51.100.10\ngood ${V6}\n` });
+    const before = store.allLeases();
+    clock.advance(1000);
+    expect(await call(`?myip=198.51.100.11,${V6}`, { token: tok })).toMatchObject({ status: 503, text: "911\n" });
+    expect(store.allLeases()).toEqual(before);
+  });
+
+  test("offline=YES with v4,v6 releases both families with one token", async () => {
+    setUp({ renewals: new RenewalLimiter(2) });
+    const tok = addClient("router", ["198.51.100.0/24", "2001:db8::/32"]);
+    expect((await call(`?myip=198.51.100.9,${V6}`, { token: tok })).status).toBe(200);
+    expect(await call(`?myip=198.51.100.9,${V6}&offline=YES`, { token: tok })).toMatchObject({ status: 200, text: `good 198.51.100.9\ngood ${V6}\n` });
+    expect(leased()).toEqual([]);
+  });
+
   test("repeated nochg is never abuse; only the renewal cap refuses, with 503 911 and Retry-After", async () => {
     setUp({ renewals: new RenewalLimiter(3) });
     const tok = addClient("router");

@@ -382,6 +382,32 @@ describe("metrics", () => {
   });
 });
 
+describe("metrics behind a reverse proxy", () => {
+  const scrape = async (peer: string, headers: Record<string, string> = {}): Promise<number> => (await t.dispatch(new Request(BASE + "/metrics", { headers }), fakeServer(peer))).status;
+
+  test("through a trusted proxy on loopback the forwarded client is judged: strangers get 404, metrics_allow the text", async () => {
+    t.config.trustedProxies = [parseCidr("127.0.0.1")!];
+    t.config.metricsAllow = [parseCidr("192.0.2.10")!];
+    expect(await scrape("127.0.0.1", { "x-forwarded-for": "203.0.113.9" })).toBe(404);
+    expect(await scrape("127.0.0.1", { "x-forwarded-for": "192.0.2.10" })).toBe(200);
+    // A spoofed left-most entry is not believed; garbage is not a reader.
+    expect(await scrape("127.0.0.1", { "x-forwarded-for": "192.0.2.10, 203.0.113.9" })).toBe(404);
+    expect(await scrape("127.0.0.1", { "x-forwarded-for": "not an address" })).toBe(404);
+    // Only X-Forwarded-For names the client; another forwarding header alone cannot be judged.
+    expect(await scrape("127.0.0.1", { forwarded: "for=192.0.2.10" })).toBe(404);
+    expect(await scrape("127.0.0.1", { "x-real-ip": "192.0.2.10" })).toBe(404);
+    // Prometheus on this host asking directly.
+    expect(await scrape("127.0.0.1")).toBe(200);
+  });
+
+  test("a request forwarded by a proxy not in trusted_proxies is refused, even from loopback", async () => {
+    expect(await scrape("127.0.0.1", { "x-forwarded-for": "203.0.113.9" })).toBe(404);
+    expect(await scrape("::1", { "x-real-ip": "203.0.113.9" })).toBe(404);
+    expect(await scrape("127.0.0.1", { forwarded: "for=203.0.113.9" })).toBe(404);
+    expect(await scrape("127.0.0.1")).toBe(200);
+  });
+});
+
 describe("audit log", () => {
   test("grant and replace are audited; plain renewals are not, they count on the lease", async () => {
     const tok = addClient("office");

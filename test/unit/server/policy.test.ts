@@ -1,12 +1,12 @@
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
-import { lstatSync } from "node:fs";
+import { chownSync, existsSync, lstatSync, mkdirSync, writeFileSync } from "node:fs";
 import { createConnection } from "node:net";
 import { join } from "node:path";
 import { parseCidr } from "../../../src/lib/ip.ts";
 import { LiveIndex } from "../../../src/server/live.ts";
-import { PolicyLookup, policyHandler } from "../../../src/server/lookups/policy.ts";
+import { checkSocketDirOwner, PolicyLookup, policyHandler, postfixGid } from "../../../src/server/lookups/policy.ts";
 import { answer, MAX_ATTRIBUTES, MAX_REQUEST_BYTES, ProtocolError, RequestReader } from "../../../src/server/policy/protocol.ts";
-import { FakeClock, removeTempDirs, silenceLogger, tempDir } from "../helpers.ts";
+import { FakeClock, relayError, removeTempDirs, silenceLogger, tempDir } from "../helpers.ts";
 
 beforeAll(silenceLogger);
 afterAll(removeTempDirs);
@@ -217,5 +217,54 @@ describe("PolicyLookup over a real unix socket", () => {
     await lookup!.close();
     lookup = undefined;
     expect(() => lstatSync(path)).toThrow();
+  });
+});
+
+describe("the policy socket directory's owner", () => {
+  /** A passwd and group file with root, postfix (uid 102, gid 107) and relayctl (uid 990). */
+  function accounts(): { passwd: string; group: string } {
+    const dir = tempDir("relayctl-accounts-");
+    const passwd = join(dir, "passwd");
+    const group = join(dir, "group");
+    writeFileSync(passwd, "root:x:0:0:root:/root:/bin/bash\npostfix:x:102:107::/var/spool/postfix:/usr/sbin/nologin\nrelayctl:x:990:990::/var/lib/relayctl:/usr/sbin/nologin\n");
+    writeFileSync(group, "root:x:0:\npostfix:x:107:\nrelayctl:x:990:\n");
+    return { passwd, group };
+  }
+
+  test("root or the server's own user may own it; any other user is refused (exit 2) with the owner and the fix", async () => {
+    const { passwd, group } = accounts();
+    expect(postfixGid(group)).toBe(107);
+    expect(() => checkSocketDirOwner("/var/spool/postfix/relayctl", 0, 990, passwd)).not.toThrow();
+    expect(() => checkSocketDirOwner("/var/spool/postfix/relayctl", 990, 990, passwd)).not.toThrow();
+    expect(() => checkSocketDirOwner("/run/relayctl", 0, 0, passwd)).not.toThrow();
+    const err = await relayError(() => checkSocketDirOwner("/var/spool/postfix/private", 102, 990, passwd));
+    expect(err.exitCode).toBe(2);
+    expect(err.message).toBe("the policy socket directory /var/spool/postfix/private belongs to postfix (uid 102), not to root or relayctl (the user relayctl runs as), so that user could replace the socket and answer for relayctl");
+    expect(err.hint).toBe("set policy_socket to a path in a directory of relayctl's own (the default /var/spool/postfix/relayctl/policy), or, if nothing but relayctl uses /var/spool/postfix/private: chown relayctl:postfix /var/spool/postfix/private && chmod 2750 /var/spool/postfix/private");
+    // Root is no exception for the owner: a root server still refuses a directory postfix owns.
+    expect((await relayError(() => checkSocketDirOwner("/var/spool/postfix/private", 102, 0, passwd))).message).toContain("belongs to postfix (uid 102), not to root (the user relayctl runs as), so");
+    // A uid without a name is named by number.
+    expect((await relayError(() => checkSocketDirOwner("/srv/p", 4242, 990, passwd))).message).toContain("/srv/p belongs to uid 4242, not to root or relayctl (");
+  });
+
+  // Needs root to hand the directory to another user; as anyone else it fails here rather than passing unseen.
+  test("listen() refuses a directory another user owns and binds nothing there", async () => {
+    if (process.getuid?.() !== 0) throw new Error("this test must run as root: it chowns a directory to uid 65534");
+    const dir = join(tempDir("relayctl-policy-owner-"), "relayctl");
+    mkdirSync(dir, { mode: 0o750 });
+    chownSync(dir, 65534, 65534);
+    const path = join(dir, "policy");
+    const clock = new FakeClock();
+    const lookup = new PolicyLookup(path, policyHandler(new LiveIndex(), clock), () => 0);
+    const err = await relayError(() => lookup.listen());
+    expect(err.exitCode).toBe(2);
+    expect(err.message).toStartWith(`the policy socket directory ${dir} belongs to `);
+    expect(err.message).toContain("(uid 65534), not to root");
+    expect(existsSync(path)).toBe(false);
+    // The same directory once it is the server's own (root's, here) is accepted.
+    chownSync(dir, 0, 0);
+    lookup.listen();
+    expect(lstatSync(path).isSocket()).toBe(true);
+    await lookup.close();
   });
 });

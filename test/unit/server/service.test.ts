@@ -252,12 +252,78 @@ describe("LeaseService", () => {
     });
   });
 
+  describe("a server edit committed between a renewal's check and its transaction", () => {
+    // The row `authenticate` read, before the edit: what the renewal was checked against.
+    const stale = (name: string): ClientRow => t.store.getClient(name)!;
+    /** What server edit does in its transaction: new settings, leases outside them dropped or cut. */
+    const edit = (name: string, over: { allow?: string[]; ttl?: number }, drop: number[] = [], cutTo?: number): void =>
+      t.store.tx(() => {
+        const c = t.store.getClient(name)!;
+        t.store.updateClient(name, over.ttl ?? c.ttl, over.allow ? JSON.stringify(over.allow) : c.allow, c.ipv6_prefix);
+        for (const f of drop) t.store.deleteLeasesOf(name, f);
+        if (cutTo !== undefined) for (const l of t.store.leasesOf(name)) t.store.setLeaseExpiry(name, l.family, cutTo);
+      });
+
+    test("a narrowed allow list refuses the renewal inside its transaction; nothing is leased", async () => {
+      enroll("office", { allow: '["198.51.100.0/24"]' });
+      const c = stale("office");
+      await t.service.renew(c, ip("203.0.113.1"), "198.51.100.9");
+      const checked = stale("office");
+      // Both the lease the edit dropped and a first grant checked before the edit.
+      edit("office", { allow: ["198.51.100.128/25"] }, [4]);
+      // As the running server does when it notices the edit's commit.
+      await t.leases.reload();
+      mono += 60_000;
+      expect((await leaseErrorAsync(() => t.service.renew(checked, ip("203.0.113.1"), "198.51.100.9"))).code).toBe("address_not_allowed");
+      expect(t.store.allLeases()).toEqual([]);
+      expect(t.leases.index.covers(ip("198.51.100.9"), clock.now())).toBe(false);
+    });
+
+    test("an edit that kept the lease but changed the row sends the renewal down the checking path", async () => {
+      enroll("office", { allow: '["198.51.100.0/24"]' });
+      await t.service.renew(stale("office"), ip("203.0.113.1"), "198.51.100.9");
+      const checked = stale("office");
+      edit("office", { allow: ["198.51.100.128/25"] });
+      expect((await leaseErrorAsync(() => t.service.renew(checked, ip("203.0.113.1"), "198.51.100.9"))).code).toBe("address_not_allowed");
+      expect(t.store.allLeases()[0]!.expires_at).toBe(clock.now() + 1200_000);
+    });
+
+    test("a shorter ttl applies to the renewal checked before it", async () => {
+      enroll("office");
+      await t.service.renew(stale("office"), ip("198.51.100.7"));
+      const checked = stale("office");
+      clock.advance(1000);
+      edit("office", { ttl: 60 }, [], clock.now() + 60_000);
+      const r = await t.service.renew(checked, ip("198.51.100.7"));
+      expect(r).toMatchObject({ event: "renew", ttl: 60 });
+      expect(t.store.leasesOf("office")[0]!.expires_at).toBe(clock.now() + 60_000);
+    });
+
+    test("a client revoked meanwhile is unauthorized, not a half-written lease", async () => {
+      enroll("office");
+      const checked = stale("office");
+      t.store.deleteClient("office");
+      expect((await leaseErrorAsync(() => t.service.renew(checked, ip("198.51.100.7")))).code).toBe("unauthorized");
+      expect(t.store.allLeases()).toEqual([]);
+    });
+
+    test("v4,v6 in one transaction: an edit refusing one family leaves the other unleased too", async () => {
+      enroll("dual", { allow: '["198.51.100.0/24","2001:db8::/32"]' });
+      const checked = stale("dual");
+      edit("dual", { allow: ["198.51.100.0/24"] });
+      expect((await leaseErrorAsync(() => t.service.renewEach(checked, ip("203.0.113.1"), ["198.51.100.9", "2001:db8:1:2:3:4:5:6"]))).code).toBe("address_not_allowed");
+      expect(t.store.allLeases()).toEqual([]);
+      expect(t.leases.index.covers(ip("198.51.100.9"), clock.now())).toBe(false);
+    });
+  });
+
   describe("release", () => {
     test("drops one family or all, publishes, and audits each release", async () => {
       const token = enroll("dual");
       const c = (await t.service.authenticate({ token }, ip("198.51.100.7")));
       await t.service.renew(c, ip("198.51.100.7"));
       await t.service.renew(c, ip("2001:db8:1:2:3:4:5:6"));
+      mono += 60_000;
       const v6 = await t.service.release(c, ip("198.51.100.7"), 6);
       expect(v6.map((l) => l.ip)).toEqual(["2001:db8:1:2:3:4:5:6"]);
       expect((await t.service.leasesOf(c)).map((l) => l.ip)).toEqual(["198.51.100.7"]);
@@ -265,9 +331,21 @@ describe("LeaseService", () => {
       const rebuilds = t.writer.rebuilds;
       expect((await t.service.release(c, ip("198.51.100.7"))).map((l) => l.ip)).toEqual(["198.51.100.7"]);
       expect(t.writer.rebuilds).toBe(rebuilds + 1);
+      mono += 60_000;
       expect(await t.service.release(c, ip("198.51.100.7"))).toEqual([]);
       expect(t.writer.rebuilds).toBe(rebuilds + 1);
       expect(t.store.auditLog({ client: "dual" }).filter((r) => r.event === "release")).toHaveLength(2);
+    });
+
+    test("a release takes a renewal token but is never refused: alternating release and renewal cannot double the audit rows", async () => {
+      const token = enroll("office");
+      const c = await t.service.authenticate({ token }, ip("198.51.100.7"));
+      await t.service.renew(c, ip("198.51.100.7"));
+      await t.service.release(c, ip("198.51.100.7"));
+      // The cap (2) is used up by one grant and one release: the next grant waits, a release still works.
+      expect((await leaseErrorAsync(() => t.service.renew(c, ip("198.51.100.7")))).code).toBe("rate_limited");
+      expect(await t.service.release(c, ip("198.51.100.7"))).toEqual([]);
+      expect(t.store.auditLog({ client: "office" }).filter((r) => r.event !== "refuse").map((r) => r.event)).toEqual(["release", "grant"]);
     });
   });
 

@@ -62,13 +62,18 @@ describe("StateStore", () => {
   test("extendLease moves only a live lease that holds exactly that address", () => {
     store.insertClient(clientRow("a"));
     store.upsertLease({ ...lease("a", 4, "192.0.2.1", 100), renewals: 2 });
-    expect(store.extendLease("a", 4, "192.0.2.2", 50, 500)).toBeNull();
-    expect(store.extendLease("a", 6, "192.0.2.1", 50, 500)).toBeNull();
-    expect(store.extendLease("b", 4, "192.0.2.1", 50, 500)).toBeNull();
+    const a = clientRow("a");
+    expect(store.extendLease(a, 4, "192.0.2.2", 50, 500)).toBeNull();
+    expect(store.extendLease(a, 6, "192.0.2.1", 50, 500)).toBeNull();
+    expect(store.extendLease({ ...a, name: "b" }, 4, "192.0.2.1", 50, 500)).toBeNull();
     // Expired at now: a renewal then is a new grant, not an extension.
-    expect(store.extendLease("a", 4, "192.0.2.1", 100, 500)).toBeNull();
+    expect(store.extendLease(a, 4, "192.0.2.1", 100, 500)).toBeNull();
+    // The client's row changed since the renewal was checked (server edit): the full path decides.
+    expect(store.extendLease({ ...a, allow: '["192.0.2.0/24"]' }, 4, "192.0.2.1", 50, 500)).toBeNull();
+    expect(store.extendLease({ ...a, ttl: 60 }, 4, "192.0.2.1", 50, 500)).toBeNull();
+    expect(store.extendLease({ ...a, ipv6_prefix: 64 }, 4, "192.0.2.1", 50, 500)).toBeNull();
     expect(store.leasesOf("a")[0]).toMatchObject({ expires_at: 100, renewals: 2 });
-    expect(store.extendLease("a", 4, "192.0.2.1", 99, 500)).toEqual({ ...lease("a", 4, "192.0.2.1", 500), renewed_at: 99, renewals: 3 });
+    expect(store.extendLease(a, 4, "192.0.2.1", 99, 500)).toEqual({ ...lease("a", 4, "192.0.2.1", 500), renewed_at: 99, renewals: 3 });
     expect(store.leasesOf("a")[0]).toMatchObject({ granted_at: 1, renewed_at: 99, expires_at: 500, renewals: 3 });
   });
 
