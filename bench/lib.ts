@@ -341,7 +341,7 @@ export async function addClient(s: BenchServer, name: string, extra: string[] = 
   const r = await run([RELAYCTL, "server", "add", name, "--config", s.config, "--allow", "198.18.0.0/15", ...extra], { timeoutMs: 20_000 });
   if (r.code !== 0) throw new Error(`server add ${name}: ${r.stderr}`);
   const line = r.stdout.trim();
-  const token = /--token (\S+)/.exec(line)?.[1];
+  const token = /^token: (\S+)$/m.exec(line)?.[1];
   const pin = /--pin (\S+)/.exec(line)?.[1];
   if (!token || !pin) throw new Error(`unexpected enrollment line: ${line}`);
   return { token, pin, line };

@@ -1,10 +1,10 @@
-import { accessSync, constants, existsSync, readFileSync } from "node:fs";
+import { accessSync, constants, existsSync, readFileSync, readSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { FileLock } from "../lib/lock.ts";
 import { log } from "../lib/logging.ts";
 import { loadClientConfig, renderClientConfig, validateHttpsUrl, validateName, DEFAULT_CLIENT_CONFIG, type ClientConfig } from "../lib/configfile.ts";
 import { ExitCode, RelayError, usageError } from "../lib/errors.ts";
-import { apiError, createApi, isTlsTrouble } from "../lib/http.ts";
+import { apiFailure, createApi, isTlsTrouble } from "../lib/http.ts";
 import { writeFileAtomic } from "../lib/fsutil.ts";
 import { cidrContains, parseCidr, parseIp, specialAddressKind } from "../lib/ip.ts";
 import { parsePin, verifiedPeerChain } from "../lib/pin.ts";
@@ -20,7 +20,7 @@ async function call<T>(cfg: Pick<ClientConfig, "server" | "token" | "pin" | "ser
   } catch (err) {
     // The saved chain no longer verifies: fetch the live one, which names the pin mismatch exactly.
     if (cfg.pin && cfg.serverCert && isTlsTrouble(err)) await verifiedPeerChain(new URL(cfg.server), cfg.pin);
-    throw apiError(err, cfg.server);
+    throw await apiFailure(err, cfg.server);
   }
 }
 
@@ -97,22 +97,61 @@ export async function leaseStatus(opts: { configPath?: string }): Promise<LeaseS
   return call(cfg, "/v1/lease", { method: "GET" });
 }
 
+/** A token as `relayctl server add` prints it: printable ASCII without spaces. */
+const TOKEN_RE = /^[\x21-\x7e]{1,200}$/;
+
+/** Checks a token's shape, naming where it came from (`--token`, `--token-file F`, stdin). */
+export function checkToken(token: string, where: string): string {
+  if (!TOKEN_RE.test(token)) {
+    const what = token === "" ? "is empty" : /\s/.test(token) ? "holds more than one word or line" : "is not a token";
+    throw usageError(`${where}: ${what}`, "give the token from the `token:` line `relayctl server add` printed, and nothing else");
+  }
+  return token;
+}
+
 /**
- * The token for enroll from exactly one of `--token T`, `--token -` (stdin) or
- * `--token-file F`, so it can stay out of shell history and `ps`.
+ * Reads one line from stdin: on a terminal, after asking on stderr, so that
+ * pasting the enrollment line and then the token is all it takes; from a
+ * pipe or file, the first line.
  */
-export function readToken(opts: { token?: string; tokenFile?: string; stdin?: () => string }): string {
+export function readTokenLine(name = "this client"): string {
+  const tty = process.stdin.isTTY === true;
+  if (tty) process.stderr.write(`token for ${name} (the token: line relayctl server add printed): `);
+  const chunks: Buffer[] = [];
+  const buf = Buffer.alloc(256);
+  // A terminal returns each line as typed; stop at the first newline or end of input, bounded.
+  for (let total = 0; total < 4096; ) {
+    const n = readSync(0, buf, 0, buf.length, null);
+    if (n === 0) break;
+    chunks.push(Buffer.from(buf.subarray(0, n)));
+    total += n;
+    if (buf.subarray(0, n).includes(10)) break;
+  }
+  return Buffer.concat(chunks).toString("utf8").split("\n")[0]!;
+}
+
+/**
+ * The token for enroll from exactly one of `--token T`, `--token -` (stdin:
+ * the token alone or the `token: T` line as printed) or `--token-file F`, so
+ * it can stay out of shell history and `ps`. Errors name the source.
+ */
+export function readToken(opts: { token?: string; tokenFile?: string; name?: string; stdin?: () => string }): string {
   if (opts.token !== undefined && opts.tokenFile !== undefined) throw usageError("--token and --token-file do not go together", "give the token one way");
   if (opts.tokenFile !== undefined) {
+    let text: string;
     try {
-      return readFileSync(opts.tokenFile, "utf8").trim();
+      text = readFileSync(opts.tokenFile, "utf8");
     } catch (err) {
       throw usageError(`cannot read --token-file ${opts.tokenFile}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, "put the token printed by `relayctl server add` in that file");
     }
+    return checkToken(text.trim(), `--token-file ${opts.tokenFile}`);
   }
-  if (opts.token === "-") return (opts.stdin ?? (() => readFileSync(0, "utf8")))().trim();
-  if (opts.token === undefined) throw usageError("no token", "give --token-file FILE, --token - (read from stdin) or --token TOKEN");
-  return opts.token;
+  if (opts.token === "-") {
+    const line = (opts.stdin ?? (() => readTokenLine(opts.name)))().trim();
+    return checkToken(line.replace(/^token:\s*/, ""), "--token - (stdin)");
+  }
+  if (opts.token === undefined) throw usageError("no token", "give --token - (then the token on stdin), --token-file FILE or --token TOKEN");
+  return checkToken(opts.token, "--token");
 }
 
 // Addresses a relay client is rarely seen from directly: the server then usually
@@ -142,7 +181,7 @@ export function seenAddressProblem(seen: string): string | null {
 export async function enroll(opts: { url: string; name: string; token: string; pin?: string; configPath?: string; force?: boolean }): Promise<{ path: string; status: LeaseStatus }> {
   const server = validateHttpsUrl(opts.url, "server URL");
   const name = validateName(opts.name, "--name");
-  if (!/^[\x21-\x7e]{1,200}$/.test(opts.token)) throw usageError("--token: not a token", "copy the whole line printed by `relayctl server add`");
+  checkToken(opts.token, "--token");
   const pin = opts.pin === undefined ? undefined : parsePin(opts.pin);
   const path = opts.configPath ?? DEFAULT_CLIENT_CONFIG;
   // With a pin, fetch and check the chain once here and save it: later runs skip that handshake.

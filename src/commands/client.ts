@@ -48,7 +48,7 @@ export async function runClient(opts: { config?: string; release?: boolean; ip?:
 
 /** `relayctl client enroll`: verify server, pin and token, then write the config. */
 export async function runClientEnroll(opts: { url: string; name: string; token?: string; tokenFile?: string; pin?: string; config?: string; force?: boolean; verbose?: boolean }): Promise<void> {
-  const token = readToken({ token: opts.token, tokenFile: opts.tokenFile });
+  const token = readToken({ token: opts.token, tokenFile: opts.tokenFile, name: opts.name });
   const r = await enroll({ url: opts.url, name: opts.name, token, pin: opts.pin, configPath: opts.config, force: opts.force });
   console.log(`enrolled ${r.status.client}: wrote ${r.path}; the server sees this host as ${r.status.ip}. Next: run \`relayctl client\` from cron every 4 minutes.`);
 }
@@ -74,7 +74,7 @@ const enrollCommand = command({
     ...common,
     url: { type: "positional", required: true, description: "server URL, https://HOST:PORT" },
     name: { type: "string", required: true, description: "client name given to `relayctl server add`" },
-    token: { type: "string", description: "token printed by `relayctl server add`; - reads it from stdin (keeps it out of shell history)", valueHint: "TOKEN" },
+    token: { type: "string", description: "- (as `relayctl server add` prints it) reads the token from stdin, asking on a terminal, so it stays out of shell history and ps; or the token itself", valueHint: "TOKEN" },
     "token-file": { type: "string", description: "read the token from this file instead of --token", valueHint: "PATH" },
     pin: { type: "string", description: "sha256:HEX of the server certificate" },
     force: { type: "boolean", description: "replace an existing enrollment for another name or server" },

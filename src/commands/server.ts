@@ -41,7 +41,22 @@ export async function runServerAdd(opts: { config?: string; name: string; ttl?: 
     ipv6Prefix: opts.ipv6Prefix === undefined ? undefined : Number(opts.ipv6Prefix),
     dyndns: opts.dyndns,
   });
-  const out = opts.dyndns ? renderDyndnsEnrollment(opts.name, added) : added.line;
+  return printAdded(opts.name, added, opts.dyndns);
+}
+
+/**
+ * The enrollment line, then the token on a line of its own: the line reads
+ * the token from stdin (`--token -`), which asks for it on a terminal, so
+ * neither shell history nor `ps` on the client host ever holds it.
+ */
+export function renderEnrollment(a: Pick<Added, "line" | "token">): string {
+  return `${a.line}\ntoken: ${a.token}`;
+}
+
+/** Prints what `server add` or `rotate` made (the enrollment, or with --dyndns the router form), warning first when the URL is unusable elsewhere. */
+function printAdded(name: string, added: Added, dyndns?: boolean): string {
+  if (added.urlProblem) log.warn(added.urlProblem);
+  const out = dyndns ? renderDyndnsEnrollment(name, added) : renderEnrollment(added);
   console.log(out);
   return out;
 }
@@ -86,10 +101,7 @@ export function renderDyndnsEnrollment(name: string, a: Pick<Added, "token" | "t
 
 /** `server rotate`: prints a new enrollment line (with --dyndns what a router's form needs); the old token stops working at once. */
 export async function runServerRotate(opts: { config?: string; name: string; dyndns?: boolean }): Promise<string> {
-  const rotated = await rotateToken({ configPath: opts.config, name: opts.name });
-  const out = opts.dyndns ? renderDyndnsEnrollment(opts.name, rotated) : rotated.line;
-  console.log(out);
-  return out;
+  return printAdded(opts.name, await rotateToken({ configPath: opts.config, name: opts.name }), opts.dyndns);
 }
 
 function inWords(ms: number): string {
@@ -118,12 +130,15 @@ export async function runServerList(opts: { config?: string; json?: boolean }): 
   return clients;
 }
 
-/** `server revoke`: removes the client; the map no longer holds its addresses. */
-export async function runServerRevoke(opts: { config?: string; name: string; verbose?: boolean }): Promise<void> {
-  const r = await revokeClient({ configPath: opts.config, name: opts.name });
-  if (opts.verbose) {
-    console.log(`revoked ${opts.name}${r.removed.length ? `, removed ${r.removed.join(" ")}` : ""}; map updated ${r.mapUpdatedBy === "here" ? "now" : "by the running server"}`);
-  }
+/** The one line `server revoke` prints: the client, the leases that went with it, who updated the lookup. */
+export function renderRevoke(name: string, r: { removed: string[]; mapUpdatedBy: "server" | "here" }): string {
+  const leases = r.removed.length === 1 ? "1 lease removed" : `${r.removed.length || "no"} leases removed`;
+  return `revoked ${name}: ${leases}${r.removed.length ? ` (${r.removed.join(" ")})` : ""}, token refused; map updated ${r.mapUpdatedBy === "here" ? "now" : "by the running server"}`;
+}
+
+/** `server revoke`: removes the client and says so; the map no longer holds its addresses. */
+export async function runServerRevoke(opts: { config?: string; name: string }): Promise<void> {
+  console.log(renderRevoke(opts.name, await revokeClient({ configPath: opts.config, name: opts.name })));
 }
 
 /** Renders what `server edit` did as one line per fact, dropped leases included. */
@@ -225,7 +240,7 @@ const rotate = defineCommand({
 const revoke = defineCommand({
   meta: { name: "revoke", description: "Delete a client: leases gone, map updated, token refused" },
   args: { ...common, name: { type: "positional", required: true, description: "client name" } },
-  run: ({ args }) => runServerRevoke({ config: args.config, name: args.name, verbose: args.verbose }),
+  run: ({ args }) => runServerRevoke({ config: args.config, name: args.name }),
 });
 
 /** Renders `server status` for people. */

@@ -50,8 +50,40 @@ export function readToml(path: string, required: boolean): { data: Record<string
   try {
     return { data: Bun.TOML.parse(text) as Record<string, unknown>, text };
   } catch (err) {
-    throw usageError(`${path}: invalid TOML: ${(err as Error).message}`);
+    throw tomlSyntaxError(path, text, (err as Error).message);
   }
+}
+
+/** What to do about a TOML syntax error on `line`, by Bun's message: for a bare value, the line quoted. */
+function tomlFix(message: string, line: string): string {
+  const bare = /^\s*([A-Za-z0-9_-]+)\s*=\s*([^\s"'{#][^#]*?)\s*(?:#.*)?$/.exec(line);
+  if (bare && /Strings must be quoted|Expected a value|Unexpected character after a value/.test(message)) return `quote the value: ${bare[1]} = ${JSON.stringify(bare[2])}`;
+  if (/Unterminated string|newlines must be escaped/.test(message)) return 'close the string with a " on the same line';
+  if (/Unterminated array|in an array/.test(message)) return 'write a list as ["a", "b"], items separated by commas';
+  if (/Missing value/.test(message)) return "give the value on the same line as the key, or remove the line";
+  if (/redefine/.test(message)) return "set each key once: remove the repeated line";
+  return 'each line is key = value: strings in double quotes, lists as ["a", "b"], # starts a comment';
+}
+
+/**
+ * A TOML syntax error as `file:line: key: what: fix`. Bun's parser names no
+ * position, so the line is the first one after which the file so far fails
+ * the same way (lines before it parse, or fail only for want of what follows).
+ */
+export function tomlSyntaxError(path: string, text: string, message: string): RelayError {
+  const what = message.replace(/^TOML Parse error: /, "");
+  const lines = text.split("\n");
+  let n = 1;
+  for (; n <= lines.length; n++) {
+    try {
+      Bun.TOML.parse(lines.slice(0, n).join("\n") + "\n");
+    } catch (err) {
+      if ((err as Error).message === message) break;
+    }
+  }
+  if (n > lines.length) return usageError(`${path}: invalid TOML: ${what}`, tomlFix(message, ""));
+  const key = /^\s*([A-Za-z0-9_-]+)\s*=/.exec(lines[n - 1]!)?.[1];
+  return usageError(`${path}:${n}${key ? `: ${key}` : ""}: invalid TOML: ${what}`, tomlFix(message, lines[n - 1]!));
 }
 
 /** Typed access to TOML keys that names file, key and line in every error. */

@@ -1,5 +1,6 @@
 import { FetchError, ofetch, type $Fetch } from "ofetch";
 import { ExitCode, RelayError } from "./errors.ts";
+import { isTimeout, networkReason, resolveHost } from "./neterr.ts";
 import { serverTlsOptions, VERIFY_PEER } from "./pin.ts";
 
 /** Where and how to reach a relayctl server. */
@@ -21,14 +22,24 @@ export interface ApiOptions {
  */
 export async function createApi(o: ApiOptions): Promise<$Fetch> {
   const tls = await serverTlsOptions(new URL(o.server), o.pin, o.serverCert);
+  const timeoutMs = o.timeoutMs ?? 10_000;
   return ofetch.create({
     baseURL: o.server,
     headers: o.token ? { authorization: `Bearer ${o.token}` } : {},
-    timeout: o.timeoutMs ?? 10_000,
     retry: o.retries ?? 2,
     retryDelay: 700,
     retryStatusCodes: [408, 500, 502, 503, 504],
     tls: tls ?? VERIFY_PEER,
+    // Each attempt its own deadline: ofetch's `timeout` hands the first attempt's signal to
+    // the retries, so after two quick failures (no route, refused) the third timed out and
+    // the error said "no answer in time" instead of why.
+    onRequest({ options }) {
+      options.signal = AbortSignal.timeout(timeoutMs);
+    },
+    // A whole timeout spent: answer now rather than wait it out twice more.
+    onRequestError({ error, options }) {
+      if (isTimeout(error)) options.retry = 0;
+    },
   } as Parameters<typeof ofetch.create>[0]);
 }
 
@@ -41,35 +52,22 @@ export function isTlsTrouble(err: unknown): boolean {
   return TLS_TROUBLE.test([cause?.code, cause?.message, (err as Error)?.message].filter(Boolean).join(" "));
 }
 
-/** What a network failure means, by error code, in words a mail admin acts on, and what to check. */
-const NETWORK_TROUBLE: Record<string, [string, string]> = {
-  ECONNREFUSED: ["connection refused", "check that the server runs and listens on that port, and that no firewall rejects it"],
-  ENOTFOUND: ["the host name does not resolve", "check the server URL and this host's DNS"],
-  EAI_AGAIN: ["DNS lookup failed for now", "check this host's DNS; the next run retries"],
-  ETIMEDOUT: ["no answer in time", "check the network path and the firewall (a dropped port looks like this)"],
-  TimeoutError: ["no answer in time", "check the network path and the firewall (a dropped port looks like this)"],
-  ECONNRESET: ["the connection was reset", "check for a proxy or firewall in between; the next run retries"],
-  ConnectionClosed: ["the server closed the connection", "check that the URL points at the relayctl server's HTTPS port"],
-  EHOSTUNREACH: ["no route to the host", "check this host's network and routes"],
-  ENETUNREACH: ["the network is unreachable", "check this host's network and routes"],
-};
-
 /**
- * The runtime's own words for a failed request, without the advice Bun appends
- * ("Is the computer able to access the url?", "pass `verbose: true`").
+ * Like apiError, but a timeout against a host name first asks DNS: a
+ * resolver that does not answer looks to fetch like a server that does not.
  */
-export function networkReason(err: unknown): { what: string; hint: string } {
-  const cause = (err as { cause?: { code?: string; name?: string; message?: string } })?.cause;
-  const known = NETWORK_TROUBLE[cause?.code ?? ""] ?? NETWORK_TROUBLE[cause?.name ?? ""] ?? NETWORK_TROUBLE[(err as Error)?.name ?? ""];
-  if (known) return { what: known[0], hint: known[1] };
-  const raw = cause?.message ?? (err as Error)?.message ?? String(err);
-  const what = raw
-    .replace(/^\[\w+\] "[^"]*": (<no response> )?/, "")
-    .replace(/:? ?Unable to connect\. Is the computer able to access the url\?/, "")
-    .replace(/ fetching "[^"]*"\. For more information, pass `verbose: true`.*$/, "")
-    .trim();
-  return { what: what || "network error", hint: "check the network, DNS and firewall; the next run retries" };
+export async function apiFailure(err: unknown, server: string): Promise<RelayError> {
+  if (!isTimeout(err)) return apiError(err, server);
+  const host = new URL(server).hostname.replace(/^\[(.*)\]$/, "$1");
+  const dns = await resolveHost(host, DNS_CHECK_MS).then(
+    () => null,
+    (e: unknown) => networkReason(e),
+  );
+  return dns ? new RelayError(`cannot reach ${server}: ${dns.what}`, { hint: dns.hint, cause: err }) : apiError(err, server);
 }
+
+/** How long apiFailure waits for DNS after a timeout: a working resolver answers well within it. */
+const DNS_CHECK_MS = 3_000;
 
 /** Turns an HTTP failure into a RelayError with the documented exit code and a hint. */
 export function apiError(err: unknown, server: string): RelayError {

@@ -5,6 +5,7 @@
 // cost ~2 ms of start-up each in the compiled binary.
 import { ExitCode, RelayError, usageError } from "./errors.ts";
 import { parseIp } from "./ip.ts";
+import { connectFailure, networkReason, resolveHost } from "./neterr.ts";
 
 /** PEM text of one DER object under `label` (e.g. CERTIFICATE), 64 base64 characters a line. */
 export function toPem(label: string, der: Uint8Array): string {
@@ -78,45 +79,58 @@ function urlHostPort(url: URL): { host: string; port: number } {
   return { host, port: url.port ? Number(url.port) : 443 };
 }
 
-/** Reads the server's leaf certificate over a TLS handshake that sends no application data. */
+/**
+ * Reads the server's leaf certificate over a TLS handshake that sends no
+ * application data. Resolving the name, connecting and the handshake each
+ * get timeoutMs and their own error, so a DNS failure, a refused or
+ * unroutable address and a port that never speaks TLS read differently.
+ */
 export async function fetchPeerCertificate(url: URL, timeoutMs = 10000): Promise<PeerCertificate> {
   const { host, port } = urlHostPort(url);
+  const failed = (why: { what: string; hint: string }, cause?: unknown) =>
+    new RelayError(`cannot read the TLS certificate of ${url.host}: ${why.what}`, { exitCode: ExitCode.FAILED, hint: why.hint, cause });
+  const address = await resolveHost(host, timeoutMs).catch((err: unknown) => {
+    throw failed(networkReason(err), err);
+  });
   // Only enrollment, a pin mismatch and doctor get here, never a plain renewal.
   const { connect } = await import("node:tls");
-  const failed = (why: string, cause?: unknown) =>
-    new RelayError(`cannot read the TLS certificate of ${url.host}: ${why}`, {
-      exitCode: ExitCode.FAILED,
-      hint: "check the server URL, that the server is running, and that no firewall blocks the port",
-      cause,
-    });
-  return new Promise((resolve, reject) => {
-    let done = false;
-    const finish = (err: RelayError | null, value?: PeerCertificate) => {
-      if (done) return;
-      done = true;
-      clearTimeout(timer);
-      socket.destroy();
-      if (err) reject(err);
-      else resolve(value!);
-    };
-    const socket = connect({
-      host,
-      port,
-      // SNI must be a name; sending an IP there is invalid (RFC 6066 3).
-      ...(parseIp(host) ? {} : { servername: host }),
-      // Safe only because nothing is written on this socket: identity is judged from the pin.
-      rejectUnauthorized: false,
-    });
-    const timer = setTimeout(() => finish(failed(`no TLS handshake within ${timeoutMs} ms`)), timeoutMs);
+  const socket = connect({
+    host: address,
+    port,
+    // SNI must be a name; sending an IP there is invalid (RFC 6066 3).
+    ...(parseIp(host) ? {} : { servername: host }),
+    // Safe only because nothing is written on this socket: identity is judged from the pin.
+    rejectUnauthorized: false,
+  });
+  let connected = false;
+  socket.once("connect", () => (connected = true));
+  const outcome = await new Promise<PeerCertificate | { failure: { what: string; hint: string } } | { error: NodeJS.ErrnoException }>((resolve) => {
+    const timer = setTimeout(
+      () =>
+        resolve({
+          failure: connected
+            ? { what: `port ${port} took the connection but sent no TLS handshake within ${timeoutMs} ms`, hint: "check that the URL names the relayctl server's HTTPS port (listen in server.toml), not another service" }
+            : { what: `no connection within ${timeoutMs} ms`, hint: "check the network path and the firewall (a dropped port looks like this)" },
+        }),
+      timeoutMs,
+    );
+    const done = (v: Parameters<typeof resolve>[0]) => (clearTimeout(timer), resolve(v));
     socket.once("secureConnect", () => {
       const peer = socket.getPeerCertificate(true) as ChainLink | undefined;
-      if (!peer?.raw || peer.raw.length === 0) return finish(failed("the server sent no certificate"));
+      if (!peer?.raw || peer.raw.length === 0) return done({ failure: { what: "the server sent no certificate", hint: "check that the URL names the relayctl server" } });
       const der = Buffer.from(peer.raw);
-      finish(null, { der, pem: toPem("CERTIFICATE", der), pin: sha256Pin(der), chainPem: chainToPem(peer) });
+      done({ der, pem: toPem("CERTIFICATE", der), pin: sha256Pin(der), chainPem: chainToPem(peer) });
     });
-    socket.once("error", (err: NodeJS.ErrnoException) => finish(failed(err.code ?? err.message, err)));
-    socket.once("close", () => finish(failed("connection closed during the TLS handshake")));
+    socket.once("error", (err: NodeJS.ErrnoException) => done({ error: err }));
+    socket.once("close", () => done({ failure: { what: "connection closed during the TLS handshake", hint: "check that the URL names the relayctl server's HTTPS port, not another service" } }));
   });
+  socket.destroy();
+  if ("pin" in outcome) return outcome;
+  if ("failure" in outcome) throw failed(outcome.failure);
+  const err = outcome.error;
+  // Bun says ECONNREFUSED for every failed connect: ask for the real reason.
+  const real = !connected && err.code === "ECONNREFUSED" ? await connectFailure(address, port, timeoutMs) : err;
+  throw failed(networkReason(real), err);
 }
 
 /**

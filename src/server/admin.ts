@@ -2,7 +2,7 @@ import { loadServerConfig, MIN_IPV6_PREFIX, validateName, type ServerConfig } fr
 import { checkDuration, formatDuration } from "../lib/duration.ts";
 import { ExitCode, formatError, RelayError, usageError } from "../lib/errors.ts";
 import { pgTarget } from "./stores/postgres.ts";
-import { parseCidr } from "../lib/ip.ts";
+import { parseCidr, parseIp } from "../lib/ip.ts";
 import { leaseNetwork } from "./service.ts";
 import { certificateExpiry, certificatePin } from "../lib/tls.ts";
 import { existsSync, readFileSync, statSync } from "node:fs";
@@ -48,11 +48,27 @@ export interface EnrollmentCert {
   generated: boolean;
 }
 
-/** The pin and the `relayctl client enroll ...` line for a client and token, with the certificate behind the pin. */
-async function enrollmentLine(config: ServerConfig, name: string, token: string): Promise<{ line: string; pin: string; cert: EnrollmentCert }> {
+/**
+ * The pin and the `relayctl client enroll ...` line for a client, with the
+ * certificate behind the pin. The line reads the token from stdin (`--token -`):
+ * pasted as printed, it keeps the token out of shell history and `ps`.
+ */
+async function enrollmentLine(config: ServerConfig, name: string): Promise<{ line: string; pin: string; cert: EnrollmentCert }> {
   const c = await certFor(config);
   const pin = certificatePin(c.certPem);
-  return { line: `relayctl client enroll ${config.publicUrl} --name ${name} --token ${token} --pin ${pin}`, pin, cert: { path: c.certPath, pin, generated: config.tlsCert === undefined } };
+  return { line: `relayctl client enroll ${config.publicUrl} --name ${name} --token - --pin ${pin}`, pin, cert: { path: c.certPath, pin, generated: config.tlsCert === undefined } };
+}
+
+/**
+ * Why hosts elsewhere may fail to reach the enrollment URL, or null: a host
+ * name without a dot (public_url unset falls back to this host's short name)
+ * resolves, if at all, only on the local network.
+ */
+export function publicUrlProblem(config: Pick<ServerConfig, "publicUrl" | "path">): string | null {
+  const url = new URL(config.publicUrl);
+  const host = url.hostname.replace(/^\[(.*)\]$/, "$1");
+  if (host.includes(".") || parseIp(host)) return null;
+  return `${config.publicUrl} names "${host}", a host name without a dot (public_url, or this host's name when it is unset): clients on other hosts cannot resolve it: set public_url = "https://${host}.example.org:${url.port || 443}" (this host's name in DNS) in ${config.path}`;
 }
 
 /**
@@ -82,10 +98,12 @@ function parseAllow(entries: string[]): string[] {
   });
 }
 
-/** What `server add` or `server rotate` made: the enrollment line and its parts, the client's ttl and the certificate to trust. */
+/** What `server add` or `server rotate` made: the enrollment line (token on stdin) and its parts, the client's ttl and the certificate to trust. */
 export interface Added {
   line: string;
   token: string;
+  /** Why clients elsewhere may not reach publicUrl (see publicUrlProblem), or null. */
+  urlProblem: string | null;
   pin: string;
   /** The client's own ttl in seconds, or null for the server default. */
   ttl: number | null;
@@ -103,7 +121,7 @@ export async function addClient(opts: { configPath?: string; name: string; ttl?:
   const ipv6Prefix = opts.ipv6Prefix === undefined ? null : checkIpv6Prefix(config, opts.ipv6Prefix);
   const t = newToken();
   // Certificate first: a client row whose enrollment line could not be printed would be useless.
-  const { line, pin, cert } = await enrollmentLine(config, name, t.token);
+  const { line, pin, cert } = await enrollmentLine(config, name);
   await withStore(config, (store) =>
     store.tx(async (x) => {
       if (await x.getClient(name)) {
@@ -115,7 +133,7 @@ export async function addClient(opts: { configPath?: string; name: string; ttl?:
       await x.audit({ ts: now, event: "add", client: name, ip: null, source: null, detail: detail || null });
     }),
   );
-  return { line, token: t.token, pin, ttl, cert, publicUrl: config.publicUrl };
+  return { line, token: t.token, urlProblem: publicUrlProblem(config), pin, ttl, cert, publicUrl: config.publicUrl };
 }
 
 /**
@@ -126,7 +144,7 @@ export async function rotateToken(opts: { configPath?: string; name: string }): 
   const config = loadServerConfig(opts.configPath);
   const name = validateName(opts.name);
   const t = newToken();
-  const { line, pin, cert } = await enrollmentLine(config, name, t.token);
+  const { line, pin, cert } = await enrollmentLine(config, name);
   const ttl = await withStore(config, (store) =>
     store.tx(async (x) => {
       if (!(await x.setToken(name, t.tokenId, t.hash))) throw usageError(`no client named ${name}`, "see relayctl server list");
@@ -134,7 +152,7 @@ export async function rotateToken(opts: { configPath?: string; name: string }): 
       return (await x.getClient(name))!.ttl;
     }),
   );
-  return { line, token: t.token, pin, ttl, cert, publicUrl: config.publicUrl };
+  return { line, token: t.token, urlProblem: publicUrlProblem(config), pin, ttl, cert, publicUrl: config.publicUrl };
 }
 
 /** Lists clients and their current leases. */

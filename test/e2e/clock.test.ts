@@ -6,13 +6,13 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { requireE2E } from "./harness.ts";
+import { e2eRequired, requireE2E } from "./harness.ts";
 import { onHost, stage, type Stage } from "./relayctl.ts";
 
 setDefaultTimeout(60_000);
 const FAKETIME = ["/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1", "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1"].find((p) => existsSync(p));
 const enabled = requireE2E();
-if (enabled && !FAKETIME && process.env.RELAYCTL_REQUIRE_E2E === "1") throw new Error("libfaketime missing: apt-get install faketime");
+if (enabled && !FAKETIME && e2eRequired()) throw new Error("libfaketime missing: as root, test/prereqs.sh installs it");
 
 describe.skipIf(!enabled || !FAKETIME)("wall clock jumps", () => {
   let s: Stage;

@@ -7,6 +7,7 @@ import { cpSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node
 import { join, resolve } from "node:path";
 import { DEFAULT_SERVER_CONFIG } from "../../src/lib/config.ts";
 import { createNetwork, freePort, postmap, requireE2E, run, startPostfix, tmpDir, which, type Postfix, type RunResult, type TmpDir } from "./harness.ts";
+import { enrollmentArgv } from "./relayctl.ts";
 
 const ROOT = resolve(import.meta.dir, "../..");
 const BIN = join(ROOT, "dist", "relayctl");
@@ -221,8 +222,7 @@ describe.skipIf(!requireE2E())("relayctl doctor", () => {
     async function enroll(name: string): Promise<void> {
       const add = await relayctl(["server", "add", name, "--config", serverToml, "--allow", "127.0.0.1/32"]);
       expect(add.code, add.stderr).toBe(0);
-      const args = add.stdout.trim().split(/\s+/).slice(3);
-      const r = await relayctl(["client", "enroll", ...args, "--config", clientToml(name)]);
+      const r = await relayctl([...enrollmentArgv(add.stdout), "--config", clientToml(name)]);
       expect(r.code, r.stderr).toBe(0);
     }
 
@@ -263,7 +263,7 @@ describe.skipIf(!requireE2E())("relayctl doctor", () => {
         const lease = async (name: string, allow: string, ip: string) => {
           const add = await relayctl(["server", "add", name, "--config", serverToml, "--allow", allow]);
           expect(add.code, add.stderr).toBe(0);
-          const r = await relayctl(["client", "enroll", ...add.stdout.trim().split(/\s+/).slice(3), "--config", clientToml(name)]);
+          const r = await relayctl([...enrollmentArgv(add.stdout), "--config", clientToml(name)]);
           expect(r.code, r.stderr).toBe(0);
           const got = await relayctl(["client", "--config", clientToml(name), "--ip", ip]);
           expect(got.code, got.stderr).toBe(0);

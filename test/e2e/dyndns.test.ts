@@ -13,13 +13,13 @@
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { chmodSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { requireE2E, which, type Host, type RunResult } from "./harness.ts";
+import { e2eRequired, requireE2E, which, type Host, type RunResult } from "./harness.ts";
 import { relayctl, stage, type Stage } from "./relayctl.ts";
 
 setDefaultTimeout(60_000);
 const e2e = requireE2E();
 const missing = ["ddclient", "inadyn", "wget", "curl"].filter((t) => !which(t));
-if (e2e && missing.length && process.env.RELAYCTL_REQUIRE_E2E === "1") throw new Error(`RELAYCTL_REQUIRE_E2E=1 but ${missing.join(", ")} missing (apt-get install ddclient libio-socket-ssl-perl inadyn wget curl)`);
+if (e2e && missing.length && e2eRequired()) throw new Error(`${missing.join(", ")} missing: as root, test/prereqs.sh installs them`);
 const enabled = e2e && missing.length === 0;
 
 /** A --dyndns client: its name and password as `server add --dyndns` printed them. */

@@ -5,14 +5,14 @@
  */
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { existsSync } from "node:fs";
-import { requireE2E, run } from "./harness.ts";
+import { e2eRequired, requireE2E, run } from "./harness.ts";
 import { BIN, onHost, relayctl, stage, type Stage } from "./relayctl.ts";
 import { postgresBinDir, startCluster, type PgCluster } from "../pgcluster.ts";
 
 setDefaultTimeout(60_000);
 const enabled = requireE2E();
 const FAKETIME = ["/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1", "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1"].find((p) => existsSync(p));
-if (enabled && (!FAKETIME || !postgresBinDir()) && process.env.RELAYCTL_REQUIRE_E2E === "1") throw new Error("libfaketime or PostgreSQL missing: apt-get install faketime postgresql");
+if (enabled && (!FAKETIME || !postgresBinDir()) && e2eRequired()) throw new Error("libfaketime or PostgreSQL missing: as root, test/prereqs.sh installs them");
 
 describe.skipIf(!enabled)("server edit and server status", () => {
   let s: Stage;

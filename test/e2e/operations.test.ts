@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { requireE2E, run } from "./harness.ts";
-import { addClient, BIN, onHost, relayctl, stage, type Stage } from "./relayctl.ts";
+import { addClient, BIN, enrollmentArgv, onHost, relayctl, stage, type Stage } from "./relayctl.ts";
 
 setDefaultTimeout(60_000);
 const enabled = requireE2E();
@@ -87,10 +87,10 @@ describe.skipIf(!enabled)("operations", () => {
     expect((await onHost(s.h2, ["client", "--config", s.cfg("h2")])).code).toBe(0);
     const r = await relayctl(["server", "rotate", "h2", "--config", s.config]);
     expect(r.code).toBe(0);
-    expect(r.stdout).toMatch(/^relayctl client enroll https:\/\/\S+ --name h2 --token \S+ --pin sha256:[0-9a-f]{64}\n$/);
+    const line = enrollmentArgv(r.stdout);
+    expect(line[line.indexOf("--name") + 1]).toBe("h2");
     expect((await onHost(s.h2, ["client", "--config", s.cfg("h2")])).code).toBe(3);
     expect(await s.relays(s.h2)).toBe(true);
-    const line = r.stdout.trim().split(" ").slice(1);
     expect((await onHost(s.h2, [...line, "--config", s.cfg("h2"), "--force"])).code).toBe(0);
     expect((await onHost(s.h2, ["client", "--config", s.cfg("h2")])).code).toBe(0);
     expect((await relayctl(["server", "rotate", "nobody", "--config", s.config])).code).toBe(2);

@@ -92,15 +92,27 @@ export async function startServer(configPath: string, url: string, env?: Record<
   };
 }
 
-/** `relayctl server add` → the enrollment line's argv (without the leading "relayctl"). */
+/** The enrollment `server add` and `rotate` print: the line (token on stdin) and the `token:` line after it. */
+export const ENROLLMENT = /^(relayctl client enroll https:\/\/\S+ --name \S+ --token - --pin sha256:[0-9a-f]{64})\ntoken: (\S+)\n$/;
+
+/**
+ * The argv (without the leading "relayctl") of the enrollment `server add` or
+ * `rotate` printed, with the printed token in place of `-`, so tests can run
+ * it without a terminal; first-contact.test.ts runs the line as printed.
+ */
+export function enrollmentArgv(stdout: string): string[] {
+  const m = ENROLLMENT.exec(stdout);
+  if (!m) throw new Error(`unexpected enrollment: ${stdout}`);
+  const argv = m[1]!.split(" ").slice(1);
+  argv[argv.indexOf("--token") + 1] = m[2]!;
+  return argv;
+}
+
+/** `relayctl server add` → the enrollment's argv, see {@link enrollmentArgv}. */
 export async function addClient(configPath: string, name: string, extra: string[] = []): Promise<string[]> {
   const r = await relayctl(["server", "add", name, "--config", configPath, ...extra]);
   if (r.code !== 0) throw new Error(`server add failed (${r.code}): ${r.stderr}`);
-  const line = r.stdout.trim();
-  if (!/^relayctl client enroll https:\/\/\S+ --name \S+ --token \S+ --pin sha256:[0-9a-f]{64}$/.test(line)) {
-    throw new Error(`unexpected enrollment line: ${line}`);
-  }
-  return line.split(" ").slice(1);
+  return enrollmentArgv(r.stdout);
 }
 
 /** Runs relayctl inside a client namespace. */

@@ -1,6 +1,6 @@
 import { afterAll, afterEach, describe, expect, test } from "bun:test";
 import { spawnSync } from "node:child_process";
-import { existsSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { cli, forStream, plainContext } from "../../src/cli.ts";
 import { DEFAULT_SERVER_CONFIG, renderClientConfig } from "../../src/lib/config.ts";
@@ -125,7 +125,9 @@ describe("cli", () => {
     const cfg = writeServerConfig(dir, { postmap: fakePostmap(dir).path });
     const add = await run("server", "add", "office", "--allow", "192.0.2.0/24", "--allow", "2001:db8::/32", "--ttl", "10m", "--config", cfg);
     expect(add.code).toBe(0);
-    expect(add.stdout).toMatch(/^relayctl client enroll https:\/\/127\.0\.0\.1:8443 --name office --token [0-9a-f]{16}\.[A-Za-z0-9_-]{43} --pin sha256:[0-9a-f]{64}\n$/);
+    // The token goes on a line of its own, for stdin: never into the enroll line, so never into argv or shell history.
+    expect(add.stdout).toMatch(/^relayctl client enroll https:\/\/127\.0\.0\.1:8443 --name office --token - --pin sha256:[0-9a-f]{64}\ntoken: [0-9a-f]{16}\.[A-Za-z0-9_-]{43}\n$/);
+    expect(add.stderr).toBe("");
     const dup = await run("server", "add", "office", "--config", cfg);
     expect(dup.code).toBe(2);
     expect(dup.stderr).toStartWith("relayctl: client office already exists: ");
@@ -141,12 +143,24 @@ describe("cli", () => {
     const table = await run("server", "list", "--config", cfg);
     expect(table.stdout.split("\n")[0]).toMatch(/^NAME\s+ADDRESS\s+RENEWED\s+EXPIRES IN\s+TTL\s+ALLOW$/);
     expect(table.stdout).toContain("192.0.2.0/24,2001:db8::/32");
-    const revoke = await run("server", "revoke", "office", "--verbose", "--config", cfg);
+    // Without --verbose too: an admin command says what it did.
+    const revoke = await run("server", "revoke", "office", "--config", cfg);
     expect(revoke.code).toBe(0);
-    expect(revoke.stdout).toBe("revoked office; map updated now\n");
+    expect(revoke.stdout).toBe("revoked office: no leases removed, token refused; map updated now\n");
     expect(existsSync(join(dir, "postfix", "clients.db"))).toBe(true);
     const again = await run("server", "revoke", "office", "--config", cfg);
     expect(again.code).toBe(2);
+  });
+
+  test("server add warns on stderr when the enrollment URL's host has no dot, and still prints the enrollment", async () => {
+    const dir = tempDir("relayctl-cli-");
+    const cfg = writeServerConfig(dir, { postmap: fakePostmap(dir).path });
+    writeFileSync(cfg, readFileSync(cfg, "utf8").replace(/^public_url = .*$/m, 'public_url = "https://relayhost:8443"'));
+    const add = await run("server", "add", "office", "--config", cfg);
+    expect(add.code).toBe(0);
+    expect(add.stderr).toStartWith('warn: https://relayhost:8443 names "relayhost", a host name without a dot');
+    expect(add.stderr).toContain(`set public_url = "https://relayhost.example.org:8443" (this host's name in DNS) in ${cfg}`);
+    expect(add.stdout).toStartWith("relayctl client enroll https://relayhost:8443 --name office --token - --pin ");
   });
 
   test("a bad server config is exit 2 naming file and key", async () => {

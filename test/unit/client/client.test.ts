@@ -155,6 +155,8 @@ describe("enroll input and warnings", () => {
     writeFileSync(file, "abc.def\n");
     expect(readToken({ tokenFile: file })).toBe("abc.def");
     expect(readToken({ token: "-", stdin: () => "  from.stdin\n" })).toBe("from.stdin");
+    // The token: line exactly as `server add` printed it works too.
+    expect(readToken({ token: "-", stdin: () => "token: from.stdin\n" })).toBe("from.stdin");
     expect(readToken({ token: "plain" })).toBe("plain");
     for (const bad of [{}, { token: "x", tokenFile: file }, { tokenFile: join(file, "missing") }]) {
       expect(() => readToken(bad)).toThrow();
@@ -163,6 +165,28 @@ describe("enroll input and warnings", () => {
       } catch (err) {
         expect((err as { exitCode: number }).exitCode).toBe(ExitCode.USAGE);
       }
+    }
+  });
+
+  test("a bad token is reported under the flag it came from, --token-file naming the file", () => {
+    const dir = tempDir("relayctl-client-");
+    const cases: [Parameters<typeof readToken>[0], string][] = [
+      [{ tokenFile: join(dir, "empty") }, `--token-file ${join(dir, "empty")}: is empty`],
+      [{ tokenFile: join(dir, "two") }, `--token-file ${join(dir, "two")}: holds more than one word or line`],
+      [{ token: "-", stdin: () => "" }, "--token - (stdin): is empty"],
+      [{ token: "-", stdin: () => "tok en\n" }, "--token - (stdin): holds more than one word or line"],
+      [{ token: "caf\u00e9" }, "--token: is not a token"],
+    ];
+    writeFileSync(join(dir, "empty"), "\n");
+    writeFileSync(join(dir, "two"), "abc.def\nsecond line\n");
+    for (const [opts, message] of cases) {
+      let err: unknown;
+      try {
+        readToken(opts);
+      } catch (e) {
+        err = e;
+      }
+      expect({ message: (err as Error).message, exitCode: (err as { exitCode: number }).exitCode }).toEqual({ message, exitCode: ExitCode.USAGE });
     }
   });
 

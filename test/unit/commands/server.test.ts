@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { fingerprintOf, renderDyndnsEnrollment, renderEdit, statusProblem } from "../../../src/commands/server.ts";
+import { fingerprintOf, renderDyndnsEnrollment, renderEdit, renderEnrollment, renderRevoke, statusProblem } from "../../../src/commands/server.ts";
 import { ExitCode } from "../../../src/lib/errors.ts";
 import type { StatusView } from "../../../src/server/admin.ts";
 import type { ServerStatus } from "../../../src/server/runtime/status.ts";
@@ -67,6 +67,22 @@ describe("renderEdit", () => {
         "lease 2001:db8::1 now expires 2030-01-01T00:01:00.000Z (the new ttl from now)",
         "map updated by the running server",
       ].join("\n"),
+    );
+  });
+});
+
+describe("renderRevoke: the one line server revoke prints", () => {
+  test("the leases that went, how many, and who updated the map", () => {
+    expect(renderRevoke("nas", { removed: ["198.51.100.7", "2001:db8::1"], mapUpdatedBy: "here" })).toBe("revoked nas: 2 leases removed (198.51.100.7 2001:db8::1), token refused; map updated now");
+    expect(renderRevoke("nas", { removed: ["198.51.100.7"], mapUpdatedBy: "server" })).toBe("revoked nas: 1 lease removed (198.51.100.7), token refused; map updated by the running server");
+    expect(renderRevoke("nas", { removed: [], mapUpdatedBy: "here" })).toBe("revoked nas: no leases removed, token refused; map updated now");
+  });
+});
+
+describe("renderEnrollment", () => {
+  test("the line as given, then the token on a line of its own", () => {
+    expect(renderEnrollment({ line: "relayctl client enroll https://mail.example.org:8443 --name nas --token - --pin sha256:ab", token: "0123456789abcdef.SECRET" })).toBe(
+      "relayctl client enroll https://mail.example.org:8443 --name nas --token - --pin sha256:ab\ntoken: 0123456789abcdef.SECRET",
     );
   });
 });

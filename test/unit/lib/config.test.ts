@@ -98,11 +98,22 @@ trusted_proxies = ["127.0.0.1", "2001:db8::/32"]
     expect(err.message).toStartWith(path);
   });
 
-  test("invalid TOML is a usage error naming the file", async () => {
-    const path = toml(`listen = [::]:8443\n`);
-    const err = await relayError(() => loadServerConfig(path));
+  // Bun's parser names no position: the line is found by parsing the file line by line.
+  const SYNTAX: Array<[string, string, string, string]> = [
+    ["server.toml", "# relayctl\nttl = \"20m\"\nlisten = [::]:8443\n", ":3: listen: invalid TOML: Expected a value but found ':'", 'quote the value: listen = "[::]:8443"'],
+    ["server.toml", 'map = "/etc/x"\nttl = 20m\n', ":2: ttl: invalid TOML: Unexpected character after a value: 'm'", 'quote the value: ttl = "20m"'],
+    ["server.toml", 'state_dir = "/var/lib/relayctl\nttl = "1h"\n', ":1: state_dir: invalid TOML: Unterminated string; newlines must be escaped in basic strings", 'close the string with a " on the same line'],
+    ["server.toml", 'ttl = "1h"\nmetrics_allow = [\n  "127.0.0.1",\n  "::1"\n  "192.0.2.1",\n]\n', ":5: invalid TOML: Expected ',' or ']' in an array but found '\"'", 'write a list as ["a", "b"], items separated by commas'],
+    ["server.toml", 'ttl = "1h"\nlisten =\nmap = "/m"\n', ":2: listen: invalid TOML: Missing value after '='; values must be on the same line", "give the value on the same line as the key, or remove the line"],
+    ["server.toml", 'ttl = "1h"\nttl = "2h"\n', ":2: ttl: invalid TOML: Cannot redefine key 'ttl'", "set each key once: remove the repeated line"],
+    ["client.toml", 'server = "https://mail.example.org:8443"\nname = nas\n', ':2: name: invalid TOML: Strings must be quoted: "nas"', 'quote the value: name = "nas"'],
+  ];
+  test.each(SYNTAX)("invalid TOML in %s (%j) is exit 2 naming file:line: key, with the fix", async (name, text, where, hint) => {
+    const path = toml(text, name);
+    const err = await relayError(() => (name === "client.toml" ? loadClientConfig(path) : loadServerConfig(path)));
     expect(err.exitCode).toBe(ExitCode.USAGE);
-    expect(err.message).toStartWith(`${path}: invalid TOML`);
+    expect(err.message).toBe(`${path}${where}`);
+    expect(err.hint).toBe(hint);
   });
 
   const WRONG: Array<[string, string, string]> = [

@@ -1,11 +1,11 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { loadServerConfig } from "../../../src/lib/config.ts";
 import { ExitCode } from "../../../src/lib/errors.ts";
 import { parseCidr } from "../../../src/lib/ip.ts";
 import { certificatePin } from "../../../src/lib/tls.ts";
-import { addClient, editClient, listClients, revokeClient, rotateToken } from "../../../src/server/admin.ts";
+import { addClient, editClient, listClients, publicUrlProblem, revokeClient, rotateToken } from "../../../src/server/admin.ts";
 import { StateLock } from "../../../src/server/lock.ts";
 import { openCore, openLookup } from "../../../src/server/server.ts";
 import { StateStore } from "../../../src/server/state.ts";
@@ -15,7 +15,9 @@ import { fakePostmap, relayError, removeTempDirs, silenceLogger, tempDir, writeS
 beforeAll(silenceLogger);
 afterAll(removeTempDirs);
 
-const ENROLL_LINE = /^relayctl client enroll https:\/\/127\.0\.0\.1:8443 --name ([a-z0-9._-]+) --token ([0-9a-f]{16}\.[A-Za-z0-9_-]{43}) --pin (sha256:[0-9a-f]{64})$/;
+// The token never appears in the line: it is read from stdin (--token -).
+const ENROLL_LINE = /^relayctl client enroll https:\/\/127\.0\.0\.1:8443 --name ([a-z0-9._-]+) --token - --pin (sha256:[0-9a-f]{64})$/;
+const TOKEN = /^[0-9a-f]{16}\.[A-Za-z0-9_-]{43}$/;
 
 function setup(extra?: string): { dir: string; configPath: string; stateDir: string; mapPath: string } {
   const dir = tempDir("relayctl-admin-");
@@ -44,14 +46,16 @@ describe("addClient", () => {
     expect(d.pin).toBe(certificatePin(readFileSync(d.cert.path, "utf8")));
   });
 
-  test("prints the enrollment line with a working token and the certificate's pin", async () => {
+  test("gives the enrollment line (token on stdin, never in it), a working token and the certificate's pin", async () => {
     const s = setup();
     const r = await addClient({ configPath: s.configPath, name: "office" });
     const m = ENROLL_LINE.exec(r.line);
     expect(m).not.toBeNull();
     expect(m![1]).toBe("office");
-    expect(m![2]).toBe(r.token);
-    expect(m![3]).toBe(r.pin);
+    expect(r.token).toMatch(TOKEN);
+    expect(r.line).not.toContain(r.token);
+    expect(m![2]).toBe(r.pin);
+    expect(r.urlProblem).toBeNull();
     expect(r.pin).toBe(certificatePin(readFileSync(join(s.stateDir, "tls", "cert.pem"), "utf8")));
     withStore(s.stateDir, (store) => {
       expect(authenticate(store, { token: r.token })?.name).toBe("office");
@@ -101,6 +105,25 @@ describe("addClient", () => {
   });
 });
 
+describe("publicUrlProblem", () => {
+  test("a host name without a dot is named with the fix; names with a dot and IP literals pass", () => {
+    const at = (publicUrl: string) => publicUrlProblem({ publicUrl, path: "/etc/relayctl/server.toml" });
+    expect(at("https://mail:8443")).toBe(
+      'https://mail:8443 names "mail", a host name without a dot (public_url, or this host\'s name when it is unset): clients on other hosts cannot resolve it: set public_url = "https://mail.example.org:8443" (this host\'s name in DNS) in /etc/relayctl/server.toml',
+    );
+    expect(at("https://localhost")).toContain('public_url = "https://localhost.example.org:443"');
+    for (const ok of ["https://mail.example.org:8443", "https://198.51.100.7:8443", "https://[2001:db8::1]:8443"]) expect(at(ok)).toBeNull();
+  });
+
+  test("server add and rotate carry it when public_url has no dot", async () => {
+    const dir = tempDir("relayctl-admin-");
+    const configPath = writeServerConfig(dir, { postmap: fakePostmap(dir).path, extra: "" });
+    writeFileSync(configPath, readFileSync(configPath, "utf8").replace(/^public_url = .*$/m, 'public_url = "https://relayhost:8443"'));
+    expect((await addClient({ configPath, name: "office" })).urlProblem).toStartWith('https://relayhost:8443 names "relayhost"');
+    expect((await rotateToken({ configPath, name: "office" })).urlProblem).toContain(configPath);
+  });
+});
+
 describe("rotateToken", () => {
   test("gives what --dyndns prints: the client's own ttl, the certificate and the public URL", async () => {
     const s = setup();
@@ -123,7 +146,8 @@ describe("rotateToken", () => {
     const r = await rotateToken({ configPath: s.configPath, name: "office" });
     expect(r.token).not.toBe(first.token);
     expect(r.pin).toBe(first.pin);
-    expect(ENROLL_LINE.exec(r.line)?.[2]).toBe(r.token);
+    expect(ENROLL_LINE.exec(r.line)?.[1]).toBe("office");
+    expect(r.line).not.toContain(r.token);
     withStore(s.stateDir, (store) => {
       expect(authenticate(store, { token: r.token })?.name).toBe("office");
       expect(authenticate(store, { token: first.token })).toBeNull();
