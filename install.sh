@@ -317,7 +317,7 @@ write_client_skeleton() {
 	cat <<'EOF'
 # relayctl client configuration (TOML). Do not edit by hand: run the enrollment
 # line printed by `relayctl server add NAME` on the mail host,
-#   relayctl client enroll URL --name NAME --token-file FILE --pin sha256:...
+#   relayctl client enroll URL --name NAME --token - --pin sha256:...
 # which replaces this file. It holds a secret token: keep it mode 0600.
 #server = "https://mail.example.org:8443"
 #name = "myhost"
@@ -765,8 +765,8 @@ install_client() {
 	say ""
 	say "Next steps:"
 	say "  1. On the mail host: relayctl server add $(hostname 2>/dev/null || echo NAME)"
-	say "  2. Here, as root: run the \`relayctl client enroll ...\` line it prints; to keep the token"
-	say "     out of shell history, replace --token TOKEN by --token-file FILE, or by --token - and paste it."
+	say "  2. Here, as root: run the \`relayctl client enroll ... --token -\` line it prints, then paste"
+	say "     the token line when asked (it reads stdin, so the token stays out of shell history)."
 	say "  3. Check: relayctl client status"
 }
 
