@@ -149,6 +149,14 @@ function debChangelog(sourceEpoch: string): string {
   return `relayctl (${pkg.version}) unstable; urgency=medium\n\n  * Release ${pkg.version}.\n\n -- ${DEB_MAINTAINER}  ${date}\n`;
 }
 
+/** Where prerm and postrm source the check they share; the package gets it inlined there. */
+const SHARED_SCRIPT = /^# shellcheck source-path=SCRIPTDIR source=postfix-uses\.sh\n\. \.\/postfix-uses\.sh\n/m;
+
+/** A maintainer script as shipped: packaging/deb/postfix-uses.sh put in place of the line that sources it. */
+function maintainerScript(name: string): string {
+  return readFileSync(join("packaging", "deb", name), "utf8").replace(SHARED_SCRIPT, () => readFileSync(join("packaging", "deb", "postfix-uses.sh"), "utf8"));
+}
+
 /**
  * Packs relayctl_VERSION_ARCH.deb with dpkg-deb from an already built binary:
  * units in /lib/systemd/system (none enabled), man page, completions, docs, and
@@ -178,7 +186,7 @@ function buildDeb(t: ReleaseTarget & { debArch: string }, binary: string, source
   stage(join("packaging", "deb", "lintian-overrides"), root, "usr/share/lintian/overrides/relayctl", 0o644);
   const payload = filesUnder(root);
   const installedKiB = payload.reduce((sum, f) => sum + Math.ceil(statSync(join(root, f)).size / 1024), 0);
-  for (const script of ["postinst", "prerm", "postrm"]) stage(join("packaging", "deb", script), root, join("DEBIAN", script), 0o755);
+  for (const script of ["postinst", "prerm", "postrm"]) write(join("DEBIAN", script), maintainerScript(script), 0o755);
   write("DEBIAN/md5sums", payload.map((f) => `${createHash("md5").update(readFileSync(join(root, f))).digest("hex")}  ${f}\n`).join(""));
   write(
     "DEBIAN/control",
