@@ -241,7 +241,9 @@ function buildDeb(t: ReleaseTarget & { debArch: string }, binary: string, source
   chmodSync(root, 0o755);
   utimesSync(root, Number(sourceEpoch), Number(sourceEpoch));
   const deb = `${name}.deb`;
-  const r = spawnSync("dpkg-deb", ["--root-owner-group", "-Zxz", "--build", root, join("dist", deb)], { encoding: "utf8", env: { ...process.env, SOURCE_DATE_EPOCH: sourceEpoch } });
+  // xz level 1, not dpkg-deb's 6: level 6 spent a minute of CPU per package, most of the
+  // whole release build, to make it 5 MB (12 %) smaller; it stays below the gzip tarball.
+  const r = spawnSync("dpkg-deb", ["--root-owner-group", "-Zxz", "-z1", "--build", root, join("dist", deb)], { encoding: "utf8", env: { ...process.env, SOURCE_DATE_EPOCH: sourceEpoch } });
   if (r.status !== 0) throw new Error(`dpkg-deb failed: ${r.error?.message ?? r.stderr}`);
   return deb;
 }
