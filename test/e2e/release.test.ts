@@ -11,7 +11,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { closeSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, readSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pkg from "../../package.json" with { type: "json" };
@@ -175,14 +175,21 @@ describe.skipIf(mode !== "1" && mode !== "existing")("release artifacts", () => 
     });
   }
 
-  test("the amd64 package installs into a throwaway root, starts nothing, and purges only on purge", () => {
-    const root = join(unpacked, "dpkg-root");
-    mkdirSync(join(root, "var/lib/dpkg/info"), { recursive: true });
-    mkdirSync(join(root, "var/lib/dpkg/updates"), { recursive: true });
-    mkdirSync(join(root, "etc/postfix"), { recursive: true });
+  /**
+   * An empty dpkg database in a new throwaway root with /etc/postfix, and dpkg run on it
+   * chrootless: the maintainer scripts run here with DPKG_ROOT set, so they must touch
+   * only the root. PATH decides whether they find postconf.
+   */
+  function dpkgRoot(name: string, path = process.env.PATH ?? "/usr/bin:/bin") {
+    const root = join(unpacked, name);
+    for (const d of ["var/lib/dpkg/info", "var/lib/dpkg/updates", "etc/postfix"]) mkdirSync(join(root, d), { recursive: true });
     writeFileSync(join(root, "var/lib/dpkg/status"), "");
-    // Chrootless: the maintainer scripts run here with DPKG_ROOT set, so they must touch only the root.
-    const dpkg = (...args: string[]) => spawnSync("dpkg", [`--root=${root}`, "--force-script-chrootless", "--force-depends", "--log=/dev/null", ...args], { encoding: "utf8", env: { ...process.env, PATH: process.env.PATH ?? "/usr/bin:/bin" } });
+    const dpkg = (...args: string[]) => spawnSync("dpkg", [`--root=${root}`, "--force-script-chrootless", "--force-depends", "--log=/dev/null", ...args], { encoding: "utf8", env: { ...process.env, PATH: path } });
+    return { root, dpkg };
+  }
+
+  test("the amd64 package installs into a throwaway root, starts nothing, and purges only on purge", () => {
+    const { root, dpkg } = dpkgRoot("dpkg-root");
     const install = dpkg("-i", join(DIST, deb("amd64")));
     expect(install.stderr).not.toMatch(/error/i);
     expect(install.status).toBe(0);
@@ -206,6 +213,71 @@ describe.skipIf(mode !== "1" && mode !== "existing")("release artifacts", () => 
     for (const p of ["etc/relayctl", "var/lib/relayctl", "etc/postfix/relayctl"]) expect(existsSync(join(root, p))).toBe(false);
   });
 
+  // What Postfix in the root says about the map decides whether remove warns and purge keeps
+  // /etc/postfix/relayctl: deleting a map Postfix still reads makes it defer all mail.
+  const MASTER_CF = "smtp inet n - y - - smtpd\n";
+  const hooks: { name: string; files: Record<string, string>; noPostconf?: boolean; used: boolean }[] = [
+    { name: "main.cf through a $parameter", used: true, files: { "etc/postfix/main.cf": "relayctl_clients = hash:/etc/postfix/relayctl/clients\nmynetworks = 127.0.0.0/8 $relayctl_clients\n" } },
+    {
+      name: "only a master.cf -o override",
+      used: true,
+      files: { "etc/postfix/main.cf": "mynetworks = 127.0.0.0/8\n", "etc/postfix/master.cf": `${MASTER_CF}2525 inet n - y - - smtpd\n  -o smtpd_client_restrictions=check_client_access,hash:/etc/postfix/relayctl/clients\n` },
+    },
+    {
+      name: "a second Postfix instance",
+      used: true,
+      files: { "etc/postfix/main.cf": "multi_instance_directories = /etc/postfix-out\n", "etc/postfix-out/main.cf": "mynetworks = 127.0.0.0/8, lmdb:/etc/postfix/relayctl/clients\n", "etc/postfix-out/master.cf": MASTER_CF },
+    },
+    { name: "no hook", used: false, files: { "etc/postfix/main.cf": "mynetworks = 127.0.0.0/8\nsmtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination\n" } },
+    // Postfix removed but not purged: its main.cf stays, and nothing reads the map any more.
+    { name: "a hook, but no postconf", used: false, noPostconf: true, files: { "etc/postfix/main.cf": "mynetworks = 127.0.0.0/8 hash:/etc/postfix/relayctl/clients\n" } },
+  ];
+  for (const h of hooks) {
+    test(`with ${h.name}, remove ${h.used ? "warns" : "is quiet"} and purge ${h.used ? "keeps" : "deletes"} /etc/postfix/relayctl`, () => {
+      const name = `dpkg-root-${h.name.replace(/\W+/g, "-")}`;
+      let path: string | undefined;
+      if (h.noPostconf) {
+        // /usr/sbin holds postconf, so PATH gets of it only the two programs dpkg insists on.
+        const sbin = join(unpacked, `${name}-sbin`);
+        mkdirSync(sbin);
+        for (const p of ["ldconfig", "start-stop-daemon"]) symlinkSync(join("/usr/sbin", p), join(sbin, p));
+        path = `${sbin}:/usr/bin:/bin`;
+        expect(spawnSync("sh", ["-c", "command -v postconf"], { env: { PATH: path } }).status).not.toBe(0);
+      }
+      const { root, dpkg } = dpkgRoot(name, path);
+      expect(dpkg("-i", join(DIST, deb("amd64"))).status).toBe(0);
+      for (const [f, text] of Object.entries({ "etc/postfix/master.cf": MASTER_CF, ...h.files })) {
+        mkdirSync(join(root, f, ".."), { recursive: true });
+        writeFileSync(join(root, f), text);
+      }
+      // What relayctl server leaves there: the map's source and the table postmap built.
+      writeFileSync(join(root, "etc/postfix/relayctl/clients"), "198.18.0.5 OK\n");
+      writeFileSync(join(root, "etc/postfix/relayctl/clients.db"), "");
+      const remove = dpkg("-r", "relayctl");
+      const purge = dpkg("-P", "relayctl");
+      expect([remove.status, purge.status]).toEqual([0, 0]);
+      expect({
+        removeWarned: remove.stderr.includes("relayctl: Postfix still uses relayctl's map"),
+        purgeSaidKept: purge.stderr.includes("relayctl: kept /etc/postfix/relayctl"),
+        mapKept: existsSync(join(root, "etc/postfix/relayctl/clients.db")),
+      }).toEqual({ removeWarned: h.used, purgeSaidKept: h.used, mapKept: h.used });
+      for (const p of ["etc/relayctl", "var/lib/relayctl"]) expect(existsSync(join(root, p))).toBe(false);
+    });
+  }
+
+  test("the packaged maintainer scripts have the shared check inlined and are shellcheck clean as POSIX sh", () => {
+    const control = join(unpacked, "control");
+    expect(spawnSync("dpkg-deb", ["-e", join(DIST, deb("amd64")), control]).status).toBe(0);
+    for (const s of ["prerm", "postrm"]) {
+      const text = readFileSync(join(control, s), "utf8");
+      expect(text).toContain("postfix_uses() {");
+      expect(text).not.toContain(". ./postfix-uses.sh");
+    }
+    const r = spawnSync("shellcheck", ["--shell=sh", ...["postinst", "prerm", "postrm"].map((s) => join(control, s))], { encoding: "utf8" });
+    expect(r.stdout).toBe("");
+    expect(r.status).toBe(0);
+  });
+
   test("the tarball's install.sh verifies and installs its own binary", () => {
     const dir = join(unpacked, `relayctl-${pkg.version}-linux-x64`);
     const root = join(unpacked, "root");
@@ -214,5 +286,69 @@ describe.skipIf(mode !== "1" && mode !== "existing")("release artifacts", () => 
     expect(r.status).toBe(0);
     expect(r.stdout).toContain(`verified ${dir}/relayctl against ${dir}/SHA256SUMS`);
     expect(sha256(join(root, "usr/local/bin/relayctl"))).toBe(sha256(join(dir, "relayctl")));
+  });
+});
+
+// A source tarball or `git archive` export has no .git: the packages are then dated by the
+// newest source file (git archive gives every file the commit's date), never 1970, which
+// lintian rejects (package-contains-ancient-file). One target keeps the build short.
+describe.skipIf(mode !== "1")("release build from a source tree without .git", () => {
+  /** What git archive would give: every file dated the same, here 2026-01-02 03:04:05 UTC. */
+  const SOURCE_DATE = Date.UTC(2026, 0, 2, 3, 4, 5) / 1000;
+  let tree: string;
+
+  beforeAll(() => {
+    tree = mkdtempSync(join(tmpdir(), "relayctl-nogit-"));
+    // The working tree, not HEAD, so uncommitted changes are what gets tested.
+    const files = spawnSync("git", ["ls-files", "-z", "--cached", "--others", "--exclude-standard"], { cwd: REPO, encoding: "utf8" }).stdout.split("\0").filter((f) => f && existsSync(join(REPO, f)));
+    expect(files).toContain("build.ts");
+    for (const f of files) {
+      mkdirSync(join(tree, f, ".."), { recursive: true });
+      copyFileSync(join(REPO, f), join(tree, f));
+      utimesSync(join(tree, f), SOURCE_DATE, SOURCE_DATE);
+    }
+    // Shared, so the cached runtimes are not fetched again.
+    symlinkSync(join(REPO, "node_modules"), join(tree, "node_modules"));
+    const env = { ...process.env };
+    delete env.SOURCE_DATE_EPOCH;
+    const r = spawnSync(process.execPath, ["build.ts", "--release", "--target", "linux-x64"], { cwd: tree, env, encoding: "utf8" });
+    if (r.status !== 0) throw new Error(`release build failed: ${r.stderr}`);
+  }, 600_000);
+
+  afterAll(() => {
+    if (tree) rmSync(tree, { recursive: true, force: true });
+  });
+
+  test("builds only the named target, and SHA256SUMS lists just its artifacts", () => {
+    const built = [deb("amd64"), tarball("linux-x64")].sort();
+    expect(readdirSync(join(tree, "dist")).filter((f) => /\.(tar\.gz|deb)$/.test(f)).sort()).toEqual(built);
+    const sums = readFileSync(join(tree, "dist", "SHA256SUMS"), "utf8").trim().split("\n");
+    expect(sums.map((l) => l.split(/\s+/)[1]).sort()).toEqual(built);
+  });
+
+  test("every file in the .deb and the tarball, and the changelog, carry the sources' date", () => {
+    const stamp = "2026-01-02 03:04";
+    const env = { ...process.env, TZ: "UTC" };
+    const entries = spawnSync("dpkg-deb", ["--contents", join(tree, "dist", deb("amd64"))], { env, encoding: "utf8" }).stdout.trim().split("\n");
+    expect(entries.length).toBeGreaterThan(10);
+    expect(entries.filter((l) => !l.includes(` ${stamp} `))).toEqual([]);
+    const tarEntries = spawnSync("tar", ["-tvzf", join(tree, "dist", tarball("linux-x64"))], { env, encoding: "utf8" }).stdout.trim().split("\n");
+    expect(tarEntries.filter((l) => !l.includes(` ${stamp} `))).toEqual([]);
+    const changelog = spawnSync("sh", ["-c", 'dpkg-deb --fsys-tarfile "$1" | tar -xOf - ./usr/share/doc/relayctl/changelog.gz | gunzip', "sh", join(tree, "dist", deb("amd64"))], { encoding: "utf8" }).stdout;
+    expect(changelog).toContain("Fri, 02 Jan 2026 03:04:05 +0000");
+  });
+
+  test("lintian reports no errors", () => {
+    const r = spawnSync("lintian", ["--fail-on", "error", join(tree, "dist", deb("amd64"))], { encoding: "utf8" });
+    expect(r.stdout.split("\n").filter((l) => l.startsWith("E:"))).toEqual([]);
+    expect(r.status).toBe(0);
+  }, 120_000);
+
+  // Only defined where the x64 binary runs: CI counts skipped e2e tests as failures.
+  if (process.arch === "x64") test("--version says the commit is unknown", () => {
+    const dir = mkdtempSync(join(tree, "x-"));
+    expect(spawnSync("tar", ["-xzf", join(tree, "dist", tarball("linux-x64")), "-C", dir]).status).toBe(0);
+    const r = spawnSync(join(dir, `relayctl-${pkg.version}-linux-x64`, "relayctl"), ["--version"], { encoding: "utf8" });
+    expect(r.stdout).toContain("(commit unknown, linux-x64-baseline)");
   });
 });
