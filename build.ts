@@ -168,12 +168,20 @@ function debChangelog(sourceEpoch: string): string {
   return `relayctl (${pkg.version}) unstable; urgency=medium\n\n  * Release ${pkg.version}.\n\n -- ${DEB_MAINTAINER}  ${date}\n`;
 }
 
-/** Where prerm and postrm source the check they share; the package gets it inlined there. */
-const SHARED_SCRIPT = /^# shellcheck source-path=SCRIPTDIR source=postfix-uses\.sh\n\. \.\/postfix-uses\.sh\n/m;
+/** The line of prerm and postrm that stands for the functions they share with install.sh. */
+const SHARED_PLACEHOLDER = /^# install\.sh's shared block goes here \(build\.ts\)\.\n/m;
 
-/** A maintainer script as shipped: packaging/deb/postfix-uses.sh put in place of the line that sources it. */
+/** install.sh's block of functions shared with the maintainer scripts, from its BEGIN to its END line. */
+function sharedShell(): string {
+  const m = /^# BEGIN shared with the \.deb[^]*?^# END shared with the \.deb\n/m.exec(readFileSync("install.sh", "utf8"));
+  if (!m) throw new Error("install.sh: no block between '# BEGIN shared with the .deb' and '# END shared with the .deb'");
+  return m[0];
+}
+
+/** A maintainer script as shipped: install.sh's shared block put in place of its placeholder line. */
 function maintainerScript(name: string): string {
-  return readFileSync(join("packaging", "deb", name), "utf8").replace(SHARED_SCRIPT, () => readFileSync(join("packaging", "deb", "postfix-uses.sh"), "utf8"));
+  const text = readFileSync(join("packaging", "deb", name), "utf8");
+  return SHARED_PLACEHOLDER.test(text) ? text.replace(SHARED_PLACEHOLDER, () => sharedShell()) : text;
 }
 
 /**

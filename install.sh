@@ -5,7 +5,7 @@
 #                                         after `npm ci` (builds dist/relayctl when missing)
 #   ./install.sh uninstall [--purge] [--unhook]
 #                                         remove units and binary (--purge: config, state, user
-#                                         too; --unhook: first take the map out of main.cf)
+#                                         too; --unhook: first take the map out of Postfix)
 #   ./install.sh units DIR [BIN]          write the default systemd units into DIR (for packagers)
 #   ./install.sh skeleton server|client   print the commented config skeleton (for packagers)
 #   curl -fsSL URL/install.sh | sh -s -- server
@@ -37,8 +37,6 @@ ZSH_COMPLETION=/usr/local/share/zsh/site-functions/_relayctl
 CRON_FILE=/etc/cron.d/relayctl
 SERVICE_USER=relayctl
 UNITS="relayctl.service relayctl-sweep.service relayctl-sweep.timer relayctl-client.service relayctl-client.timer"
-# Where main.cf can hook the map in; uninstall checks them all.
-HOOK_PARAMS="mynetworks smtpd_relay_restrictions smtpd_recipient_restrictions smtpd_client_restrictions"
 DESTDIR=${DESTDIR:-}
 
 say() { printf '%s\n' "$*"; }
@@ -55,7 +53,7 @@ usage: install.sh server | client | uninstall [--purge] [--unhook] | units DIR [
              relayctl-sweep.timer (without systemd: the sweep cron line)
   client     install relayctl, config skeleton and relayctl-client.timer (or print the cron line)
   uninstall  remove units and binary; keep config and state unless --purge; --purge refuses
-             while main.cf uses the map, unless --unhook takes it out of main.cf first
+             while Postfix uses the map, unless --unhook takes it out of Postfix first
   units DIR  write the default systemd units into DIR, for relayctl at BIN
   skeleton server|client  print the commented config file install.sh writes
 environment: DESTDIR, RELAYCTL_BINARY, RELAYCTL_INIT (systemd|cron), RELAYCTL_DOCTOR
@@ -69,12 +67,130 @@ script_dir() {
 	fi
 }
 
-# Prints the first string value of KEY in a TOML file; good enough for the flat keys relayctl uses.
+# BEGIN shared with the .deb: build.ts copies these lines into its prerm and postrm, as a
+# maintainer script cannot rely on any other file of a package being removed. Plain sh
+# with no helper from outside the block; variables prefixed per function, as sh has no locals.
+
+# shellcheck disable=SC2317 # postrm gets the whole block and does not call this
+# toml_get FILE KEY: prints the first string value of KEY in FILE; good enough for the flat keys relayctl uses.
 toml_get() {
 	[ -f "$1" ] || return 0
 	sed -n -e "s/^[[:space:]]*$2[[:space:]]*=[[:space:]]*\"\\([^\"]*\\)\".*/\\1/p" \
 		-e "s/^[[:space:]]*$2[[:space:]]*=[[:space:]]*'\\([^']*\\)'.*/\\1/p" "$1" | head -n 1
 }
+
+# postfix_instances ROOT: the config directory of each Postfix instance of the system at
+# ROOT, as Postfix names them (without ROOT), one a line: the primary, then each of its
+# multi_instance_directories. Fails when postconf cannot read the primary's main.cf.
+postfix_instances() {
+	pi_list=$(postconf -c "$1/etc/postfix" -h multi_instance_directories 2>/dev/null) || return 1
+	echo /etc/postfix
+	# Postfix separates list items with commas or blanks; no item may glob.
+	set -f
+	for pi_dir in $(printf '%s\n' "$pi_list" | tr ',' ' '); do echo "$pi_dir"; done
+	set +f
+}
+
+# postfix_uses ROOT STRING...: true when a Postfix instance of the system at ROOT names any
+# STRING in its settings: every main.cf parameter with each $parameter expanded (postconf
+# -x), and master.cf's -o overrides, also expanded (postconf -Px), in every instance. So a
+# hook written through a parameter of its own, or only for one smtpd in master.cf, counts.
+# False when postconf is gone (Postfix removed) or there is no main.cf; true when postconf
+# cannot read an instance, as then nothing shows the hook is gone. postconf's answer is
+# only compared with STRING, never evaluated.
+postfix_uses() {
+	pu_root=$1
+	shift
+	command -v postconf >/dev/null 2>&1 && [ -f "$pu_root/etc/postfix/main.cf" ] || return 1
+	pu_dirs=$(postfix_instances "$pu_root") || return 0
+	# No directory name may glob.
+	set -f
+	for pu_dir in $pu_dirs; do
+		pu_settings=$(postconf -c "$pu_root$pu_dir" -x 2>/dev/null && postconf -c "$pu_root$pu_dir" -Px 2>/dev/null) || {
+			set +f
+			return 0
+		}
+		for pu_s in "$@"; do
+			case $pu_settings in *"$pu_s"*)
+				set +f
+				return 0
+				;;
+			esac
+		done
+	done
+	set +f
+	return 1
+}
+
+# shellcheck disable=SC2317 # postrm gets the whole block and does not call this
+# empty_map ROOT MAP: replaces relayctl's map MAP (a path on the system at ROOT) and every
+# database postmap built beside it with empty ones, so a Postfix that still names the map
+# relays for nobody through it, yet still finds it (a missing map defers all mail). As
+# atomic as the server's own rebuild: source and databases are built in a new private
+# directory, then renamed over the databases, then over the source. Each table type comes
+# from a database file itself (.lmdb, .cdb; a .db file is read as hash, else btree), never
+# from a guess. On failure prints why (one phrase) and changes nothing it has not finished.
+empty_map() {
+	em_map=$1$2
+	em_header='# Generated by relayctl: do not edit, every change is overwritten.'
+	if [ -L "$em_map" ] || [ ! -f "$em_map" ]; then
+		echo "$2 is not a regular file"
+		return 1
+	fi
+	em_first=$(head -n 1 "$em_map")
+	if [ "$em_first" != "$em_header" ]; then
+		echo "$2 has no relayctl header, so it is not relayctl's to rewrite"
+		return 1
+	fi
+	if ! command -v postmap >/dev/null 2>&1; then
+		echo "postmap is not installed"
+		return 1
+	fi
+	em_types=
+	[ ! -f "$em_map.lmdb" ] || em_types="$em_types lmdb"
+	[ ! -f "$em_map.cdb" ] || em_types="$em_types cdb"
+	if [ -f "$em_map.db" ]; then
+		if postmap -c "$1/etc/postfix" -s "hash:$em_map" >/dev/null 2>&1; then
+			em_types="$em_types hash"
+		elif postmap -c "$1/etc/postfix" -s "btree:$em_map" >/dev/null 2>&1; then
+			em_types="$em_types btree"
+		else
+			echo "$2.db is neither a hash nor a btree table"
+			return 1
+		fi
+	fi
+	if [ -z "$em_types" ]; then
+		echo "no database (.db, .lmdb, .cdb) lies beside $2"
+		return 1
+	fi
+	# A new directory only root can enter: nobody can plant a link at the names postmap writes.
+	em_tmp=$(mktemp -d "$em_map.empty.XXXXXX") || {
+		echo "cannot create a directory beside $2"
+		return 1
+	}
+	em_new=$em_tmp/map
+	em_owner=$(stat -c %u:%g "$em_map")
+	printf '%s\n' "$em_header" "# Emptied when relayctl was removed: Postfix relays for nobody through this map." >"$em_new"
+	for em_type in $em_types; do
+		if ! postmap -c "$1/etc/postfix" "$em_type:$em_new" 2>/dev/null; then
+			rm -rf "$em_tmp"
+			echo "postmap $em_type:$em_new failed"
+			return 1
+		fi
+	done
+	chmod 0644 "$em_tmp"/map*
+	chown "$em_owner" "$em_tmp"/map* 2>/dev/null || true
+	# Databases first, as the server does: Postfix reads them, and a source newer than its
+	# database only draws a warning.
+	for em_type in $em_types; do
+		case $em_type in lmdb) em_suffix=.lmdb ;; cdb) em_suffix=.cdb ;; *) em_suffix=.db ;; esac
+		mv -f "$em_new$em_suffix" "$em_map$em_suffix"
+	done
+	mv -f "$em_new" "$em_map"
+	rm -rf "$em_tmp"
+	echo "$em_types" | sed 's/^ //; s/ /, /g'
+}
+# END shared with the .deb
 
 sha256_of() {
 	if command -v sha256sum >/dev/null 2>&1; then
@@ -770,72 +886,175 @@ install_client() {
 	say "  3. Check: relayctl client status"
 }
 
-# postconf for the system being changed: the target's main.cf under DESTDIR.
-pc() {
-	if [ -n "$DESTDIR" ]; then postconf -c "$DESTDIR/etc/postfix" "$@"; else postconf "$@"; fi
-}
-
-# unhooked_value PARAM VALUE MAP: VALUE without the entries that use MAP or relayctl's
-# policy service (with the check_* word naming them), in the list syntax PARAM takes.
-unhooked_value() {
-	printf '%s\n' "$2" | awk -v param="$1" -v map="$3" '{
-		gsub(/,/, " ")
-		n = split($0, w, /[ \t]+/)
-		out = ""; sep = (param == "mynetworks") ? " " : ", "
-		for (i = 1; i <= n; i++) {
-			if (w[i] == "") continue
-			if (w[i] ~ /^check_/ && i < n && (index(w[i + 1], map) || index(w[i + 1], "relayctl/policy"))) { i++; continue }
-			if (index(w[i], map) || index(w[i], "relayctl/policy")) continue
-			out = out (out == "" ? "" : sep) w[i]
+# unhook_plan MAP: the postconf edits that take MAP and relayctl's policy service out of
+# every Postfix instance of the system being changed, one "KIND DIR NAME=VALUE" a line: e
+# sets a main.cf parameter, X removes one, P sets a master.cf override (NAME is
+# SERVICE/TYPE/PARAMETER). Only
+# entries that name them go, with the check_* word before them, which can only make Postfix
+# stricter; a parameter left empty by that (one of its own, relayctl_clients = hash:MAP)
+# was only ever the map, so every $NAME, ${NAME} or $(NAME) of it goes the same way.
+unhook_plan() {
+	up_dirs=$(postfix_instances "$DESTDIR") || return 1
+	set -f
+	for up_dir in $up_dirs; do
+		{
+			postconf -c "$DESTDIR$up_dir" -n | sed 's/^/e /'
+			postconf -c "$DESTDIR$up_dir" -P | sed 's/^/P /'
+		} | awk -v map="$1" -v dir="$up_dir" '
+		# Commas and blanks separate list items; a { ... } group is one item.
+		function split_items(v, t,   n, i, c, depth, cur) {
+			n = 0; depth = 0; cur = ""
+			for (i = 1; i <= length(v); i++) {
+				c = substr(v, i, 1)
+				if (c == "{") depth++
+				else if (c == "}" && depth > 0) depth--
+				if (depth == 0 && (c == "," || c == " " || c == "\t")) {
+					if (cur != "") t[++n] = cur
+					cur = ""
+				} else cur = cur c
+			}
+			if (cur != "") t[++n] = cur
+			return n
 		}
-		print out
-	}'
+		function dropped(item) { return index(item, map) || index(item, "relayctl/policy") || (item in refs) }
+		# VALUE without the items that name the map (sets cut when any went).
+		function unhooked(name, v,   t, n, i, out, sep) {
+			n = split_items(v, t); out = ""; cut = 0
+			sep = (name ~ /(^|\/)mynetworks$/) ? " " : ", "
+			for (i = 1; i <= n; i++) {
+				if (t[i] ~ /^check_/ && i < n && dropped(t[i + 1])) { i++; cut = 1; continue }
+				if (dropped(t[i])) { cut = 1; continue }
+				out = out (out == "" ? "" : sep) t[i]
+			}
+			return out
+		}
+		{
+			k = index($0, " = "); if (k == 0) k = length($0) - 1
+			kind[NR] = substr($0, 1, 1); name[NR] = substr($0, 3, k - 3); value[NR] = substr($0, k + 3)
+		}
+		END {
+			# Parameters that held only the map, found until none is new (a chain of them ends).
+			for (round = 0; round <= NR; round++) {
+				more = 0
+				for (i = 1; i <= NR; i++) {
+					if (kind[i] != "e" || (name[i] in only)) continue
+					if (unhooked(name[i], value[i]) == "" && cut) {
+						only[name[i]]; refs["$" name[i]]; refs["${" name[i] "}"]; refs["$(" name[i] ")"]; more = 1
+					}
+				}
+				if (!more) break
+			}
+			for (i = 1; i <= NR; i++) {
+				v = unhooked(name[i], value[i])
+				if (cut) print kind[i] " " dir " " name[i] "=" v
+			}
+		}' | while IFS= read -r up_line; do
+			# A parameter of its own left empty goes (X), as Postfix would warn about it; one of Postfix's is set empty.
+			up_name=${up_line#e "$up_dir" }
+			up_name=${up_name%=}
+			case $up_line in
+			"e $up_dir $up_name=") [ -n "$(postconf -c "$DESTDIR$up_dir" -d "$up_name" 2>/dev/null)" ] || up_line="X $up_dir $up_name=" ;;
+			esac
+			printf '%s\n' "$up_line"
+		done
+	done
+	set +f
 }
 
-# True when postconf can read the main.cf of the system being changed.
-can_postconf() {
-	command -v postconf >/dev/null 2>&1 && { [ -z "$DESTDIR" ] || [ -f "$DESTDIR/etc/postfix/main.cf" ]; }
-}
-
-# hooked_params MAP: the main.cf parameters that still use the map (or relayctl's policy
-# service), one "PARAM=VALUE" per line.
-hooked_params() {
-	for param in $HOOK_PARAMS; do
-		value=$(pc -h "$param" 2>/dev/null) || continue
-		case $value in *"$1"* | *relayctl/policy*) printf '%s=%s\n' "$param" "$value" ;; esac
+# apply_plan ROOT: runs each edit of an unhook_plan (on stdin) on the Postfix configuration
+# under ROOT, never through a shell.
+apply_plan() {
+	while IFS= read -r ap_line; do
+		ap_kind=${ap_line%% *}
+		ap_rest=${ap_line#* }
+		ap_dir=$1${ap_rest%% *}
+		ap_rest=${ap_rest#* }
+		ap_name=${ap_rest%%=*}
+		ap_value=${ap_rest#*=}
+		case $ap_kind in
+		P) postconf -c "$ap_dir" -P "$ap_name=$ap_value" ;;
+		X) postconf -c "$ap_dir" -X "$ap_name" ;;
+		*) postconf -c "$ap_dir" -e "$ap_name = $ap_value" ;;
+		esac
 	done
 }
 
-# unhook MAP PURGE UNHOOK: with UNHOOK, takes the map out of main.cf and reloads Postfix;
-# without it, --purge refuses while main.cf uses the map (Postfix would defer all mail,
-# local too, once the map is gone) and prints the commands that unhook it.
+# print_plan: an unhook_plan (on stdin) as the commands an admin would run.
+print_plan() {
+	sed -e "s|^\([ePX]\) /etc/postfix |\1 |" \
+		-e "s|^X \([^ ]*\) \([^=]*\)=\$|postconf -c \1 -X \2|; s|^X \([^=]*\)=\$|postconf -X \1|" \
+		-e "s|^e \([^ ]*\) \([^=]*\)=\(.*\)|postconf -c \1 -e '\2 = \3'|; s|^e \([^=]*\)=\(.*\)|postconf -e '\1 = \2'|" \
+		-e "s|^P \([^ ]*\) \([^=]*\)=\(.*\)|postconf -c \1 -P '\2=\3'|; s|^P \([^=]*\)=\(.*\)|postconf -P '\1=\2'|"
+}
+
+# still_named MAP: the settings (postconf -x, -Px) of each instance that still name MAP or
+# relayctl's policy service, for messages.
+still_named() {
+	sn_dirs=$(postfix_instances "$DESTDIR") || return 0
+	set -f
+	for sn_dir in $sn_dirs; do
+		{ postconf -c "$DESTDIR$sn_dir" -x 2>&1 && postconf -c "$DESTDIR$sn_dir" -Px 2>&1; } | grep -F -e "$1" -e relayctl/policy | sed "s|^|$sn_dir: |"
+	done
+	set +f
+}
+
+# plan_works PLAN MAP: true when PLAN leaves no instance naming MAP or the policy service:
+# tried on copies of every instance's main.cf and master.cf, so the real ones are only
+# edited when the edits are known to unhook it all.
+plan_works() {
+	pw_tmp=$(mktemp -d) || return 1
+	pw_dirs=$(postfix_instances "$DESTDIR") || return 1
+	set -f
+	for pw_dir in $pw_dirs; do
+		mkdir -p "$pw_tmp$pw_dir"
+		cp "$DESTDIR$pw_dir/main.cf" "$pw_tmp$pw_dir/"
+		[ ! -f "$DESTDIR$pw_dir/master.cf" ] || cp "$DESTDIR$pw_dir/master.cf" "$pw_tmp$pw_dir/"
+	done
+	set +f
+	pw_ok=0
+	if printf '%s\n' "$1" | sed '/^$/d' | apply_plan "$pw_tmp" >/dev/null 2>&1 && ! postfix_uses "$pw_tmp" "$2" relayctl/policy; then pw_ok=1; fi
+	rm -rf "$pw_tmp"
+	[ "$pw_ok" = 1 ]
+}
+
+# unhook MAP PURGE UNHOOK: with UNHOOK, takes the map (and the policy service) out of every
+# Postfix instance and reloads Postfix, or, when its edits would not unhook it all, says what
+# is left and changes nothing; without UNHOOK, --purge refuses while Postfix names the map
+# (it would defer all mail, local too, once the map is gone), and a plain uninstall prints
+# the commands that unhook it. Sets HOOKED to 1 when Postfix still names the map afterwards.
 unhook() {
-	if ! can_postconf; then
-		say "Remove $1 from Postfix's main.cf (mynetworks, smtpd_*_restrictions) and run \`postfix reload\`:"
-		say "with the server gone nothing expires its leases, so those addresses would stay trusted."
+	HOOKED=0
+	if ! command -v postconf >/dev/null 2>&1; then
+		say "Take $1 and relayctl's policy service out of Postfix (postconf -x, postconf -P show where) and run \`postfix reload\`:"
+		say "with the server gone nothing expires its leases."
 		return 0
 	fi
-	hooked=$(hooked_params "$1")
-	[ -n "$hooked" ] || return 0
-	cmds=$(printf '%s\n' "$hooked" | while IFS= read -r line; do
-		param=${line%%=*}
-		printf "postconf -e '%s = %s'\n" "$param" "$(unhooked_value "$param" "${line#*=}" "$1")"
-	done)
-	if [ "$3" = 1 ]; then
-		printf '%s\n' "$hooked" | while IFS= read -r line; do
-			param=${line%%=*}
-			pc -e "$param = $(unhooked_value "$param" "${line#*=}" "$1")"
-			say "took $1 out of $param"
-		done
+	postfix_uses "$DESTDIR" "$1" relayctl/policy || return 0
+	plan=$(unhook_plan "$1") || plan=
+	works=0
+	if [ -n "$plan" ] && plan_works "$plan" "$1"; then works=1; fi
+	cmds=$(printf '%s\n' "$plan" | sed '/^$/d' | print_plan)
+	if [ "$3" = 1 ] && [ "$works" = 1 ]; then
+		printf '%s\n' "$plan" | apply_plan "$DESTDIR"
+		printf '%s\n' "$cmds" | sed 's/^/unhooked: /'
 		if [ -z "$DESTDIR" ] && command -v postfix >/dev/null 2>&1; then postfix reload || warn "postfix reload failed: run it yourself"; fi
-	elif [ "$2" = 1 ]; then
-		printf 'install.sh: main.cf still uses %s; deleting it would make Postfix defer all mail. Unhook it first:\n%s\npostfix reload\n(or run install.sh uninstall --purge --unhook)\n' "$1" "$cmds" >&2
-		exit 1
+		return 0
+	fi
+	HOOKED=1
+	if [ "$works" = 1 ]; then
+		how=$(printf '%s\npostfix reload' "$cmds")
 	else
-		say "main.cf still uses $1: with the server gone nothing expires its leases, so those"
-		say "addresses would stay trusted. Unhook it (or re-run with --unhook):"
-		printf '%s\n' "$cmds" | sed 's/^/  /'
-		say "  postfix reload"
+		# A spelling these edits do not take apart (a conditional \${name?{...}}, a service of
+		# its own): the settings that still name it, for the admin to edit.
+		how=$(printf 'these settings still name it after every edit install.sh knows (%s); edit them, then postfix reload:\n%s' "$(printf '%s' "$cmds" | tr '\n' ';')" "$(still_named "$1")")
+	fi
+	if [ "$3" = 1 ] || [ "$2" = 1 ]; then
+		printf 'install.sh: Postfix still uses %s; deleting it would make Postfix defer all mail. Unhook it first:\n%s\n' "$1" "$how" >&2
+		[ "$3" = 1 ] || printf '(or run install.sh uninstall --purge --unhook)\n' >&2
+		[ "$2" = 0 ] || exit 1
+	else
+		say "Postfix still uses $1. Unhook it (or re-run with --unhook):"
+		printf '%s\n' "$how" | sed 's/^/  /'
 	fi
 }
 
@@ -850,8 +1069,9 @@ uninstall() {
 		esac
 	done
 	map=$(toml_get "$DESTDIR$SERVER_CONFIG" map)
+	map=${map:-$DEFAULT_MAP}
 	# Before anything is removed: a refusal must leave the install as it was.
-	unhook "${map:-$DEFAULT_MAP}" "$purge" "$unhook"
+	unhook "$map" "$purge" "$unhook"
 	for unit in $UNITS; do
 		[ -f "$DESTDIR$UNIT_DIR/$unit" ] || continue
 		if can_systemctl; then
@@ -866,6 +1086,15 @@ uninstall() {
 		rm -f "$DESTDIR$f"
 		say "removed $DESTDIR$f"
 	done
+	# Fail closed, once the server and the sweep are stopped (they would rebuild it): with them
+	# gone nothing expires the leases in a map Postfix still reads.
+	if [ "$HOOKED" = 1 ] && postfix_uses "$DESTDIR" "$map"; then
+		if types=$(empty_map "$DESTDIR" "$map"); then
+			say "emptied $map ($types), which Postfix still names: it relays for nobody through it now, as nothing would expire its leases; unhook it as above"
+		else
+			warn "Postfix still relays for the leases in $map, and nothing expires them any more; it could not be emptied: $types. Unhook it now (above)"
+		fi
+	fi
 	if [ "$purge" = 0 ]; then
 		say "kept $CONF_DIR, $DEFAULT_STATE_DIR and $(dirname "$DEFAULT_MAP") (use --purge to remove them)"
 		return 0
