@@ -323,6 +323,24 @@ export function mtaSuite(kind: Kind): void {
       await s.start();
     });
 
+    test("with the server stopped, an expired lease still relays (status says FROZEN) until `server sweep` expires it", async () => {
+      const line = await addClient(s.config, "brief2", ["--ttl", "10s"]);
+      expect((await onHost(s.h2, [...line, "--config", s.cfg("brief2")])).code).toBe(0);
+      expect((await renew(s.h2, "brief2")).code).toBe(0);
+      const renewedAt = Date.now();
+      expect(await relays(s.h2)).toBe(true);
+      expect(await s.server!.stop()).toBe(0);
+      s.server = undefined;
+      await Bun.sleep(Math.max(0, renewedAt + 10_500 - Date.now()));
+      expect(await relays(s.h2)).toBe(true);
+      const st = await relayctl(["server", "status", "--config", s.config]);
+      expect(st.stdout).toContain(`map: ${kind}:${file}, 1 entries`);
+      expect(st.stdout).toContain("FROZEN: 1 entries have no live lease");
+      expect((await relayctl(["server", "sweep", "--config", s.config])).code).toBe(0);
+      expect(await relays(s.h2)).toBe(false);
+      await s.start();
+    });
+
     test("an IPv6 /64 lease admits its /64 and nothing else", async () => {
       const line = await addClient(s.config, "lan", ["--ipv6-prefix", "64", "--allow", "2001:db8:1:2::/64"]);
       expect((await onHost(s.h1, [...line, "--config", s.cfg("lan")])).code).toBe(0);

@@ -20,6 +20,6 @@ export function eximHook(config: ServerConfig): string {
  * connection, so an atomic rename is all a change needs (no reload).
  */
 export const eximLookupType = lineFileRow(
-  { name: "exim", key: "exim_hosts", example: "/etc/exim4/relayctl/hosts", path: (ctx) => ctx.config.eximHosts, line: eximLine },
+  { name: "exim", key: "exim_hosts", example: "/etc/exim4/relayctl/hosts", path: (config) => config.eximHosts, line: eximLine },
   eximHook,
 );

@@ -58,6 +58,8 @@ export interface LookupType {
   outlivesServer: boolean;
   /** The line(s) that hook this lookup into the MTA: main.cf for Postfix, the RCPT ACL for Exim, smtpd.conf for OpenSMTPD. */
   hook(config: ServerConfig, mapType?: string): string;
+  /** The plain file the MTA reads, one lease a line, for lookups that keep one (exim, opensmtpd). */
+  file?: (config: ServerConfig) => string;
   /** Why this lookup cannot hold the network exactly (so the lease must be refused), or null. */
   refuses(net: Cidr): string | null;
   open(ctx: LookupContext): Promise<Lookup>;

@@ -1,5 +1,6 @@
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
+import type { ServerConfig } from "../../lib/config.ts";
 import { ownerFor, writeFileAtomic } from "../../lib/fsutil.ts";
 import { log } from "../../lib/logging.ts";
 import type { LiveIndex } from "../live.ts";
@@ -21,7 +22,7 @@ export interface LineFileSpec {
   /** An example path for that key, for errors. */
   example: string;
   /** The file the MTA reads. */
-  path: (ctx: LookupContext) => string;
+  path: (config: ServerConfig) => string;
   /** One line of the file for one lease, given as the live index keeps it (`ADDR` or `NET/LEN`). */
   line: (text: string) => string;
   /** Lines every file holds after the header, whatever the leases (none when omitted). */
@@ -35,6 +36,14 @@ export function renderLines(sorted: readonly string[], line: (text: string) => s
   let out = HEAD + preamble;
   for (const t of sorted) out += line(t) + "\n";
   return out;
+}
+
+/** The lease texts in a line file as relayctl wrote it: comments, quotes (Exim's IPv6 keys) and OpenSMTPD's 0.0.0.0 left out. */
+export function lineFileKeys(text: string): string[] {
+  return text
+    .split("\n")
+    .map((l) => l.trim().replace(/^"(.*)"$/, "$1"))
+    .filter((l) => l && !l.startsWith("#") && l !== "0.0.0.0");
 }
 
 /** Options of a LineFileWriter. */
@@ -119,7 +128,8 @@ export class LineFileWriter {
       throw err;
     }
     this.written = { text, file: identityOf(lstatOrNull(path)) };
-    this.installed = addresses;
+    // A copy: the index's own list holds only until its next change.
+    this.installed = addresses.slice();
     this.lastError = null;
     this.failingSince = null;
     this.rebuilds++;
@@ -213,8 +223,9 @@ export function lineFileRow(spec: LineFileSpec, hook: LookupType["hook"]): Looku
     outlivesServer: true,
     hook,
     refuses: () => null,
+    file: spec.path,
     async open(ctx: LookupContext): Promise<Lookup> {
-      const path = spec.path(ctx);
+      const path = spec.path(ctx.config);
       mkdirSync(dirname(path), { recursive: true });
       assertOurMap(path, spec.key, spec.example);
       const writer = new LineFileWriter({
