@@ -2,12 +2,11 @@ import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import type { ServerConfig } from "../../lib/config.ts";
 import { ownerFor, writeFileAtomic } from "../../lib/fsutil.ts";
-import { log } from "../../lib/logging.ts";
 import type { LiveIndex } from "../live.ts";
 import type { Clock } from "../leases.ts";
-import { Coalescer } from "./coalesce.ts";
+import { FileLookup, FileWriter, type RebuildInfo } from "./filelookup.ts";
 import type { Lookup, LookupContext, LookupName, LookupStatus, LookupType } from "./index.ts";
-import { assertOurMap, HEAD, identityOf, lstatOrNull, sameIdentity, type Identity, type RebuildInfo } from "./map.ts";
+import { assertOurMap, HEAD, identityOf, lstatOrNull, sameIdentity, type Identity } from "./map.ts";
 
 /**
  * A "line file" lookup: a plain file with one leased network a line, which
@@ -65,36 +64,22 @@ export interface LineFileWriterOptions {
  * rebuild. A rebuild counts as done only once the reload succeeded: until
  * then the next sync rewrites and reloads again, whatever the text.
  */
-export class LineFileWriter {
-  private readonly jobs = new Coalescer(() => this.rebuild());
+export class LineFileWriter extends FileWriter {
   private written: { text: string; file: Identity } | null = null;
   /** The lease texts the MTA was last made to use. */
   installed: readonly string[] = [];
-  rebuilds = 0;
-  lastError: string | null = null;
-  /** When rebuilds started failing (null while they work). */
-  failingSince: number | null = null;
-  lastRebuild: { at: number; ms: number; entries: number } | null = null;
 
-  constructor(private readonly opts: LineFileWriterOptions) {}
+  constructor(private readonly opts: LineFileWriterOptions) {
+    super(opts.onRebuild);
+  }
 
   /** The file the MTA reads. */
   get path(): string {
     return this.opts.path;
   }
 
-  /** Brings the file (and the MTA) up to date; resolves once the MTA answers from it. */
-  sync(): Promise<RebuildInfo> {
-    return this.jobs.run();
-  }
-
-  /** Resolves once no rebuild is running or queued. */
-  settled(): Promise<void> {
-    return this.jobs.settled();
-  }
-
   /** What is wrong with the installed file, or null when it is the one this process wrote. */
-  tampered(): string | null {
+  override tampered(): string | null {
     if (!this.written) return null;
     const st = lstatOrNull(this.opts.path);
     if (!st) return `${this.opts.path} is missing`;
@@ -107,7 +92,7 @@ export class LineFileWriter {
     this.written = null;
   }
 
-  private async rebuild(): Promise<RebuildInfo> {
+  protected async rebuild(): Promise<RebuildInfo> {
     const t0 = performance.now();
     const addresses = this.opts.addresses();
     const text = renderLines(addresses, this.opts.line, this.opts.preamble);
@@ -121,92 +106,38 @@ export class LineFileWriter {
       this.written = null;
       await this.opts.reload?.();
     } catch (err) {
-      this.lastError = (err as Error).message;
-      this.failingSince ??= Date.now();
-      log.error(`${path}: ${this.lastError}`);
-      this.opts.onRebuild?.(err as Error);
+      this.failed(path, err);
       throw err;
     }
     this.written = { text, file: identityOf(lstatOrNull(path)) };
     // A copy: the index's own list holds only until its next change.
     this.installed = addresses.slice();
-    this.lastError = null;
-    this.failingSince = null;
-    this.rebuilds++;
-    const ms = performance.now() - t0;
-    this.lastRebuild = { at: Date.now(), ms, entries };
-    log.debug(`${path}: rewritten with ${entries} entries in ${ms.toFixed(1)} ms`);
-    const info = { changed: true, entries, ms };
-    this.opts.onRebuild?.(info);
-    return info;
+    return this.succeeded(path, entries, t0);
   }
 }
 
-/** A running line-file lookup: publish rewrites, check repairs, problems name what the MTA may still wrongly admit. */
-export class LineFileLookup implements Lookup {
-  private checking: Promise<void> | null = null;
-  private damage: string | null = null;
-
+/** A running line-file lookup: the file FileLookup keeps, for Exim or OpenSMTPD. */
+export class LineFileLookup extends FileLookup<LineFileWriter> {
   constructor(
     readonly type: LookupType,
-    readonly writer: LineFileWriter,
-    private readonly index: LiveIndex,
-    private readonly clock: Clock,
-  ) {}
-
-  /** Rewrites the file (and reloads the MTA) when the live set differs from what it uses. */
-  async publish(): Promise<void> {
-    await this.writer.sync();
+    writer: LineFileWriter,
+    index: LiveIndex,
+    clock: Clock,
+  ) {
+    super(writer, index, clock);
   }
 
-  /** Notices the file deleted or replaced under the running server and writes it again. */
-  check(): Promise<void> {
-    this.checking ??= (async () => {
-      const why = this.writer.tampered();
-      if (!why) return;
-      this.damage = why;
-      log.warn(`${this.type.name}: ${why}; writing it again`);
-      this.writer.invalidate();
-      await this.writer.sync();
-      this.damage = null;
-      log.info(`${this.type.name}: ${this.writer.path} is whole again`);
-    })().finally(() => {
-      this.checking = null;
-    });
-    return this.checking;
+  protected repairing(why: string): string {
+    return `${this.type.name}: ${why}; writing it again`;
   }
 
-  /** Degraded reasons: a failing rebuild or reload, damage not yet repaired, entries the MTA still admits without a lease. */
-  problems(): string[] {
-    const name = this.type.name;
-    const out: string[] = [];
-    if (this.damage) out.push(`${name}: ${this.damage}`);
-    if (this.writer.lastError) {
-      out.push(`${name}: ${this.writer.lastError}`);
-      const live = new Set(this.index.liveTexts(this.clock.now()));
-      const frozen = this.writer.installed.filter((t) => !live.has(t)).length;
-      if (frozen) out.push(`${name}: ${frozen} entries without a live lease still relay (frozen since ${new Date(this.writer.failingSince!).toISOString()})`);
-    }
-    return out;
+  protected repaired(): string {
+    return `${this.type.name}: ${this.writer.path} is whole again`;
   }
 
   /** Path, entry count and the last rebuild. */
   status(): LookupStatus {
-    const w = this.writer;
-    return {
-      lookup: this.type.name,
-      target: w.path,
-      path: w.path,
-      entries: w.lastRebuild?.entries ?? 0,
-      rebuilds: w.rebuilds,
-      last_rebuild_at: w.lastRebuild ? new Date(w.lastRebuild.at).toISOString() : null,
-      last_rebuild_ms: w.lastRebuild ? Math.round(w.lastRebuild.ms * 10) / 10 : null,
-    };
-  }
-
-  /** Lets a running rebuild finish; none is started on the way out. */
-  async close(): Promise<void> {
-    await this.writer.settled();
+    return { lookup: this.type.name, target: this.writer.path, path: this.writer.path, ...this.rebuildFacts() };
   }
 }
 
