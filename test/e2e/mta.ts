@@ -13,7 +13,7 @@ import { renderLines } from "../../src/server/lookups/linefile.ts";
 import { MAP_HEADER } from "../../src/server/lookups/map.ts";
 import { SMTPD_PREAMBLE } from "../../src/server/lookups/opensmtpd.ts";
 import { freePort, requireE2E, run, swaks, type Host } from "./harness.ts";
-import { addClient, asUser, onHost, relayctl, stage, type Stage } from "./relayctl.ts";
+import { addClient, asUser, BIN, onHost, relayctl, stage, type Stage } from "./relayctl.ts";
 
 /** Where test/mta-debs.sh unpacked the packages. */
 export const MTA_ROOT = process.env.RELAYCTL_MTA_ROOT ?? "/var/cache/relayctl-test/mta";
@@ -352,6 +352,31 @@ export function mtaSuite(kind: Kind): void {
       expect((await renew(s.h1, "lan", ["--release"])).code).toBe(0);
       expect(await v6("2001:db8:1:2::10")).toBe(false);
     });
+
+    if (kind === "exim") {
+      test("doctor reads the running Exim's configuration (exim -bP config): hook before the refusal passes, after it fails with the fix", async () => {
+        // doctor finds exim4 on PATH; this one runs the test's configuration.
+        const bin = join(s.tmp.path, "bin");
+        mkdirSync(bin, { recursive: true });
+        const doctor = async (config: string) => {
+          writeFileSync(join(bin, "exim4"), `#!/bin/sh\nexec ${EXIM} -C ${config} "$@"\n`, { mode: 0o755 });
+          const r = await run([BIN, "doctor", "--config", s.config], { env: { PATH: `${bin}:${process.env.PATH}` } });
+          return r.stdout + r.stderr;
+        };
+        const good = await doctor(daemon.config!);
+        expect(good).toMatch(new RegExp(`PASS\\s+exim\\.config\\s+.*reads ${daemon.config}`));
+        expect(good).toMatch(/PASS\s+exim\.hook\s+the RCPT ACL acl_check_rcpt accepts net-iplsearch;/);
+        expect(good).toMatch(/PASS\s+exim\.file\s/);
+        // The same configuration with the hook moved below the relay refusal.
+        const text = readFileSync(daemon.config!, "utf8");
+        const hook = `  accept hosts = net-iplsearch;${file}\n`;
+        const late = join(s.tmp.path, "exim-late.conf");
+        writeFileSync(late, text.replace(hook, "").replace("begin routers", `${hook}begin routers`));
+        const bad = await doctor(late);
+        expect(bad).toMatch(/FAIL\s+exim\.hook\s+the RCPT ACL acl_check_rcpt accepts net-iplsearch;.* only after its relay refusal/);
+        expect(bad).toContain(`hosts = net-iplsearch;${file}`);
+      });
+    }
 
     if (kind === "opensmtpd") {
       test("smtpctl failing (smtpd down): the renewal says so, status is degraded, and the retry lands once smtpd is back", async () => {
