@@ -84,7 +84,13 @@ async function spawnDaemon(argv: string[], host: string, port: number, cleanup: 
   };
   void pump(proc.stdout);
   void pump(proc.stderr);
+  // A test process that dies without its cleanup must not leave the daemon running.
+  const onExit = () => {
+    if (proc.exitCode === null) proc.kill("SIGKILL");
+  };
+  process.on("exit", onExit);
   const stop = async () => {
+    process.off("exit", onExit);
     if (proc.exitCode === null) {
       proc.kill("SIGTERM");
       const t = setTimeout(() => proc.kill("SIGKILL"), 5000);
