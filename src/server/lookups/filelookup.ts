@@ -1,8 +1,31 @@
+import { lstatSync, type Stats } from "node:fs";
 import { log } from "../../lib/logging.ts";
 import type { Clock } from "../leases.ts";
 import type { LiveIndex } from "../live.ts";
 import { Coalescer } from "./coalesce.ts";
 import type { Lookup, LookupStatus, LookupType } from "./index.ts";
+
+/** What identifies an installed file: replaced or deleted, any of these changes. */
+export type Identity = { dev: number; ino: number; size: number; mtimeMs: number } | null;
+/** The identity of a file's lstat result (null: no file). */
+export const identityOf = (st: Stats | null): Identity => (st ? { dev: st.dev, ino: st.ino, size: st.size, mtimeMs: st.mtimeMs } : null);
+/** True when both name the same, unchanged file. */
+export const sameIdentity = (a: Identity, b: Identity): boolean => a !== null && b !== null && a.dev === b.dev && a.ino === b.ino && a.size === b.size && a.mtimeMs === b.mtimeMs;
+/** lstat, or null when nothing is there. */
+export function lstatOrNull(path: string): Stats | null {
+  try {
+    return lstatSync(path);
+  } catch {
+    return null;
+  }
+}
+
+/** Why the file at path is not the one identified by `was` (missing, replaced or changed), or null when it is. */
+export function whatChanged(path: string, was: Identity): string | null {
+  const st = lstatOrNull(path);
+  if (!st) return `${path} is missing`;
+  return sameIdentity(identityOf(st), was) ? null : `${path} was replaced or changed by another program`;
+}
 
 /** Result of one rebuild, for logs and status. */
 export interface RebuildInfo {
@@ -16,8 +39,10 @@ export interface RebuildInfo {
  * LineFileWriter): rebuilds run one at a time through a Coalescer, and each
  * ends in failed() or succeeded(), which status, problems and metrics read.
  */
-export abstract class FileWriter {
+export abstract class FileWriter<Written extends { text: string } = { text: string }> {
   protected readonly jobs = new Coalescer(() => this.rebuild());
+  /** The text (and file identities) this process installed last; null until its first rebuild, and after invalidate(). */
+  protected written: Written | null = null;
   rebuilds = 0;
   lastError: string | null = null;
   /** When rebuilds started failing (null while they work): entries gone since then are frozen in the MTA. */
@@ -31,7 +56,14 @@ export abstract class FileWriter {
   /** What is wrong with the installed files, or null when they are the ones this process wrote. */
   abstract tampered(): string | null;
   /** Forgets what was installed, so the next sync rebuilds whatever the text. */
-  abstract invalidate(): void;
+  invalidate(): void {
+    this.written = null;
+  }
+
+  /** True when `text` is what this process installed last and nobody changed the files since: nothing to do. */
+  protected unchanged(text: string): boolean {
+    return this.written?.text === text && this.tampered() === null;
+  }
   protected abstract rebuild(): Promise<RebuildInfo>;
 
   /** Brings the file up to date with state; resolves once the MTA answers from it. */

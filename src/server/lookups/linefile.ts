@@ -4,9 +4,9 @@ import type { ServerConfig } from "../../lib/config.ts";
 import { ownerFor, writeFileAtomic } from "../../lib/fsutil.ts";
 import type { LiveIndex } from "../live.ts";
 import type { Clock } from "../leases.ts";
-import { FileLookup, FileWriter, type RebuildInfo } from "./filelookup.ts";
+import { FileLookup, FileWriter, identityOf, lstatOrNull, whatChanged, type Identity, type RebuildInfo } from "./filelookup.ts";
 import type { Lookup, LookupContext, LookupName, LookupStatus, LookupType } from "./index.ts";
-import { assertOurMap, HEAD, identityOf, lstatOrNull, sameIdentity, type Identity } from "./map.ts";
+import { assertOurMap, HEAD } from "./map.ts";
 
 /**
  * A "line file" lookup: a plain file with one leased network a line, which
@@ -64,8 +64,7 @@ export interface LineFileWriterOptions {
  * rebuild. A rebuild counts as done only once the reload succeeded: until
  * then the next sync rewrites and reloads again, whatever the text.
  */
-export class LineFileWriter extends FileWriter {
-  private written: { text: string; file: Identity } | null = null;
+export class LineFileWriter extends FileWriter<{ text: string; file: Identity }> {
   /** The lease texts the MTA was last made to use. */
   installed: readonly string[] = [];
 
@@ -81,15 +80,7 @@ export class LineFileWriter extends FileWriter {
   /** What is wrong with the installed file, or null when it is the one this process wrote. */
   override tampered(): string | null {
     if (!this.written) return null;
-    const st = lstatOrNull(this.opts.path);
-    if (!st) return `${this.opts.path} is missing`;
-    if (!sameIdentity(identityOf(st), this.written.file)) return `${this.opts.path} was replaced or changed by another program`;
-    return null;
-  }
-
-  /** Forgets what was installed, so the next sync rewrites whatever the text. */
-  invalidate(): void {
-    this.written = null;
+    return whatChanged(this.opts.path, this.written.file);
   }
 
   protected async rebuild(): Promise<RebuildInfo> {
@@ -97,7 +88,7 @@ export class LineFileWriter extends FileWriter {
     const addresses = this.opts.addresses();
     const text = renderLines(addresses, this.opts.line, this.opts.preamble);
     const entries = addresses.length;
-    if (this.written?.text === text && this.tampered() === null) return { changed: false, entries, ms: 0 };
+    if (this.unchanged(text)) return { changed: false, entries, ms: 0 };
     const { path } = this.opts;
     try {
       // Root (an admin command, sweep) hands the file to the directory's owner, on the open descriptor.

@@ -1,4 +1,4 @@
-import { close, closeSync, constants, fchownSync, fstatSync, fsyncSync, lstatSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, type Stats } from "node:fs";
+import { close, closeSync, constants, fchownSync, fstatSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import type { MapType, ServerConfig } from "../../lib/config.ts";
 import { usageError } from "../../lib/errors.ts";
@@ -8,7 +8,7 @@ import { log } from "../../lib/logging.ts";
 import { leaseText, type LiveIndex } from "../live.ts";
 import type { Clock } from "../leases.ts";
 import { defaultMapType, findPostfixTool, mapDbSuffix, postmapError, requirePostfixTool, runTool } from "../postfix.ts";
-import { FileLookup, FileWriter, type RebuildInfo } from "./filelookup.ts";
+import { FileLookup, FileWriter, identityOf, lstatOrNull, whatChanged, type Identity, type RebuildInfo } from "./filelookup.ts";
 import type { LookupContext, LookupStatus, LookupType } from "./index.ts";
 
 /** First line of every map relayctl writes: how a map path is known to be ours. */
@@ -74,21 +74,6 @@ export interface MapWriterOptions {
   onRebuild?: (result: RebuildInfo | Error) => void;
 }
 
-/** What identifies an installed file: replaced or deleted, any of these changes. */
-export type Identity = { dev: number; ino: number; size: number; mtimeMs: number } | null;
-/** The identity of a file's lstat result (null: no file). */
-export const identityOf = (st: Stats | null): Identity => (st ? { dev: st.dev, ino: st.ino, size: st.size, mtimeMs: st.mtimeMs } : null);
-/** True when both name the same, unchanged file. */
-export const sameIdentity = (a: Identity, b: Identity): boolean => a !== null && b !== null && a.dev === b.dev && a.ino === b.ino && a.size === b.size && a.mtimeMs === b.mtimeMs;
-/** lstat, or null when nothing is there. */
-export function lstatOrNull(path: string): Stats | null {
-  try {
-    return lstatSync(path);
-  } catch {
-    return null;
-  }
-}
-
 /**
  * An open descriptor of the regular file at path (never through a link), or
  * null: held across the rename that replaces the file, it keeps the kernel
@@ -129,11 +114,10 @@ export function assertOurMap(path: string, key = "map", example = "/etc/postfix/
  * first rebuild of a process always runs, and check() rebuilds whenever the
  * installed files are not the ones this process wrote.
  */
-export class MapWriter extends FileWriter {
+export class MapWriter extends FileWriter<{ text: string; db: Identity; source: Identity }> {
   /** Closes of replaced files still under way (holdOpen). */
   private readonly freeing = new Set<Promise<void>>();
   /** Text and files this process installed last; null until its first rebuild. */
-  private written: { text: string; db: Identity; source: Identity } | null = null;
   /** The source of the map this process installed last. */
   private installedText = "";
 
@@ -180,16 +164,7 @@ export class MapWriter extends FileWriter {
   /** What is wrong with the installed files, or null when they are the ones this process wrote. */
   tampered(): string | null {
     if (!this.written) return null;
-    const db = lstatOrNull(this.dbPath);
-    if (!db) return `${this.dbPath} is missing`;
-    if (!sameIdentity(identityOf(db), this.written.db)) return `${this.dbPath} was replaced or changed by another program`;
-    if (!sameIdentity(identityOf(lstatOrNull(this.opts.path)), this.written.source)) return `${this.opts.path} was replaced, changed or removed by another program`;
-    return null;
-  }
-
-  /** Forgets what was installed, so the next sync rebuilds whatever the text. */
-  invalidate(): void {
-    this.written = null;
+    return whatChanged(this.dbPath, this.written.db) ?? (whatChanged(this.opts.path, this.written.source) && `${this.opts.path} was replaced, changed or removed by another program`);
   }
 
   protected async rebuild(): Promise<RebuildInfo> {
@@ -198,7 +173,7 @@ export class MapWriter extends FileWriter {
     const text = renderMap(addresses);
     const entries = addresses.length;
     // Same content as this process installed: touching the map would make every smtpd restart for nothing.
-    if (this.written?.text === text && this.tampered() === null) return { changed: false, entries, ms: 0 };
+    if (this.unchanged(text)) return { changed: false, entries, ms: 0 };
     const { path, type } = this.opts;
     const dir = dirname(path);
     const timeoutMs = this.opts.timeoutMs ?? 30_000;
