@@ -23,8 +23,9 @@ else
   trap 'rm -rf "$work"' EXIT
   # apt's download sandbox user must be able to write where the files land.
   chown _apt "$work" 2>/dev/null || chmod 755 "$work"
-  (cd "$work" && apt-get download "${pkgs[@]}") || {
-    echo "mta-debs: apt-get download failed (run apt-get update first)" >&2
+  # Package lists may be missing or stale on a fresh machine: update once and retry.
+  (cd "$work" && apt-get download "${pkgs[@]}") || { apt-get update -qq && (cd "$work" && apt-get download "${pkgs[@]}"); } || {
+    echo "mta-debs: apt-get download ${pkgs[*]} failed" >&2
     exit 1
   }
   rm -rf "$dest.new"
