@@ -376,7 +376,7 @@ write_server_skeleton() {
 # Key of tls_cert.
 #tls_key = "/etc/relayctl/tls/privkey.pem"
 
-# How Postfix asks: "map" (a postmap table) or "policy" (the policy-delegation socket; exact IPv6 matching and prefix leases).
+# How the MTA asks: "map" (a postmap table) or "policy" (the policy-delegation socket; exact IPv6 matching and prefix leases) for Postfix, "exim" (a net-iplsearch file) or "opensmtpd" (a file: table); see docs/lookups.md.
 #lookup = "map"
 
 # The policy socket (lookup = "policy"): inside Postfix's queue directory, never TCP.
@@ -389,6 +389,16 @@ write_server_skeleton() {
 # Default: Postfix's default_database_type.
 #map_type = "lmdb"
 
+# The net-iplsearch file Exim reads (lookup = "exim"), one leased address or network a line; its directory must be writable by relayctl.
+#exim_hosts = "/etc/exim4/relayctl/hosts"
+
+# The file: table OpenSMTPD reads as <relayctl> (lookup = "opensmtpd"); its directory must be writable by relayctl.
+#smtpd_table = "/etc/smtpd/relayctl/clients"
+
+# smtpctl to run (`smtpctl update table relayctl`) after each rewrite of smtpd_table; it needs root (see docs/opensmtpd.md).
+# Default: found on PATH or in /usr/sbin.
+#smtpctl = "/usr/sbin/smtpctl"
+
 # Default lease lifetime (10s to 400d); clients renew every 4 minutes.
 #ttl = "20m"
 
@@ -399,7 +409,7 @@ write_server_skeleton() {
 # Default: found on PATH or in /usr/sbin.
 #postmap = "/usr/sbin/postmap"
 
-# How long one postmap run may take before it is abandoned (1s to 5m).
+# How long one postmap (or smtpctl) run may take before it is abandoned (1s to 5m).
 #postmap_timeout = "10s"
 
 # Renewals one client may make per minute (0: no limit); a runaway loop is refused.

@@ -38,6 +38,8 @@ check() {
 		*" postfix "*) ;;
 		*) [ -e /etc/postfix/main.cf ] || problems="${problems:+$problems; }no /etc/postfix/main.cf" ;;
 	esac
+	mta="${RELAYCTL_MTA_ROOT:-/var/cache/relayctl-test/mta}"
+	[ -x "$mta/usr/sbin/exim4" ] && [ -x "$mta/usr/sbin/smtpd" ] || problems="${problems:+$problems; }Exim and OpenSMTPD not unpacked in $mta"
 	[ -z "$problems" ] && return 0
 	if [ "${RELAYCTL_SKIP_E2E:-}" = 1 ] && [ "${RELAYCTL_REQUIRE_E2E:-}" != 1 ]; then
 		echo "relayctl tests: skipping the e2e tests (RELAYCTL_SKIP_E2E=1): $problems" >&2
@@ -70,6 +72,8 @@ install() {
 	# "No configuration" leaves /etc/postfix without main.cf, and postmap (as
 	# relayctl runs it on a real mail host) refuses to start without one.
 	[ -e /etc/postfix/main.cf ] || cp /usr/share/postfix/main.cf.debian /etc/postfix/main.cf
+	# Exim and OpenSMTPD conflict with Postfix as packages: unpacked, not installed.
+	bash "$(dirname "$0")/mta-debs.sh" || { echo "unpacking Exim and OpenSMTPD failed"; return 1; }
 }
 
 case "${1:-}" in

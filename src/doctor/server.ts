@@ -13,6 +13,7 @@ import { fail, pass, shellQuote, warn, type CheckResult } from "./checks.ts";
 import { accessProblem, currentUser, lookupUser, type Principal } from "./files.ts";
 import { hookChecks, pgsqlTableChecks, pgsqlTableFacts } from "./hook.ts";
 import { leaseAddressChecks, localAddresses } from "./leases.ts";
+import { MTA_CHECKS } from "./mta.ts";
 import { policyHookChecks, policyHookFacts, policySocketChecks } from "./policy.ts";
 import { postmapVerdict, refusedSetting, settingVerdict } from "./postmap.ts";
 import { frozenEntries, installedKeys } from "../server/lookups/map.ts";
@@ -48,7 +49,7 @@ function leasesOf(ctx: Ctx): ReturnType<typeof peekLeases> {
   return (ctx.leases ??= peekLeases(ctx.config));
 }
 
-/** Runs every mail-host check: config, Postfix tools and main.cf, the map, and the server itself. */
+/** Runs every mail-host check: config, the MTA (Postfix tools, main.cf and the map; or Exim's or OpenSMTPD's hook and file), and the server itself. */
 export async function serverChecks(o: ServerDoctorOptions): Promise<CheckResult[]> {
   if (o.configPath !== undefined && !existsSync(o.configPath)) {
     throw usageError(`--config ${o.configPath}: no such file`, "pass the server config path, or leave --config out to use the defaults");
@@ -63,8 +64,12 @@ export async function serverChecks(o: ServerDoctorOptions): Promise<CheckResult[
   const out: CheckResult[] = [configCheck(config.path)];
   const owner = existsSync(config.stateDir) ? lookupUser(statSync(config.stateDir).uid) : null;
   const ctx: Ctx = { config, serverUser: owner ?? currentUser() };
-  out.push(...(await postfixChecks(ctx, o.postfixDir)));
-  out.push(...(config.lookup === "policy" ? await policyChecks(ctx) : await mapChecks(ctx)));
+  const other = MTA_CHECKS[config.lookup];
+  if (other) out.push(...(await other({ config, serverUser: ctx.serverUser, leases: () => leasesOf(ctx) })));
+  else {
+    out.push(...(await postfixChecks(ctx, o.postfixDir)));
+    out.push(...(config.lookup === "policy" ? await policyChecks(ctx) : await mapChecks(ctx)));
+  }
   out.push(...stateDirCheck(ctx), ...(await databaseCheck(ctx)), ...(await leaseChecks(ctx)), ...tlsChecks(ctx), ...(await listenChecks(ctx)));
   return out;
 }

@@ -34,8 +34,14 @@ export interface ServerConfig {
   logFormat: "text" | "json";
   logLevel: LogLevel;
   auditRetention: number;
-  /** How Postfix asks: the postmap map (default) or the policy service. */
-  lookup: "map" | "policy";
+  /** How the MTA asks: the postmap map (default), the policy service, or a line file Exim or OpenSMTPD reads. */
+  lookup: LookupKind;
+  /** The net-iplsearch file Exim reads (lookup = "exim"). */
+  eximHosts: string;
+  /** The file: table OpenSMTPD reads (lookup = "opensmtpd"). */
+  smtpdTable: string;
+  /** smtpctl to run after each rewrite of smtpd_table (undefined: found on PATH or in /usr/sbin). */
+  smtpctl?: string;
   policySocket: string;
   /** Default prefix length of IPv6 leases (128 = the address alone). */
   ipv6Prefix: number;
@@ -46,6 +52,10 @@ export interface ServerConfig {
   /** `file:line: database_password_file`, for errors raised when the file is read. */
   databasePasswordWhere?: string;
 }
+
+/** The values of `lookup`: how the MTA learns of the leases (src/server/lookups/ has one row each). */
+export const LOOKUP_KINDS = ["map", "policy", "exim", "opensmtpd"] as const;
+export type LookupKind = (typeof LOOKUP_KINDS)[number];
 
 export const LOG_LEVELS = ["error", "warn", "info", "debug"] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
@@ -113,10 +123,10 @@ export function loadServerConfig(path?: string): ServerConfig {
     return v as T;
   };
   const renewalsPerMinute = k.int("renewals_per_minute") ?? 20;
-  const lookup = oneOf("lookup", ["map", "policy"] as const, "map");
+  const lookup = oneOf("lookup", LOOKUP_KINDS, "map");
   const ipv6Prefix = k.int("ipv6_prefix") ?? 128;
   if (ipv6Prefix < MIN_IPV6_PREFIX || ipv6Prefix > 128) throw k.error("ipv6_prefix", `must be ${MIN_IPV6_PREFIX} to 128`, "64 covers one LAN with its privacy addresses");
-  if (ipv6Prefix < 128 && lookup === "map") throw k.error("ipv6_prefix", `a /${ipv6Prefix} lease cannot be expressed in a Postfix map`, 'set lookup = "policy", which matches prefixes exactly');
+  if (ipv6Prefix < 128 && lookup === "map") throw k.error("ipv6_prefix", `a /${ipv6Prefix} lease cannot be expressed in a Postfix map`, 'set lookup = "policy" (or "exim" or "opensmtpd" for those MTAs), which match prefixes exactly');
   const database = k.str("database");
   if (database !== undefined) checkDatabaseUrl(database, k.where("database"));
   const databasePasswordFile = absolute("database_password_file");
@@ -132,6 +142,9 @@ export function loadServerConfig(path?: string): ServerConfig {
     auditRetention: k.duration("audit_retention") ?? 90 * 86400,
     lookup,
     policySocket: absolute("policy_socket") ?? "/var/spool/postfix/relayctl/policy",
+    eximHosts: absolute("exim_hosts") ?? "/etc/exim4/relayctl/hosts",
+    smtpdTable: absolute("smtpd_table") ?? "/etc/smtpd/relayctl/clients",
+    smtpctl: absolute("smtpctl"),
     ipv6Prefix,
   };
 }

@@ -13,6 +13,7 @@ import { certFor } from "./server.ts";
 import { withoutServer } from "./runtime/sweep.ts";
 import { statusPath, type ServerStatus } from "./runtime/status.ts";
 import { lookupTypeOf, type LookupName } from "./lookups/index.ts";
+import { lineFileKeys } from "./lookups/linefile.ts";
 import { frozenEntries, installedKeys, resolveMap, type Frozen } from "./lookups/map.ts";
 import { mapDbSuffix } from "./postfix.ts";
 import type { AuditRow, ClientRow, LeaseRow } from "./state.ts";
@@ -301,7 +302,7 @@ export interface StatusView {
   public_url: string;
   cert: { path: string; pin: string; expires_at: string; days_left: number } | null;
   lookup: LookupName;
-  /** The map Postfix reads (lookup = "map"), read from its database, with entries no live lease backs. */
+  /** The map Postfix reads (lookup = "map"), read from its database, or the line file Exim or OpenSMTPD reads (type "exim" or "opensmtpd"), with entries no live lease backs. */
   map: { path: string; type: string; entries: number; frozen: Frozen } | null;
   /** The policy socket (lookup = "policy"). */
   policy: { socket: string; listening: boolean } | null;
@@ -343,6 +344,11 @@ export async function serverStatus(opts: { configPath?: string }): Promise<Statu
     const dbPath = config.map + mapDbSuffix(type);
     const installedAt = existsSync(dbPath) ? statSync(dbPath).mtimeMs : now;
     map = { path: config.map, type, entries: keys?.length ?? 0, frozen: frozenEntries(keys ?? [], rows, now, installedAt) };
+  } else if (lookupTypeOf(config).file) {
+    // A line file (Exim, OpenSMTPD) is reported as the map is: the file the MTA reads, and what in it no live lease backs.
+    const path = lookupTypeOf(config).file!(config);
+    const keys = existsSync(path) ? lineFileKeys(readFileSync(path, "utf8")) : [];
+    map = { path, type: config.lookup, entries: keys.length, frozen: frozenEntries(keys, rows, now, existsSync(path) ? statSync(path).mtimeMs : now) };
   } else {
     policy = { socket: config.policySocket, listening: running && existsSync(config.policySocket) };
   }

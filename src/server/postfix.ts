@@ -16,8 +16,8 @@ function isExecutable(path: string): boolean {
   }
 }
 
-/** Locates a Postfix tool: the configured path, else PATH plus the sbin directories. */
-export function findPostfixTool(name: "postmap" | "postconf", configured?: string): string | undefined {
+/** Locates a Postfix tool (or another MTA's): the configured path, else PATH plus the sbin directories. */
+export function findPostfixTool(name: string, configured?: string): string | undefined {
   if (configured) return isExecutable(configured) ? configured : undefined;
   const dirs = [...(process.env.PATH ?? "").split(delimiter).filter(Boolean), ...SBIN_DIRS];
   for (const dir of dirs) {
@@ -27,12 +27,12 @@ export function findPostfixTool(name: "postmap" | "postconf", configured?: strin
   return undefined;
 }
 
-/** Like findPostfixTool, but a missing tool is a configuration error saying what to install or set. */
-export function requirePostfixTool(name: "postmap" | "postconf", configured?: string): string {
+/** Like findPostfixTool, but a missing tool is a configuration error saying what to install (`pkg`) or set. */
+export function requirePostfixTool(name: string, configured?: string, pkg = "Postfix"): string {
   const found = findPostfixTool(name, configured);
   if (found) return found;
   if (configured) throw usageError(`${name} = "${configured}" is not an executable file`, `fix the ${name} key in server.toml`);
-  throw usageError(`${name} not found in PATH, /usr/sbin or /usr/local/sbin`, `install Postfix or set ${name} = "/path/to/${name}" in server.toml`);
+  throw usageError(`${name} not found in PATH, /usr/sbin or /usr/local/sbin`, `install ${pkg} or set ${name} = "/path/to/${name}" in server.toml`);
 }
 
 /** Runs a tool with an argv array (never a shell) and a hard timeout. */

@@ -277,6 +277,8 @@ export function testService(
     auditRetention: 90 * 86400,
     lookup: "map",
     policySocket: join(dir, "policy"),
+    eximHosts: join(dir, "exim", "hosts"),
+    smtpdTable: join(dir, "smtpd", "clients"),
     ipv6Prefix: 128,
   };
   const metrics = new Metrics();

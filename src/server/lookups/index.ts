@@ -1,13 +1,14 @@
-import type { ServerConfig } from "../../lib/config.ts";
+import type { LookupKind, ServerConfig } from "../../lib/config.ts";
 import type { Cidr } from "../../lib/ip.ts";
 import type { Clock } from "../leases.ts";
 import type { LiveIndex } from "../live.ts";
+import { eximLookupType } from "./exim.ts";
 import { mapLookupType } from "./map.ts";
+import { opensmtpdLookupType } from "./opensmtpd.ts";
 import { policyLookupType } from "./policy.ts";
 
 /** The names server.toml's `lookup` accepts. */
-export const LOOKUP_NAMES = ["map", "policy"] as const;
-export type LookupName = (typeof LOOKUP_NAMES)[number];
+export type LookupName = LookupKind;
 
 /** What a lookup is given: the configuration, the live leases and the clock. */
 export interface LookupContext {
@@ -21,7 +22,7 @@ export interface LookupContext {
 /** Facts a lookup reports for `server status`, /metrics and doctor. */
 export interface LookupStatus {
   lookup: LookupName;
-  /** Where Postfix asks: the map's database file, or the policy socket. */
+  /** Where the MTA asks: the map's database file, the policy socket, or the line file. */
   target: string;
   /** Networks Postfix currently relays for, as this lookup last published them. */
   entries: number;
@@ -55,8 +56,10 @@ export interface LookupType {
   postmap: boolean;
   /** Keeps answering from a file while the server is down, so `server sweep` must expire for it. */
   outlivesServer: boolean;
-  /** The main.cf line that hooks this lookup into Postfix. */
+  /** The line(s) that hook this lookup into the MTA: main.cf for Postfix, the RCPT ACL for Exim, smtpd.conf for OpenSMTPD. */
   hook(config: ServerConfig, mapType?: string): string;
+  /** The plain file the MTA reads, one lease a line, for lookups that keep one (exim, opensmtpd). */
+  file?: (config: ServerConfig) => string;
   /** Why this lookup cannot hold the network exactly (so the lease must be refused), or null. */
   refuses(net: Cidr): string | null;
   open(ctx: LookupContext): Promise<Lookup>;
@@ -66,6 +69,8 @@ export interface LookupType {
 export const LOOKUPS: Record<LookupName, LookupType> = {
   map: mapLookupType,
   policy: policyLookupType,
+  exim: eximLookupType,
+  opensmtpd: opensmtpdLookupType,
 };
 
 /** The lookup type a configuration selects. */

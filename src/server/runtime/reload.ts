@@ -10,6 +10,9 @@ const RESTART_KEYS = [
   ["postmap", (c: ServerConfig) => c.postmap ?? ""],
   ["lookup", (c: ServerConfig) => c.lookup],
   ["policy_socket", (c: ServerConfig) => c.policySocket],
+  ["exim_hosts", (c: ServerConfig) => c.eximHosts],
+  ["smtpd_table", (c: ServerConfig) => c.smtpdTable],
+  ["smtpctl", (c: ServerConfig) => c.smtpctl ?? ""],
 ] as const;
 
 /**
@@ -31,6 +34,9 @@ export function planReload(running: ServerConfig, next: ServerConfig): { config:
     postmap: running.postmap,
     lookup: running.lookup,
     policySocket: running.policySocket,
+    eximHosts: running.eximHosts,
+    smtpdTable: running.smtpdTable,
+    smtpctl: running.smtpctl,
   };
   return { config, warnings };
 }

@@ -22,6 +22,21 @@ function toml(text: string, name = "server.toml"): string {
   return path;
 }
 
+describe("loadServerConfig: lookups for Exim and OpenSMTPD", () => {
+  test('lookup = "exim" and "opensmtpd" load with their file defaults and take IPv6 prefix leases', () => {
+    const exim = loadServerConfig(toml('lookup = "exim"\nipv6_prefix = 64\n'));
+    expect(exim).toMatchObject({ lookup: "exim", eximHosts: "/etc/exim4/relayctl/hosts", ipv6Prefix: 64 });
+    const smtpd = loadServerConfig(toml('lookup = "opensmtpd"\nipv6_prefix = 64\nsmtpctl = "/usr/sbin/smtpctl"\n'));
+    expect(smtpd).toMatchObject({ lookup: "opensmtpd", smtpdTable: "/etc/smtpd/relayctl/clients", smtpctl: "/usr/sbin/smtpctl" });
+  });
+
+  test("an unknown lookup or a relative file path is refused at file:line", async () => {
+    expect((await relayError(() => loadServerConfig(toml('lookup = "sendmail"\n')))).message).toMatch(/server\.toml:1: lookup: "sendmail" is not one of map, policy, exim, opensmtpd/);
+    expect((await relayError(() => loadServerConfig(toml('exim_hosts = "hosts"\n')))).message).toMatch(/exim_hosts: must be an absolute path/);
+    expect((await relayError(() => loadServerConfig(toml('smtpd_table = "t"\n')))).message).toMatch(/smtpd_table: must be an absolute path/);
+  });
+});
+
 describe("loadServerConfig", () => {
   test("an empty file gives the built-in defaults", () => {
     const path = toml("");

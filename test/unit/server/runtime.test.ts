@@ -270,4 +270,24 @@ describe("planReload", () => {
     ]);
     expect(planReload(running, running).warnings).toEqual([]);
   });
+
+  test("the line files and smtpctl of exim and opensmtpd need a restart too", () => {
+    const dir = tempDir("relayctl-reload-");
+    const p = (name: string, text: string) => {
+      writeFileSync(join(dir, name), text);
+      return join(dir, name);
+    };
+    const running = loadServerConfig(p("a.toml", `lookup = "opensmtpd"
+state_dir = "${dir}/s"
+`));
+    const next = loadServerConfig(p("b.toml", `lookup = "opensmtpd"
+state_dir = "${dir}/s"
+exim_hosts = "/x/hosts"
+smtpd_table = "/x/clients"
+smtpctl = "/x/smtpctl"
+`));
+    const plan = planReload(running, next);
+    expect([plan.config.eximHosts, plan.config.smtpdTable, plan.config.smtpctl]).toEqual([running.eximHosts, running.smtpdTable, undefined]);
+    expect(plan.warnings).toEqual(["exim_hosts", "smtpd_table", "smtpctl"].map((k) => `reload: ${k} changed; restart the server for it to take effect`));
+  });
 });
