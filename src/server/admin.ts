@@ -9,7 +9,7 @@ import { existsSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { LeaseBook, leaseText } from "./leases.ts";
 import { StateLock } from "./lock.ts";
-import { certFor } from "./server.ts";
+import { certFor } from "./core.ts";
 import { withoutServer } from "./runtime/sweep.ts";
 import { statusPath, type ServerStatus } from "./runtime/status.ts";
 import { lookupTypeOf, type LookupName } from "./lookups/index.ts";

@@ -2,13 +2,14 @@ import { mkdirSync } from "node:fs";
 import { loadServerConfig, type ServerConfig } from "../lib/config.ts";
 import { ExitCode, RelayError } from "../lib/errors.ts";
 import { log, setLogFormat, setLogLevel } from "../lib/logging.ts";
-import { certificateExpiry, certificatePin, ensureServerCertificate, type ServerCertificate } from "../lib/tls.ts";
+import { certificateExpiry, certificatePin, type ServerCertificate } from "../lib/tls.ts";
 import { MAX_BODY } from "./doors/api.ts";
 import { dyndnsRoute } from "./doors/dyndns2.ts";
 import { dispatcher, routes, type Route } from "./doors/routes.ts";
-import { LeaseBook, monotonicWallClock, systemClock, type Clock } from "./leases.ts";
+import { certFor, openCore, openLookup, type Core } from "./core.ts";
+import { monotonicWallClock, type Clock } from "./leases.ts";
 import { StateLock } from "./lock.ts";
-import { lookupTypeOf, type Lookup, type LookupType } from "./lookups/index.ts";
+import type { Lookup } from "./lookups/index.ts";
 import { Metrics } from "./metrics.ts";
 import { RefusalLog } from "./refusals.ts";
 import { ExpiryTimer } from "./runtime/expiry.ts";
@@ -17,8 +18,6 @@ import { Retrier } from "./runtime/retry.ts";
 import { writeStatus, type ServerStatus } from "./runtime/status.ts";
 import { realTimers, type Timers } from "./runtime/timers.ts";
 import { LeaseService } from "./service.ts";
-import { storeClock, type Store } from "./stores/index.ts";
-import { openStore } from "./stores/open.ts";
 import { AuthThrottle, RenewalLimiter } from "./throttle.ts";
 
 /** How often the lookup is checked for damage by others (a deleted map): at most 5 s, as promised. */
@@ -27,44 +26,6 @@ const LOOKUP_CHECK_MS = 2_000;
 const REFUSAL_FLUSH_MS = 5_000;
 /** How often the WAL is folded into the database and truncated, when anything was written. */
 const CHECKPOINT_MS = 10_000;
-
-/** State, lease rules and the lookup type of a config: what server, admin commands and sweep share. */
-export interface Core {
-  config: ServerConfig;
-  store: Store;
-  leases: LeaseBook;
-  lookupType: LookupType;
-  clock: Clock;
-}
-
-/**
- * Opens state (SQLite, or the shared PostgreSQL database) and loads the live
- * index; the caller decides whether it holds the lock. `tolerant`: a server
- * starts even when the database cannot be reached, with an empty index, and
- * catches up when it answers.
- */
-export async function openCore(config: ServerConfig, base: Clock = systemClock, opts: { tolerant?: boolean } = {}): Promise<Core> {
-  const store = await openStore(config, base, opts);
-  // Leases expire by the store's clock: PostgreSQL's now() on every host alike.
-  const clock = storeClock(base, store);
-  // Read through the holder so a SIGHUP reload changes the default ttl in place.
-  const core: Core = { config, store, leases: new LeaseBook(store, () => core.config.ttl, clock), lookupType: lookupTypeOf(config), clock };
-  try {
-    await core.leases.reload();
-  } catch (err) {
-    if (!opts.tolerant) {
-      await store.close();
-      throw err;
-    }
-    log.error(`state: cannot read leases from ${store.where} (${(err as Error).message}); starting empty, catching up when it answers`);
-  }
-  return core;
-}
-
-/** Opens the configured lookup over a core's live index. */
-export function openLookup(core: Core, onPublish?: (r: { ms: number; entries: number } | Error) => void): Promise<Lookup> {
-  return core.lookupType.open({ config: core.config, index: core.leases.index, clock: core.clock, onPublish });
-}
 
 /** A running server: its URL, certificate pin, and how to reload or stop it. */
 export interface RunningServer {
@@ -75,16 +36,6 @@ export interface RunningServer {
   /** Re-reads server.toml and the TLS files (SIGHUP). */
   reload(): Promise<void>;
   stop(): Promise<void>;
-}
-
-/** The server certificate for a config: the configured files, or the generated pair in state_dir. */
-export function certFor(config: ServerConfig): Promise<ServerCertificate> {
-  return ensureServerCertificate({
-    stateDir: config.stateDir,
-    host: new URL(config.publicUrl).hostname.replace(/^\[|\]$/g, ""),
-    certPath: config.tlsCert,
-    keyPath: config.tlsKey,
-  });
 }
 
 /**

@@ -7,7 +7,7 @@ import { parseCidr } from "../../../src/lib/ip.ts";
 import { certificatePin } from "../../../src/lib/tls.ts";
 import { addClient, editClient, listClients, publicUrlProblem, revokeClient, rotateToken } from "../../../src/server/admin.ts";
 import { StateLock } from "../../../src/server/lock.ts";
-import { openCore, openLookup } from "../../../src/server/server.ts";
+import { openCore, openLookup } from "../../../src/server/core.ts";
 import { StateStore } from "../../../src/server/state.ts";
 import { authenticate } from "../../../src/server/tokens.ts";
 import { fakePostmap, relayError, removeTempDirs, silenceLogger, tempDir, writeServerConfig } from "../helpers.ts";
