@@ -65,13 +65,6 @@ export class LeaseBook {
     this.index.load(await this.store.allLeases());
   }
 
-  /** Refreshes only these clients' leases in the index (another host changed them). */
-  async refresh(clients: string[]): Promise<void> {
-    const rows = await this.store.leasesOfClients(clients);
-    for (const c of clients) this.index.removeClient(c);
-    for (const r of rows) this.index.put(r);
-  }
-
   /** The ttl in seconds that applies to a client. */
   ttlOf(client: ClientRow): number {
     return client.ttl ?? this.defaultTtl();
