@@ -1,7 +1,6 @@
 import { loadServerConfig, MIN_IPV6_PREFIX, validateName, type ServerConfig } from "../lib/config.ts";
 import { checkDuration, formatDuration } from "../lib/duration.ts";
 import { ExitCode, formatError, RelayError, usageError } from "../lib/errors.ts";
-import { pgTarget } from "./stores/postgres.ts";
 import { parseCidr, parseIp } from "../lib/ip.ts";
 import { leaseNetwork } from "./service.ts";
 import { certificateExpiry, certificatePin } from "../lib/tls.ts";
@@ -18,7 +17,7 @@ import { mapDbSuffix } from "./postfix.ts";
 import type { AuditRow, ClientRow, LeaseRow } from "./state.ts";
 import { systemClock } from "./leases.ts";
 import type { Store, StoreTx } from "./stores/index.ts";
-import { openStore } from "./stores/open.ts";
+import { openStore, storeKindOf } from "./stores/open.ts";
 import { newToken } from "./tokens.ts";
 
 /** A client with its leases, as `server list` shows it. */
@@ -348,6 +347,7 @@ export async function serverStatus(opts: { configPath?: string }): Promise<Statu
   }
   const live = rows.filter((l) => l.expires_at > now).length;
   const healthy = running && stateError === null && (status?.degraded.length ?? 0) === 0 && (map?.frozen.entries ?? 0) === 0;
-  const state = config.database === undefined ? { kind: "sqlite" as const, where: config.stateDir } : { kind: "postgres" as const, where: pgTarget(config.database).shown };
+  const kind = storeKindOf(config);
+  const state = { kind: kind.name, where: kind.where(config) };
   return { running, healthy, state, state_error: stateError, public_url: config.publicUrl, cert, lookup: config.lookup, map, policy, clients: counts.clients, leases: live, status };
 }

@@ -122,7 +122,7 @@ class Assembled implements Skeleton {
       metricsAllow: () => core.config.metricsAllow,
       // From memory: a scrape never costs a database query.
       renderMetrics: () =>
-        metrics.render({ leases: leases.index.liveCount(clock.now()), clients: this.follower.clients, degraded: this.degraded().length > 0, mapEntries: lookup.status().entries }),
+        metrics.render({ leases: leases.index.liveCount(clock.now()), clients: this.follower.clients, degraded: this.degraded().length > 0, lookupEntries: lookup.status().entries }),
     });
   }
 
@@ -144,7 +144,7 @@ class Assembled implements Skeleton {
       cert_path: l.cert.certPath,
       cert_expires_at: certificateExpiry(l.cert.certPem).toISOString(),
       lookup: this.lookup.status(),
-      map: this.lookup.type.name === "map" ? this.lookup.status() : undefined,
+      ...(this.lookup.type.statusAlias && { [this.lookup.type.statusAlias]: this.lookup.status() }),
       degraded: this.degraded(),
       reloaded_at: this.reloadedAt,
     };

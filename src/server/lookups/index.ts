@@ -51,12 +51,10 @@ export interface LookupType {
   name: LookupName;
   /** Matches an IPv6 prefix shorter than /128 exactly. */
   prefixes: boolean;
-  /** Needs postmap to publish. */
-  postmap: boolean;
   /** Keeps answering from a file while the server is down, so `server sweep` must expire for it. */
   outlivesServer: boolean;
-  /** The main.cf line that hooks this lookup into Postfix. */
-  hook(config: ServerConfig, mapType?: string): string;
+  /** The status.json key its facts also had before `lookup` (scripts read status.map), kept until the next release. */
+  statusAlias?: "map";
   /** Why this lookup cannot hold the network exactly (so the lease must be refused), or null. */
   refuses(net: Cidr): string | null;
   open(ctx: LookupContext): Promise<Lookup>;

@@ -394,9 +394,8 @@ async function openMap(ctx: LookupContext): Promise<MapLookup> {
 export const mapLookupType: LookupType = {
   name: "map",
   prefixes: false,
-  postmap: true,
   outlivesServer: true,
-  hook: (config, mapType) => `postconf -e "mynetworks = $(postconf -h mynetworks) ${mapType ?? "hash"}:${config.map}" && postfix reload`,
+  statusAlias: "map",
   refuses: mapRefuses,
   open: openMap,
 };

@@ -1,4 +1,3 @@
-import type { ServerConfig } from "../../lib/config.ts";
 import type { Clock } from "../leases.ts";
 import type { AuditRow, Checked, ClientRow, LeaseRow } from "../state.ts";
 
@@ -97,9 +96,4 @@ export class StoreUnavailable extends Error {
 /** A clock that follows the store's: the base clock plus the store's skew. */
 export function storeClock(base: Clock, store: Store): Clock {
   return { now: () => Math.floor(base.now() + store.skew()) };
-}
-
-/** True when a server config puts state in PostgreSQL rather than SQLite. */
-export function sharedDatabase(config: ServerConfig): boolean {
-  return config.database !== undefined;
 }

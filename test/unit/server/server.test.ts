@@ -60,6 +60,15 @@ describe("GET /metrics", () => {
   });
 });
 
+describe("GET /metrics names", () => {
+  test("the lookup's entries under the lookup-neutral name, and under the old map name until the next release", async () => {
+    const text = await scrape();
+    const entries = server.lookup.status().entries;
+    expect(text).toContain(`relayctl_lookup_entries ${entries}\n`);
+    expect(text).toContain(`relayctl_map_entries ${entries}\n`);
+  });
+});
+
 describe("the listen port", () => {
   test("held by another listener, even one that shares ports: the server refuses at once, naming it, touching nothing", async () => {
     // What another relayctl server (another state_dir) looks like: SO_REUSEPORT set.
