@@ -2,7 +2,8 @@ import type { ServerConfig } from "../../lib/config.ts";
 import type { Cidr } from "../../lib/ip.ts";
 import type { Clock } from "../leases.ts";
 import type { LiveIndex } from "../live.ts";
-import { mapLookupType } from "./map.ts";
+import type { LeaseRow } from "../state.ts";
+import { mapLookupType, type Frozen } from "./map.ts";
 import { policyLookupType } from "./policy.ts";
 
 /** The names server.toml's `lookup` accepts. */
@@ -43,6 +44,14 @@ export interface Lookup {
   close(): Promise<void>;
 }
 
+/** What `server status` shows of what Postfix reads right now, under the lookup's own key. */
+export interface InstalledView {
+  /** The map Postfix reads, read from its database, with entries no live lease backs. */
+  map?: { path: string; type: string; entries: number; frozen: Frozen };
+  /** The policy socket. */
+  policy?: { socket: string; listening: boolean };
+}
+
 /**
  * One row per lookup type, as Postfix's dict_open.c keeps one row per table
  * type: what a lookup can do is a column here, not an `if` in its callers.
@@ -58,6 +67,8 @@ export interface LookupType {
   /** Why this lookup cannot hold the network exactly (so the lease must be refused), or null. */
   refuses(net: Cidr): string | null;
   open(ctx: LookupContext): Promise<Lookup>;
+  /** What Postfix reads right now, looked at from outside the server (`server status`), given the leases in state. */
+  installed(config: ServerConfig, state: { leases: readonly LeaseRow[]; now: number; running: boolean }): Promise<InstalledView>;
 }
 
 /** Every lookup type by name. */

@@ -221,4 +221,5 @@ export const policyLookupType: LookupType = {
     lookup.listen();
     return lookup;
   },
+  installed: async (config, state) => ({ policy: { socket: config.policySocket, listening: state.running && existsSync(config.policySocket) } }),
 };
