@@ -7,7 +7,7 @@ import { usageError } from "../lib/errors.ts";
 import { apiError, createApi } from "../lib/http.ts";
 import { certificateExpiry, certificatePin, keyMatchesCertificate } from "../lib/tls.ts";
 import { StateLock } from "../server/lock.ts";
-import { peekLeases } from "../server/stores/open.ts";
+import { peekLeases, storeKindOf } from "../server/stores/open.ts";
 import { findPostfixTool, mapDbSuffix, runTool } from "../server/postfix.ts";
 import { fail, pass, shellQuote, warn, type CheckResult } from "./checks.ts";
 import { accessProblem, currentUser, lookupUser, type Principal } from "./files.ts";
@@ -91,7 +91,7 @@ export function configCheck(path: string): CheckResult {
 
 /** Verdict on `server.database`: with shared state, the database answers and holds relayctl's schema. */
 async function databaseCheck(ctx: Ctx): Promise<CheckResult[]> {
-  if (ctx.config.database === undefined) return [];
+  if (!storeKindOf(ctx.config).shared) return [];
   const { rows, error } = await leasesOf(ctx);
   if (error) {
     return [fail("server.database", `the shared database cannot be read: ${error}`, "check that PostgreSQL runs and the database line in server.toml; the server creates the schema when it first starts")];

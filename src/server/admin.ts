@@ -1,25 +1,21 @@
 import { loadServerConfig, MIN_IPV6_PREFIX, validateName, type ServerConfig } from "../lib/config.ts";
 import { checkDuration, formatDuration } from "../lib/duration.ts";
 import { ExitCode, formatError, RelayError, usageError } from "../lib/errors.ts";
-import { pgTarget } from "./stores/postgres.ts";
 import { parseCidr, parseIp } from "../lib/ip.ts";
 import { leaseNetwork } from "./service.ts";
 import { certificateExpiry, certificatePin } from "../lib/tls.ts";
-import { existsSync, readFileSync, statSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { LeaseBook, leaseText } from "./leases.ts";
 import { StateLock } from "./lock.ts";
-import { certFor } from "./server.ts";
+import { certFor } from "./core.ts";
 import { withoutServer } from "./runtime/sweep.ts";
 import { statusPath, type ServerStatus } from "./runtime/status.ts";
-import { lookupTypeOf, type LookupName } from "./lookups/index.ts";
-import { lineFileKeys } from "./lookups/linefile.ts";
-import { frozenEntries, installedKeys, resolveMap, type Frozen } from "./lookups/map.ts";
-import { mapDbSuffix } from "./postfix.ts";
+import { lookupTypeOf, type InstalledView, type LookupName } from "./lookups/index.ts";
 import type { AuditRow, ClientRow, LeaseRow } from "./state.ts";
 import { systemClock } from "./leases.ts";
 import type { Store, StoreTx } from "./stores/index.ts";
-import { openStore } from "./stores/open.ts";
+import { openStore, storeKindOf } from "./stores/open.ts";
 import { newToken } from "./tokens.ts";
 
 /** A client with its leases, as `server list` shows it. */
@@ -302,10 +298,10 @@ export interface StatusView {
   public_url: string;
   cert: { path: string; pin: string; expires_at: string; days_left: number } | null;
   lookup: LookupName;
-  /** The map Postfix reads (lookup = "map"), read from its database, or the line file Exim or OpenSMTPD reads (type "exim" or "opensmtpd"), with entries no live lease backs. */
-  map: { path: string; type: string; entries: number; frozen: Frozen } | null;
+  /** The map Postfix reads (lookup = "map"), read from its database, with entries no live lease backs. */
+  map: NonNullable<InstalledView["map"]> | null;
   /** The policy socket (lookup = "policy"). */
-  policy: { socket: string; listening: boolean } | null;
+  policy: NonNullable<InstalledView["policy"]> | null;
   clients: number;
   leases: number;
   /** Where state lives: "sqlite" in state_dir, or the shared PostgreSQL database (URL without password). */
@@ -335,25 +331,12 @@ export async function serverStatus(opts: { configPath?: string }): Promise<Statu
     stateError = formatError(err);
     return { counts: { clients: 0, leases: 0 }, rows: [] as LeaseRow[] };
   });
-  let map: StatusView["map"] = null;
-  let policy: StatusView["policy"] = null;
-  if (config.lookup === "map") {
-    const m = await resolveMap(config).catch(() => null);
-    const type = m?.type ?? config.mapType ?? "hash";
-    const keys = m ? await installedKeys(m) : null;
-    const dbPath = config.map + mapDbSuffix(type);
-    const installedAt = existsSync(dbPath) ? statSync(dbPath).mtimeMs : now;
-    map = { path: config.map, type, entries: keys?.length ?? 0, frozen: frozenEntries(keys ?? [], rows, now, installedAt) };
-  } else if (lookupTypeOf(config).file) {
-    // A line file (Exim, OpenSMTPD) is reported as the map is: the file the MTA reads, and what in it no live lease backs.
-    const path = lookupTypeOf(config).file!(config);
-    const keys = existsSync(path) ? lineFileKeys(readFileSync(path, "utf8")) : [];
-    map = { path, type: config.lookup, entries: keys.length, frozen: frozenEntries(keys, rows, now, existsSync(path) ? statSync(path).mtimeMs : now) };
-  } else {
-    policy = { socket: config.policySocket, listening: running && existsSync(config.policySocket) };
-  }
+  const installed = await lookupTypeOf(config).installed(config, { leases: rows, now, running });
+  const map = installed.map ?? null;
+  const policy = installed.policy ?? null;
   const live = rows.filter((l) => l.expires_at > now).length;
   const healthy = running && stateError === null && (status?.degraded.length ?? 0) === 0 && (map?.frozen.entries ?? 0) === 0;
-  const state = config.database === undefined ? { kind: "sqlite" as const, where: config.stateDir } : { kind: "postgres" as const, where: pgTarget(config.database).shown };
+  const kind = storeKindOf(config);
+  const state = { kind: kind.name, where: kind.where(config) };
   return { running, healthy, state, state_error: stateError, public_url: config.publicUrl, cert, lookup: config.lookup, map, policy, clients: counts.clients, leases: live, status };
 }

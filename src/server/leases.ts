@@ -41,7 +41,7 @@ export interface RenewResult {
   event: RenewEvent;
   lease: LeaseRow;
   replaced?: string;
-  mapChanged: boolean;
+  lookupChanged: boolean;
 }
 
 export { leaseText } from "./live.ts";
@@ -63,13 +63,6 @@ export class LeaseBook {
   /** Reloads the index from state: at start, and when another process (an admin command) committed. */
   async reload(): Promise<void> {
     this.index.load(await this.store.allLeases());
-  }
-
-  /** Refreshes only these clients' leases in the index (another host changed them). */
-  async refresh(clients: string[]): Promise<void> {
-    const rows = await this.store.leasesOfClients(clients);
-    for (const c of clients) this.index.removeClient(c);
-    for (const r of rows) this.index.put(r);
   }
 
   /** The ttl in seconds that applies to a client. */
@@ -101,7 +94,7 @@ export class LeaseBook {
     // Most renewals keep their address: one statement, no read, no audit, no
     // lookup change, and only while the client's row is as it was checked.
     const extended = await t.extendLease(checked, req.net.family, leaseText(req.net), now, now + this.ttlOf(checked) * 1000);
-    if (extended) return { event: "renew", lease: extended, mapChanged: false };
+    if (extended) return { event: "renew", lease: extended, lookupChanged: false };
     // The row as the transaction sees it decides: a server edit committed
     // since the request was checked (narrower allow list, shorter ttl) wins.
     const client = await t.lockClient(checked.name);
@@ -125,7 +118,7 @@ export class LeaseBook {
     // audit row: 10,000 clients renewing every 4 minutes would add 220 MB a day.
     if (event !== "renew") await t.audit({ ts: now, event, client: lease.client, ip: text, source, detail: event === "replace" ? `was ${old!.ip}` : null });
     // Only a new or different address can change the lookup.
-    return { event, lease, replaced: event === "replace" ? old!.ip : undefined, mapChanged: event !== "renew" };
+    return { event, lease, replaced: event === "replace" ? old!.ip : undefined, lookupChanged: event !== "renew" };
   }
 
   /** Drops the client's lease of one family, or every lease it holds. */

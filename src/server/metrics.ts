@@ -31,15 +31,17 @@ export class Metrics {
   }
 
   /** Renders every metric; gauges come from the caller since they live in state. */
-  render(gauges: { leases: number; clients: number; degraded: boolean; mapEntries: number }): string {
+  render(gauges: { leases: number; clients: number; degraded: boolean; lookupEntries: number }): string {
     const out: string[] = [];
     const metric = (name: string, type: string, help: string, lines: string[]): void => {
       out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`, ...lines);
     };
     metric("relayctl_leases_active", "gauge", "Leases currently live.", [`relayctl_leases_active ${gauges.leases}`]);
     metric("relayctl_clients", "gauge", "Enrolled clients.", [`relayctl_clients ${gauges.clients}`]);
-    metric("relayctl_map_entries", "gauge", "Addresses in the Postfix map.", [`relayctl_map_entries ${gauges.mapEntries}`]);
-    metric("relayctl_degraded", "gauge", "1 when the map could not be updated.", [`relayctl_degraded ${gauges.degraded ? 1 : 0}`]);
+    metric("relayctl_lookup_entries", "gauge", "Networks Postfix relays for, as the lookup (map or policy) last published them.", [`relayctl_lookup_entries ${gauges.lookupEntries}`]);
+    // The first name of relayctl_lookup_entries, kept for dashboards until the next release.
+    metric("relayctl_map_entries", "gauge", "Deprecated alias of relayctl_lookup_entries.", [`relayctl_map_entries ${gauges.lookupEntries}`]);
+    metric("relayctl_degraded", "gauge", "1 when the lookup or the state is degraded (see /healthz).", [`relayctl_degraded ${gauges.degraded ? 1 : 0}`]);
     const events = ["grant", "renew", "replace", "release", "expire", "revoke"];
     metric("relayctl_lease_events_total", "counter", "Lease events since start.", events.map((e) => `relayctl_lease_events_total{event="${e}"} ${this.events.get(e) ?? 0}`));
     metric("relayctl_refusals_total", "counter", "Refused requests since start, by reason.", [...this.refusals].sort().map(([r, n]) => `relayctl_refusals_total{reason="${r}"} ${n}`));

@@ -223,7 +223,7 @@ export class LeaseService {
       if (r.event !== "renew") log.info(`${r.event}: ${client.name} ${r.lease.ip}${r.replaced ? ` (was ${r.replaced})` : ""}`);
     }
     // A plain renewal leaves the lookup alone unless an earlier publication failed.
-    if (results.some((r) => r.mapChanged) || this.d.lookup.problems().length) await this.publish();
+    if (results.some((r) => r.lookupChanged) || this.d.lookup.problems().length) await this.publish();
     // The ttl the lease was given, which an edit committed meanwhile may have changed.
     return results.map((r) => ({ client: client.name, event: r.event, lease: r.lease, replaced: r.replaced, ttl: Math.round((r.lease.expires_at - r.lease.renewed_at) / 1000) }));
   }

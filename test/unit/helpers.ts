@@ -8,15 +8,17 @@ import { join } from "node:path";
 import { RelayError } from "../../src/lib/errors.ts";
 import { log } from "../../src/lib/logging.ts";
 import type { ServerConfig } from "../../src/lib/config.ts";
-import { dispatcher, routes, type Route } from "../../src/server/doors/routes.ts";
-import { LeaseBook, type Clock } from "../../src/server/leases.ts";
-import { MapLookup, MapWriter } from "../../src/server/lookups/map.ts";
-import { Metrics } from "../../src/server/metrics.ts";
-import { RefusalLog } from "../../src/server/refusals.ts";
-import { LeaseService } from "../../src/server/service.ts";
+import { assemble } from "../../src/server/assemble.ts";
+import { dispatcher } from "../../src/server/doors/routes.ts";
+import type { Clock, LeaseBook } from "../../src/server/leases.ts";
+import type { MapLookup, MapWriter } from "../../src/server/lookups/map.ts";
+import type { Metrics } from "../../src/server/metrics.ts";
+import type { RefusalLog } from "../../src/server/refusals.ts";
+import type { Timers } from "../../src/server/runtime/timers.ts";
+import type { LeaseService } from "../../src/server/service.ts";
 import { StateStore } from "../../src/server/state.ts";
 import { SqliteStore } from "../../src/server/stores/sqlite.ts";
-import { AuthThrottle, RenewalLimiter } from "../../src/server/throttle.ts";
+import { AuthThrottle, type RenewalLimiter } from "../../src/server/throttle.ts";
 
 const made: string[] = [];
 process.once("exit", () => removeTempDirs());
@@ -50,6 +52,41 @@ export class FakeClock implements Clock {
     this.t += ms;
   }
 }
+
+/** One-shot timers on a FakeClock: advance() moves the clock and fires what fell due, in order. */
+export class FakeTimers implements Timers {
+  private next = 1;
+  readonly pending = new Map<number, { fn: () => void; at: number }>();
+  constructor(private readonly clock: FakeClock) {}
+  set(fn: () => void, ms: number): unknown {
+    const id = this.next++;
+    this.pending.set(id, { fn, at: this.clock.now() + ms });
+    return id;
+  }
+  clear(handle: unknown): void {
+    this.pending.delete(handle as number);
+  }
+  /** Delays (from now) of the timers waiting. */
+  delays(): number[] {
+    return [...this.pending.values()].map((t) => t.at - this.clock.now());
+  }
+  /** Moves the clock by ms, firing each timer that falls due on the way and letting its promises settle. */
+  async advance(ms: number): Promise<void> {
+    const end = this.clock.now() + ms;
+    for (;;) {
+      const due = [...this.pending].filter(([, t]) => t.at <= end).sort((a, b) => a[1].at - b[1].at)[0];
+      if (!due) break;
+      this.pending.delete(due[0]);
+      this.clock.t = Math.max(this.clock.t, due[1].at);
+      due[1].fn();
+      await settle();
+    }
+    this.clock.t = end;
+  }
+}
+
+/** Lets promise callbacks run. */
+export const settle = (): Promise<void> => new Promise((r) => setImmediate(r));
 
 /** A controllable stand-in for postmap, living in its own directory. */
 export interface FakePostmap {
@@ -224,7 +261,7 @@ export async function relayError(fn: () => unknown): Promise<RelayError> {
   throw new Error("expected a RelayError, but nothing was thrown");
 }
 
-/** Everything a lease-service test needs, wired as the running server wires it (map lookup, fake postmap). */
+/** Everything a lease-service test needs, from the server's own assemble() with a fake clock and timers. */
 export interface TestService {
   service: LeaseService;
   store: StateStore;
@@ -239,23 +276,25 @@ export interface TestService {
   /** The live configuration: change trustedProxies, metricsAllow or ipv6Prefix in place. */
   config: ServerConfig;
   mapPath: string;
+  /** The timers the runtime parts use (retries, expiry, status): they fire only when advanced. */
+  timers: FakeTimers;
   /** The HTTPS routes as Bun.serve would dispatch them. */
   dispatch: (req: Request, server: Server<unknown>) => Promise<Response>;
 }
 
 /**
- * A LeaseService over a state in dir, a MapLookup whose MapWriter runs a fake
- * postmap, and the routes of the HTTPS listener. Throttling and renewal
- * limits are off unless given (they have their own tests).
+ * The server as assemble() wires it, over a state in dir and a map lookup
+ * whose postmap is fake; nothing started (no listener, no initial
+ * publication). Throttling and renewal limits are off unless given (they
+ * have their own tests).
  */
-export function testService(
+export async function testService(
   dir: string,
-  clock: Clock,
+  clock: FakeClock,
   opts: { authThrottle?: AuthThrottle; renewals?: RenewalLimiter; ttl?: number; refusalsPerMinute?: number } = {},
-): TestService {
+): Promise<TestService> {
   const store = new StateStore(join(dir, "state"));
   const shared = new SqliteStore(store, clock);
-  const leases = new LeaseBook(shared, () => config.ttl, clock);
   const pm = fakePostmap(dir);
   mkdirSync(join(dir, "postfix"), { recursive: true });
   const mapPath = join(dir, "postfix", "clients");
@@ -281,37 +320,16 @@ export function testService(
     smtpdTable: join(dir, "smtpd", "clients"),
     ipv6Prefix: 128,
   };
-  const metrics = new Metrics();
-  const writer = new MapWriter({
-    path: mapPath,
-    type: "hash",
-    postmap: pm.path,
-    addresses: () => leases.index.liveTexts(clock.now()),
-    onRebuild: (r) => {
-      if (r instanceof Error) metrics.postmapFailures++;
-      else metrics.rebuild(r.ms);
-    },
-  });
-  const lookup = new MapLookup(writer, leases.index, clock);
-  const refusals = new RefusalLog(store, clock, opts.refusalsPerMinute);
-  const renewals = opts.renewals ?? new RenewalLimiter(0);
-  const service = new LeaseService({
-    store: shared,
-    leases,
-    lookup,
+  const timers = new FakeTimers(clock);
+  const s = await assemble(config, {
     clock,
-    metrics,
-    refusals,
+    timers,
+    store: shared,
     authThrottle: opts.authThrottle ?? new AuthThrottle(1_000_000),
-    config: () => config,
-    renewals: () => renewals,
-    publish: () => lookup.publish(),
+    renewals: opts.renewals,
+    refusalsPerMinute: opts.refusalsPerMinute,
   });
-  const table: Record<string, Route> = routes({
-    service,
-    degraded: () => lookup.problems(),
-    metricsAllow: () => config.metricsAllow,
-    renderMetrics: () => metrics.render({ ...store.counts(), degraded: lookup.problems().length > 0, mapEntries: lookup.status().entries }),
-  });
-  return { service, store, shared, leases, writer, lookup, pm, metrics, refusals, config, mapPath, dispatch: dispatcher(table) };
+  const lookup = s.lookup as MapLookup;
+  const { service, metrics, refusals } = s;
+  return { service, store, shared, leases: s.core.leases, writer: lookup.writer, lookup, pm, metrics, refusals, config: s.core.config, mapPath, timers, dispatch: dispatcher(s.routes) };
 }

@@ -2,6 +2,7 @@ import type { Server } from "bun";
 import { cidrContains, parseIp, specialAddressKind, type Cidr, type Ip } from "../../lib/ip.ts";
 import type { LeaseService } from "../service.ts";
 import { errorResponse, HttpError, json, leaseRoute } from "./api.ts";
+import { dyndnsRoute } from "./dyndns2.ts";
 
 /** A route: one path, every method; it answers 405 itself for the ones it does not take. */
 export type Route = (req: Request, server: Server<unknown>) => Response | Promise<Response>;
@@ -15,11 +16,21 @@ export interface RouteContext {
   renderMetrics(): string | Promise<string>;
   /** Networks besides loopback that may read /metrics (SIGHUP may change them). */
   metricsAllow(): Cidr[];
-  /** Routes of other front doors (dyndns2), by path. */
-  extra?: Record<string, Route>;
 }
 
-/** Every path the HTTPS listener serves, for Bun.serve's `routes`. */
+/** A front door: a path and the route that turns its requests into lease service calls. */
+export interface Door {
+  path: string;
+  route(service: LeaseService): Route;
+}
+
+/** Every front door, one row each: a new door is a row here and a file in doors/. */
+export const DOORS: readonly Door[] = [
+  { path: "/v1/lease", route: leaseRoute },
+  { path: "/nic/update", route: dyndnsRoute },
+];
+
+/** Every path the HTTPS listener serves (health, metrics and the DOORS), for Bun.serve's `routes`. */
 export function routes(ctx: RouteContext): Record<string, Route> {
   return {
     "/healthz": (req) => {
@@ -35,8 +46,7 @@ export function routes(ctx: RouteContext): Record<string, Route> {
       if (req.method !== "GET") return errorResponse(new HttpError(405, "method_not_allowed", "use GET", { allow: "GET" }));
       return new Response(await ctx.renderMetrics(), { headers: { "content-type": "text/plain; version=0.0.4", "cache-control": "no-store" } });
     },
-    "/v1/lease": leaseRoute(ctx.service),
-    ...ctx.extra,
+    ...Object.fromEntries(DOORS.map((d) => [d.path, d.route(ctx.service)])),
   };
 }
 

@@ -1,4 +1,3 @@
-import type { ServerConfig } from "../../lib/config.ts";
 import { lineFileRow } from "./linefile.ts";
 
 /**
@@ -10,16 +9,10 @@ export function eximLine(text: string): string {
   return text.includes(":") ? `"${text}"` : text;
 }
 
-/** The ACL statement that admits leased clients; it goes in the RCPT ACL before the relay refusal. */
-export function eximHook(config: ServerConfig): string {
-  return `accept hosts = net-iplsearch;${config.eximHosts}`;
-}
-
 /**
  * The exim row of the lookup table: Exim reads the file afresh for each
  * connection, so an atomic rename is all a change needs (no reload).
  */
 export const eximLookupType = lineFileRow(
   { name: "exim", key: "exim_hosts", example: "/etc/exim4/relayctl/hosts", path: (config) => config.eximHosts, line: eximLine },
-  eximHook,
 );

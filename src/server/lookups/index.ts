@@ -3,7 +3,8 @@ import type { Cidr } from "../../lib/ip.ts";
 import type { Clock } from "../leases.ts";
 import type { LiveIndex } from "../live.ts";
 import { eximLookupType } from "./exim.ts";
-import { mapLookupType } from "./map.ts";
+import type { LeaseRow } from "../state.ts";
+import { mapLookupType, type Frozen } from "./map.ts";
 import { opensmtpdLookupType } from "./opensmtpd.ts";
 import { policyLookupType } from "./policy.ts";
 
@@ -44,6 +45,14 @@ export interface Lookup {
   close(): Promise<void>;
 }
 
+/** What `server status` shows of what Postfix reads right now, under the lookup's own key. */
+export interface InstalledView {
+  /** The file the MTA reads (Postfix's map, read from its database; Exim's or OpenSMTPD's line file), with entries no live lease backs. */
+  map?: { path: string; type: string; entries: number; frozen: Frozen };
+  /** The policy socket. */
+  policy?: { socket: string; listening: boolean };
+}
+
 /**
  * One row per lookup type, as Postfix's dict_open.c keeps one row per table
  * type: what a lookup can do is a column here, not an `if` in its callers.
@@ -52,17 +61,15 @@ export interface LookupType {
   name: LookupName;
   /** Matches an IPv6 prefix shorter than /128 exactly. */
   prefixes: boolean;
-  /** Needs postmap to publish. */
-  postmap: boolean;
   /** Keeps answering from a file while the server is down, so `server sweep` must expire for it. */
   outlivesServer: boolean;
-  /** The line(s) that hook this lookup into the MTA: main.cf for Postfix, the RCPT ACL for Exim, smtpd.conf for OpenSMTPD. */
-  hook(config: ServerConfig, mapType?: string): string;
-  /** The plain file the MTA reads, one lease a line, for lookups that keep one (exim, opensmtpd). */
-  file?: (config: ServerConfig) => string;
+  /** The status.json key its facts also had before `lookup` (scripts read status.map), kept until the next release. */
+  statusAlias?: "map";
   /** Why this lookup cannot hold the network exactly (so the lease must be refused), or null. */
   refuses(net: Cidr): string | null;
   open(ctx: LookupContext): Promise<Lookup>;
+  /** What Postfix reads right now, looked at from outside the server (`server status`), given the leases in state. */
+  installed(config: ServerConfig, state: { leases: readonly LeaseRow[]; now: number; running: boolean }): Promise<InstalledView>;
 }
 
 /** Every lookup type by name. */

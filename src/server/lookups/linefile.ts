@@ -1,12 +1,12 @@
-import { mkdirSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, statSync } from "node:fs";
 import { dirname } from "node:path";
 import type { ServerConfig } from "../../lib/config.ts";
 import { ownerFor, writeFileAtomic } from "../../lib/fsutil.ts";
 import type { LiveIndex } from "../live.ts";
 import type { Clock } from "../leases.ts";
 import { FileLookup, FileWriter, identityOf, lstatOrNull, whatChanged, type Identity, type RebuildInfo } from "./filelookup.ts";
-import type { Lookup, LookupContext, LookupName, LookupStatus, LookupType } from "./index.ts";
-import { assertOurMap, HEAD } from "./map.ts";
+import type { InstalledView, Lookup, LookupContext, LookupName, LookupStatus, LookupType } from "./index.ts";
+import { assertOurMap, frozenEntries, HEAD } from "./map.ts";
 
 /**
  * A "line file" lookup: a plain file with one leased network a line, which
@@ -137,15 +137,13 @@ export class LineFileLookup extends FileLookup<LineFileWriter> {
  * exactly (both MTAs match addresses and CIDR networks as networks), and the
  * file keeps admitting while the server is down, so sweep expires for it.
  */
-export function lineFileRow(spec: LineFileSpec, hook: LookupType["hook"]): LookupType {
+export function lineFileRow(spec: LineFileSpec): LookupType {
   const row: LookupType = {
     name: spec.name,
     prefixes: true,
-    postmap: false,
     outlivesServer: true,
-    hook,
     refuses: () => null,
-    file: spec.path,
+    installed: async (config, state) => installedLineFile(spec.name, spec.path(config), state),
     async open(ctx: LookupContext): Promise<Lookup> {
       const path = spec.path(ctx.config);
       mkdirSync(dirname(path), { recursive: true });
@@ -162,4 +160,11 @@ export function lineFileRow(spec: LineFileSpec, hook: LookupType["hook"]): Looku
     },
   };
   return row;
+}
+
+/** The installed line file, reported under status's `map` key as the map is: its entries, and which of them no live lease backs. */
+function installedLineFile(name: LookupName, path: string, state: { leases: readonly { ip: string; expires_at: number }[]; now: number }): InstalledView {
+  const there = existsSync(path);
+  const keys = there ? lineFileKeys(readFileSync(path, "utf8")) : [];
+  return { map: { path, type: name, entries: keys.length, frozen: frozenEntries(keys, state.leases, state.now, there ? statSync(path).mtimeMs : state.now) } };
 }

@@ -43,5 +43,4 @@ export function smtpctlReload(ctx: LookupContext): () => Promise<void> {
 /** The opensmtpd row of the lookup table: a file: table, reloaded with smtpctl after each rewrite. */
 export const opensmtpdLookupType = lineFileRow(
   { name: "opensmtpd", key: "smtpd_table", example: "/etc/smtpd/relayctl/clients", path: (config) => config.smtpdTable, line: (text) => text, preamble: SMTPD_PREAMBLE, reload: smtpctlReload },
-  smtpdHook,
 );

@@ -204,11 +204,6 @@ export class PolicyLookup implements Lookup {
   }
 }
 
-/** The main.cf line for the policy lookup: after permit_auth_destination, so local mail never waits on relayctl. */
-export function policyHook(config: ServerConfig): string {
-  return `postconf -e 'smtpd_relay_restrictions = permit_mynetworks, permit_sasl_authenticated, permit_auth_destination, check_policy_service { unix:${policySocketName(config)}, timeout=5s }, reject_unauth_destination' && postfix reload`;
-}
-
 /** The socket as Postfix names it: relative to its queue directory when it lies inside it (smtpd may be chrooted there). */
 export function policySocketName(config: ServerConfig, queueDirectory = "/var/spool/postfix"): string {
   const spool = queueDirectory.replace(/\/?$/, "/");
@@ -219,13 +214,12 @@ export function policySocketName(config: ServerConfig, queueDirectory = "/var/sp
 export const policyLookupType: LookupType = {
   name: "policy",
   prefixes: true,
-  postmap: false,
   outlivesServer: false,
-  hook: (config) => policyHook(config),
   refuses: () => null,
   async open(ctx: LookupContext): Promise<Lookup> {
     const lookup = new PolicyLookup(ctx.config.policySocket, policyHandler(ctx.index, ctx.clock), () => ctx.index.liveCount(ctx.clock.now()));
     lookup.listen();
     return lookup;
   },
+  installed: async (config, state) => ({ policy: { socket: config.policySocket, listening: state.running && existsSync(config.policySocket) } }),
 };

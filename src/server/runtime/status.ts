@@ -14,7 +14,7 @@ export interface ServerStatus {
   cert_path: string;
   cert_expires_at: string;
   lookup: LookupStatus;
-  /** The same facts under their first name, for the map lookup (scripts read status.map). */
+  /** The same facts under their first name, for the map lookup (scripts read status.map): the lookup type's statusAlias, until the next release. */
   map?: LookupStatus;
   degraded: string[];
   reloaded_at: string | null;

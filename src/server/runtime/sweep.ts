@@ -1,7 +1,7 @@
 import type { ServerConfig } from "../../lib/config.ts";
 import { log } from "../../lib/logging.ts";
 import { StateLock } from "../lock.ts";
-import { openCore, openLookup, type Core } from "../server.ts";
+import { openCore, openLookup, type Core } from "../core.ts";
 import type { LeaseRow } from "../state.ts";
 
 /**

@@ -1,4 +1,3 @@
-import type { ServerConfig } from "../../lib/config.ts";
 import type { Clock } from "../leases.ts";
 import type { AuditRow, Checked, ClientRow, LeaseRow } from "../state.ts";
 
@@ -44,9 +43,6 @@ export interface StoreTx {
   audit(e: AuditEntry): Promise<void>;
 }
 
-/** What changed in the store behind this process's back: some clients' leases, or possibly anything (null). */
-export type StoreChange = string[] | null;
-
 /**
  * Where clients, leases and the audit log live: SQLite in state_dir (one
  * host) or PostgreSQL (several relay hosts sharing leases).
@@ -62,7 +58,7 @@ export interface Store {
   getClient(name: string): Promise<ClientRow | null>;
   listClients(): Promise<ClientRow[]>;
   allLeases(): Promise<LeaseRow[]>;
-  /** The leases of these clients (a change notice names them). */
+  /** The leases of these clients. */
   leasesOfClients(names: string[]): Promise<LeaseRow[]>;
   auditLog(filter?: { client?: string; since?: number; limit?: number }): Promise<AuditRow[]>;
   counts(): Promise<{ clients: number; leases: number }>;
@@ -72,10 +68,10 @@ export interface Store {
   refusalSink(): { audit(e: AuditEntry): number; setAuditCount(id: number, count: number, detail?: string): void };
   /**
    * Calls onChange when another process (an admin command, another relay
-   * host) committed a change; also now and then with null so nothing stale
-   * survives a lost notice. Returns a stop function.
+   * host) committed a change, naming nothing: the caller reloads all. Also
+   * now and then, so nothing stale survives a lost notice. Returns a stop function.
    */
-  watch(onChange: (change: StoreChange) => void): () => void;
+  watch(onChange: () => void): () => void;
   /** Periodic upkeep while serving (SQLite: fold the WAL). */
   maintain(): void;
   /** Why the store cannot be reached right now; empty when it answers. */
@@ -100,9 +96,4 @@ export class StoreUnavailable extends Error {
 /** A clock that follows the store's: the base clock plus the store's skew. */
 export function storeClock(base: Clock, store: Store): Clock {
   return { now: () => Math.floor(base.now() + store.skew()) };
-}
-
-/** True when a server config puts state in PostgreSQL rather than SQLite. */
-export function sharedDatabase(config: ServerConfig): boolean {
-  return config.database !== undefined;
 }

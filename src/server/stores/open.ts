@@ -3,17 +3,57 @@ import { ExitCode, formatError, RelayError } from "../../lib/errors.ts";
 import { systemClock, type Clock } from "../leases.ts";
 import { readLeases, type LeaseRow } from "../state.ts";
 import type { Store } from "./index.ts";
-import { PgStore } from "./postgres.ts";
+import { pgTarget, PgStore } from "./postgres.ts";
 import { SqliteStore } from "./sqlite.ts";
 
 /**
- * Opens the store a config names: SQLite in state_dir, or the shared
- * PostgreSQL database. `tolerant` (the server): an unreachable database is
- * not fatal, the server starts degraded and catches up. Otherwise (admin
- * commands) it is an error that says what to check.
+ * One row per store kind, as lookups have theirs: what a store can do is a
+ * column here, so nothing outside this table asks which store a config names.
  */
-export async function openStore(config: ServerConfig, clock: Clock, opts: { tolerant?: boolean } = {}): Promise<Store> {
-  if (config.database === undefined) return SqliteStore.open(config.stateDir, clock);
+export interface StoreKind {
+  name: "sqlite" | "postgres";
+  /** Shared by several relay hosts; Postfix can query it directly (`server postfix-pgsql`). */
+  shared: boolean;
+  /** Where the state is, for messages: a directory, or the URL without its password. */
+  where(config: ServerConfig): string;
+  /** Opens it; `tolerant` (the server): an unreachable database is not fatal, the server starts degraded and catches up. */
+  open(config: ServerConfig, clock: Clock, opts: { tolerant?: boolean }): Promise<Store>;
+  /** The leases it holds, read-only (doctor); `error` says why they could not be read. */
+  peek(config: ServerConfig): Promise<{ rows: LeaseRow[]; error: string | null }>;
+}
+
+/** Every store kind by name. */
+export const STORES: Record<StoreKind["name"], StoreKind> = {
+  sqlite: {
+    name: "sqlite",
+    shared: false,
+    where: (config) => config.stateDir,
+    open: async (config, clock) => SqliteStore.open(config.stateDir, clock),
+    peek: async (config) => ({ rows: readLeases(config.stateDir), error: null }),
+  },
+  postgres: {
+    name: "postgres",
+    shared: true,
+    where: (config) => pgTarget(config.database!).shown,
+    open: openPostgres,
+    peek: peekPostgres,
+  },
+};
+
+/** The store kind a config selects: `database` set means the shared PostgreSQL database. */
+export function storeKindOf(config: ServerConfig): StoreKind {
+  return STORES[config.database === undefined ? "sqlite" : "postgres"];
+}
+
+/**
+ * Opens the store a config names. Without `tolerant` (admin commands) an
+ * unreachable database is an error that says what to check.
+ */
+export function openStore(config: ServerConfig, clock: Clock, opts: { tolerant?: boolean } = {}): Promise<Store> {
+  return storeKindOf(config).open(config, clock, opts);
+}
+
+async function openPostgres(config: ServerConfig, clock: Clock, opts: { tolerant?: boolean }): Promise<Store> {
   const store = PgStore.fromConfig(config, clock);
   try {
     await store.ready();
@@ -37,12 +77,12 @@ export function unavailableError(where: string, err: unknown): RelayError {
   });
 }
 
-/**
- * The leases a config's state holds, read-only (doctor): SQLite's state.db,
- * or the shared database; `error` says why the database could not be read.
- */
-export async function peekLeases(config: ServerConfig): Promise<{ rows: LeaseRow[]; error: string | null }> {
-  if (config.database === undefined) return { rows: readLeases(config.stateDir), error: null };
+/** The leases a config's state holds, read-only (doctor). */
+export function peekLeases(config: ServerConfig): Promise<{ rows: LeaseRow[]; error: string | null }> {
+  return storeKindOf(config).peek(config);
+}
+
+async function peekPostgres(config: ServerConfig): Promise<{ rows: LeaseRow[]; error: string | null }> {
   let store: PgStore | undefined;
   try {
     store = PgStore.fromConfig(config, systemClock);

@@ -7,7 +7,7 @@ import { parseCidr } from "../../lib/ip.ts";
 import { log } from "../../lib/logging.ts";
 import { leaseText, type Clock } from "../leases.ts";
 import type { AuditRow, ClientRow, LeaseRow } from "../state.ts";
-import { StoreUnavailable, type AuditEntry, type Store, type StoreChange, type StoreTx } from "./index.ts";
+import { StoreUnavailable, type AuditEntry, type Store, type StoreTx } from "./index.ts";
 
 /**
  * The channel every lease change is announced on. The payload is empty: any
@@ -531,14 +531,14 @@ export class PgStore implements Store {
     };
   }
 
-  watch(onChange: (change: StoreChange) => void): () => void {
+  watch(onChange: () => void): () => void {
     let stopped = false;
     let sub: { unlisten(): Promise<void> } | null = null;
     const subscribe = async (): Promise<void> => {
       try {
         // onlisten runs again after each reconnect: whatever was missed meanwhile is reloaded.
         // A notice names nothing (see CHANNEL): each one means "reload all".
-        sub = await this.sql.listen(CHANNEL, () => onChange(null), () => onChange(null));
+        sub = await this.sql.listen(CHANNEL, () => onChange(), () => onChange());
         if (stopped) void sub.unlisten().catch(() => undefined);
       } catch (err) {
         if (stopped) return;
@@ -548,7 +548,7 @@ export class PgStore implements Store {
     };
     void subscribe();
     // The reload also tells whether the database answers (health) and how far its clock is off.
-    const timer = setInterval(() => onChange(null), RECONCILE_MS);
+    const timer = setInterval(() => onChange(), RECONCILE_MS);
     return () => {
       stopped = true;
       clearInterval(timer);

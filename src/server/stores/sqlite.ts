@@ -1,6 +1,6 @@
 import type { Clock } from "../leases.ts";
 import { StateStore, type ClientRow, type LeaseRow } from "../state.ts";
-import type { AuditEntry, Store, StoreChange, StoreTx } from "./index.ts";
+import type { AuditEntry, Store, StoreTx } from "./index.ts";
 
 /** How often a server looks for commits by other processes (admin commands). */
 const POLL_MS = 250;
@@ -155,14 +155,14 @@ export class SqliteStore implements Store {
     };
   }
 
-  watch(onChange: (change: StoreChange) => void): () => void {
+  watch(onChange: () => void): () => void {
     // data_version moves when another connection commits: an admin command changed state.
     let seen = this.state.dataVersion();
     const timer = setInterval(() => {
       const v = this.state.dataVersion();
       if (v === seen) return;
       seen = v;
-      onChange(null);
+      onChange();
     }, POLL_MS);
     return () => clearInterval(timer);
   }

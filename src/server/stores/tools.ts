@@ -5,7 +5,7 @@ import { ExitCode, RelayError, usageError } from "../../lib/errors.ts";
 import { systemClock } from "../leases.ts";
 import { StateStore } from "../state.ts";
 import { PgStore, pgTarget, readPasswordFile, SCHEMA, type PgTarget } from "./postgres.ts";
-import { unavailableError } from "./open.ts";
+import { storeKindOf, unavailableError } from "./open.ts";
 
 /**
  * The one query Postfix runs: prefix match and expiry in SQL; hostnames and
@@ -41,10 +41,10 @@ export function pgsqlHosts(t: PgTarget, user: string): string {
  * read.
  */
 export function postfixPgsqlFile(config: ServerConfig, opts: { user?: string; path?: string } = {}): string {
-  if (config.database === undefined) {
+  if (!storeKindOf(config).shared) {
     throw usageError(`${config.path}: database is not set, so leases are in SQLite and Postfix cannot query them`, 'set database = "postgres://..." in server.toml first (see relayctl server migrate)');
   }
-  const t = pgTarget(config.database);
+  const t = pgTarget(config.database!);
   const user = opts.user ?? t.username;
   const path = opts.path ?? "/etc/postfix/relayctl-pgsql.cf";
   const regexp = join(dirname(path), "relayctl-exact.regexp");

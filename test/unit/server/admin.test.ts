@@ -5,9 +5,9 @@ import { loadServerConfig } from "../../../src/lib/config.ts";
 import { ExitCode } from "../../../src/lib/errors.ts";
 import { parseCidr } from "../../../src/lib/ip.ts";
 import { certificatePin } from "../../../src/lib/tls.ts";
-import { addClient, editClient, listClients, publicUrlProblem, revokeClient, rotateToken } from "../../../src/server/admin.ts";
+import { addClient, editClient, listClients, publicUrlProblem, revokeClient, rotateToken, serverStatus } from "../../../src/server/admin.ts";
 import { StateLock } from "../../../src/server/lock.ts";
-import { openCore, openLookup } from "../../../src/server/server.ts";
+import { openCore, openLookup } from "../../../src/server/core.ts";
 import { StateStore } from "../../../src/server/state.ts";
 import { authenticate } from "../../../src/server/tokens.ts";
 import { fakePostmap, relayError, removeTempDirs, silenceLogger, tempDir, writeServerConfig } from "../helpers.ts";
@@ -373,5 +373,22 @@ describe("editClient", () => {
     expect((await listClients({ configPath: s.configPath }))[0]).toMatchObject({ allow: ["198.51.100.0/24"], ttl: 1200 });
     expect(lastAudit(s.stateDir)!.event).not.toBe("edit");
     expect(StateLock.isHeld(s.stateDir)).toBe(false);
+  });
+});
+
+describe("serverStatus", () => {
+  test("what Postfix reads comes from the lookup's row, under its own key: the map's entries, or the policy socket", async () => {
+    const dir = tempDir();
+    const pm = fakePostmap(dir);
+    const asMap = await serverStatus({ configPath: writeServerConfig(dir, { postmap: pm.path }) });
+    expect(asMap.lookup).toBe("map");
+    expect(asMap.map).toMatchObject({ path: join(dir, "postfix", "clients"), type: "hash", frozen: { entries: 0, since: null } });
+    expect(asMap.policy).toBeNull();
+    const other = tempDir();
+    const socket = join(other, "relayctl.sock");
+    const asPolicy = await serverStatus({ configPath: writeServerConfig(other, { postmap: pm.path, extra: `lookup = "policy"\npolicy_socket = "${socket}"` }) });
+    expect(asPolicy.lookup).toBe("policy");
+    expect(asPolicy.map).toBeNull();
+    expect(asPolicy.policy).toEqual({ socket, listening: false });
   });
 });

@@ -1,6 +1,6 @@
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { HttpError } from "../../../src/server/doors/api.ts";
-import { answerFor, CHALLENGE, credentialOf, dyndnsRoute, parseMyip, parseUpdate, resultLine } from "../../../src/server/doors/dyndns2.ts";
+import { answerFor, CHALLENGE, credentialOf, parseMyip, parseUpdate, resultLine } from "../../../src/server/doors/dyndns2.ts";
 import { dispatcher } from "../../../src/server/doors/routes.ts";
 import { parseIp } from "../../../src/lib/ip.ts";
 import { LeaseError, type LeaseErrorCode } from "../../../src/server/service.ts";
@@ -131,11 +131,12 @@ describe("GET|POST /nic/update", () => {
   let clock: FakeClock;
   let dispatch: ReturnType<typeof dispatcher>;
 
-  const setUp = (opts: { authThrottle?: AuthThrottle; renewals?: RenewalLimiter } = {}): void => {
+  const setUp = async (opts: { authThrottle?: AuthThrottle; renewals?: RenewalLimiter } = {}): Promise<void> => {
     clock = new FakeClock();
-    t = testService(tempDir("relayctl-dyndns-"), clock, opts);
+    t = await testService(tempDir("relayctl-dyndns-"), clock, opts);
     store = t.store;
-    dispatch = dispatcher({ "/nic/update": dyndnsRoute(t.service) });
+    // The listener's own table: /nic/update is a row of DOORS.
+    dispatch = t.dispatch;
   };
   beforeEach(() => setUp());
   afterEach(() => store.close());
@@ -168,7 +169,7 @@ describe("GET|POST /nic/update", () => {
   });
 
   test("no credentials: 401 with the Basic challenge and badauth, not counted as a failure nor audited", async () => {
-    setUp({ authThrottle: new AuthThrottle(2) });
+    await setUp({ authThrottle: new AuthThrottle(2) });
     const tok = addClient("router");
     for (let i = 0; i < 5; i++) {
       const r = await call("?myip=198.51.100.7");
@@ -254,7 +255,7 @@ describe("GET|POST /nic/update", () => {
   });
 
   test("offline=YES takes a renewal token like an update: a token holder cannot alternate offline and update past the cap", async () => {
-    setUp({ renewals: new RenewalLimiter(2) });
+    await setUp({ renewals: new RenewalLimiter(2) });
     const tok = addClient("router");
     expect((await call("", { token: tok })).status).toBe(200);
     expect(await call("?offline=YES", { token: tok })).toMatchObject({ status: 200, text: "good 198.51.100.7\n" });
@@ -265,7 +266,7 @@ describe("GET|POST /nic/update", () => {
   });
 
   test("v4,v6 takes one renewal token and is applied whole or not at all, also at the cap", async () => {
-    setUp({ renewals: new RenewalLimiter(2) });
+    await setUp({ renewals: new RenewalLimiter(2) });
     const tok = addClient("router", ["198.51.100.0/24", "2001:db8::/32"]);
     expect((await call("?myip=198.51.100.9", { token: tok })).status).toBe(200);
     expect(await call(`?myip=198.51.100.10,${V6}`, { token: tok })).toMatchObject({ status: 200, text: `good 198.51.100.10\ngood ${V6}\n` });
@@ -276,7 +277,7 @@ describe("GET|POST /nic/update", () => {
   });
 
   test("offline=YES with v4,v6 releases both families with one token", async () => {
-    setUp({ renewals: new RenewalLimiter(2) });
+    await setUp({ renewals: new RenewalLimiter(2) });
     const tok = addClient("router", ["198.51.100.0/24", "2001:db8::/32"]);
     expect((await call(`?myip=198.51.100.9,${V6}`, { token: tok })).status).toBe(200);
     expect(await call(`?myip=198.51.100.9,${V6}&offline=YES`, { token: tok })).toMatchObject({ status: 200, text: `good 198.51.100.9\ngood ${V6}\n` });
@@ -284,7 +285,7 @@ describe("GET|POST /nic/update", () => {
   });
 
   test("repeated nochg is never abuse; only the renewal cap refuses, with 503 911 and Retry-After", async () => {
-    setUp({ renewals: new RenewalLimiter(3) });
+    await setUp({ renewals: new RenewalLimiter(3) });
     const tok = addClient("router");
     for (let i = 0; i < 3; i++) expect((await call("", { token: tok })).status).toBe(200);
     const r = await call("", { token: tok });
@@ -293,7 +294,7 @@ describe("GET|POST /nic/update", () => {
   });
 
   test("a source blocked for bad passwords still gets the challenge, and the right password", async () => {
-    setUp({ authThrottle: new AuthThrottle(2) });
+    await setUp({ authThrottle: new AuthThrottle(2) });
     const tok = addClient("router");
     const wrong = newToken().token;
     for (let i = 0; i < 3; i++) await call("", { token: wrong });

@@ -23,7 +23,7 @@ let mapPath: string;
 
 beforeEach(async () => {
   clock = new FakeClock();
-  t = testService(tempDir("relayctl-http-"), clock);
+  t = await testService(tempDir("relayctl-http-"), clock);
   ({ store, leases, writer: map, pm, mapPath } = t);
 });
 afterEach(() => store.close());

@@ -38,7 +38,7 @@ describe("LeaseBook.renew", () => {
     const t0 = clock.now();
     const r = (await book.renew(c, ip("198.51.100.7"), "198.51.100.7"));
     expect(r.event).toBe("grant");
-    expect(r.mapChanged).toBe(true);
+    expect(r.lookupChanged).toBe(true);
     expect(r.replaced).toBeUndefined();
     expect(r.lease).toEqual({ client: "office", family: 4, ip: "198.51.100.7", granted_at: t0, renewed_at: t0, expires_at: t0 + 1200_000, renewals: 0 });
     expect(store.leasesOf("office")).toEqual([r.lease]);
@@ -52,7 +52,7 @@ describe("LeaseBook.renew", () => {
     clock.advance(4 * MIN);
     const r = (await book.renew(c, ip("198.51.100.7"), "src"));
     expect(r.event).toBe("renew");
-    expect(r.mapChanged).toBe(false);
+    expect(r.lookupChanged).toBe(false);
     expect(r.lease.granted_at).toBe(t0);
     expect(r.lease.renewed_at).toBe(t0 + 4 * MIN);
     expect(r.lease.expires_at).toBe(t0 + 4 * MIN + 1200_000);
@@ -66,7 +66,7 @@ describe("LeaseBook.renew", () => {
     const r = (await book.renew(c, ip("203.0.113.9"), "b"));
     expect(r.event).toBe("replace");
     expect(r.replaced).toBe("198.51.100.7");
-    expect(r.mapChanged).toBe(true);
+    expect(r.lookupChanged).toBe(true);
     expect(r.lease.granted_at).toBe(clock.now());
     // No grace period: the old address is gone immediately, not at its old expiry.
     expect(live()).toEqual(["203.0.113.9"]);
@@ -105,7 +105,7 @@ describe("LeaseBook.renew", () => {
     clock.advance(60_000);
     const r = (await book.renew(c, ip("192.0.2.1"), "s"));
     expect(r.event).toBe("grant");
-    expect(r.mapChanged).toBe(true);
+    expect(r.lookupChanged).toBe(true);
     expect(r.lease.granted_at).toBe(clock.now());
     expect(store.leasesOf("office")).toHaveLength(1);
   });

@@ -3,7 +3,7 @@ import { mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync }
 import { join } from "node:path";
 import { loadServerConfig } from "../../../src/lib/config.ts";
 import { parseCidr } from "../../../src/lib/ip.ts";
-import { eximHook, eximLine, eximLookupType } from "../../../src/server/lookups/exim.ts";
+import { eximLine, eximLookupType } from "../../../src/server/lookups/exim.ts";
 import { LOOKUPS } from "../../../src/server/lookups/index.ts";
 import { LineFileLookup, LineFileWriter, renderLines } from "../../../src/server/lookups/linefile.ts";
 import { MAP_HEADER } from "../../../src/server/lookups/map.ts";
@@ -33,12 +33,11 @@ describe("line formats", () => {
     expect(entries(renderLines([], (t) => t, SMTPD_PREAMBLE))).toEqual(["0.0.0.0"]);
   });
 
-  test("hooks: the ACL statement and the smtpd.conf lines name the configured file", () => {
+  test("hook: the smtpd.conf lines name the configured file", () => {
     const dir = tempDir();
     const path = join(dir, "server.toml");
     writeFileSync(path, 'lookup = "exim"\nexim_hosts = "/etc/exim4/x/hosts"\nsmtpd_table = "/etc/smtpd/x/clients"\n');
     const config = loadServerConfig(path);
-    expect(eximHook(config)).toBe("accept hosts = net-iplsearch;/etc/exim4/x/hosts");
     expect(smtpdHook(config)).toBe('table relayctl file:/etc/smtpd/x/clients\nmatch from src <relayctl> for any action "relay"');
   });
 
@@ -46,7 +45,6 @@ describe("line formats", () => {
     for (const row of [LOOKUPS.exim, LOOKUPS.opensmtpd]) {
       expect(row.prefixes).toBe(true);
       expect(row.outlivesServer).toBe(true);
-      expect(row.postmap).toBe(false);
       for (const net of ["192.0.2.1", "2001:db8::1", "2001:db8:1:2::/64"]) expect(row.refuses(parseCidr(net)!)).toBeNull();
     }
     expect(LOOKUPS.exim).toBe(eximLookupType);

@@ -9,46 +9,12 @@ import { LeaseBook } from "../../../src/server/leases.ts";
 import { Metrics } from "../../../src/server/metrics.ts";
 import { ExpiryTimer, MAX_TIMER_MS } from "../../../src/server/runtime/expiry.ts";
 import { Retrier } from "../../../src/server/runtime/retry.ts";
-import type { Timers } from "../../../src/server/runtime/timers.ts";
 import { StateStore, type ClientRow } from "../../../src/server/state.ts";
-import { FakeClock, removeTempDirs, silenceLogger, tempDir } from "../helpers.ts";
+import { FakeClock, FakeTimers, removeTempDirs, silenceLogger, tempDir } from "../helpers.ts";
 
 beforeAll(silenceLogger);
 afterAll(removeTempDirs);
 
-/** One-shot timers on a FakeClock: advance() moves the clock and fires what fell due, in order. */
-class FakeTimers implements Timers {
-  private next = 1;
-  readonly pending = new Map<number, { fn: () => void; at: number }>();
-  constructor(private readonly clock: FakeClock) {}
-  set(fn: () => void, ms: number): unknown {
-    const id = this.next++;
-    this.pending.set(id, { fn, at: this.clock.now() + ms });
-    return id;
-  }
-  clear(handle: unknown): void {
-    this.pending.delete(handle as number);
-  }
-  /** Delays (from now) of the timers waiting. */
-  delays(): number[] {
-    return [...this.pending.values()].map((t) => t.at - this.clock.now());
-  }
-  async advance(ms: number): Promise<void> {
-    const end = this.clock.now() + ms;
-    for (;;) {
-      const due = [...this.pending].filter(([, t]) => t.at <= end).sort((a, b) => a[1].at - b[1].at)[0];
-      if (!due) break;
-      this.pending.delete(due[0]);
-      this.clock.t = Math.max(this.clock.t, due[1].at);
-      due[1].fn();
-      await settle();
-    }
-    this.clock.t = end;
-  }
-}
-
-/** Lets promise callbacks run. */
-const settle = (): Promise<void> => new Promise((r) => setImmediate(r));
 
 describe("Retrier", () => {
   let clock: FakeClock;

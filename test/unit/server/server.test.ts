@@ -6,9 +6,11 @@ import { ExitCode } from "../../../src/lib/errors.ts";
 import { addClient } from "../../../src/server/admin.ts";
 import { StateLock } from "../../../src/server/lock.ts";
 import { startServer, type RunningServer } from "../../../src/server/server.ts";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
+import { STATUS_DELAY_MS } from "../../../src/server/runtime/publisher.ts";
+import { statusPath } from "../../../src/server/runtime/status.ts";
 import { join } from "node:path";
-import { fakePostmap, relayError, removeTempDirs, silenceLogger, tempDir, writeServerConfig } from "../helpers.ts";
+import { FakeClock, FakeTimers, fakePostmap, relayError, removeTempDirs, silenceLogger, tempDir, writeServerConfig } from "../helpers.ts";
 
 let server: RunningServer;
 let configPath: string;
@@ -58,6 +60,15 @@ describe("GET /metrics", () => {
   });
 });
 
+describe("GET /metrics names", () => {
+  test("the lookup's entries under the lookup-neutral name, and under the old map name until the next release", async () => {
+    const text = await scrape();
+    const entries = server.lookup.status().entries;
+    expect(text).toContain(`relayctl_lookup_entries ${entries}\n`);
+    expect(text).toContain(`relayctl_map_entries ${entries}\n`);
+  });
+});
+
 describe("the listen port", () => {
   test("held by another listener, even one that shares ports: the server refuses at once, naming it, touching nothing", async () => {
     // What another relayctl server (another state_dir) looks like: SO_REUSEPORT set.
@@ -72,6 +83,39 @@ describe("the listen port", () => {
       expect(existsSync(join(dir, "postfix", "clients"))).toBe(false);
     } finally {
       other.stop(true);
+    }
+  });
+});
+
+describe("status.json", () => {
+  test("a renewal's answer does not wait for status.json: it is written STATUS_DELAY_MS later, once for many changes", async () => {
+    const dir = tempDir("relayctl-server-");
+    const path = writeServerConfig(dir, { postmap: fakePostmap(dir).path });
+    const config = { ...loadServerConfig(path), listen: { host: "127.0.0.1", port: 0 } };
+    const timers = new FakeTimers(new FakeClock());
+    const s = await startServer({ config, timers });
+    try {
+      const status = (): { lookup: { rebuilds: number } } => JSON.parse(readFileSync(statusPath(config.stateDir), "utf8"));
+      const before = status().lookup.rebuilds;
+      const added = await addClient({ configPath: path, name: "laptop", allow: ["192.0.2.0/24"] });
+      const renew = (ip: string): Promise<Response> =>
+        fetch(`https://127.0.0.1:${s.port}/v1/lease`, {
+          method: "POST",
+          headers: { authorization: `Bearer ${added.token}`, "content-type": "application/json" },
+          body: JSON.stringify({ ip }),
+          tls: { rejectUnauthorized: false },
+        } as RequestInit);
+      expect((await renew("192.0.2.7")).status).toBe(200);
+      expect((await renew("192.0.2.8")).status).toBe(200);
+      expect(s.lookup.status().entries).toBe(1);
+      expect(timers.delays()).toContain(STATUS_DELAY_MS);
+      // Published, answered, and status.json not yet touched.
+      expect(status().lookup.rebuilds).toBe(before);
+      await timers.advance(STATUS_DELAY_MS);
+      expect(status().lookup.rebuilds).toBe(s.lookup.status().rebuilds as number);
+      expect(status().lookup.rebuilds).toBeGreaterThan(before);
+    } finally {
+      await s.stop();
     }
   });
 });

@@ -144,7 +144,7 @@ describe("LeaseService", () => {
     clock = new FakeClock();
     mono = 0;
     // Blocks after 3 failures in a minute, for 60 s.
-    t = testService(tempDir("relayctl-service-"), clock, { authThrottle: new AuthThrottle(3, 60_000, 60_000, 3_600_000, () => mono), renewals: new RenewalLimiter(2, () => mono) });
+    t = await testService(tempDir("relayctl-service-"), clock, { authThrottle: new AuthThrottle(3, 60_000, 60_000, 3_600_000, () => mono), renewals: new RenewalLimiter(2, () => mono) });
   });
   afterEach(() => t.store.close());
 
@@ -364,7 +364,7 @@ describe("LeaseService", () => {
 describe("an unreachable store", () => {
   test("authenticate, renew and release answer state_unavailable (503, retry later), nothing refused or audited", async () => {
     const clock = new FakeClock();
-    const t = testService(tempDir(), clock);
+    const t = await testService(tempDir(), clock);
     const down = () => Promise.reject(new StoreUnavailable("connection refused"));
     const broken = { ...t.shared, getClientByTokenId: down, tx: down, leasesOfClients: down } as unknown as typeof t.shared;
     const service = serviceWith(t, clock, { store: broken, leases: new LeaseBook(broken, () => 1200, clock) });
