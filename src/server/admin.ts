@@ -16,7 +16,7 @@ import { lookupTypeOf, type LookupName } from "./lookups/index.ts";
 import { frozenEntries, installedKeys, resolveMap, type Frozen } from "./lookups/map.ts";
 import { mapDbSuffix } from "./postfix.ts";
 import type { AuditRow, ClientRow, LeaseRow } from "./state.ts";
-import { systemClock } from "./leases.ts";
+import { systemClock } from "../lib/clock.ts";
 import type { Store, StoreTx } from "./stores/index.ts";
 import { openStore } from "./stores/open.ts";
 import { newToken } from "./tokens.ts";

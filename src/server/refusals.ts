@@ -1,6 +1,6 @@
 import type { Ip } from "../lib/ip.ts";
 import { log } from "../lib/logging.ts";
-import type { Clock } from "./leases.ts";
+import type { Clock } from "../lib/clock.ts";
 import type { AuditEntry } from "./stores/index.ts";
 
 /** Where refusal rows are written: ids come back at once so a burst's count can be raised later. */

@@ -6,7 +6,8 @@ import { certificateExpiry, certificatePin, ensureServerCertificate, type Server
 import { MAX_BODY } from "./doors/api.ts";
 import { dyndnsRoute } from "./doors/dyndns2.ts";
 import { dispatcher, routes, type Route } from "./doors/routes.ts";
-import { LeaseBook, monotonicWallClock, systemClock, type Clock } from "./leases.ts";
+import { monotonicWallClock, systemClock, type Clock } from "../lib/clock.ts";
+import { LeaseBook } from "./leases.ts";
 import { StateLock } from "./lock.ts";
 import { lookupTypeOf, type Lookup, type LookupType } from "./lookups/index.ts";
 import { Metrics } from "./metrics.ts";

@@ -1,6 +1,6 @@
 import type { ServerConfig } from "../../lib/config.ts";
 import type { Cidr } from "../../lib/ip.ts";
-import type { Clock } from "../leases.ts";
+import type { Clock } from "../../lib/clock.ts";
 import type { LiveIndex } from "../live.ts";
 import { mapLookupType } from "./map.ts";
 import { policyLookupType } from "./policy.ts";

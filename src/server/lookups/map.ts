@@ -6,7 +6,7 @@ import { createFile, fsyncDir, handOver, ownerFor, privateDir } from "../../lib/
 import { parseIp, type Cidr } from "../../lib/ip.ts";
 import { log } from "../../lib/logging.ts";
 import { leaseText, type LiveIndex } from "../live.ts";
-import type { Clock } from "../leases.ts";
+import type { Clock } from "../../lib/clock.ts";
 import { defaultMapType, findPostfixTool, mapDbSuffix, postmapError, requirePostfixTool, runTool } from "../postfix.ts";
 import type { Lookup, LookupContext, LookupStatus, LookupType } from "./index.ts";
 

@@ -1,5 +1,5 @@
 import type { ServerConfig } from "../../lib/config.ts";
-import type { Clock } from "../leases.ts";
+import type { Clock } from "../../lib/clock.ts";
 import type { AuditRow, Checked, ClientRow, LeaseRow } from "../state.ts";
 
 export type { AuditRow, Checked, ClientRow, LeaseRow };

@@ -5,7 +5,8 @@ import { checkDatabaseUrl } from "../../lib/config.ts";
 import { ExitCode, RelayError, usageError } from "../../lib/errors.ts";
 import { parseCidr } from "../../lib/ip.ts";
 import { log } from "../../lib/logging.ts";
-import { leaseText, type Clock } from "../leases.ts";
+import type { Clock } from "../../lib/clock.ts";
+import { leaseText } from "../leases.ts";
 import type { AuditRow, ClientRow, LeaseRow } from "../state.ts";
 import { StoreUnavailable, type AuditEntry, type Store, type StoreChange, type StoreTx } from "./index.ts";
 

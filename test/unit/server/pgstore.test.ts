@@ -5,7 +5,8 @@ import { afterAll, beforeAll, describe, expect, setSystemTime, test } from "bun:
 import { chmodSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseCidr } from "../../../src/lib/ip.ts";
-import { LeaseBook, systemClock } from "../../../src/server/leases.ts";
+import { systemClock } from "../../../src/lib/clock.ts";
+import { LeaseBook } from "../../../src/server/leases.ts";
 import type { ClientRow } from "../../../src/server/state.ts";
 import { StoreUnavailable } from "../../../src/server/stores/index.ts";
 import { CHANNEL, PG_SCHEMA_VERSION, PgStore, pgTarget, readPasswordFile } from "../../../src/server/stores/postgres.ts";
