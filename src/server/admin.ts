@@ -2,12 +2,12 @@ import { loadServerConfig, MIN_IPV6_PREFIX, validateName, type ServerConfig } fr
 import { checkDuration, formatDuration } from "../lib/duration.ts";
 import { ExitCode, formatError, RelayError, usageError } from "../lib/errors.ts";
 import { pgTarget } from "./stores/postgres.ts";
-import { parseCidr, parseIp } from "../lib/ip.ts";
+import { leaseText, parseCidr, parseIp } from "../lib/ip.ts";
 import { leaseNetwork } from "./service.ts";
 import { certificateExpiry, certificatePin } from "../lib/tls.ts";
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { LeaseBook, leaseText } from "./leases.ts";
+import { LeaseBook } from "./leases.ts";
 import { StateLock } from "./lock.ts";
 import { certFor } from "./server.ts";
 import { withoutServer } from "./runtime/sweep.ts";

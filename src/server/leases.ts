@@ -1,5 +1,5 @@
-import type { Cidr } from "../lib/ip.ts";
-import { LiveIndex, leaseText } from "./live.ts";
+import { leaseText, type Cidr } from "../lib/ip.ts";
+import { LiveIndex } from "./live.ts";
 import { systemClock, type Clock } from "../lib/clock.ts";
 import { log } from "../lib/logging.ts";
 import type { ClientRow, LeaseRow } from "./state.ts";
@@ -26,8 +26,6 @@ export interface RenewResult {
   replaced?: string;
   mapChanged: boolean;
 }
-
-export { leaseText } from "./live.ts";
 
 /**
  * Lease rules: one lease per client and family, replaced at once, expiring

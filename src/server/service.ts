@@ -1,9 +1,8 @@
 import type { ServerConfig } from "../lib/config.ts";
-import { cidrContains, cidrWithin, parseCidr, parseIp, specialRangesTouching, type Cidr, type Ip } from "../lib/ip.ts";
+import { cidrContains, cidrWithin, leaseText, maskText, parseCidr, parseIp, sourceKey, specialRangesTouching, type Cidr, type Ip } from "../lib/ip.ts";
 import { log } from "../lib/logging.ts";
-import { maskText } from "./live.ts";
 import type { Clock } from "../lib/clock.ts";
-import { leaseText, type LeaseBook, type RenewEvent, type RenewRequest } from "./leases.ts";
+import type { LeaseBook, RenewEvent, RenewRequest } from "./leases.ts";
 import type { Lookup } from "./lookups/index.ts";
 import type { Metrics } from "./metrics.ts";
 import type { RefusalLog } from "./refusals.ts";
@@ -44,11 +43,6 @@ export class LeaseError extends Error {
   get refusal(): boolean {
     return this.code !== "map_update_failed" && this.code !== "state_unavailable";
   }
-}
-
-/** The key failures are counted under: the address, or its /64 for IPv6 (one subscriber's LAN). */
-export function sourceKey(ip: Ip): string {
-  return ip.family === 6 ? maskText(ip, 64)! : ip.text;
 }
 
 /** The client address: the connection's, or the forwarded one when the connection is a trusted proxy. */

@@ -3,10 +3,9 @@ import { readFileSync, statSync } from "node:fs";
 import type { ServerConfig } from "../../lib/config.ts";
 import { checkDatabaseUrl } from "../../lib/config.ts";
 import { ExitCode, RelayError, usageError } from "../../lib/errors.ts";
-import { parseCidr } from "../../lib/ip.ts";
+import { leaseText, parseCidr } from "../../lib/ip.ts";
 import { log } from "../../lib/logging.ts";
 import type { Clock } from "../../lib/clock.ts";
-import { leaseText } from "../leases.ts";
 import type { AuditRow, ClientRow, LeaseRow } from "../state.ts";
 import { StoreUnavailable, type AuditEntry, type Store, type StoreChange, type StoreTx } from "./index.ts";
 

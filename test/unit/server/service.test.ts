@@ -5,7 +5,7 @@ import { LeaseBook } from "../../../src/server/leases.ts";
 import type { Lookup } from "../../../src/server/lookups/index.ts";
 import { StoreUnavailable } from "../../../src/server/stores/index.ts";
 import { policyLookupType } from "../../../src/server/lookups/policy.ts";
-import { LeaseError, LeaseService, leaseNetwork, observedAddress, sourceKey, type ServiceDeps } from "../../../src/server/service.ts";
+import { LeaseError, LeaseService, leaseNetwork, observedAddress, type ServiceDeps } from "../../../src/server/service.ts";
 import type { ClientRow } from "../../../src/server/state.ts";
 import { AuthThrottle, RenewalLimiter } from "../../../src/server/throttle.ts";
 import { newToken } from "../../../src/server/tokens.ts";
@@ -124,14 +124,6 @@ describe("leaseNetwork", () => {
     const c = clientWith([]);
     expect(leaseNetwork(c, ip("2001:db8:1:2:3:4:5:6"), undefined, 64).text).toBe("2001:db8:1:2::/64");
     expect(leaseError(() => leaseNetwork(c, ip("198.51.100.7"), "198.51.100.8", 128)).code).toBe("address_not_allowed");
-  });
-});
-
-describe("sourceKey", () => {
-  test("IPv4 by address, IPv6 by /64", async () => {
-    expect(sourceKey(ip("192.0.2.1"))).toBe("192.0.2.1");
-    expect(sourceKey(ip("2001:db8:1:2:3:4:5:6"))).toBe("2001:db8:1:2::/64");
-    expect(sourceKey(ip("2001:db8:1:2::99"))).toBe(sourceKey(ip("2001:db8:1:2:3:4:5:6")));
   });
 });
 
