@@ -7,7 +7,7 @@ import { log } from "../../lib/logging.ts";
 import type { Clock } from "../../lib/clock.ts";
 import type { LiveIndex } from "../live.ts";
 import { answer, ProtocolError, RequestReader, type Handler } from "../policy/protocol.ts";
-import type { Lookup, LookupContext, LookupStatus, LookupType } from "./index.ts";
+import type { Lookup, LookupContext, LookupStatus, LookupType } from "./types.ts";
 
 /**
  * The relay decision: OK when client_address lies in a live lease, DUNNO

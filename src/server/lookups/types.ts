@@ -1,0 +1,64 @@
+// The lookup interface, apart from the registry in index.ts: map.ts and
+// policy.ts implement it, and index.ts imports them, so the interface in
+// index.ts made each of them import the file that imports it.
+import type { ServerConfig } from "../../lib/config.ts";
+import type { Cidr } from "../../lib/ip.ts";
+import type { Clock } from "../../lib/clock.ts";
+import type { LiveIndex } from "../live.ts";
+
+/** The names server.toml's `lookup` accepts. */
+export const LOOKUP_NAMES = ["map", "policy"] as const;
+export type LookupName = (typeof LOOKUP_NAMES)[number];
+
+/** What a lookup is given: the configuration, the live leases and the clock. */
+export interface LookupContext {
+  config: ServerConfig;
+  index: LiveIndex;
+  clock: Clock;
+  /** Told of each publication that did work (a map rebuild), or of its failure: metrics and status follow it. */
+  onPublish?: (result: { ms: number; entries: number } | Error) => void;
+}
+
+/** Facts a lookup reports for `server status`, /metrics and doctor. */
+export interface LookupStatus {
+  lookup: LookupName;
+  /** Where Postfix asks: the map's database file, or the policy socket. */
+  target: string;
+  /** Networks Postfix currently relays for, as this lookup last published them. */
+  entries: number;
+  [fact: string]: unknown;
+}
+
+/** A running lookup: how Postfix learns which client addresses hold a live lease. */
+export interface Lookup {
+  readonly type: LookupType;
+  /** Makes Postfix's answers equal to the live leases; resolves once Postfix answers accordingly, rejects when it cannot. */
+  publish(): Promise<void>;
+  /** Looks for damage done by others (a deleted or replaced map) and repairs it; runs every few seconds. */
+  check(): Promise<void>;
+  /** Why Postfix's answers may be wrong or unavailable right now; empty when whole. */
+  problems(): string[];
+  /** Facts for status and metrics. */
+  status(): LookupStatus;
+  /** Stops answering; waits for work in flight. */
+  close(): Promise<void>;
+}
+
+/**
+ * One row per lookup type, as Postfix's dict_open.c keeps one row per table
+ * type: what a lookup can do is a column here, not an `if` in its callers.
+ */
+export interface LookupType {
+  name: LookupName;
+  /** Matches an IPv6 prefix shorter than /128 exactly. */
+  prefixes: boolean;
+  /** Needs postmap to publish. */
+  postmap: boolean;
+  /** Keeps answering from a file while the server is down, so `server sweep` must expire for it. */
+  outlivesServer: boolean;
+  /** The main.cf line that hooks this lookup into Postfix. */
+  hook(config: ServerConfig, mapType?: string): string;
+  /** Why this lookup cannot hold the network exactly (so the lease must be refused), or null. */
+  refuses(net: Cidr): string | null;
+  open(ctx: LookupContext): Promise<Lookup>;
+}
