@@ -62,17 +62,6 @@ export function observedAddress(peer: string | undefined, forwarded: string | nu
   return ip;
 }
 
-/** The allow list a client was stored with, parsed again (never trusted as read back). */
-export function allowListOf(client: ClientRow): Cidr[] {
-  const nets: Cidr[] = [];
-  for (const c of JSON.parse(client.allow) as string[]) {
-    const net = parseCidr(c);
-    if (net) nets.push(net);
-    else log.error(`state: client ${client.name} has an invalid allow entry "${c}"; ignored`);
-  }
-  return nets;
-}
-
 /**
  * Decides which network a lease request is for: the observed address or the
  * requested one, widened to the client's IPv6 prefix, checked against the
@@ -85,7 +74,9 @@ export function leaseNetwork(client: ClientRow, observed: Ip, requested: unknown
     if (!ip) throw new LeaseError("invalid_ip", "ip must be a single IPv4 or IPv6 address");
     target = ip;
   }
-  const nets = allowListOf(client);
+  // A list that cannot be read admits nothing: read as empty it would admit any address the client connects from.
+  if (client.allow.broken) throw new LeaseError("address_not_allowed", `the allow list of client ${client.name} cannot be read (${client.allow.broken}); the admin can set it again with relayctl server edit`);
+  const nets = client.allow.nets;
   if (nets.length === 0) {
     if (target.text !== observed.text) {
       throw new LeaseError("address_not_allowed", `client ${client.name} may only lease the address it connects from (${observed.text}); the admin can allow others with --allow`);

@@ -12,6 +12,7 @@ import { Retrier } from "../../../src/server/runtime/retry.ts";
 import type { Timers } from "../../../src/server/runtime/timers.ts";
 import { StateStore, type ClientRow } from "../../../src/server/state.ts";
 import { FakeClock, removeTempDirs, silenceLogger, tempDir } from "../helpers.ts";
+import { NO_ALLOW } from "../../../src/server/allow.ts";
 
 beforeAll(silenceLogger);
 afterAll(removeTempDirs);
@@ -149,7 +150,7 @@ describe("ExpiryTimer", () => {
   let expiry: ExpiryTimer;
 
   const client = (name: string, ttl: number): ClientRow => {
-    store.insertClient({ name, token_id: name.padEnd(16, "0"), token_hash: new Uint8Array(32), ttl, allow: "[]", created_at: 0, ipv6_prefix: null });
+    store.insertClient({ name, token_id: name.padEnd(16, "0"), token_hash: new Uint8Array(32), ttl, allow: NO_ALLOW, created_at: 0, ipv6_prefix: null });
     return store.getClient(name)!;
   };
 
