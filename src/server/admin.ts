@@ -20,6 +20,7 @@ import { systemClock } from "../lib/clock.ts";
 import type { Store, StoreTx } from "./stores/index.ts";
 import { openStore } from "./stores/open.ts";
 import { newToken } from "./tokens.ts";
+import type { LeaseView } from "../lib/wire.ts";
 import { allowListFromFlags, allowText, NO_ALLOW } from "./allow.ts";
 
 /** A client with its leases, as `server list` shows it. */
@@ -29,7 +30,7 @@ export interface ClientView {
   allow: string[];
   created_at: string;
   /** `renewals`: plain renewals since the lease was granted (kept on the lease, not in the audit log). */
-  leases: { ip: string; family: number; renewed_at: string; expires_at: string; renewals: number }[];
+  leases: (LeaseView & { renewals: number })[];
 }
 
 /** Opens the store (SQLite or the shared database), runs fn, closes it: admin commands never keep state open. */
