@@ -264,17 +264,8 @@ export async function editClient(opts: { configPath?: string; name: string; ttl?
   return { ...result, mapUpdatedBy };
 }
 
-/** One audit entry as `server log` shows it. */
-export interface AuditView {
-  ts: string;
-  event: string;
-  client: string | null;
-  ip: string | null;
-  source: string | null;
-  detail: string | null;
-  /** How often it happened: a burst of refusals from one source is one entry. */
-  count: number;
-}
+/** One audit entry as `server log` shows it: the row without its id, the time in ISO 8601. */
+export type AuditView = Omit<AuditRow, "id" | "ts"> & { ts: string };
 
 /** Reads the audit log, oldest first: grants, renewals, refusals and the rest, optionally for one client and a recent span. */
 export async function readAuditLog(opts: { configPath?: string; client?: string; sinceSeconds?: number; limit?: number }): Promise<AuditView[]> {

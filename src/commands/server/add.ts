@@ -1,19 +1,13 @@
 import { defineCommand } from "citty";
-import { formatDuration, parseDuration } from "../../lib/duration.ts";
+import { formatDuration } from "../../lib/duration.ts";
 import { log } from "../../lib/logging.ts";
 import { addClient, type Added } from "../../server/admin.ts";
 import { common, repeatedFlag } from "../shared.ts";
+import { clientSettings, ipv6PrefixFlag } from "./flags.ts";
 
 /** `server add`: prints the enrollment line on stdout, or with --dyndns what a router's form needs. */
 export async function runServerAdd(opts: { config?: string; name: string; ttl?: string; allow?: string[]; ipv6Prefix?: string; dyndns?: boolean }): Promise<string> {
-  const added = await addClient({
-    configPath: opts.config,
-    name: opts.name,
-    ttl: opts.ttl === undefined ? undefined : parseDuration(opts.ttl, "ttl", "--ttl"),
-    allow: opts.allow,
-    ipv6Prefix: opts.ipv6Prefix === undefined ? undefined : Number(opts.ipv6Prefix),
-    dyndns: opts.dyndns,
-  });
+  const added = await addClient({ ...clientSettings(opts), dyndns: opts.dyndns });
   return printAdded(opts.name, added, opts.dyndns);
 }
 
@@ -71,9 +65,6 @@ export function renderDyndnsEnrollment(name: string, a: Pick<Added, "token" | "t
   ];
   return lines.join("\n");
 }
-
-/** The flag `server add` and `server edit` share. */
-export const ipv6PrefixFlag = { type: "string", description: "lease the /N (48-128) around the client's IPv6 address; needs lookup = \"policy\" below 128", valueHint: "N" } as const;
 
 /** `relayctl server add`. */
 export const addCommand = defineCommand({

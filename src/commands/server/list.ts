@@ -1,7 +1,7 @@
 import { defineCommand } from "citty";
 import { formatDuration } from "../../lib/duration.ts";
 import { listClients, type ClientView } from "../../server/admin.ts";
-import { common } from "../shared.ts";
+import { common, printResult } from "../shared.ts";
 
 function inWords(ms: number): string {
   const s = Math.round(ms / 1000);
@@ -25,7 +25,7 @@ export function renderClientTable(clients: ClientView[], now = Date.now()): stri
 /** `server list`: a table, or `{"clients": [...]}` with --json. */
 export async function runServerList(opts: { config?: string; json?: boolean }): Promise<ClientView[]> {
   const clients = await listClients({ configPath: opts.config });
-  console.log(opts.json ? JSON.stringify({ clients }, null, 2) : renderClientTable(clients));
+  printResult(opts.json, { clients }, () => renderClientTable(clients));
   return clients;
 }
 

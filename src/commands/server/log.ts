@@ -2,7 +2,7 @@ import { defineCommand } from "citty";
 import { parseDuration } from "../../lib/duration.ts";
 import { usageError } from "../../lib/errors.ts";
 import { readAuditLog, type AuditView } from "../../server/admin.ts";
-import { common } from "../shared.ts";
+import { common, printResult } from "../shared.ts";
 
 /** Renders audit entries one per line: time, event, client, address, source, detail. */
 export function renderAuditLog(rows: AuditView[]): string {
@@ -21,8 +21,7 @@ export async function runServerLog(opts: { config?: string; client?: string; sin
     sinceSeconds: opts.since === undefined ? undefined : parseDuration(opts.since, "since", "--since"),
     limit,
   });
-  const out = opts.json ? JSON.stringify({ events: rows }, null, 2) : renderAuditLog(rows);
-  if (out) console.log(out);
+  printResult(opts.json, { events: rows }, () => renderAuditLog(rows));
   return rows;
 }
 

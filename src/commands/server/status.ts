@@ -1,7 +1,7 @@
 import { defineCommand } from "citty";
 import { RelayError } from "../../lib/errors.ts";
 import { serverStatus, type StatusView } from "../../server/admin.ts";
-import { common } from "../shared.ts";
+import { common, printResult } from "../shared.ts";
 
 /** Renders `server status` for people. */
 export function renderStatus(s: StatusView): string {
@@ -39,7 +39,7 @@ export function statusProblem(s: StatusView): RelayError | null {
 /** `server status`: prints whether it runs, certificate, map and degraded reasons, then exits 0 only when healthy. */
 export async function runServerStatus(opts: { config?: string; json?: boolean }): Promise<StatusView> {
   const s = await serverStatus({ configPath: opts.config });
-  console.log(opts.json ? JSON.stringify(s, null, 2) : renderStatus(s));
+  printResult(opts.json, s, () => renderStatus(s));
   const problem = statusProblem(s);
   if (problem) throw problem;
   return s;
