@@ -7,7 +7,7 @@
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { LiveIndex } from "../src/server/live.ts";
-import { systemClock } from "../src/server/leases.ts";
+import { systemClock } from "../src/lib/clock.ts";
 import { mapAddresses, MapWriter } from "../src/server/lookups/map.ts";
 import { StateStore } from "../src/server/state.ts";
 import { benchAddress, median, mmm, ratio, scratch, seedState, toolPath, type Row } from "./lib.ts";

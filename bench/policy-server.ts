@@ -8,7 +8,7 @@
  * Prints "ready" once listening; SIGTERM stops it. Unix sockets only.
  */
 import { LiveIndex } from "../src/server/live.ts";
-import { systemClock } from "../src/server/leases.ts";
+import { systemClock } from "../src/lib/clock.ts";
 import { PolicyLookup, policyHandler } from "../src/server/lookups/policy.ts";
 import { benchAddress } from "./lib.ts";
 

@@ -13,7 +13,7 @@ export const main: AnyCommand = {
   // Loaded only when named (each is its own chunk of the build): a cron-run
   // `relayctl client` never evaluates the server, doctor or completion code.
   subCommands: {
-    server: () => import("./commands/server.ts").then((m) => m.serverCommand),
+    server: () => import("./commands/server/index.ts").then((m) => m.serverCommand),
     client: () => import("./commands/client.ts").then((m) => m.clientCommand),
     doctor: () => import("./commands/doctor.ts").then((m) => m.doctorCommand),
     completion: () => import("./commands/completion.ts").then((m) => m.completionCommand(() => main)),

@@ -11,7 +11,7 @@ import { parsePin, verifiedPeerChain } from "../lib/pin.ts";
 
 /** The server's answer to a lease request, and its view of this client (the wire types both ends share). */
 export type { LeaseAnswerBody as LeaseAnswer, LeaseStatusBody as LeaseStatus } from "../lib/wire.ts";
-import type { LeaseAnswerBody as LeaseAnswer, LeaseStatusBody as LeaseStatus } from "../lib/wire.ts";
+import type { LeaseAnswerBody as LeaseAnswer, LeaseStatusBody as LeaseStatus, ReleaseBody } from "../lib/wire.ts";
 
 async function call<T>(cfg: Pick<ClientConfig, "server" | "token" | "pin" | "serverCert">, path: string, init: { method: "GET" | "POST" | "DELETE"; body?: unknown }, retries?: number): Promise<T> {
   const api = await createApi({ server: cfg.server, token: cfg.token, pin: cfg.pin, serverCert: cfg.serverCert, retries });
@@ -86,7 +86,7 @@ export async function renewLease(opts: { configPath?: string; ip?: string }): Pr
 }
 
 /** Releases every lease this client holds. */
-export async function releaseLease(opts: { configPath?: string }): Promise<{ client: string; released: string[] }> {
+export async function releaseLease(opts: { configPath?: string }): Promise<ReleaseBody> {
   const cfg = readClientConfig(opts.configPath);
   return withRunLock(opts.configPath, () => call(cfg, "/v1/lease", { method: "DELETE" }));
 }

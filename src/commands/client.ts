@@ -2,7 +2,7 @@ import { enroll, leaseStatus, readToken, releaseLease, renewLease, type LeaseSta
 import { parseDuration } from "../lib/duration.ts";
 import { ExitCode, formatError, RelayError, usageError } from "../lib/errors.ts";
 import { log } from "../lib/logging.ts";
-import { command, common, ifNoSubcommand } from "./shared.ts";
+import { command, common, ifNoSubcommand, printResult } from "./shared.ts";
 
 /**
  * `relayctl client --watch`: renew every interval until SIGTERM or SIGINT,
@@ -64,7 +64,7 @@ export function renderStatus(s: LeaseStatus): string {
 /** `relayctl client status`: the lease as the server sees it. */
 export async function runClientStatus(opts: { config?: string; json?: boolean }): Promise<LeaseStatus> {
   const s = await leaseStatus({ configPath: opts.config });
-  console.log(opts.json ? JSON.stringify(s, null, 2) : renderStatus(s));
+  printResult(opts.json, s, () => renderStatus(s));
   return s;
 }
 

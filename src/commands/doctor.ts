@@ -2,12 +2,13 @@ import { defineCommand } from "citty";
 import { RelayError } from "../lib/errors.ts";
 import { renderHuman, type DoctorReport } from "../doctor/checks.ts";
 import { runDoctor, type DoctorOptions } from "../doctor/doctor.ts";
+import { printResult } from "./shared.ts";
 
 /** `relayctl doctor`: prints the report (text or JSON) and fails with exit 1 when a check failed. */
 export async function runDoctorCommand(opts: DoctorOptions & { json?: boolean }): Promise<DoctorReport> {
   const { report, exitCode } = await runDoctor(opts);
   const colour = !opts.json && process.stdout.isTTY === true && !process.env.NO_COLOR;
-  console.log(opts.json ? JSON.stringify(report, null, 2) : renderHuman(report, colour));
+  printResult(opts.json, report, () => renderHuman(report, colour));
   if (exitCode !== 0) {
     const failed = report.checks.filter((c) => c.status === "fail").map((c) => c.id);
     throw new RelayError(`doctor: ${failed.length} check(s) failed: ${failed.join(", ")}`, { exitCode });

@@ -40,3 +40,9 @@ export function ifNoSubcommand<T extends ArgsDef>(run: (ctx: CommandContext<T>) 
     return run(ctx);
   };
 }
+
+/** Prints a command's result: indented JSON with `--json`, else the rendering for people (nothing when that is empty). */
+export function printResult(json: boolean | undefined, value: unknown, human: () => string): void {
+  const out = json ? JSON.stringify(value, null, 2) : human();
+  if (out) console.log(out);
+}

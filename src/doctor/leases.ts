@@ -1,7 +1,6 @@
 import { readFileSync } from "node:fs";
 import { networkInterfaces } from "node:os";
-import { cidrContains, parseCidr, parseIp, type Cidr } from "../lib/ip.ts";
-import { leaseText } from "../server/live.ts";
+import { cidrContains, leaseText, parseCidr, parseIp, type Cidr } from "../lib/ip.ts";
 import type { LeaseRow } from "../server/state.ts";
 import { fail, pass, shellQuote, warn, type CheckResult } from "./checks.ts";
 

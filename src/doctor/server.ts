@@ -19,6 +19,7 @@ import { postmapVerdict, refusedSetting, settingVerdict } from "./postmap.ts";
 import { frozenEntries, installedKeys } from "../server/lookups/map.ts";
 import { postfixGid } from "../server/lookups/policy.ts";
 import { defaultConfigDir, PostconfFailed, readPostfix, type PostfixView } from "./postfix.ts";
+import type { HealthBody } from "../lib/wire.ts";
 
 const TOOL_TIMEOUT_MS = 10_000;
 /** Certificates closer to expiry than this draw a warning. */
@@ -525,7 +526,8 @@ async function healthCheck(ctx: Ctx, port: number): Promise<CheckResult> {
     return pass("server.health", `${url}/healthz answers ok`);
   } catch (err) {
     if (err instanceof FetchError && err.response?.status === 503) {
-      const reasons = (err.data as { reasons?: string[] } | undefined)?.reasons ?? [];
+      const body = err.data as Partial<Extract<HealthBody, { status: "degraded" }>> | undefined;
+      const reasons = body?.reasons ?? [];
       return fail("server.health", `the server is degraded: ${reasons.join("; ") || "no reason given"}`, "see the server log (journalctl -u relayctl); it retries map rebuilds by itself");
     }
     const e = apiError(err, url);

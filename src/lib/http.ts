@@ -1,5 +1,6 @@
 import { FetchError, ofetch, type $Fetch } from "ofetch";
 import { ExitCode, RelayError } from "./errors.ts";
+import type { ErrorBody } from "./wire.ts";
 import { isTimeout, networkReason, resolveHost } from "./neterr.ts";
 import { serverTlsOptions, VERIFY_PEER } from "./pin.ts";
 
@@ -73,7 +74,8 @@ const DNS_CHECK_MS = 3_000;
 export function apiError(err: unknown, server: string): RelayError {
   if (err instanceof RelayError) return err;
   if (err instanceof FetchError && err.response) {
-    const body = err.data as { error?: string; message?: string } | undefined;
+    // Partial: a proxy in between may answer with anything.
+    const body = err.data as Partial<ErrorBody> | undefined;
     const said = body?.message ?? err.statusText ?? "";
     const status = err.response.status;
     if (status === 401) return new RelayError(`server refused the token (${said})`, { exitCode: ExitCode.REFUSED, hint: "the client was revoked or the token is wrong: enroll again with a line from `relayctl server add`" });

@@ -207,3 +207,29 @@ export function specialRangesTouching(net: Cidr): { net: Cidr; kind: string }[] 
 export function specialAddressKind(ip: Ip): string | null {
   return specialRange(ip)?.kind ?? null;
 }
+
+/** The text a lease is stored and shown as: the bare address for a single host, `NET/LEN` for a prefix. */
+export function leaseText(net: Cidr): string {
+  return net.prefix === (net.family === 4 ? 32 : 128) ? net.text.slice(0, net.text.indexOf("/")) : net.text;
+}
+
+/** The network text `ADDR/prefix` that ip falls in, for a prefix-length lookup; null when families differ. */
+export function maskText(ip: Ip, prefix: number): string | null {
+  const max = ip.family === 4 ? 32 : 128;
+  if (prefix > max) return null;
+  const bytes = new Uint8Array(ip.bytes);
+  for (let bit = prefix; bit < max; bit++) bytes[bit >> 3]! &= ~(0x80 >> (bit & 7));
+  return parseCidr(`${formatBytes(ip.family, bytes)}/${prefix}`)?.text ?? null;
+}
+
+/** The key failures are counted under: the address, or its /64 for IPv6 (one subscriber's LAN). */
+export function sourceKey(ip: Ip): string {
+  return ip.family === 6 ? maskText(ip, 64)! : ip.text;
+}
+
+function formatBytes(family: 4 | 6, bytes: Uint8Array): string {
+  if (family === 4) return Array.from(bytes).join(".");
+  const words: string[] = [];
+  for (let i = 0; i < 16; i += 2) words.push(((bytes[i]! << 8) | bytes[i + 1]!).toString(16));
+  return words.join(":");
+}

@@ -1,6 +1,7 @@
 /**
  * The JSON shapes that cross the wire between `relayctl client` and the
- * server's /v1/lease, in one place so both ends change together.
+ * server's /v1/lease and /healthz, in one place so both ends change
+ * together. Every JSON answer the server sends is one of WireBody.
  */
 
 /** A lease as GET /v1/lease and `server list --json` show it. */
@@ -39,3 +40,9 @@ export interface ErrorBody {
   error: string;
   message: string;
 }
+
+/** The answer to GET /healthz: ok, or degraded with why. */
+export type HealthBody = { status: "ok" } | { status: "degraded"; reasons: string[] };
+
+/** Every JSON answer the server sends. */
+export type WireBody = LeaseAnswerBody | LeaseStatusBody | ReleaseBody | ErrorBody | HealthBody;

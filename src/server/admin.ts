@@ -1,22 +1,24 @@
 import { loadServerConfig, MIN_IPV6_PREFIX, validateName, type ServerConfig } from "../lib/config.ts";
 import { checkDuration, formatDuration } from "../lib/duration.ts";
 import { ExitCode, formatError, RelayError, usageError } from "../lib/errors.ts";
-import { parseCidr, parseIp } from "../lib/ip.ts";
+import { leaseText, parseCidr, parseIp } from "../lib/ip.ts";
 import { leaseNetwork } from "./service.ts";
 import { certificateExpiry, certificatePin } from "../lib/tls.ts";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { LeaseBook, leaseText } from "./leases.ts";
+import { LeaseBook } from "./leases.ts";
 import { StateLock } from "./lock.ts";
 import { certFor } from "./core.ts";
 import { withoutServer } from "./runtime/sweep.ts";
 import { statusPath, type ServerStatus } from "./runtime/status.ts";
 import { lookupTypeOf, type InstalledView, type LookupName } from "./lookups/index.ts";
 import type { AuditRow, ClientRow, LeaseRow } from "./state.ts";
-import { systemClock } from "./leases.ts";
+import { systemClock } from "../lib/clock.ts";
 import type { Store, StoreTx } from "./stores/index.ts";
 import { openStore, storeKindOf } from "./stores/open.ts";
 import { newToken } from "./tokens.ts";
+import type { LeaseView } from "../lib/wire.ts";
+import { allowListFromFlags, allowText, NO_ALLOW } from "./allow.ts";
 
 /** A client with its leases, as `server list` shows it. */
 export interface ClientView {
@@ -25,7 +27,7 @@ export interface ClientView {
   allow: string[];
   created_at: string;
   /** `renewals`: plain renewals since the lease was granted (kept on the lease, not in the audit log). */
-  leases: { ip: string; family: number; renewed_at: string; expires_at: string; renewals: number }[];
+  leases: (LeaseView & { renewals: number })[];
 }
 
 /** Opens the store (SQLite or the shared database), runs fn, closes it: admin commands never keep state open. */
@@ -86,15 +88,6 @@ export function checkIpv6Prefix(config: ServerConfig, n: number): number {
   return n;
 }
 
-/** Normalises --allow entries, refusing anything but an address or a CIDR network with zero host bits. */
-function parseAllow(entries: string[]): string[] {
-  return entries.map((c) => {
-    const net = parseCidr(c);
-    if (!net) throw usageError(`--allow ${c}: not an address or CIDR network with zero host bits`, "use e.g. --allow 198.51.100.0/24");
-    return net.text;
-  });
-}
-
 /** What `server add` or `server rotate` made: the enrollment line (token on stdin) and its parts, the client's ttl and the certificate to trust. */
 export interface Added {
   line: string;
@@ -112,7 +105,7 @@ export interface Added {
 export async function addClient(opts: { configPath?: string; name: string; ttl?: number; allow?: string[]; ipv6Prefix?: number; dyndns?: boolean }): Promise<Added> {
   const config = loadServerConfig(opts.configPath);
   const name = validateName(opts.name);
-  const allow = parseAllow(opts.allow ?? []);
+  const allow = allowListFromFlags(opts.allow ?? []);
   if (opts.ttl !== undefined) checkDuration(opts.ttl, "ttl", "--ttl");
   const ttl = opts.ttl ?? (opts.dyndns ? DYNDNS_TTL : null);
   const ipv6Prefix = opts.ipv6Prefix === undefined ? null : checkIpv6Prefix(config, opts.ipv6Prefix);
@@ -125,8 +118,8 @@ export async function addClient(opts: { configPath?: string; name: string; ttl?:
         throw new RelayError(`client ${name} already exists`, { exitCode: ExitCode.USAGE, hint: `rotate its token (relayctl server rotate ${name}), or revoke it first` });
       }
       const now = Date.now();
-      await x.insertClient({ name, token_id: t.tokenId, token_hash: t.hash, ttl, allow: JSON.stringify(allow), created_at: now, ipv6_prefix: ipv6Prefix });
-      const detail = [allow.length ? `allow ${allow.join(" ")}` : "", ipv6Prefix !== null ? `ipv6-prefix /${ipv6Prefix}` : "", opts.dyndns ? "dyndns" : ""].filter(Boolean).join(", ");
+      await x.insertClient({ name, token_id: t.tokenId, token_hash: t.hash, ttl, allow, created_at: now, ipv6_prefix: ipv6Prefix });
+      const detail = [allow.nets.length ? `allow ${allowText(allow)}` : "", ipv6Prefix !== null ? `ipv6-prefix /${ipv6Prefix}` : "", opts.dyndns ? "dyndns" : ""].filter(Boolean).join(", ");
       await x.audit({ ts: now, event: "add", client: name, ip: null, source: null, detail: detail || null });
     }),
   );
@@ -162,7 +155,7 @@ export async function listClients(opts: { configPath?: string }): Promise<Client
     return (await store.listClients()).map((c) => ({
       name: c.name,
       ttl: c.ttl ?? config.ttl,
-      allow: JSON.parse(c.allow) as string[],
+      allow: c.allow.broken ? [allowText(c.allow)] : c.allow.nets.map((n) => n.text),
       created_at: iso(c.created_at),
       leases: (leases.get(c.name) ?? []).map((l) => ({ ip: l.ip, family: l.family, renewed_at: iso(l.renewed_at), expires_at: iso(l.expires_at), renewals: l.renewals })),
     }));
@@ -230,17 +223,16 @@ export async function editClient(opts: { configPath?: string; name: string; ttl?
   if (opts.clearAllow && given.length) throw usageError("--allow and --clear-allow do not go together", "--allow replaces the whole list; --clear-allow empties it");
   if (opts.ttl === undefined && !given.length && !opts.clearAllow && opts.ipv6Prefix === undefined) throw usageError("nothing to change", "give --ttl D, --allow CIDR (repeatable), --clear-allow or --ipv6-prefix N");
   const ipv6Prefix = opts.ipv6Prefix === undefined ? undefined : checkIpv6Prefix(config, opts.ipv6Prefix);
-  const allow = opts.clearAllow ? [] : given.length ? parseAllow(given) : undefined;
+  const allow = opts.clearAllow ? NO_ALLOW : given.length ? allowListFromFlags(given) : undefined;
   const { result, mapUpdatedBy } = await changeState(config, (store) =>
     store.tx(async (t: StoreTx) => {
       const before = await t.getClient(name);
       if (!before) throw usageError(`no client named ${name}`, "see relayctl server list");
-      const after: ClientRow = { ...before, ttl: opts.ttl ?? before.ttl, allow: allow === undefined ? before.allow : JSON.stringify(allow), ipv6_prefix: ipv6Prefix ?? before.ipv6_prefix };
+      const after: ClientRow = { ...before, ttl: opts.ttl ?? before.ttl, allow: allow ?? before.allow, ipv6_prefix: ipv6Prefix ?? before.ipv6_prefix };
       const changes: string[] = [];
       const shownTtl = (t: number | null) => (t === null ? `default (${formatDuration(config.ttl)})` : formatDuration(t));
       if (after.ttl !== before.ttl) changes.push(`ttl ${shownTtl(before.ttl)} -> ${shownTtl(after.ttl)}`);
-      const shownAllow = (a: string) => (JSON.parse(a) as string[]).join(" ") || "(none)";
-      if (after.allow !== before.allow) changes.push(`allow ${shownAllow(before.allow)} -> ${shownAllow(after.allow)}`);
+      if (after.allow.stored !== before.allow.stored) changes.push(`allow ${allowText(before.allow)} -> ${allowText(after.allow)}`);
       const shownPrefix = (p: number | null) => (p === null ? `default (/${config.ipv6Prefix})` : `/${p}`);
       if (after.ipv6_prefix !== before.ipv6_prefix) changes.push(`ipv6-prefix ${shownPrefix(before.ipv6_prefix)} -> ${shownPrefix(after.ipv6_prefix)}`);
       const dropped: EditResult["dropped"] = [];
@@ -252,7 +244,7 @@ export async function editClient(opts: { configPath?: string; name: string; ttl?
       const latest = now + (after.ttl ?? config.ttl) * 1000;
       for (const l of await t.leasesOf(name)) {
         const prefix = after.ipv6_prefix ?? config.ipv6Prefix;
-        const why = after.allow === before.allow && after.ipv6_prefix === before.ipv6_prefix ? null : refusedBy(after, l.ip, prefix);
+        const why = after.allow.stored === before.allow.stored && after.ipv6_prefix === before.ipv6_prefix ? null : refusedBy(after, l.ip, prefix);
         if (why) {
           await t.deleteLeasesOf(name, l.family);
           dropped.push({ ip: l.ip, why });
@@ -269,17 +261,8 @@ export async function editClient(opts: { configPath?: string; name: string; ttl?
   return { ...result, mapUpdatedBy };
 }
 
-/** One audit entry as `server log` shows it. */
-export interface AuditView {
-  ts: string;
-  event: string;
-  client: string | null;
-  ip: string | null;
-  source: string | null;
-  detail: string | null;
-  /** How often it happened: a burst of refusals from one source is one entry. */
-  count: number;
-}
+/** One audit entry as `server log` shows it: the row without its id, the time in ISO 8601. */
+export type AuditView = Omit<AuditRow, "id" | "ts"> & { ts: string };
 
 /** Reads the audit log, oldest first: grants, renewals, refusals and the rest, optionally for one client and a recent span. */
 export async function readAuditLog(opts: { configPath?: string; client?: string; sinceSeconds?: number; limit?: number }): Promise<AuditView[]> {

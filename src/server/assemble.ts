@@ -3,7 +3,7 @@ import { log, setLogFormat, setLogLevel } from "../lib/logging.ts";
 import { certificateExpiry, type ServerCertificate } from "../lib/tls.ts";
 import { certFor, openCore, openLookup, type Core } from "./core.ts";
 import { routes, type Route } from "./doors/routes.ts";
-import { monotonicWallClock, type Clock } from "./leases.ts";
+import { monotonicWallClock, type Clock } from "../lib/clock.ts";
 import type { Lookup } from "./lookups/index.ts";
 import { Metrics } from "./metrics.ts";
 import { RefusalLog } from "./refusals.ts";

@@ -1,7 +1,8 @@
 import type { ServerConfig } from "../lib/config.ts";
 import { log } from "../lib/logging.ts";
 import { ensureServerCertificate, type ServerCertificate } from "../lib/tls.ts";
-import { LeaseBook, systemClock, type Clock } from "./leases.ts";
+import { systemClock, type Clock } from "../lib/clock.ts";
+import { LeaseBook } from "./leases.ts";
 import { lookupTypeOf, type Lookup, type LookupType } from "./lookups/index.ts";
 import { storeClock, type Store } from "./stores/index.ts";
 import { openStore } from "./stores/open.ts";

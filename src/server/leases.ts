@@ -1,26 +1,9 @@
-import type { Cidr } from "../lib/ip.ts";
-import { LiveIndex, leaseText } from "./live.ts";
+import { leaseText, type Cidr } from "../lib/ip.ts";
+import { LiveIndex } from "./live.ts";
+import { systemClock, type Clock } from "../lib/clock.ts";
 import { log } from "../lib/logging.ts";
 import type { ClientRow, LeaseRow } from "./state.ts";
 import type { Store, StoreTx } from "./stores/index.ts";
-
-/** Wall-clock source, injectable so tests can move time. */
-export interface Clock {
-  now(): number;
-}
-export const systemClock: Clock = { now: () => Date.now() };
-
-/**
- * Wall time that advances with the monotonic clock from the moment it is
- * made: a system clock stepped forward or back neither expires every lease
- * at once nor keeps them forever. Slewing (NTP) moves both alike.
- */
-export function monotonicWallClock(wall: () => number = Date.now, mono: () => number = () => performance.now()): Clock {
-  const anchorWall = wall();
-  const anchorMono = mono();
-  // Whole milliseconds: the STRICT INTEGER columns in state refuse fractions.
-  return { now: () => Math.floor(anchorWall + (mono() - anchorMono)) };
-}
 
 export type RenewEvent = "grant" | "renew" | "replace";
 
@@ -43,8 +26,6 @@ export interface RenewResult {
   replaced?: string;
   lookupChanged: boolean;
 }
-
-export { leaseText } from "./live.ts";
 
 /**
  * Lease rules: one lease per client and family, replaced at once, expiring

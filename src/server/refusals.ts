@@ -1,6 +1,6 @@
-import type { Ip } from "../lib/ip.ts";
+import { sourceKey, type Ip } from "../lib/ip.ts";
 import { log } from "../lib/logging.ts";
-import type { Clock } from "./leases.ts";
+import type { Clock } from "../lib/clock.ts";
 import type { AuditEntry } from "./stores/index.ts";
 
 /** Where refusal rows are written: ids come back at once so a burst's count can be raised later. */
@@ -8,7 +8,6 @@ export interface RefusalSink {
   audit(e: AuditEntry): number;
   setAuditCount(id: number, count: number, detail?: string): void;
 }
-import { sourceKey } from "./service.ts";
 
 /** One refusal as the service reports it. */
 export interface Refusal {

@@ -1,8 +1,8 @@
 import type { ServerConfig } from "../lib/config.ts";
-import { cidrContains, cidrWithin, parseCidr, parseIp, specialRangesTouching, type Cidr, type Ip } from "../lib/ip.ts";
+import { cidrContains, cidrWithin, leaseText, maskText, parseCidr, parseIp, sourceKey, specialRangesTouching, type Cidr, type Ip } from "../lib/ip.ts";
 import { log } from "../lib/logging.ts";
-import { maskText } from "./live.ts";
-import { leaseText, type Clock, type LeaseBook, type RenewEvent, type RenewRequest } from "./leases.ts";
+import type { Clock } from "../lib/clock.ts";
+import type { LeaseBook, RenewEvent, RenewRequest } from "./leases.ts";
 import type { Lookup } from "./lookups/index.ts";
 import type { Metrics } from "./metrics.ts";
 import type { RefusalLog } from "./refusals.ts";
@@ -45,11 +45,6 @@ export class LeaseError extends Error {
   }
 }
 
-/** The key failures are counted under: the address, or its /64 for IPv6 (one subscriber's LAN). */
-export function sourceKey(ip: Ip): string {
-  return ip.family === 6 ? maskText(ip, 64)! : ip.text;
-}
-
 /** The client address: the connection's, or the forwarded one when the connection is a trusted proxy. */
 export function observedAddress(peer: string | undefined, forwarded: string | null, trusted: Cidr[]): Ip {
   let ip = peer ? parseIp(peer) : null;
@@ -67,17 +62,6 @@ export function observedAddress(peer: string | undefined, forwarded: string | nu
   return ip;
 }
 
-/** The allow list a client was stored with, parsed again (never trusted as read back). */
-export function allowListOf(client: ClientRow): Cidr[] {
-  const nets: Cidr[] = [];
-  for (const c of JSON.parse(client.allow) as string[]) {
-    const net = parseCidr(c);
-    if (net) nets.push(net);
-    else log.error(`state: client ${client.name} has an invalid allow entry "${c}"; ignored`);
-  }
-  return nets;
-}
-
 /**
  * Decides which network a lease request is for: the observed address or the
  * requested one, widened to the client's IPv6 prefix, checked against the
@@ -90,7 +74,9 @@ export function leaseNetwork(client: ClientRow, observed: Ip, requested: unknown
     if (!ip) throw new LeaseError("invalid_ip", "ip must be a single IPv4 or IPv6 address");
     target = ip;
   }
-  const nets = allowListOf(client);
+  // A list that cannot be read admits nothing: read as empty it would admit any address the client connects from.
+  if (client.allow.broken) throw new LeaseError("address_not_allowed", `the allow list of client ${client.name} cannot be read (${client.allow.broken}); the admin can set it again with relayctl server edit`);
+  const nets = client.allow.nets;
   if (nets.length === 0) {
     if (target.text !== observed.text) {
       throw new LeaseError("address_not_allowed", `client ${client.name} may only lease the address it connects from (${observed.text}); the admin can allow others with --allow`);

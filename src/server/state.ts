@@ -3,6 +3,7 @@ import { mkdirSync } from "node:fs";
 import { ensureOwnedFile, ownerFor, refuseLink } from "../lib/fsutil.ts";
 import { join } from "node:path";
 import { RelayError, ExitCode } from "../lib/errors.ts";
+import { parseAllowList, type AllowList } from "./allow.ts";
 
 /** A client as stored: the token only as a hash. */
 export interface ClientRow {
@@ -10,7 +11,7 @@ export interface ClientRow {
   token_id: string;
   token_hash: Uint8Array;
   ttl: number | null;
-  allow: string;
+  allow: AllowList;
   created_at: number;
   /** IPv6 prefix length of this client's leases; null = the server's ipv6_prefix. */
   ipv6_prefix: number | null;
@@ -18,6 +19,13 @@ export interface ClientRow {
 
 /** The parts of a client row a renewal's admission was decided by. */
 export type Checked = Pick<ClientRow, "name" | "allow" | "ttl" | "ipv6_prefix">;
+
+/** A clients row as SQLite returns it: the allow list still column text. */
+type RawClient = Omit<ClientRow, "allow"> & { allow: string };
+
+function clientRow(r: RawClient | null): ClientRow | null {
+  return r && { ...r, allow: parseAllowList(r.allow) };
+}
 
 /** One live lease; times are wall-clock milliseconds. */
 export interface LeaseRow {
@@ -167,26 +175,26 @@ export class StateStore {
   }
 
   getClient(name: string): ClientRow | null {
-    return this.db.query("SELECT * FROM clients WHERE name = ?").get(name) as ClientRow | null;
+    return clientRow(this.db.query("SELECT * FROM clients WHERE name = ?").get(name) as RawClient | null);
   }
 
   getClientByTokenId(tokenId: string): ClientRow | null {
-    return this.db.query("SELECT * FROM clients WHERE token_id = ?").get(tokenId) as ClientRow | null;
+    return clientRow(this.db.query("SELECT * FROM clients WHERE token_id = ?").get(tokenId) as RawClient | null);
   }
 
   listClients(): ClientRow[] {
-    return this.db.query("SELECT * FROM clients ORDER BY name").all() as ClientRow[];
+    return (this.db.query("SELECT * FROM clients ORDER BY name").all() as RawClient[]).map((r) => clientRow(r)!);
   }
 
   insertClient(c: ClientRow): void {
     this.db
       .query("INSERT INTO clients (name, token_id, token_hash, ttl, allow, created_at, ipv6_prefix) VALUES ($name, $token_id, $token_hash, $ttl, $allow, $created_at, $ipv6_prefix)")
-      .run(c as never);
+      .run({ ...c, allow: c.allow.stored } as never);
   }
 
   /** Changes a client's ttl, allow list and IPv6 prefix in place (server edit). */
-  updateClient(name: string, ttl: number | null, allow: string, ipv6Prefix: number | null): void {
-    this.db.query("UPDATE clients SET ttl = ?, allow = ?, ipv6_prefix = ? WHERE name = ?").run(ttl, allow, ipv6Prefix, name);
+  updateClient(name: string, ttl: number | null, allow: AllowList, ipv6Prefix: number | null): void {
+    this.db.query("UPDATE clients SET ttl = ?, allow = ?, ipv6_prefix = ? WHERE name = ?").run(ttl, allow.stored, ipv6Prefix, name);
   }
 
   /** Moves a lease's expiry (server edit cutting it to a shorter ttl). */
@@ -222,7 +230,7 @@ export class StateStore {
         `UPDATE leases SET renewed_at = ?1, expires_at = ?2, renewals = renewals + 1 WHERE client = ?3 AND family = ?4 AND ip = ?5 AND expires_at > ?1
          AND EXISTS (SELECT 1 FROM clients WHERE name = ?3 AND allow = ?6 AND ttl IS ?7 AND ipv6_prefix IS ?8) RETURNING *`,
       )
-      .get(now, expiresAt, client.name, family, ip, client.allow, client.ttl, client.ipv6_prefix) as LeaseRow | null;
+      .get(now, expiresAt, client.name, family, ip, client.allow.stored, client.ttl, client.ipv6_prefix) as LeaseRow | null;
   }
 
   upsertLease(l: LeaseRow): void {

@@ -11,6 +11,7 @@ import { StateStore } from "../../src/server/state.ts";
 import { newToken } from "../../src/server/tokens.ts";
 import { requireE2E } from "./harness.ts";
 import { onHost, stage, type Stage } from "./relayctl.ts";
+import { parseAllowList } from "../../src/server/allow.ts";
 
 setDefaultTimeout(120_000);
 const enabled = requireE2E();
@@ -28,7 +29,7 @@ function seed(stateDir: string, from: number, count: number, withLease: boolean)
       const t = newToken();
       tokens.push(t.token);
       const name = `load${i}`;
-      store.insertClient({ name, token_id: t.tokenId, token_hash: t.hash, ttl: null, allow: JSON.stringify(["198.18.0.0/15"]), created_at: now, ipv6_prefix: null });
+      store.insertClient({ name, token_id: t.tokenId, token_hash: t.hash, ttl: null, allow: parseAllowList(JSON.stringify(["198.18.0.0/15"])), created_at: now, ipv6_prefix: null });
       if (withLease) store.upsertLease({ client: name, family: 4, ip: addressOf(i), granted_at: now, renewed_at: now, expires_at: now + 3_600_000, renewals: 0 });
     }
   });

@@ -4,7 +4,7 @@ import { log } from "../../lib/logging.ts";
 import { LeaseError, type LeaseErrorCode, type LeaseService } from "../service.ts";
 import type { ClientRow, LeaseRow } from "../state.ts";
 import { bearer } from "../tokens.ts";
-import type { LeaseView, LeaseAnswerBody } from "../../lib/wire.ts";
+import type { ErrorBody, LeaseAnswerBody, LeaseStatusBody, LeaseView, ReleaseBody, WireBody } from "../../lib/wire.ts";
 
 /** Largest request body accepted; a lease request is a few dozen bytes. */
 export const MAX_BODY = 4096;
@@ -36,7 +36,7 @@ const STATUS: Record<LeaseErrorCode, number> = {
 };
 
 /** A JSON answer that no cache keeps. */
-export function json(status: number, body: unknown, headers: Record<string, string> = {}): Response {
+export function json(status: number, body: WireBody, headers: Record<string, string> = {}): Response {
   return new Response(JSON.stringify(body) + "\n", {
     status,
     headers: { "content-type": "application/json", "cache-control": "no-store", ...headers },
@@ -46,6 +46,11 @@ export function json(status: number, body: unknown, headers: Record<string, stri
 /** A lease as the API and `server list` show it. */
 export function leaseView(l: LeaseRow): LeaseView {
   return { ip: l.ip, family: l.family, renewed_at: new Date(l.renewed_at).toISOString(), expires_at: new Date(l.expires_at).toISOString() };
+}
+
+/** An error answer's body. */
+function errorBody(error: string, message: string): ErrorBody {
+  return { error, message };
 }
 
 /** True for an error of the state database (full disk, read-only, locked): the server's trouble, not the caller's. */
@@ -58,15 +63,15 @@ export function errorResponse(err: unknown): Response {
   if (err instanceof LeaseError) {
     const headers: Record<string, string> = err.retryAfter ? { "retry-after": String(err.retryAfter) } : {};
     if (err.code === "unauthorized") headers["www-authenticate"] = "Bearer";
-    return json(STATUS[err.code], { error: err.code, message: err.message }, headers);
+    return json(STATUS[err.code], errorBody(err.code, err.message), headers);
   }
-  if (err instanceof HttpError) return json(err.status, { error: err.code, message: err.message }, err.headers);
+  if (err instanceof HttpError) return json(err.status, errorBody(err.code, err.message), err.headers);
   if (isStateError(err)) {
     log.error(`state database error: ${(err as Error).message}`);
-    return json(503, { error: "state_unavailable", message: `the state database cannot be written (${(err as Error).message}); nothing was changed` }, { "retry-after": "30" });
+    return json(503, errorBody("state_unavailable", `the state database cannot be written (${(err as Error).message}); nothing was changed`), { "retry-after": "30" });
   }
   log.error(`request failed: ${(err as Error)?.stack ?? err}`);
-  return json(500, { error: "internal", message: "internal server error; see the server log" });
+  return json(500, errorBody("internal", "internal server error; see the server log"));
 }
 
 /** Reads a request body without ever holding more than MAX_BODY bytes; undefined when empty. */
@@ -129,11 +134,13 @@ export function leaseRoute(service: LeaseService): (req: Request, server: Server
       source = service.believe(server.requestIP(req)?.address, req.headers.get("x-forwarded-for"));
       client = await service.authenticate(bearer(req.headers.get("authorization")), source);
       if (req.method === "GET") {
-        return json(200, { client: client.name, ip: source.text, ttl: service.ttlOf(client), leases: (await service.leasesOf(client)).map(leaseView) });
+        const status: LeaseStatusBody = { client: client.name, ip: source.text, ttl: service.ttlOf(client), leases: (await service.leasesOf(client)).map(leaseView) };
+        return json(200, status);
       }
       if (req.method === "DELETE") {
         const gone = await service.release(client, source);
-        return json(200, { client: client.name, released: gone.map((l) => l.ip) });
+        const released: ReleaseBody = { client: client.name, released: gone.map((l) => l.ip) };
+        return json(200, released);
       }
       const body = await readJsonBody(req);
       if (body !== undefined && (typeof body !== "object" || body === null || Array.isArray(body))) {

@@ -1,9 +1,9 @@
 import { lstatSync, type Stats } from "node:fs";
 import { log } from "../../lib/logging.ts";
-import type { Clock } from "../leases.ts";
+import type { Clock } from "../../lib/clock.ts";
 import type { LiveIndex } from "../live.ts";
 import { Coalescer } from "./coalesce.ts";
-import type { Lookup, LookupStatus, LookupType } from "./index.ts";
+import type { Lookup, LookupStatus, LookupType } from "./types.ts";
 
 /** What identifies an installed file: replaced or deleted, any of these changes. */
 export type Identity = { dev: number; ino: number; size: number; mtimeMs: number } | null;

@@ -3,9 +3,9 @@ import { dirname } from "node:path";
 import type { ServerConfig } from "../../lib/config.ts";
 import { ownerFor, writeFileAtomic } from "../../lib/fsutil.ts";
 import type { LiveIndex } from "../live.ts";
-import type { Clock } from "../leases.ts";
+import type { Clock } from "../../lib/clock.ts";
 import { FileLookup, FileWriter, identityOf, lstatOrNull, whatChanged, type Identity, type RebuildInfo } from "./filelookup.ts";
-import type { InstalledView, Lookup, LookupContext, LookupName, LookupStatus, LookupType } from "./index.ts";
+import type { InstalledView, Lookup, LookupContext, LookupName, LookupStatus, LookupType } from "./types.ts";
 import { assertOurMap, frozenEntries, HEAD } from "./map.ts";
 
 /**

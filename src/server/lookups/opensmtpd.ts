@@ -1,7 +1,7 @@
 import type { ServerConfig } from "../../lib/config.ts";
 import { RelayError } from "../../lib/errors.ts";
 import { requirePostfixTool, runTool } from "../postfix.ts";
-import type { LookupContext } from "./index.ts";
+import type { LookupContext } from "./types.ts";
 import { lineFileRow } from "./linefile.ts";
 
 /** The table name smtpd.conf must declare: `smtpctl update table` names it. */

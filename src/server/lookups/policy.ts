@@ -4,10 +4,10 @@ import type { ServerConfig } from "../../lib/config.ts";
 import { usageError } from "../../lib/errors.ts";
 import { parseIp } from "../../lib/ip.ts";
 import { log } from "../../lib/logging.ts";
-import type { Clock } from "../leases.ts";
+import type { Clock } from "../../lib/clock.ts";
 import type { LiveIndex } from "../live.ts";
 import { answer, ProtocolError, RequestReader, type Handler } from "../policy/protocol.ts";
-import type { Lookup, LookupContext, LookupStatus, LookupType } from "./index.ts";
+import type { Lookup, LookupContext, LookupStatus, LookupType } from "./types.ts";
 
 /**
  * The relay decision: OK when client_address lies in a live lease, DUNNO

@@ -1,4 +1,5 @@
-import type { Clock } from "../leases.ts";
+import type { Clock } from "../../lib/clock.ts";
+import type { AllowList } from "../allow.ts";
 import type { AuditRow, Checked, ClientRow, LeaseRow } from "../state.ts";
 
 export type { AuditRow, Checked, ClientRow, LeaseRow };
@@ -22,7 +23,7 @@ export interface StoreTx {
    */
   lockClient(name: string): Promise<ClientRow | null>;
   insertClient(c: ClientRow): Promise<void>;
-  updateClient(name: string, ttl: number | null, allow: string, ipv6Prefix: number | null): Promise<void>;
+  updateClient(name: string, ttl: number | null, allow: AllowList, ipv6Prefix: number | null): Promise<void>;
   setToken(name: string, tokenId: string, hash: Uint8Array): Promise<boolean>;
   deleteClient(name: string): Promise<boolean>;
   leasesOf(client: string): Promise<LeaseRow[]>;

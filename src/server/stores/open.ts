@@ -1,6 +1,6 @@
 import type { ServerConfig } from "../../lib/config.ts";
 import { ExitCode, formatError, RelayError } from "../../lib/errors.ts";
-import { systemClock, type Clock } from "../leases.ts";
+import { systemClock, type Clock } from "../../lib/clock.ts";
 import { readLeases, type LeaseRow } from "../state.ts";
 import type { Store } from "./index.ts";
 import { pgTarget, PgStore } from "./postgres.ts";

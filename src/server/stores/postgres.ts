@@ -3,9 +3,10 @@ import { readFileSync, statSync } from "node:fs";
 import type { ServerConfig } from "../../lib/config.ts";
 import { checkDatabaseUrl } from "../../lib/config.ts";
 import { ExitCode, RelayError, usageError } from "../../lib/errors.ts";
-import { parseCidr } from "../../lib/ip.ts";
+import { leaseText, parseCidr } from "../../lib/ip.ts";
 import { log } from "../../lib/logging.ts";
-import { leaseText, type Clock } from "../leases.ts";
+import type { Clock } from "../../lib/clock.ts";
+import { parseAllowList } from "../allow.ts";
 import type { AuditRow, ClientRow, LeaseRow } from "../state.ts";
 import { StoreUnavailable, type AuditEntry, type Store, type StoreTx } from "./index.ts";
 
@@ -235,7 +236,7 @@ function clientRow(r: Row): ClientRow {
     token_id: String(r.token_id),
     token_hash: new Uint8Array(r.token_hash as Uint8Array),
     ttl: r.ttl === null ? null : Number(r.ttl),
-    allow: String(r.allow),
+    allow: parseAllowList(String(r.allow)),
     created_at: Math.round(Number(r.created_at)),
     ipv6_prefix: r.ipv6_prefix === null ? null : Number(r.ipv6_prefix),
   };
@@ -257,9 +258,9 @@ function statements(q: SQL, now: number): StoreTx {
     lockClient: async (name) => (await all(`SELECT ${CLIENT_COLS} FROM ${SCHEMA}.clients WHERE name = $1 FOR UPDATE`, [name])).map(clientRow)[0] ?? null,
     insertClient: async (c) =>
       void (await all(`INSERT INTO ${SCHEMA}.clients (name, token_id, token_hash, ttl, allow, created_at, ipv6_prefix) VALUES ($1, $2, $3, $4, $5, to_timestamp($6::float8 / 1000), $7)`, [
-        c.name, c.token_id, Buffer.from(c.token_hash), c.ttl, c.allow, c.created_at, c.ipv6_prefix,
+        c.name, c.token_id, Buffer.from(c.token_hash), c.ttl, c.allow.stored, c.created_at, c.ipv6_prefix,
       ])),
-    updateClient: async (name, ttl, allow, p) => void (await all(`UPDATE ${SCHEMA}.clients SET ttl = $1, allow = $2, ipv6_prefix = $3 WHERE name = $4`, [ttl, allow, p, name])),
+    updateClient: async (name, ttl, allow, p) => void (await all(`UPDATE ${SCHEMA}.clients SET ttl = $1, allow = $2, ipv6_prefix = $3 WHERE name = $4`, [ttl, allow.stored, p, name])),
     setToken: async (name, id, hash) => (await all(`UPDATE ${SCHEMA}.clients SET token_id = $1, token_hash = $2 WHERE name = $3 RETURNING name`, [id, Buffer.from(hash), name])).length > 0,
     deleteClient: async (name) => (await all(`DELETE FROM ${SCHEMA}.clients WHERE name = $1 RETURNING name`, [name])).length > 0,
     leasesOf: async (client) => (await all(`SELECT ${LEASE_COLS} FROM ${SCHEMA}.leases WHERE client = $1 ORDER BY family`, [client])).map(leaseRow),
@@ -272,7 +273,7 @@ function statements(q: SQL, now: number): StoreTx {
            WHERE client = $3 AND family = $4 AND net = $5::cidr AND expires_at > to_timestamp($1::float8 / 1000)
            AND EXISTS (SELECT 1 FROM ${SCHEMA}.clients WHERE name = $3 AND allow = $6 AND ttl IS NOT DISTINCT FROM $7::int AND ipv6_prefix IS NOT DISTINCT FROM $8::int FOR UPDATE)
            RETURNING ${LEASE_COLS}`,
-          [now, at, client.name, family, cidrText(ip), client.allow, client.ttl, client.ipv6_prefix],
+          [now, at, client.name, family, cidrText(ip), client.allow.stored, client.ttl, client.ipv6_prefix],
         )
       ).map(leaseRow)[0] ?? null,
     upsertLease: async (l) =>

@@ -1,4 +1,4 @@
-import type { Clock } from "../leases.ts";
+import type { Clock } from "../../lib/clock.ts";
 import { StateStore, type ClientRow, type LeaseRow } from "../state.ts";
 import type { AuditEntry, Store, StoreTx } from "./index.ts";
 

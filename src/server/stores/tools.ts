@@ -2,7 +2,7 @@ import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { checkDatabaseUrl, type ServerConfig } from "../../lib/config.ts";
 import { ExitCode, RelayError, usageError } from "../../lib/errors.ts";
-import { systemClock } from "../leases.ts";
+import { systemClock } from "../../lib/clock.ts";
 import { StateStore } from "../state.ts";
 import { PgStore, pgTarget, readPasswordFile, SCHEMA, type PgTarget } from "./postgres.ts";
 import { storeKindOf, unavailableError } from "./open.ts";

@@ -1,5 +1,8 @@
 import { describe, expect, test } from "bun:test";
-import { fingerprintOf, renderDyndnsEnrollment, renderEdit, renderEnrollment, renderRevoke, statusProblem } from "../../../src/commands/server.ts";
+import { fingerprintOf, renderDyndnsEnrollment, renderEnrollment } from "../../../src/commands/server/add.ts";
+import { renderEdit } from "../../../src/commands/server/edit.ts";
+import { renderRevoke } from "../../../src/commands/server/revoke.ts";
+import { statusProblem } from "../../../src/commands/server/status.ts";
 import { ExitCode } from "../../../src/lib/errors.ts";
 import type { StatusView } from "../../../src/server/admin.ts";
 import type { ServerStatus } from "../../../src/server/runtime/status.ts";

@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { cidrContains, formatV6, parseCidr, parseIp, specialAddressKind, type Ip } from "../../../src/lib/ip.ts";
+import { cidrContains, formatV6, parseCidr, parseIp, sourceKey, specialAddressKind, type Ip } from "../../../src/lib/ip.ts";
 
 function ip(s: string): Ip {
   const r = parseIp(s);
@@ -281,5 +281,13 @@ describe("specialAddressKind", () => {
 
   test.each(["192.0.2.1", "198.51.100.7", "10.1.2.3", "223.255.255.255", "240.0.0.1", "169.253.255.255", "128.0.0.1", "2001:db8::1", "fec0::1", "::2", "fe7f::1"])("%s is ordinary", (addr) => {
     expect(specialAddressKind(ip(addr))).toBeNull();
+  });
+});
+
+describe("sourceKey", () => {
+  test("IPv4 by address, IPv6 by /64", async () => {
+    expect(sourceKey(ip("192.0.2.1"))).toBe("192.0.2.1");
+    expect(sourceKey(ip("2001:db8:1:2:3:4:5:6"))).toBe("2001:db8:1:2::/64");
+    expect(sourceKey(ip("2001:db8:1:2::99"))).toBe(sourceKey(ip("2001:db8:1:2:3:4:5:6")));
   });
 });

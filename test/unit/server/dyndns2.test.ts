@@ -8,6 +8,7 @@ import type { ClientRow, StateStore } from "../../../src/server/state.ts";
 import { AuthThrottle, RenewalLimiter } from "../../../src/server/throttle.ts";
 import { newToken } from "../../../src/server/tokens.ts";
 import { FakeClock, fakeServer, removeTempDirs, silenceLogger, tempDir, testService, type TestService } from "../helpers.ts";
+import { parseAllowList } from "../../../src/server/allow.ts";
 
 beforeAll(silenceLogger);
 afterAll(removeTempDirs);
@@ -143,7 +144,7 @@ describe("GET|POST /nic/update", () => {
 
   function addClient(name: string, allow: string[] = []): string {
     const tok = newToken();
-    const row: ClientRow = { name, token_id: tok.tokenId, token_hash: tok.hash, ttl: null, allow: JSON.stringify(allow), created_at: clock.now(), ipv6_prefix: null };
+    const row: ClientRow = { name, token_id: tok.tokenId, token_hash: tok.hash, ttl: null, allow: parseAllowList(JSON.stringify(allow)), created_at: clock.now(), ipv6_prefix: null };
     store.insertClient(row);
     return tok.token;
   }

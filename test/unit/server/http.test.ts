@@ -7,6 +7,7 @@ import type { MapWriter } from "../../../src/server/lookups/map.ts";
 import type { ClientRow, StateStore } from "../../../src/server/state.ts";
 import { newToken } from "../../../src/server/tokens.ts";
 import { FakeClock, fakeServer, removeTempDirs, silenceLogger, tempDir, testService, type FakePostmap, type TestService } from "../helpers.ts";
+import { parseAllowList } from "../../../src/server/allow.ts";
 
 beforeAll(silenceLogger);
 afterAll(removeTempDirs);
@@ -31,7 +32,7 @@ afterEach(() => store.close());
 /** Creates a client and returns its bearer token. */
 function addClient(name: string, opts: { allow?: string[]; ttl?: number; ipv6Prefix?: number } = {}): string {
   const tok = newToken();
-  const row: ClientRow = { name, token_id: tok.tokenId, token_hash: tok.hash, ttl: opts.ttl ?? null, allow: JSON.stringify(opts.allow ?? []), created_at: clock.now(), ipv6_prefix: opts.ipv6Prefix ?? null };
+  const row: ClientRow = { name, token_id: tok.tokenId, token_hash: tok.hash, ttl: opts.ttl ?? null, allow: parseAllowList(JSON.stringify(opts.allow ?? [])), created_at: clock.now(), ipv6_prefix: opts.ipv6Prefix ?? null };
   store.insertClient(row);
   return tok.token;
 }

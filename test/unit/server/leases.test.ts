@@ -4,6 +4,7 @@ import { LeaseBook } from "../../../src/server/leases.ts";
 import { StateStore, type ClientRow } from "../../../src/server/state.ts";
 import { SqliteStore } from "../../../src/server/stores/sqlite.ts";
 import { FakeClock, removeTempDirs, tempDir } from "../helpers.ts";
+import { NO_ALLOW } from "../../../src/server/allow.ts";
 
 afterAll(removeTempDirs);
 
@@ -16,7 +17,7 @@ let ttl: number;
 let book: LeaseBook;
 
 function client(name: string, opts: { ttl?: number | null } = {}): ClientRow {
-  const row: ClientRow = { name, token_id: name.padEnd(16, "0").slice(0, 16), token_hash: new Uint8Array(32), ttl: opts.ttl ?? null, allow: "[]", created_at: clock.now(), ipv6_prefix: null };
+  const row: ClientRow = { name, token_id: name.padEnd(16, "0").slice(0, 16), token_hash: new Uint8Array(32), ttl: opts.ttl ?? null, allow: NO_ALLOW, created_at: clock.now(), ipv6_prefix: null };
   store.insertClient(row);
   return store.getClient(name)!;
 }

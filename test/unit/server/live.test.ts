@@ -1,6 +1,6 @@
 import { beforeAll, describe, expect, test } from "bun:test";
-import { parseIp, type Ip } from "../../../src/lib/ip.ts";
-import { LiveIndex, maskText } from "../../../src/server/live.ts";
+import { maskText, parseIp, type Ip } from "../../../src/lib/ip.ts";
+import { LiveIndex } from "../../../src/server/live.ts";
 import type { LeaseRow } from "../../../src/server/state.ts";
 import { silenceLogger } from "../helpers.ts";
 

@@ -18,12 +18,13 @@ import { Publisher, STATUS_DELAY_MS } from "../../../src/server/runtime/publishe
 import { statusPath, type ServerStatus } from "../../../src/server/runtime/status.ts";
 import { StateStore, type ClientRow } from "../../../src/server/state.ts";
 import { SqliteStore } from "../../../src/server/stores/sqlite.ts";
+import { NO_ALLOW } from "../../../src/server/allow.ts";
 import { FakeClock, FakeTimers, removeTempDirs, settle, silenceLogger, tempDir } from "../helpers.ts";
 
 beforeAll(silenceLogger);
 afterAll(removeTempDirs);
 
-const client = (name: string): ClientRow => ({ name, token_id: name, token_hash: new Uint8Array(32), ttl: 20, allow: "", ipv6_prefix: null, created_at: 0 });
+const client = (name: string): ClientRow => ({ name, token_id: name, token_hash: new Uint8Array(32), ttl: 20, allow: NO_ALLOW, ipv6_prefix: null, created_at: 0 });
 
 /** A lookup that counts publications and fails while told to. */
 class CountingLookup implements Lookup {

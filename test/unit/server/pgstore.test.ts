@@ -5,7 +5,8 @@ import { afterAll, beforeAll, describe, expect, setSystemTime, test } from "bun:
 import { chmodSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseCidr } from "../../../src/lib/ip.ts";
-import { LeaseBook, systemClock } from "../../../src/server/leases.ts";
+import { systemClock } from "../../../src/lib/clock.ts";
+import { LeaseBook } from "../../../src/server/leases.ts";
 import type { ClientRow } from "../../../src/server/state.ts";
 import { StoreUnavailable } from "../../../src/server/stores/index.ts";
 import { CHANNEL, PG_SCHEMA_VERSION, PgStore, pgTarget, readPasswordFile } from "../../../src/server/stores/postgres.ts";
@@ -16,6 +17,7 @@ import { loadServerConfig } from "../../../src/lib/config.ts";
 import { StateStore } from "../../../src/server/state.ts";
 import { SqliteStore } from "../../../src/server/stores/sqlite.ts";
 import { EXACT_REGEXP, migrateToPostgres, PGSQL_QUERY, postfixPgsqlFile } from "../../../src/server/stores/tools.ts";
+import { NO_ALLOW, parseAllowList } from "../../../src/server/allow.ts";
 
 const HAVE_PG = postgresBinDir() !== undefined;
 let pg: PgCluster;
@@ -30,7 +32,7 @@ afterAll(async () => {
 });
 
 const open = (): PgStore => new PgStore(pgTarget(pg.url), systemClock);
-const client = (name: string, ttl: number | null = null): ClientRow => ({ name, token_id: name.padEnd(16, "0").slice(0, 16), token_hash: new Uint8Array(32).fill(7), ttl, allow: "[]", created_at: Date.now(), ipv6_prefix: null });
+const client = (name: string, ttl: number | null = null): ClientRow => ({ name, token_id: name.padEnd(16, "0").slice(0, 16), token_hash: new Uint8Array(32).fill(7), ttl, allow: NO_ALLOW, created_at: Date.now(), ipv6_prefix: null });
 
 describe("pgTarget and the password file", () => {
   test("a unix socket URL is taken apart; the shown form has no password", () => {
@@ -153,12 +155,12 @@ describe.skipIf(!HAVE_PG)("PgStore on a real PostgreSQL", () => {
     const book = new LeaseBook(host, () => 600, systemClock);
     const net = parseCidr("198.51.100.20")!;
     try {
-      await editor.tx(async (t) => t.insertClient({ ...client("racer", 3600), allow: '["198.51.100.0/24"]' }));
+      await editor.tx(async (t) => t.insertClient({ ...client("racer", 3600), allow: parseAllowList('["198.51.100.0/24"]') }));
       const checked = (await host.getClient("racer"))!;
       await book.renew(checked, net, "x");
       const leaseOf = async () => (await host.leasesOfClients(["racer"]))[0]!;
       // The edit holds the client's row between its UPDATE and COMMIT, leaving the lease row alone (ttl cut to 60 s, lease already shorter).
-      for (const [over, expect60] of [[{ ttl: 60 }, true], [{ allow: '["198.51.100.128/25"]' }, false]] as const) {
+      for (const [over, expect60] of [[{ ttl: 60 }, true], [{ allow: parseAllowList('["198.51.100.128/25"]') }, false]] as const) {
         let commit!: () => void;
         let updated!: () => void;
         const held = new Promise<void>((r) => (commit = r));
@@ -171,7 +173,7 @@ describe.skipIf(!HAVE_PG)("PgStore on a real PostgreSQL", () => {
         });
         await didUpdate;
         const renewing = book.renew(checked, net, "x", (now) => {
-          if (!now || !JSON.parse(now.allow).includes("198.51.100.0/24")) throw new Error("refused by the row in the transaction");
+          if (!now || !JSON.parse(now.allow.stored).includes("198.51.100.0/24")) throw new Error("refused by the row in the transaction");
           return net;
         }).then((r) => r, (e: Error) => e);
         await Bun.sleep(300);

@@ -11,6 +11,7 @@ import { ExpiryTimer, MAX_TIMER_MS } from "../../../src/server/runtime/expiry.ts
 import { Retrier } from "../../../src/server/runtime/retry.ts";
 import { StateStore, type ClientRow } from "../../../src/server/state.ts";
 import { FakeClock, FakeTimers, removeTempDirs, silenceLogger, tempDir } from "../helpers.ts";
+import { NO_ALLOW } from "../../../src/server/allow.ts";
 
 beforeAll(silenceLogger);
 afterAll(removeTempDirs);
@@ -115,7 +116,7 @@ describe("ExpiryTimer", () => {
   let expiry: ExpiryTimer;
 
   const client = (name: string, ttl: number): ClientRow => {
-    store.insertClient({ name, token_id: name.padEnd(16, "0"), token_hash: new Uint8Array(32), ttl, allow: "[]", created_at: 0, ipv6_prefix: null });
+    store.insertClient({ name, token_id: name.padEnd(16, "0"), token_hash: new Uint8Array(32), ttl, allow: NO_ALLOW, created_at: 0, ipv6_prefix: null });
     return store.getClient(name)!;
   };
 

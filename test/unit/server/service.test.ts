@@ -5,17 +5,18 @@ import { LeaseBook } from "../../../src/server/leases.ts";
 import type { Lookup } from "../../../src/server/lookups/index.ts";
 import { StoreUnavailable } from "../../../src/server/stores/index.ts";
 import { policyLookupType } from "../../../src/server/lookups/policy.ts";
-import { LeaseError, LeaseService, leaseNetwork, observedAddress, sourceKey, type ServiceDeps } from "../../../src/server/service.ts";
+import { LeaseError, LeaseService, leaseNetwork, observedAddress, type ServiceDeps } from "../../../src/server/service.ts";
 import type { ClientRow } from "../../../src/server/state.ts";
 import { AuthThrottle, RenewalLimiter } from "../../../src/server/throttle.ts";
 import { newToken } from "../../../src/server/tokens.ts";
 import { FakeClock, removeTempDirs, silenceLogger, tempDir, testService, type TestService } from "../helpers.ts";
+import { NO_ALLOW, parseAllowList } from "../../../src/server/allow.ts";
 
 beforeAll(silenceLogger);
 afterAll(removeTempDirs);
 
 const ip = (s: string): Ip => parseIp(s)!;
-const clientWith = (allow: string[], name = "c"): ClientRow => ({ name, token_id: "0123456789abcdef", token_hash: new Uint8Array(32), ttl: null, allow: JSON.stringify(allow), created_at: 0, ipv6_prefix: null });
+const clientWith = (allow: string[], name = "c"): ClientRow => ({ name, token_id: "0123456789abcdef", token_hash: new Uint8Array(32), ttl: null, allow: parseAllowList(JSON.stringify(allow)), created_at: 0, ipv6_prefix: null });
 
 /** The LeaseError fn throws; fails when it throws nothing or something else. */
 function leaseError(fn: () => unknown): LeaseError {
@@ -127,11 +128,13 @@ describe("leaseNetwork", () => {
   });
 });
 
-describe("sourceKey", () => {
-  test("IPv4 by address, IPv6 by /64", async () => {
-    expect(sourceKey(ip("192.0.2.1"))).toBe("192.0.2.1");
-    expect(sourceKey(ip("2001:db8:1:2:3:4:5:6"))).toBe("2001:db8:1:2::/64");
-    expect(sourceKey(ip("2001:db8:1:2::99"))).toBe(sourceKey(ip("2001:db8:1:2:3:4:5:6")));
+describe("leaseNetwork with an allow list read back broken", () => {
+  test("admits nothing, not even the address the client connects from (read as empty it would)", () => {
+    for (const broken of [["192.0.2.0/24", "garbage"], ["192.0.2.1/24"], ["not an address"]]) {
+      const e = leaseError(() => leaseNetwork(clientWith(broken), ip("198.51.100.7"), undefined, 64));
+      expect(e.code).toBe("address_not_allowed");
+      expect(e.message).toContain("cannot be read");
+    }
   });
 });
 
@@ -150,7 +153,7 @@ describe("LeaseService", () => {
 
   function enroll(name: string, over: Partial<ClientRow> = {}): string {
     const tok = newToken();
-    t.store.insertClient({ name, token_id: tok.tokenId, token_hash: tok.hash, ttl: null, allow: "[]", created_at: 0, ipv6_prefix: null, ...over });
+    t.store.insertClient({ name, token_id: tok.tokenId, token_hash: tok.hash, ttl: null, allow: NO_ALLOW, created_at: 0, ipv6_prefix: null, ...over });
     return tok.token;
   }
   const bad = { token: "0123456789abcdef.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA" };
@@ -205,7 +208,7 @@ describe("LeaseService", () => {
     });
 
     test("a client's ipv6_prefix overrides the server's; the map lookup cannot hold it", async () => {
-      enroll("lan", { ipv6_prefix: 64, allow: '["2001:db8::/32"]' });
+      enroll("lan", { ipv6_prefix: 64, allow: parseAllowList('["2001:db8::/32"]') });
       const c = t.store.getClient("lan")!;
       expect(t.service.ipv6PrefixOf(c)).toBe(64);
       expect(t.service.ipv6PrefixOf({ ...c, ipv6_prefix: null })).toBe(128);
@@ -225,7 +228,7 @@ describe("LeaseService", () => {
         close: async () => undefined,
       };
       const service = serviceWith(t, clock, { lookup, publish: () => lookup.publish() });
-      enroll("lan", { ipv6_prefix: 64, allow: '["2001:db8::/32"]' });
+      enroll("lan", { ipv6_prefix: 64, allow: parseAllowList('["2001:db8::/32"]') });
       const r = await service.renew(t.store.getClient("lan")!, ip("2001:db8:1:2:3:4:5:6"));
       expect(r.lease.ip).toBe("2001:db8:1:2::/64");
       expect(published).toBe(1);
@@ -259,13 +262,13 @@ describe("LeaseService", () => {
     const edit = (name: string, over: { allow?: string[]; ttl?: number }, drop: number[] = [], cutTo?: number): void =>
       t.store.tx(() => {
         const c = t.store.getClient(name)!;
-        t.store.updateClient(name, over.ttl ?? c.ttl, over.allow ? JSON.stringify(over.allow) : c.allow, c.ipv6_prefix);
+        t.store.updateClient(name, over.ttl ?? c.ttl, over.allow ? parseAllowList(JSON.stringify(over.allow)) : c.allow, c.ipv6_prefix);
         for (const f of drop) t.store.deleteLeasesOf(name, f);
         if (cutTo !== undefined) for (const l of t.store.leasesOf(name)) t.store.setLeaseExpiry(name, l.family, cutTo);
       });
 
     test("a narrowed allow list refuses the renewal inside its transaction; nothing is leased", async () => {
-      enroll("office", { allow: '["198.51.100.0/24"]' });
+      enroll("office", { allow: parseAllowList('["198.51.100.0/24"]') });
       const c = stale("office");
       await t.service.renew(c, ip("203.0.113.1"), "198.51.100.9");
       const checked = stale("office");
@@ -280,7 +283,7 @@ describe("LeaseService", () => {
     });
 
     test("an edit that kept the lease but changed the row sends the renewal down the checking path", async () => {
-      enroll("office", { allow: '["198.51.100.0/24"]' });
+      enroll("office", { allow: parseAllowList('["198.51.100.0/24"]') });
       await t.service.renew(stale("office"), ip("203.0.113.1"), "198.51.100.9");
       const checked = stale("office");
       edit("office", { allow: ["198.51.100.128/25"] });
@@ -308,7 +311,7 @@ describe("LeaseService", () => {
     });
 
     test("v4,v6 in one transaction: an edit refusing one family leaves the other unleased too", async () => {
-      enroll("dual", { allow: '["198.51.100.0/24","2001:db8::/32"]' });
+      enroll("dual", { allow: parseAllowList('["198.51.100.0/24","2001:db8::/32"]') });
       const checked = stale("dual");
       edit("dual", { allow: ["198.51.100.0/24"] });
       expect((await leaseErrorAsync(() => t.service.renewEach(checked, ip("203.0.113.1"), ["198.51.100.9", "2001:db8:1:2:3:4:5:6"]))).code).toBe("address_not_allowed");
@@ -373,7 +376,7 @@ describe("an unreachable store", () => {
     expect(err).toBeInstanceOf(LeaseError);
     expect(err.code).toBe("state_unavailable");
     expect(err.refusal).toBe(false);
-    const c: ClientRow = { name: "c", token_id: "0123456789abcdef", token_hash: new Uint8Array(32), ttl: null, allow: "[]", created_at: 0, ipv6_prefix: null };
+    const c: ClientRow = { name: "c", token_id: "0123456789abcdef", token_hash: new Uint8Array(32), ttl: null, allow: NO_ALLOW, created_at: 0, ipv6_prefix: null };
     expect((await service.renew(c, src).catch((e) => e)).code).toBe("state_unavailable");
     expect((await service.release(c, src).catch((e) => e)).code).toBe("state_unavailable");
     const res = errorResponse(err);

@@ -2,6 +2,7 @@ import { afterAll, afterEach, beforeEach, describe, expect, test } from "bun:tes
 import { SqliteStore } from "../../../src/server/stores/sqlite.ts";
 import type { LeaseRow } from "../../../src/server/state.ts";
 import { FakeClock, removeTempDirs, tempDir } from "../helpers.ts";
+import { NO_ALLOW } from "../../../src/server/allow.ts";
 
 afterAll(removeTempDirs);
 
@@ -10,7 +11,7 @@ let commits: number;
 beforeEach(() => {
   store = SqliteStore.open(tempDir("relayctl-sqlitestore-"), new FakeClock());
   for (let i = 0; i < 5; i++) {
-    store.state.insertClient({ name: `c${i}`, token_id: `${i}`.repeat(16), token_hash: new Uint8Array(32), ttl: null, allow: "[]", created_at: 0, ipv6_prefix: null });
+    store.state.insertClient({ name: `c${i}`, token_id: `${i}`.repeat(16), token_hash: new Uint8Array(32), ttl: null, allow: NO_ALLOW, created_at: 0, ipv6_prefix: null });
   }
   // Counts the COMMITs the store runs.
   commits = 0;

@@ -5,6 +5,7 @@ import { ExitCode, RelayError } from "../../../src/lib/errors.ts";
 import { Database } from "bun:sqlite";
 import { SCHEMA_VERSION, StateStore, type ClientRow, type LeaseRow } from "../../../src/server/state.ts";
 import { removeTempDirs, tempDir } from "../helpers.ts";
+import { NO_ALLOW, parseAllowList } from "../../../src/server/allow.ts";
 
 afterAll(removeTempDirs);
 
@@ -21,7 +22,7 @@ const clientRow = (name: string, over: Partial<ClientRow> = {}): ClientRow => ({
   token_id: name.padEnd(16, "x"),
   token_hash: new Uint8Array(32).fill(7),
   ttl: null,
-  allow: "[]",
+  allow: NO_ALLOW,
   created_at: 1000,
   ipv6_prefix: null,
   ...over,
@@ -35,11 +36,11 @@ describe("StateStore", () => {
   });
 
   test("clients round-trip, including the token hash bytes", () => {
-    store.insertClient(clientRow("b", { ttl: 90, allow: '["192.0.2.0/24"]' }));
+    store.insertClient(clientRow("b", { ttl: 90, allow: parseAllowList('["192.0.2.0/24"]') }));
     store.insertClient(clientRow("a"));
     const b = store.getClient("b")!;
     expect(b.ttl).toBe(90);
-    expect(b.allow).toBe('["192.0.2.0/24"]');
+    expect(b.allow.stored).toBe('["192.0.2.0/24"]');
     expect(Array.from(b.token_hash)).toEqual(new Array(32).fill(7));
     expect(store.getClientByTokenId("bxxxxxxxxxxxxxxx")?.name).toBe("b");
     expect(store.getClientByTokenId("nope")).toBeNull();
@@ -69,7 +70,7 @@ describe("StateStore", () => {
     // Expired at now: a renewal then is a new grant, not an extension.
     expect(store.extendLease(a, 4, "192.0.2.1", 100, 500)).toBeNull();
     // The client's row changed since the renewal was checked (server edit): the full path decides.
-    expect(store.extendLease({ ...a, allow: '["192.0.2.0/24"]' }, 4, "192.0.2.1", 50, 500)).toBeNull();
+    expect(store.extendLease({ ...a, allow: parseAllowList('["192.0.2.0/24"]') }, 4, "192.0.2.1", 50, 500)).toBeNull();
     expect(store.extendLease({ ...a, ttl: 60 }, 4, "192.0.2.1", 50, 500)).toBeNull();
     expect(store.extendLease({ ...a, ipv6_prefix: 64 }, 4, "192.0.2.1", 50, 500)).toBeNull();
     expect(store.leasesOf("a")[0]).toMatchObject({ expires_at: 100, renewals: 2 });
@@ -249,7 +250,7 @@ describe("schema migrations", () => {
     try {
       expect((migrated.db.query("PRAGMA user_version").get() as { user_version: number }).user_version).toBe(SCHEMA_VERSION);
       const c = migrated.getClientByTokenId("0123456789abcdef")!;
-      expect(c).toMatchObject({ name: "office", ttl: 600, allow: '["192.0.2.0/24"]', created_at: 1000, ipv6_prefix: null });
+      expect(c).toMatchObject({ name: "office", ttl: 600, allow: parseAllowList('["192.0.2.0/24"]'), created_at: 1000, ipv6_prefix: null });
       expect(Array.from(c.token_hash)).toEqual(new Array(32).fill(3));
       expect(migrated.allLeases()).toEqual([{ client: "office", family: 4, ip: "192.0.2.7", granted_at: 10, renewed_at: 20, expires_at: 30, renewals: 0 }]);
       const [a] = migrated.auditLog();

@@ -3,6 +3,7 @@ import { createHash } from "node:crypto";
 import { StateStore } from "../../../src/server/state.ts";
 import { authenticate, basic, bearer, newToken } from "../../../src/server/tokens.ts";
 import { removeTempDirs, tempDir } from "../helpers.ts";
+import { NO_ALLOW } from "../../../src/server/allow.ts";
 
 afterAll(removeTempDirs);
 
@@ -17,7 +18,7 @@ const cred = (token: string | null) => (token === null ? null : { token });
 
 function enroll(name: string): string {
   const t = newToken();
-  store.insertClient({ name, token_id: t.tokenId, token_hash: t.hash, ttl: null, allow: "[]", created_at: 0, ipv6_prefix: null });
+  store.insertClient({ name, token_id: t.tokenId, token_hash: t.hash, ttl: null, allow: NO_ALLOW, created_at: 0, ipv6_prefix: null });
   return t.token;
 }
 
