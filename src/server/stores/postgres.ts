@@ -42,12 +42,16 @@ export const SCHEMA = "relayctl";
  * worst it stops relaying early (fail closed) until its next reload
  * (RECONCILE_MS). Everything else notifies: a grant, a new address, a
  * re-grant (granted_at moves), an expiry moved earlier, a delete.
- * Per row, not per statement: a DELETE that found nothing due must not wake
- * every other host (which would sweep, and wake this one again).
+ * Inserts and deletes notify once per statement, and only when it touched a
+ * row (a transition table says): a DELETE that found nothing due must not
+ * wake every other host (which would sweep, and wake this one again), and
+ * server migrate's million-row INSERT pays one NOTIFY, not a million.
  */
 const TRIGGERS = `
-   CREATE TRIGGER leases_changed AFTER INSERT OR DELETE ON ${SCHEMA}.leases
-     FOR EACH ROW EXECUTE FUNCTION ${SCHEMA}.lease_changed();
+   CREATE TRIGGER leases_added AFTER INSERT ON ${SCHEMA}.leases
+     REFERENCING NEW TABLE AS touched FOR EACH STATEMENT EXECUTE FUNCTION ${SCHEMA}.leases_touched();
+   CREATE TRIGGER leases_removed AFTER DELETE ON ${SCHEMA}.leases
+     REFERENCING OLD TABLE AS touched FOR EACH STATEMENT EXECUTE FUNCTION ${SCHEMA}.leases_touched();
    CREATE TRIGGER leases_moved AFTER UPDATE ON ${SCHEMA}.leases
      FOR EACH ROW WHEN (OLD.client IS DISTINCT FROM NEW.client OR OLD.family IS DISTINCT FROM NEW.family
        OR OLD.net IS DISTINCT FROM NEW.net OR OLD.granted_at IS DISTINCT FROM NEW.granted_at
@@ -55,6 +59,15 @@ const TRIGGERS = `
      EXECUTE FUNCTION ${SCHEMA}.lease_changed();
    CREATE TRIGGER leases_truncated AFTER TRUNCATE ON ${SCHEMA}.leases
      FOR EACH STATEMENT EXECUTE FUNCTION ${SCHEMA}.lease_changed();`;
+
+/** The statement-level notice for inserts and deletes: only when the statement touched a row. */
+const TOUCHED = `
+   CREATE FUNCTION ${SCHEMA}.leases_touched() RETURNS trigger
+     LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+   BEGIN
+     IF EXISTS (SELECT 1 FROM touched) THEN PERFORM pg_notify('${CHANNEL}', ''); END IF;
+     RETURN NULL;
+   END $$;`;
 
 /**
  * Functions and triggers, for a new database and for the move from version 1.
@@ -85,6 +98,7 @@ const ROUTINES = `
    CREATE FUNCTION ${SCHEMA}.lease_changed() RETURNS trigger
      LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
    BEGIN PERFORM pg_notify('${CHANNEL}', ''); RETURN NULL; END $$;
+   ${TOUCHED}
    ${TRIGGERS}`;
 
 /**
@@ -176,8 +190,12 @@ const UPGRADES: Record<number, (legacy: string) => string> = {
   // Version 3: renewals are HOT updates that notify nobody (see TRIGGERS, FILLFACTOR).
   2: () => `
    DROP TRIGGER IF EXISTS leases_changed ON ${SCHEMA}.leases;
+   DROP TRIGGER IF EXISTS leases_added ON ${SCHEMA}.leases;
+   DROP TRIGGER IF EXISTS leases_removed ON ${SCHEMA}.leases;
    DROP TRIGGER IF EXISTS leases_moved ON ${SCHEMA}.leases;
    DROP TRIGGER IF EXISTS leases_truncated ON ${SCHEMA}.leases;
+   DROP FUNCTION IF EXISTS ${SCHEMA}.leases_touched();
+   ${TOUCHED}
    DROP INDEX IF EXISTS ${SCHEMA}.leases_expiry;
    ALTER TABLE ${SCHEMA}.leases SET (fillfactor = ${FILLFACTOR});
    ${TRIGGERS}`,
