@@ -225,13 +225,14 @@ describe.skipIf(!HAVE_PG)("server migrate, in bulk", () => {
     const state = new StateStore(config.stateDir);
     const now = Date.now();
     const ins = state.db.prepare("INSERT INTO clients (name, token_id, token_hash, ttl, allow, created_at) VALUES (?, ?, ?, NULL, '[]', ?)");
-    const lease = state.db.prepare("INSERT INTO leases (client, family, ip, granted_at, renewed_at, expires_at) VALUES (?, 4, ?, ?, ?, ?)");
+    // Documentation addresses, as data only.
+    const lease = state.db.prepare("INSERT INTO leases (client, family, ip, granted_at, renewed_at, expires_at) VALUES (?, 6, ?, ?, ?, ?)");
     const hash = new Uint8Array(32).fill(3);
     state.tx(() => {
       for (let i = 0; i < n; i++) {
         const name = `c${String(i).padStart(7, "0")}`;
         ins.run(name, `t${String(i).padStart(15, "0")}`, hash, now);
-        lease.run(name, `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`, now, now, now + 3_600_000);
+        lease.run(name, `2001:db8:${(i >> 16).toString(16)}::${(i & 0xffff).toString(16)}`, now, now, now + 3_600_000);
       }
       extra?.(state.db);
     });
