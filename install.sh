@@ -427,7 +427,7 @@ write_server_skeleton() {
 # error, warn, info or debug.
 #log_level = "info"
 
-# Shared PostgreSQL state for several relay hosts: a postgres:// URL (unix socket: ?host=/var/run/postgresql; TLS: ?sslmode=verify-full).
+# Shared PostgreSQL state for several relay hosts: a postgres:// URL (unix socket: ?host=/var/run/postgresql; TLS: ?sslmode=verify-full; connections: ?pool_size=10). Several hosts as libpq writes them (`h1,h2:5433`, `?host=/a,/b&port=5432`, `target_session_attrs=read-write`) or a list of one-host URLs: the first read-write host is used, and found again after a failover (several-relays.md, Failover).
 # Default: SQLite in state_dir.
 #database = "postgres://relayctl@localhost/relayctl?host=/var/run/postgresql"
 

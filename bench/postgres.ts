@@ -4,10 +4,13 @@
  * server binary), and the time from a renewal answered by host A until
  * host B's lookup (its map) holds the new address.
  */
-import { appendFileSync, mkdirSync, readFileSync } from "node:fs";
+import { appendFileSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { newToken } from "../src/server/tokens.ts";
+import { StateStore } from "../src/server/state.ts";
 import { run } from "../test/e2e/harness.ts";
-import { startCluster } from "../test/pgcluster.ts";
-import { benchAddress, median, mmm, percentile, postLease, RELAYCTL, scratch, seedState, startServer, writeServerConfig, type BenchServer, type Row } from "./lib.ts";
+import { startCluster, type PgCluster } from "../test/pgcluster.ts";
+import { benchAddress, median, mmm, percentile, postLease, RELAYCTL, scratch, seedState, startServer, toolPath, writeServerConfig, type BenchServer, type Row } from "./lib.ts";
 import { wrk } from "./load.ts";
 
 /** PostgreSQL against SQLite renewal throughput (one client and many), and host A to host B propagation, in one run. */
@@ -123,6 +126,126 @@ export async function benchPostgres(o: { leases: number; conns: number; seconds:
       await b.stop();
       await s.stop();
     }
+  } finally {
+    await pg.destroy();
+  }
+}
+
+/**
+ * A SQLite state of n clients with a live lease each: the first `keep` with
+ * real tokens and bench addresses (they renew), the rest with unusable
+ * tokens and documentation IPv6 addresses (data only, never routed).
+ */
+function seedBulk(stateDir: string, n: number, keep: number): string[] {
+  const store = new StateStore(stateDir);
+  const tokens: string[] = [];
+  const now = Date.now();
+  try {
+    const ins = store.db.prepare("INSERT INTO clients (name, token_id, token_hash, ttl, allow, created_at) VALUES (?, ?, ?, NULL, ?, ?)");
+    // The bench sends from loopback for addresses in 198.18.0.0/15, as seedState's clients do.
+    const allow = JSON.stringify(["198.18.0.0/15"]);
+    const lease = store.db.prepare("INSERT INTO leases (client, family, ip, granted_at, renewed_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)");
+    const dummy = new Uint8Array(32);
+    store.tx(() => {
+      for (let i = 0; i < n; i++) {
+        const name = `s${String(i).padStart(7, "0")}`;
+        if (i < keep) {
+          const t = newToken();
+          tokens.push(t.token);
+          ins.run(name, t.tokenId, t.hash, allow, now);
+          lease.run(name, 4, benchAddress(i), now, now, now + 3_600_000);
+        } else {
+          ins.run(name, `b${String(i).padStart(15, "0")}`, dummy, "[]", now);
+          lease.run(name, 6, `2001:db8:${(i >> 16).toString(16)}::${(i & 0xffff).toString(16)}`, now, now, now + 3_600_000);
+        }
+      }
+    });
+  } finally {
+    store.close();
+  }
+  return tokens;
+}
+
+/** A table of `rows` rows for pgbench to update, replacing any earlier one. */
+async function pgbenchTable(pg: PgCluster, rows: number): Promise<void> {
+  await pg.psql(`DROP TABLE IF EXISTS pgb; CREATE TABLE pgb (id int PRIMARY KEY, v bigint NOT NULL DEFAULT 0); INSERT INTO pgb (id) SELECT generate_series(1, ${rows})`);
+  await pg.psql("VACUUM ANALYZE pgb");
+}
+
+/** pgbench's tps for a single-row UPDATE on pgbenchTable's table of `rows` rows. */
+async function pgbenchUpdate(pg: PgCluster, rows: number, conns: number, seconds: number): Promise<number> {
+  const script = join(scratch("pgbench"), "update.sql");
+  writeFileSync(script, `\\set id random(1, ${rows})\nUPDATE pgb SET v = v + 1 WHERE id = :id;\n`);
+  const r = await run([toolPath("pgbench"), "-n", "-h", pg.socketDir, "-p", String(pg.port), "-U", "postgres", "-c", String(conns), "-j", "2", "-T", String(seconds), "-f", script, "relayctl"], { timeoutMs: (seconds + 60) * 1000 });
+  const tps = /tps = ([0-9.]+) \(without initial connection time\)/.exec(r.stdout)?.[1];
+  if (r.code !== 0 || !tps) throw new Error(`pgbench failed (${r.code}): ${r.stderr}${r.stdout}`);
+  return Number(tps);
+}
+
+/**
+ * Issue 21: plain renewals through PostgreSQL (fsync on) against pgbench's
+ * single-row UPDATE on the same cluster, at each lease count, and
+ * `server migrate` of the largest count.
+ */
+export async function benchPgScale(o: { sizes: number[]; conns: number; seconds: number; rounds: number; clients: number }): Promise<{ rows: Row[]; details: string[] }> {
+  const pg = await startCluster({ fsync: true });
+  const rows: Row[] = [];
+  try {
+    const sizes = [...o.sizes].sort((a, b) => b - a);
+    const dir = scratch("pgscale");
+    const cfg = writeServerConfig(dir, { extra: ['lookup = "policy"', `policy_socket = "${join(dir, "policy")}"`] });
+    const tokens = seedBulk(cfg.stateDir, sizes[0]!, o.clients);
+    const t0 = performance.now();
+    const mig = await run([RELAYCTL, "server", "migrate", "--to", pg.url, "--config", cfg.config], { timeoutMs: 600_000 });
+    const migS = (performance.now() - t0) / 1000;
+    if (mig.code !== 0) throw new Error(`migrate failed: ${mig.stderr}`);
+    rows.push({
+      figure: `\`server migrate\` of ${sizes[0]!.toLocaleString("en-US")} SQLite leases (and clients) into PostgreSQL, one transaction`,
+      relayctl: `${migS.toFixed(1)} s`,
+      baseline: "-",
+      ratio: "-",
+      target: sizes[0]! >= 1_000_000 ? "<= 60 s" : "report (1,000,000 in the full run)",
+      verdict: sizes[0]! >= 1_000_000 ? (migS <= 60 ? "met" : "MISSED") : "report",
+    });
+    appendFileSync(cfg.config, `database = ${JSON.stringify(pg.url)}\n`);
+    const clientsFile = join(dir, "clients.txt");
+    writeFileSync(clientsFile, tokens.map((t, i) => `${t} ${benchAddress(i)} ${benchAddress(i)}`).join("\n") + "\n");
+    const env = { BENCH_CLIENTS: clientsFile, BENCH_CHANGE: "0" };
+    for (const size of sizes) {
+      await pg.psql(`DELETE FROM relayctl.leases WHERE client >= 's${String(size).padStart(7, "0")}'`);
+      await pg.psql("VACUUM ANALYZE relayctl.leases");
+      await pgbenchTable(pg, size);
+      const s = await startServer(dir, cfg);
+      const ours: Awaited<ReturnType<typeof wrk>>[] = [];
+      const theirs: number[] = [];
+      try {
+        await wrk(`${s.url}/v1/lease`, 1, o.conns, env, { script: "renew-mix.lua" }); // warm-up
+        for (let i = 0; i < o.rounds; i++) {
+          ours.push(await wrk(`${s.url}/v1/lease`, o.seconds, o.conns, env, { script: "renew-mix.lua" }));
+          theirs.push(await pgbenchUpdate(pg, size, o.conns, o.seconds));
+        }
+      } finally {
+        await s.stop();
+      }
+      const rps = median(ours.map((w) => w.rps));
+      const p99 = median(ours.map((w) => w.p99_us / 1000));
+      const errs = ours.reduce((n, w) => n + w.socket_errors + w.non2xx, 0);
+      const r = rps / median(theirs);
+      rows.push({
+        figure: `plain renewals through PostgreSQL (fsync on), ${size.toLocaleString("en-US")} leases, ${o.conns} connections, against pgbench's single-row UPDATE on the same cluster`,
+        relayctl: `${mmm(ours.map((w) => w.rps), "req/s", 0)}; p99 ${mmm(ours.map((w) => w.p99_us / 1000), "ms")}${errs ? `; ${errs} errors` : ""}`,
+        baseline: `pgbench ${mmm(theirs, "tps", 0)}`,
+        ratio: `${r.toFixed(2)}×`,
+        target: ">= 0.5×, p99 < 50 ms",
+        verdict: r >= 0.5 && p99 < 50 && !errs ? "met" : "MISSED",
+      });
+    }
+    return {
+      rows,
+      details: [
+        `pgscale: a private PostgreSQL cluster (initdb in a temp dir, unix socket only, fsync on, default settings otherwise). ${sizes[0]!.toLocaleString("en-US")} clients with a live lease each seeded in SQLite, then \`relayctl server migrate --to\` timed as a whole (the binary, reading SQLite, one transaction). Then for each lease count (rows beyond it deleted, VACUUM ANALYZE): the server with \`database\` (policy lookup, so no map file), wrk with bench/renew-mix.lua and BENCH_CHANGE=0 (${o.clients} clients taken in turn, each renewing its own address: plain renewals), ${o.conns} connections, ${o.rounds} rounds of ${o.seconds} s after a warm-up, each round followed by pgbench (-c ${o.conns} -j 2 -T ${o.seconds}) running \`UPDATE pgb SET v = v + 1 WHERE id = random(1, N)\` on a table of the same row count in the same cluster. The server, wrk, pgbench and PostgreSQL share the machine's cores.`,
+      ],
+    };
   } finally {
     await pg.destroy();
   }

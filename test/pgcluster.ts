@@ -91,19 +91,71 @@ function freeSocketPort(socketDir: string): number {
   }
 }
 
-/** Creates, starts and returns a cluster with a database `relayctl`. */
-export async function startCluster(): Promise<PgCluster> {
-  const bin = postgresBinDir();
-  if (!bin) throw new Error("PostgreSQL is not installed (initdb not found)");
-  const ids = pgIds();
+/** A temp dir for one cluster, owned by the postgres user when we are root. */
+function clusterDir(ids: { uid: number; gid: number } | null): string {
   const dir = mkdtempSync(join(tmpdir(), "relayctl-pg-"));
   if (ids) chownSync(dir, ids.uid, ids.gid);
   // The socket lives here: Postfix (another user) must reach it; the data dir inside stays 0700.
   chmodSync(dir, 0o755);
+  return dir;
+}
+
+/** Creates, starts and returns a cluster with a database `relayctl`; `fsync` on for benchmarks that compare commits. */
+export async function startCluster(opts: { fsync?: boolean } = {}): Promise<PgCluster> {
+  const bin = postgresBinDir();
+  if (!bin) throw new Error("PostgreSQL is not installed (initdb not found)");
+  const ids = pgIds();
+  const dir = clusterDir(ids);
+  const data = join(dir, "data");
+  await runOk(asPg(ids, [join(bin, "initdb"), "-D", data, "--auth=trust", "-U", "postgres", "-E", "UTF8", "--no-sync"]));
+  const c = cluster(bin, ids, dir, opts.fsync ?? false);
+  try {
+    await c.start();
+    await c.psql("CREATE DATABASE relayctl", "postgres");
+  } catch (err) {
+    await c.destroy();
+    throw err;
+  }
+  return c;
+}
+
+/**
+ * A streaming-replication standby of a running cluster (pg_basebackup -R
+ * over the primary's unix socket), started on its own socket. The primary
+ * is then made to wait for the standby to apply each commit
+ * (synchronous_commit = remote_apply), so a commit the primary acknowledged
+ * is on the standby: after a promotion nothing acknowledged is missing.
+ * The standby is set up before that, so once promoted it waits for nobody.
+ */
+export async function startStandby(primary: PgCluster): Promise<PgCluster> {
+  const bin = postgresBinDir()!;
+  const ids = pgIds();
+  const dir = clusterDir(ids);
+  const data = join(dir, "data");
+  await runOk(asPg(ids, [join(bin, "pg_basebackup"), "-D", data, "-R", "-X", "stream", "-h", primary.socketDir, "-p", String(primary.port), "-U", "postgres", "--no-sync"]));
+  const c = cluster(bin, ids, dir, false);
+  try {
+    await c.start();
+    await primary.psql("ALTER SYSTEM SET synchronous_standby_names = '*'", "postgres");
+    await primary.psql("ALTER SYSTEM SET synchronous_commit = 'remote_apply'", "postgres");
+    await primary.psql("SELECT pg_reload_conf()", "postgres");
+    const deadline = Date.now() + 20_000;
+    while ((await primary.psql("SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync' AND state = 'streaming'", "postgres")).trim() !== "1") {
+      if (Date.now() > deadline) throw new Error("the standby never became a synchronous, streaming standby");
+      await Bun.sleep(100);
+    }
+  } catch (err) {
+    await c.destroy();
+    throw err;
+  }
+  return c;
+}
+
+/** The handle on a cluster in dir (its data in dir/data, its socket in dir). */
+function cluster(bin: string, ids: { uid: number; gid: number } | null, dir: string, fsync: boolean): PgCluster {
   const data = join(dir, "data");
   const socketDir = dir;
   const port = freeSocketPort(socketDir);
-  await runOk(asPg(ids, [join(bin, "initdb"), "-D", data, "--auth=trust", "-U", "postgres", "-E", "UTF8", "--no-sync"]));
   let proc: ReturnType<typeof Bun.spawn> | null = null;
   let logText = "";
   const c: PgCluster = {
@@ -114,7 +166,7 @@ export async function startCluster(): Promise<PgCluster> {
     pid: () => (proc && proc.exitCode === null && proc.signalCode === null ? proc.pid : null),
     async start() {
       proc = Bun.spawn(
-        asPg(ids, [join(bin, "postgres"), "-D", data, "-p", String(port), "-c", "listen_addresses=", "-c", `unix_socket_directories=${socketDir}`, "-c", "fsync=off", "-c", "max_connections=100"]),
+        asPg(ids, [join(bin, "postgres"), "-D", data, "-p", String(port), "-c", "listen_addresses=", "-c", `unix_socket_directories=${socketDir}`, "-c", `fsync=${fsync ? "on" : "off"}`, "-c", "max_connections=100"]),
         { stdout: "ignore", stderr: "pipe" },
       );
       const p = proc;
@@ -122,7 +174,7 @@ export async function startCluster(): Promise<PgCluster> {
         for await (const chunk of p.stderr as ReadableStream<Uint8Array>) logText += new TextDecoder().decode(chunk);
       })();
       const deadline = Date.now() + 20_000;
-      while (!existsSync(join(socketDir, `.s.PGSQL.${port}`)) || !/ready to accept connections/.test(logText)) {
+      while (!existsSync(join(socketDir, `.s.PGSQL.${port}`)) || !/ready to accept (read-only )?connections/.test(logText)) {
         if (p.exitCode !== null) throw new Error(`postgres exited ${p.exitCode}: ${logText}`);
         if (Date.now() > deadline) throw new Error(`postgres did not start: ${logText}`);
         await Bun.sleep(50);
@@ -145,12 +197,5 @@ export async function startCluster(): Promise<PgCluster> {
       rmSync(dir, { recursive: true, force: true });
     },
   };
-  try {
-    await c.start();
-    await c.psql("CREATE DATABASE relayctl", "postgres");
-  } catch (err) {
-    await c.destroy();
-    throw err;
-  }
   return c;
 }

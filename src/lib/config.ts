@@ -127,7 +127,13 @@ export function loadServerConfig(path?: string): ServerConfig {
   const ipv6Prefix = k.int("ipv6_prefix") ?? 128;
   if (ipv6Prefix < MIN_IPV6_PREFIX || ipv6Prefix > 128) throw k.error("ipv6_prefix", `must be ${MIN_IPV6_PREFIX} to 128`, "64 covers one LAN with its privacy addresses");
   if (ipv6Prefix < 128 && lookup === "map") throw k.error("ipv6_prefix", `a /${ipv6Prefix} lease cannot be expressed in a Postfix map`, 'set lookup = "policy" (or "exim" or "opensmtpd" for those MTAs), which match prefixes exactly');
-  const database = k.str("database");
+  // One URL (its host list as libpq writes it), or a TOML list of one-host URLs.
+  let database: string | undefined;
+  try {
+    database = k.str("database");
+  } catch {
+    database = joinDatabaseUrls(k.list("database"), k.where("database"));
+  }
   if (database !== undefined) checkDatabaseUrl(database, k.where("database"));
   const databasePasswordFile = absolute("database_password_file");
   if (databasePasswordFile !== undefined && database === undefined) throw k.error("database_password_file", "is only used with database", 'set database = "postgres://..." too, or remove it');
@@ -149,21 +155,88 @@ export function loadServerConfig(path?: string): ServerConfig {
   };
 }
 
+/** One host of a `database` host list: a name or address and port, or a unix socket directory. */
+export interface DatabaseHost {
+  host: string;
+  port: number;
+  /** True when host is a socket directory (an absolute path). */
+  socket: boolean;
+}
+
+/** A parsed `database` value: its hosts in the order to try, and the rest (user, database, parameters) as a URL. */
+export interface DatabaseUrl {
+  hosts: DatabaseHost[];
+  /** The URL with a placeholder host; host= and port= are taken out into hosts. */
+  url: URL;
+  /** The value without its password, for messages. */
+  shown: string;
+}
+
+const DATABASE_HINT = 'use e.g. "postgres://relayctl@localhost/relayctl?host=/var/run/postgresql" (unix socket), "postgres://relayctl@db1.example.org,db2.example.org/relayctl?sslmode=verify-full" (a primary and its standby)';
+
 /**
- * Checks a `database` value: a postgres:// or postgresql:// URL with a
- * database name. A unix socket directory goes in `?host=/var/run/postgresql`.
+ * Checks and takes apart a `database` value as libpq reads a URI: a
+ * postgres:// or postgresql:// URL with a database name, one host or a
+ * comma-separated list (`h1,h2:5433`, `[2001:db8::1]:5432`), or socket
+ * directories in `?host=/run/a,/run/b`, with `?port=` one port or one per host.
  */
-export function checkDatabaseUrl(value: string, where: string): URL {
-  const hint = 'use e.g. "postgres://relayctl@localhost/relayctl?host=/var/run/postgresql" (unix socket) or "postgres://relayctl@db.example.org/relayctl?sslmode=verify-full"';
+export function checkDatabaseUrl(value: string, where: string): DatabaseUrl {
+  const m = /^(postgres(?:ql)?:)\/\/([^/?#]*)(.*)$/s.exec(value);
+  if (!m) throw usageError(`${where}: must be a postgres:// URL`, DATABASE_HINT);
+  const [, proto, authority, rest] = m as unknown as [string, string, string, string];
+  const at = authority.lastIndexOf("@");
+  const userinfo = at < 0 ? "" : authority.slice(0, at + 1);
+  const hostPart = authority.slice(at + 1);
   let url: URL;
   try {
-    url = new URL(value);
+    url = new URL(`${proto}//${userinfo}placeholder${rest}`);
   } catch {
-    throw usageError(`${where}: not a URL`, hint);
+    throw usageError(`${where}: not a URL`, DATABASE_HINT);
   }
-  if (url.protocol !== "postgres:" && url.protocol !== "postgresql:") throw usageError(`${where}: must be a postgres:// URL`, hint);
-  if (url.pathname.length < 2) throw usageError(`${where}: names no database (the path after the host)`, hint);
-  const host = url.searchParams.get("host");
-  if (host !== null && !host.startsWith("/")) throw usageError(`${where}: ?host= must be an absolute socket directory`, hint);
-  return url;
+  if (url.pathname.length < 2) throw usageError(`${where}: names no database (the path after the host)`, DATABASE_HINT);
+  const listed = hostPart.split(",").map((item) => {
+    const h = /^(?:\[([0-9A-Fa-f:.]+)\]|([^:\[\]]*))(?::([0-9]*))?$/.exec(item);
+    if (!h) throw usageError(`${where}: cannot read the host "${item}"`, DATABASE_HINT);
+    let host = h[1] ?? h[2]!;
+    try {
+      host = decodeURIComponent(host);
+    } catch {
+      throw usageError(`${where}: cannot read the host "${item}"`, DATABASE_HINT);
+    }
+    return { host, port: h[3] ? Number(h[3]) : undefined };
+  });
+  const hostParam = url.searchParams.get("host");
+  const names = hostParam !== null ? hostParam.split(",") : listed.map((h) => h.host);
+  if (hostParam !== null && names.some((n) => !n.startsWith("/"))) throw usageError(`${where}: ?host= must be an absolute socket directory (or several, comma-separated)`, DATABASE_HINT);
+  const portParam = url.searchParams.get("port");
+  const ports = portParam !== null ? portParam.split(",").map((p) => (p === "" ? undefined : Number(p))) : listed.map((h) => h.port);
+  if (ports.length !== 1 && ports.length !== names.length) throw usageError(`${where}: ${names.length} hosts but ${ports.length} ports`, "give one port for all hosts or one per host");
+  const hosts = names.map((name, i) => {
+    const port = ports.length === 1 ? ports[0] : ports[i];
+    if (port !== undefined && !(Number.isInteger(port) && port > 0 && port < 65536)) throw usageError(`${where}: port ${port} is not a port number`, DATABASE_HINT);
+    return { host: name || "localhost", port: port ?? 5432, socket: name.startsWith("/") };
+  });
+  const tsa = url.searchParams.get("target_session_attrs");
+  if (tsa !== null && tsa !== "read-write" && tsa !== "primary") {
+    throw usageError(`${where}: target_session_attrs=${tsa}: relayctl writes, so it always connects to the read-write host`, "leave it out, or write target_session_attrs=read-write");
+  }
+  url.searchParams.delete("host");
+  url.searchParams.delete("port");
+  const shown = url.password ? value.replace(`:${url.password}@`, "@") : value;
+  return { hosts, url, shown };
+}
+
+/**
+ * Joins a TOML list of `database` URLs, one host each, into one host-list
+ * URL; they must agree on everything but the host and port.
+ */
+export function joinDatabaseUrls(values: string[], where: string): string {
+  if (!values.length) throw usageError(`${where}: the list is empty`, DATABASE_HINT);
+  const parsed = values.map((v) => checkDatabaseUrl(v, where));
+  const first = parsed[0]!.url.href;
+  if (parsed.some((p) => p.url.href !== first)) throw usageError(`${where}: the URLs differ in more than their hosts`, "give every host the same user, database and parameters, or write one URL with a host list");
+  const hosts = parsed.flatMap((p) => p.hosts).map((h) => `${h.socket ? encodeURIComponent(h.host) : h.host.includes(":") ? `[${h.host}]` : h.host}:${h.port}`);
+  const u = parsed[0]!.url;
+  const userinfo = u.username ? `${u.username}${u.password ? `:${u.password}` : ""}@` : "";
+  return `${u.protocol}//${userinfo}${hosts.join(",")}${u.pathname}${u.search}`;
 }

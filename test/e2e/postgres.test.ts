@@ -192,7 +192,7 @@ describe.if(enabled)("several relay hosts on one PostgreSQL database", () => {
   test("a change no notice announced (trigger off) still reaches both hosts by the 5 s reconcile", async () => {
     expect((await renew(s.h1, "office")).code).toBe(0);
     expect(await within(1_000, () => viaB(s.h1), true)).not.toBeNull();
-    await pg.psql("BEGIN; ALTER TABLE relayctl.leases DISABLE TRIGGER leases_changed; DELETE FROM relayctl.leases WHERE client = 'office'; ALTER TABLE relayctl.leases ENABLE TRIGGER leases_changed; COMMIT");
+    await pg.psql("BEGIN; ALTER TABLE relayctl.leases DISABLE TRIGGER leases_removed; DELETE FROM relayctl.leases WHERE client = 'office'; ALTER TABLE relayctl.leases ENABLE TRIGGER leases_removed; COMMIT");
     expect(await within(6_000, () => viaB(s.h1), false)).not.toBeNull();
     expect(await within(6_000, () => viaA(s.h1), false)).not.toBeNull();
   }, 20_000);

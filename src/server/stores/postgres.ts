@@ -1,7 +1,7 @@
 import { SQL } from "bun";
 import { readFileSync, statSync } from "node:fs";
 import type { ServerConfig } from "../../lib/config.ts";
-import { checkDatabaseUrl } from "../../lib/config.ts";
+import { checkDatabaseUrl, type DatabaseHost } from "../../lib/config.ts";
 import { ExitCode, RelayError, usageError } from "../../lib/errors.ts";
 import { leaseText, parseCidr } from "../../lib/ip.ts";
 import { log } from "../../lib/logging.ts";
@@ -20,8 +20,55 @@ export const CHANNEL = "relayctl_leases";
 export const RECONCILE_MS = 5_000;
 /** Advisory lock key held while the schema is created or migrated ("relayctl" in ASCII, as a bigint). */
 const SCHEMA_LOCK = 0x72656c6179637478n;
+/** Seconds a connection attempt to one host may take, so a dead host in the list costs at most this. */
+const CONNECT_TIMEOUT_S = 3;
+/** Most transactions sharing one COMMIT: bounds how long the first of them waits. */
+const MAX_BATCH = 64;
+
+/** A transaction waiting for its batch. */
+interface PendingTx {
+  fn: (t: StoreTx) => Promise<unknown>;
+  resolve: (value: unknown) => void;
+  reject: (err: unknown) => void;
+}
+
 /** The schema holding every relayctl object; all SQL names it, so no search_path can redirect a name. */
 export const SCHEMA = "relayctl";
+
+/**
+ * Which lease changes wake the other hosts. A NOTIFY takes a database-wide
+ * lock at commit, which serialises every committing transaction, so a plain
+ * renewal (only renewed_at, expires_at growing, renewals) sends none: another
+ * host that has not seen it still holds the older, earlier expiry, so at
+ * worst it stops relaying early (fail closed) until its next reload
+ * (RECONCILE_MS). Everything else notifies: a grant, a new address, a
+ * re-grant (granted_at moves), an expiry moved earlier, a delete.
+ * Inserts and deletes notify once per statement, and only when it touched a
+ * row (a transition table says): a DELETE that found nothing due must not
+ * wake every other host (which would sweep, and wake this one again), and
+ * server migrate's million-row INSERT pays one NOTIFY, not a million.
+ */
+const TRIGGERS = `
+   CREATE TRIGGER leases_added AFTER INSERT ON ${SCHEMA}.leases
+     REFERENCING NEW TABLE AS touched FOR EACH STATEMENT EXECUTE FUNCTION ${SCHEMA}.leases_touched();
+   CREATE TRIGGER leases_removed AFTER DELETE ON ${SCHEMA}.leases
+     REFERENCING OLD TABLE AS touched FOR EACH STATEMENT EXECUTE FUNCTION ${SCHEMA}.leases_touched();
+   CREATE TRIGGER leases_moved AFTER UPDATE ON ${SCHEMA}.leases
+     FOR EACH ROW WHEN (OLD.client IS DISTINCT FROM NEW.client OR OLD.family IS DISTINCT FROM NEW.family
+       OR OLD.net IS DISTINCT FROM NEW.net OR OLD.granted_at IS DISTINCT FROM NEW.granted_at
+       OR NEW.expires_at < OLD.expires_at)
+     EXECUTE FUNCTION ${SCHEMA}.lease_changed();
+   CREATE TRIGGER leases_truncated AFTER TRUNCATE ON ${SCHEMA}.leases
+     FOR EACH STATEMENT EXECUTE FUNCTION ${SCHEMA}.lease_changed();`;
+
+/** The statement-level notice for inserts and deletes: only when the statement touched a row. */
+const TOUCHED = `
+   CREATE FUNCTION ${SCHEMA}.leases_touched() RETURNS trigger
+     LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+   BEGIN
+     IF EXISTS (SELECT 1 FROM touched) THEN PERFORM pg_notify('${CHANNEL}', ''); END IF;
+     RETURN NULL;
+   END $$;`;
 
 /**
  * Functions and triggers, for a new database and for the move from version 1.
@@ -48,18 +95,22 @@ const ROUTINES = `
      RETURN a::inet;
    EXCEPTION WHEN invalid_text_representation THEN RETURN NULL;
    END $$;
-   -- Every change to a lease, by relayctl or by hand, reaches every server's lookup.
+   -- Every change to a lease that alters a lookup answer, by relayctl or by hand, reaches every server's lookup.
    CREATE FUNCTION ${SCHEMA}.lease_changed() RETURNS trigger
      LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
    BEGIN PERFORM pg_notify('${CHANNEL}', ''); RETURN NULL; END $$;
-   -- Per row, not per statement: a DELETE that found nothing due must not
-   -- wake every other host (which would sweep, and wake this one again).
-   CREATE TRIGGER leases_changed AFTER INSERT OR UPDATE OR DELETE ON ${SCHEMA}.leases
-     FOR EACH ROW EXECUTE FUNCTION ${SCHEMA}.lease_changed();
-   CREATE TRIGGER leases_truncated AFTER TRUNCATE ON ${SCHEMA}.leases
-     FOR EACH STATEMENT EXECUTE FUNCTION ${SCHEMA}.lease_changed();`;
+   ${TOUCHED}
+   ${TRIGGERS}`;
 
-/** The tables, the same since version 1 (which had them unqualified). */
+/**
+ * Room left in each page of leases, so a renewal's new row version fits
+ * beside the old one: with no index on the columns a renewal changes, it is
+ * a HOT update (no index write). Expiry scans the table instead of an index
+ * on expires_at (which would make every renewal write it).
+ */
+const FILLFACTOR = 80;
+
+/** The tables as version 1 had them (unqualified there), less the expiry index version 3 dropped. */
 export const PG_TABLES = `
    CREATE TABLE ${SCHEMA}.clients (
      name text PRIMARY KEY,
@@ -83,9 +134,8 @@ export const PG_TABLES = `
      -- relayctl leases an IPv4 address or an IPv6 /48../128, never wider: a
      -- row written by hand or by a bug can never open the relay to a network.
      CHECK ((family = 4 AND masklen(net) = 32) OR (family = 6 AND masklen(net) >= 48))
-   );
+   ) WITH (fillfactor = ${FILLFACTOR});
    CREATE INDEX leases_net_gist ON ${SCHEMA}.leases USING gist (net inet_ops);
-   CREATE INDEX leases_expiry ON ${SCHEMA}.leases (expires_at);
    CREATE TABLE ${SCHEMA}.audit (
      id bigserial PRIMARY KEY,
      ts timestamptz NOT NULL,
@@ -138,44 +188,66 @@ const UPGRADES: Record<number, (legacy: string) => string> = {
    ${move}
    ${ROUTINES}`;
   },
+  // Version 3: renewals are HOT updates that notify nobody (see TRIGGERS, FILLFACTOR).
+  2: () => `
+   DROP TRIGGER IF EXISTS leases_changed ON ${SCHEMA}.leases;
+   DROP TRIGGER IF EXISTS leases_added ON ${SCHEMA}.leases;
+   DROP TRIGGER IF EXISTS leases_removed ON ${SCHEMA}.leases;
+   DROP TRIGGER IF EXISTS leases_moved ON ${SCHEMA}.leases;
+   DROP TRIGGER IF EXISTS leases_truncated ON ${SCHEMA}.leases;
+   DROP FUNCTION IF EXISTS ${SCHEMA}.leases_touched();
+   ${TOUCHED}
+   DROP INDEX IF EXISTS ${SCHEMA}.leases_expiry;
+   ALTER TABLE ${SCHEMA}.leases SET (fillfactor = ${FILLFACTOR});
+   ${TRIGGERS}`,
 };
 
 /** The schema version this build writes; a newer database is refused rather than misread. */
-export const PG_SCHEMA_VERSION = 2;
+export const PG_SCHEMA_VERSION = 3;
 
 /** Connection settings taken apart from `database`, so the password never travels in a URL we log. */
 export interface PgTarget {
+  /** The first host (the only one, usually). */
   hostname: string;
   port: number;
   username: string;
   password?: string;
   database: string;
-  /** A unix socket directory (`?host=/var/run/postgresql`). */
+  /** The first host's unix socket directory (`?host=/var/run/postgresql`). */
   socketDir?: string;
+  /** Every host in the order they are tried; the first that accepts writes is used. */
+  hosts: DatabaseHost[];
   sslmode?: string;
+  /** Connections to the database (`?pool_size=`): group commits run on all but two, reads and LISTEN on the rest. */
+  poolSize: number;
   /** The URL without its password, for messages. */
   shown: string;
 }
 
 /** Parses a `database` URL (already checked by the config loader) into connection settings. */
 export function pgTarget(url: string, where = "database"): PgTarget {
-  const u = checkDatabaseUrl(url, where);
-  const socketDir = u.searchParams.get("host") ?? undefined;
+  const { hosts, url: u, shown } = checkDatabaseUrl(url, where);
   const sslmode = u.searchParams.get("sslmode") ?? undefined;
   for (const key of u.searchParams.keys()) {
-    if (key !== "host" && key !== "sslmode") throw usageError(`${where}: unknown URL parameter "${key}"`, "relayctl understands ?host=/socket/dir and ?sslmode=...");
+    if (!["sslmode", "target_session_attrs", "pool_size"].includes(key)) {
+      throw usageError(`${where}: unknown URL parameter "${key}"`, "relayctl understands ?host=/socket/dir, ?port=, ?sslmode=, ?target_session_attrs=read-write and ?pool_size=");
+    }
   }
-  const shown = new URL(u.href);
-  shown.password = "";
+  const pool = u.searchParams.get("pool_size");
+  const poolSize = pool === null ? 10 : Number(pool);
+  if (!Number.isInteger(poolSize) || poolSize < 3 || poolSize > 100) throw usageError(`${where}: pool_size=${pool} must be a whole number from 3 to 100`, "10 (the default) suits most relays; a few more for thousands of renewals a second");
+  const first = hosts[0]!;
   return {
-    hostname: u.hostname || "localhost",
-    port: u.port ? Number(u.port) : 5432,
+    hostname: first.socket ? "localhost" : first.host,
+    port: first.port,
     username: decodeURIComponent(u.username) || "relayctl",
     password: u.password ? decodeURIComponent(u.password) : undefined,
     database: decodeURIComponent(u.pathname.slice(1)),
-    socketDir,
+    socketDir: first.socket ? first.host : undefined,
+    hosts,
     sslmode,
-    shown: shown.href,
+    poolSize,
+    shown,
   };
 }
 
@@ -198,13 +270,23 @@ export function readPasswordFile(path: string, where: string): string {
   }
 }
 
+/** No host in `database` answered as read-write: all down, or all standbys (a failover in progress). */
+export class NoWritableHost extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "NoWritableHost";
+  }
+}
+
 /** True when an error means "the database cannot be reached right now" rather than "this statement is wrong". */
 export function unreachable(err: unknown): boolean {
   const e = err as { code?: string; errno?: string };
   if (typeof e?.code === "string" && e.code.startsWith("ERR_POSTGRES_") && e.code !== "ERR_POSTGRES_SERVER_ERROR") return true;
-  // Connection exceptions (08), shutdown and "starting up" (57P..), out of resources (53).
+  if (err instanceof NoWritableHost) return true;
+  // Connection exceptions (08), shutdown and "starting up" (57P..), out of resources (53),
+  // and a host that no longer takes writes (25006: it was demoted, or is a standby).
   const state = typeof e?.errno === "string" ? e.errno : "";
-  return /^(08|53|57P)/.test(state) || (typeof e?.code === "string" && /^E(CONNREFUSED|NOENT|CONNRESET|PIPE|TIMEDOUT|HOSTUNREACH)$/.test(e.code));
+  return /^(08|53|57P|25006)/.test(state) || (typeof e?.code === "string" && /^E(CONNREFUSED|NOENT|CONNRESET|PIPE|TIMEDOUT|HOSTUNREACH)$/.test(e.code));
 }
 
 const IP_SQL = `CASE WHEN masklen(net) = CASE family(net) WHEN 4 THEN 32 ELSE 128 END THEN host(net) ELSE text(net) END`;
@@ -246,8 +328,8 @@ function auditRow(r: Row): AuditRow {
   return { id: Number(r.id), ts: Math.round(Number(r.ts)), event: String(r.event), client: r.client as string | null, ip: r.ip as string | null, source: r.source as string | null, detail: r.detail as string | null, count: Number(r.count) };
 }
 
-/** The lease's network as PostgreSQL's cidr takes it. */
-const cidrText = (ip: string): string => parseCidr(ip)?.text ?? ip;
+/** The lease's network as PostgreSQL's cidr takes it (also for server migrate's bulk copy). */
+export const cidrText = (ip: string): string => parseCidr(ip)?.text ?? ip;
 
 /** Runs the statements of one transaction (or plain queries, with `sql` itself). */
 function statements(q: SQL, now: number): StoreTx {
@@ -338,7 +420,12 @@ async function schemaVersion(q: SQL): Promise<{ version: number; legacy?: string
 export class PgStore implements Store {
   readonly kind = "postgres" as const;
   readonly where: string;
-  private readonly sql: SQL;
+  /** The pool on the read-write host, chosen on first use and again after a failure (see pool()). */
+  private current: Promise<SQL> | null = null;
+  private closed = false;
+  private readonly switched = new Set<(sql: SQL) => void>();
+  private pending: PendingTx[] = [];
+  private workers = 0;
   private schema: Promise<void> | null = null;
   private failure: string | null = null;
   private skewMs = 0;
@@ -351,22 +438,74 @@ export class PgStore implements Store {
     private readonly clock: Clock,
   ) {
     this.where = target.shown;
-    this.sql = new SQL({
+  }
+
+  /** A pool on one host of the list. */
+  private open(host: DatabaseHost): SQL {
+    const t = this.target;
+    return new SQL({
       adapter: "postgres",
-      hostname: target.hostname,
-      port: target.port,
-      username: target.username,
-      password: target.password,
-      database: target.database,
-      path: target.socketDir,
-      tls: (target.sslmode as "require" | undefined) ?? false,
-      max: 8,
+      hostname: host.socket ? "localhost" : host.host,
+      port: host.port,
+      username: t.username,
+      password: t.password,
+      database: t.database,
+      path: host.socket ? host.host : undefined,
+      tls: (t.sslmode as "require" | undefined) ?? false,
+      max: t.poolSize,
       idleTimeout: 60,
-      connectionTimeout: 5,
+      connectionTimeout: CONNECT_TIMEOUT_S,
       // Built-in functions, operators and types come from pg_catalog only, whatever
       // schemas the role may see; relayctl's own objects are always named with theirs.
       connection: { search_path: "pg_catalog, pg_temp" },
     });
+  }
+
+  /**
+   * Tries the hosts in order, as libpq does with target_session_attrs=read-write,
+   * and keeps the first that accepts writes: after a failover the promoted
+   * standby, never a host still replaying (which would answer with old leases).
+   */
+  private async select(): Promise<SQL> {
+    const seen: string[] = [];
+    for (const host of this.target.hosts) {
+      const sql = this.open(host);
+      const name = host.socket ? `${host.host} port ${host.port}` : `${host.host}:${host.port}`;
+      try {
+        const [r] = (await sql.unsafe(`SELECT pg_is_in_recovery() AS standby, current_setting('transaction_read_only') AS ro`)) as Row[];
+        if (!r!.standby && r!.ro === "off") {
+          if (this.target.hosts.length > 1) log.info(`state: using ${name}, the read-write host of ${this.where}`);
+          for (const f of this.switched) f(sql);
+          return sql;
+        }
+        seen.push(`${name} is read-only`);
+      } catch (err) {
+        if (!unreachable(err)) {
+          await sql.close({ timeout: 1 }).catch(() => undefined);
+          throw err;
+        }
+        seen.push(`${name}: ${(err as Error).message}`);
+      }
+      await sql.close({ timeout: 1 }).catch(() => undefined);
+    }
+    throw new NoWritableHost(`no host of the database accepts writes (${seen.join("; ")})`);
+  }
+
+  /** The pool on the read-write host; chosen again after forget(). */
+  private pool(): Promise<SQL> {
+    if (this.closed) return Promise.reject(new Error(`the store for ${this.where} is closed`));
+    this.current ??= this.select().catch((err) => {
+      this.current = null;
+      throw err;
+    });
+    return this.current;
+  }
+
+  /** Drops the pool after a connection loss or a read-only answer: the next call looks for the read-write host again. */
+  private forget(): void {
+    const old = this.current;
+    this.current = null;
+    void old?.then((sql) => sql.close({ timeout: 1 })).catch(() => undefined);
   }
 
   /** Opens the database named by config.database; the password comes from the URL or database_password_file. */
@@ -391,9 +530,10 @@ export class PgStore implements Store {
    * database without any DDL.
    */
   private async migrate(): Promise<void> {
-    if ((await schemaVersion(this.sql)).version === PG_SCHEMA_VERSION) return;
+    const sql = await this.pool();
+    if ((await schemaVersion(sql)).version === PG_SCHEMA_VERSION) return;
     try {
-      await this.sql.begin(async (tx) => {
+      await sql.begin(async (tx) => {
         await tx`SELECT pg_advisory_xact_lock(${SCHEMA_LOCK.toString()}::bigint)`;
         // Another host may have upgraded while we waited for the lock.
         const { version, legacy } = await schemaVersion(tx as unknown as SQL);
@@ -423,6 +563,7 @@ export class PgStore implements Store {
     } catch (err) {
       if (unreachable(err)) {
         const message = (err as Error).message;
+        this.forget();
         if (this.failure === null) log.error(`state: cannot reach ${this.where}: ${message}`);
         this.failure = message;
         throw new StoreUnavailable(message);
@@ -432,16 +573,80 @@ export class PgStore implements Store {
   }
 
   private rows(text: string, params: unknown[] = []): Promise<Row[]> {
-    return this.call(async () => [...((await this.sql.unsafe(text, params as never[])) as Row[])]);
+    return this.call(async () => [...((await (await this.pool()).unsafe(text, params as never[])) as Row[])]);
   }
 
+  /**
+   * Runs fn in a transaction. As on SQLite, transactions that arrive together
+   * share one (group commit): BEGIN and the database clock in one round trip,
+   * each fn's statements, one COMMIT, so a plain renewal costs its one UPDATE
+   * plus a share of two round trips, and every caller resolves only after the
+   * COMMIT that holds it. Up to poolSize - 2 batches run at once, each on its
+   * own connection. There are no SAVEPOINTs (each would cost a round trip):
+   * when any fn of a batch throws, or the batch fails as a whole (a deadlock
+   * between two batches), it is rolled back and each fn runs again alone.
+   * That is safe because a fn only acts on what the transaction returned.
+   */
   tx<T>(fn: (t: StoreTx) => Promise<T>): Promise<T> {
-    return this.call(() =>
-      this.sql.begin(async (q) => {
-        const [r] = (await q.unsafe(`SELECT ${MS("now()")} AS now`)) as Row[];
-        return fn(statements(q as unknown as SQL, Math.floor(Number(r!.now))));
-      }) as Promise<T>,
-    );
+    return new Promise<T>((resolve, reject) => {
+      this.pending.push({ fn: fn as (t: StoreTx) => Promise<unknown>, resolve: resolve as (v: unknown) => void, reject });
+      if (this.workers < Math.max(1, this.target.poolSize - 2)) {
+        this.workers++;
+        void this.work();
+      }
+    });
+  }
+
+  private async work(): Promise<void> {
+    try {
+      while (this.pending.length) {
+        // One turn of the event loop: requests already read join this batch.
+        await new Promise<void>((r) => setImmediate(r));
+        const batch = this.pending.splice(0, MAX_BATCH);
+        if (batch.length) await this.runBatch(batch);
+      }
+    } finally {
+      this.workers--;
+    }
+  }
+
+  private async runBatch(batch: PendingTx[]): Promise<void> {
+    let values: unknown[];
+    try {
+      values = await this.call(() => this.batchOn(batch));
+    } catch (err) {
+      if (batch.length === 1 || err instanceof StoreUnavailable) for (const p of batch) p.reject(err);
+      else for (const p of batch) await this.runBatch([p]);
+      return;
+    }
+    batch.forEach((p, i) => p.resolve(values[i]));
+  }
+
+  private async batchOn(batch: PendingTx[]): Promise<unknown[]> {
+    const conn = await (await this.pool()).reserve();
+    try {
+      const [, [r]] = (await conn.unsafe(`BEGIN; SELECT ${MS("now()")} AS now`)) as unknown as [unknown, Row[]];
+      const t = statements(conn as unknown as SQL, Math.floor(Number(r!.now)));
+      const values: unknown[] = [];
+      try {
+        for (const p of batch) values.push(await p.fn(t));
+        await conn.unsafe("COMMIT");
+      } catch (err) {
+        await conn.unsafe("ROLLBACK").catch(() => undefined);
+        throw err;
+      }
+      return values;
+    } finally {
+      conn.release();
+    }
+  }
+
+  /**
+   * Runs fn in one transaction of its own (server migrate's bulk copy), all
+   * or nothing, on the read-write host.
+   */
+  async transaction<T>(fn: (q: SQL) => Promise<T>): Promise<T> {
+    return this.call(async () => (await this.pool()).begin((q) => fn(q as unknown as SQL)) as Promise<T>);
   }
 
   /**
@@ -449,7 +654,7 @@ export class PgStore implements Store {
    * never touches); throws when the database or the schema is not there.
    */
   async peekLeases(): Promise<LeaseRow[]> {
-    return ([...((await this.sql.unsafe(`SELECT ${LEASE_COLS} FROM ${SCHEMA}.leases ORDER BY expires_at DESC`)) as Row[])]).map(leaseRow);
+    return ([...((await (await this.pool()).unsafe(`SELECT ${LEASE_COLS} FROM ${SCHEMA}.leases ORDER BY expires_at DESC`)) as Row[])]).map(leaseRow);
   }
 
   async getClientByTokenId(tokenId: string): Promise<ClientRow | null> {
@@ -535,23 +740,41 @@ export class PgStore implements Store {
   watch(onChange: () => void): () => void {
     let stopped = false;
     let sub: { unlisten(): Promise<void> } | null = null;
-    const subscribe = async (): Promise<void> => {
+    let on: SQL | null = null;
+    const listenOn = async (sql: SQL): Promise<void> => {
+      if (stopped || on === sql) return;
+      on = sql;
+      void sub?.unlisten().catch(() => undefined);
+      sub = null;
       try {
         // onlisten runs again after each reconnect: whatever was missed meanwhile is reloaded.
         // A notice names nothing (see CHANNEL): each one means "reload all".
-        sub = await this.sql.listen(CHANNEL, () => onChange(), () => onChange());
-        if (stopped) void sub.unlisten().catch(() => undefined);
+        const s = await sql.listen(CHANNEL, () => onChange(), () => onChange());
+        if (stopped || on !== sql) void s.unlisten().catch(() => undefined);
+        else sub = s;
       } catch (err) {
-        if (stopped) return;
+        if (stopped || on !== sql) return;
+        on = null;
         log.warn(`state: cannot listen for changes on ${this.where} (${(err as Error).message}); retrying`);
-        setTimeout(() => void subscribe(), 1_000);
+        setTimeout(ensure, 1_000);
       }
     };
-    void subscribe();
+    const ensure = (): void => {
+      if (!stopped) void this.pool().then(listenOn, () => setTimeout(ensure, 1_000));
+    };
+    // Another host took over (failover): listen there, and reload everything,
+    // since no notice sent while we were away will ever arrive.
+    const onSwitch = (sql: SQL): void => {
+      void listenOn(sql);
+      onChange();
+    };
+    this.switched.add(onSwitch);
+    ensure();
     // The reload also tells whether the database answers (health) and how far its clock is off.
     const timer = setInterval(() => onChange(), RECONCILE_MS);
     return () => {
       stopped = true;
+      this.switched.delete(onSwitch);
       clearInterval(timer);
       void sub?.unlisten().catch(() => undefined);
     };
@@ -571,6 +794,9 @@ export class PgStore implements Store {
 
   async close(): Promise<void> {
     await this.auditChain.catch(() => undefined);
-    await this.sql.close({ timeout: 2 });
+    this.closed = true;
+    const sql = await this.current?.catch(() => null);
+    this.current = null;
+    await sql?.close({ timeout: 2 });
   }
 }

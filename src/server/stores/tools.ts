@@ -1,10 +1,11 @@
 import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
-import { checkDatabaseUrl, type ServerConfig } from "../../lib/config.ts";
+import type { SQL } from "bun";
+import type { ServerConfig } from "../../lib/config.ts";
 import { ExitCode, RelayError, usageError } from "../../lib/errors.ts";
 import { systemClock } from "../../lib/clock.ts";
 import { StateStore } from "../state.ts";
-import { PgStore, pgTarget, readPasswordFile, SCHEMA, type PgTarget } from "./postgres.ts";
+import { cidrText, PgStore, pgTarget, readPasswordFile, SCHEMA, type PgTarget } from "./postgres.ts";
 import { storeKindOf, unavailableError } from "./open.ts";
 
 /**
@@ -27,11 +28,18 @@ export function exactTable(pgsqlPath: string, regexpPath: string): string {
   return `pipemap:{regexp:${regexpPath}, proxy:pgsql:${pgsqlPath}}`;
 }
 
-/** The `hosts =` value for a target: a postgresql:// URI, the socket directory percent-encoded as the host. */
+/**
+ * The `hosts =` value for a target: one postgresql:// URI per host (Postfix
+ * tries the next when one fails), a socket directory percent-encoded as the host.
+ */
 export function pgsqlHosts(t: PgTarget, user: string): string {
-  const host = t.socketDir ? encodeURIComponent(t.socketDir) : t.hostname.includes(":") ? `[${t.hostname}]` : t.hostname;
   const query = t.sslmode ? `?sslmode=${encodeURIComponent(t.sslmode)}` : "";
-  return `postgresql://${encodeURIComponent(user)}@${host}:${t.port}/${encodeURIComponent(t.database)}${query}`;
+  return t.hosts
+    .map((h) => {
+      const host = h.socket ? encodeURIComponent(h.host) : h.host.includes(":") ? `[${h.host}]` : h.host;
+      return `postgresql://${encodeURIComponent(user)}@${host}:${h.port}/${encodeURIComponent(t.database)}${query}`;
+    })
+    .join(" ");
 }
 
 /**
@@ -89,14 +97,39 @@ export interface MigrateResult {
   configLine: string;
 }
 
+/** Rows per INSERT of the bulk copy: big enough that round trips do not count, small enough for steady progress. */
+const CHUNK = 10_000;
+
+/** Writes "what: done/total" over itself on stderr, only when stderr is a terminal. */
+function terminalProgress(): ((what: string, done: number, total: number) => void) | undefined {
+  if (!process.stderr.isTTY) return undefined;
+  return (what, done, total) => process.stderr.write(`\rrelayctl: copying ${what}: ${done.toLocaleString("en-US")} of ${total.toLocaleString("en-US")}${done === total ? "\n" : ""}`);
+}
+
+/** Inserts rows in chunks, each one statement over unnest()ed column arrays; returns how many were inserted. */
+async function insertChunks<T>(q: SQL, rows: T[], sql: string, columns: (chunk: T[]) => unknown[], what: string, progress?: (what: string, done: number, total: number) => void): Promise<number> {
+  let inserted = 0;
+  for (let i = 0; i < rows.length; i += CHUNK) {
+    const chunk = rows.slice(i, i + CHUNK);
+    const [r] = (await q.unsafe(`WITH ins AS (${sql} RETURNING 1) SELECT count(*)::int AS n FROM ins`, columns(chunk) as never[])) as { n: number }[];
+    inserted += Number(r!.n);
+    progress?.(what, Math.min(i + CHUNK, rows.length), rows.length);
+  }
+  return inserted;
+}
+
+const ms = (col: string): string => `to_timestamp(${col} / 1000)`;
+
 /**
  * Copies clients (hashed tokens only), leases and the audit log from the
- * SQLite state into PostgreSQL, creating the schema. Rows already there are
- * kept, so running it twice copies nothing twice. Expired leases are not
- * copied: they would never relay again.
+ * SQLite state into PostgreSQL, creating the schema, in ONE transaction:
+ * a failure or a kill half-way leaves the database as it was. Rows go in
+ * chunks of CHUNK per statement (1,000,000 leases row by row took minutes).
+ * Rows already there are kept, so running it twice copies nothing twice.
+ * Expired leases are not copied: they would never relay again. Progress goes
+ * to stderr when it is a terminal.
  */
-export async function migrateToPostgres(config: ServerConfig, to: string): Promise<MigrateResult> {
-  checkDatabaseUrl(to, "--to");
+export async function migrateToPostgres(config: ServerConfig, to: string, progress = terminalProgress()): Promise<MigrateResult> {
   const target = pgTarget(to, "--to");
   if (!target.password && config.databasePasswordFile && config.database) {
     // The same database the config already names may take its password from the file.
@@ -113,39 +146,54 @@ export async function migrateToPostgres(config: ServerConfig, to: string): Promi
     } catch (err) {
       throw unavailableError(target.shown, err);
     }
-    const result: MigrateResult = { clients: 0, leases: 0, audit: 0, skipped: { clients: 0, leases: 0, audit: 0 }, configLine: `database = ${JSON.stringify(target.shown)}` };
     const clients = source.listClients();
     const leases = source.allLeases().filter((l) => l.expires_at > Date.now());
     const audit = source.auditLog({ limit: Number.MAX_SAFE_INTEGER }).reverse();
-    await pg.tx(async (t) => {
-      for (const c of clients) {
-        if (await t.getClient(c.name)) result.skipped.clients++;
-        else {
-          await t.insertClient(c);
-          result.clients++;
-        }
-      }
-      for (const l of leases) {
-        const have = (await t.leasesOf(l.client)).some((x) => x.family === l.family);
-        if (have || !(await t.getClient(l.client))) result.skipped.leases++;
-        else {
-          await t.upsertLease(l);
-          result.leases++;
-        }
-      }
-    });
-    // The audit log is copied once: a marker row says it was, so a second run adds nothing.
     const marker = `migrated from ${config.stateDir}`;
-    const done = (await pg.auditLog({ limit: 1_000_000 })).some((r) => r.event === "migrate" && r.detail === marker);
-    if (done) result.skipped.audit = audit.length;
-    else {
-      await pg.tx(async (t) => {
-        for (const a of audit) await t.audit({ ts: a.ts, event: a.event, client: a.client, ip: a.ip, source: a.source, detail: a.detail, count: a.count });
-        await t.audit({ ts: Date.now(), event: "migrate", client: null, ip: null, source: null, detail: marker });
-      });
-      result.audit = audit.length;
-    }
-    return result;
+    return await pg.transaction(async (q) => {
+      const result: MigrateResult = { clients: 0, leases: 0, audit: 0, skipped: { clients: 0, leases: 0, audit: 0 }, configLine: `database = ${JSON.stringify(target.shown)}` };
+      result.clients = await insertChunks(
+        q,
+        clients,
+        `INSERT INTO ${SCHEMA}.clients (name, token_id, token_hash, ttl, allow, created_at, ipv6_prefix)
+         SELECT n, i, decode(h, 'hex'), t, a, ${ms("c")}, p FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::float8[], $7::int[]) AS u(n, i, h, t, a, c, p)
+         ON CONFLICT DO NOTHING`,
+        (c) => [c.map((x) => x.name), c.map((x) => x.token_id), c.map((x) => Buffer.from(x.token_hash).toString("hex")), c.map((x) => x.ttl), c.map((x) => x.allow), c.map((x) => x.created_at), c.map((x) => x.ipv6_prefix)],
+        "clients",
+        progress,
+      );
+      // A lease whose client was not copied (a name clash kept the other one's) stays behind, as before.
+      result.leases = await insertChunks(
+        q,
+        leases,
+        `INSERT INTO ${SCHEMA}.leases (client, family, net, granted_at, renewed_at, expires_at, renewals)
+         SELECT c, f, n::cidr, ${ms("g")}, ${ms("r")}, ${ms("e")}, k FROM unnest($1::text[], $2::int[], $3::text[], $4::float8[], $5::float8[], $6::float8[], $7::int[]) AS u(c, f, n, g, r, e, k)
+         WHERE EXISTS (SELECT 1 FROM ${SCHEMA}.clients WHERE name = u.c)
+         ON CONFLICT (client, family) DO NOTHING`,
+        (c) => [c.map((x) => x.client), c.map((x) => x.family), c.map((x) => cidrText(x.ip)), c.map((x) => x.granted_at), c.map((x) => x.renewed_at), c.map((x) => x.expires_at), c.map((x) => x.renewals)],
+        "leases",
+        progress,
+      );
+      // The audit log is copied once: a marker row says it was, so a second run adds nothing.
+      const [done] = (await q.unsafe(`SELECT count(*)::int AS n FROM ${SCHEMA}.audit WHERE event = 'migrate' AND detail = $1`, [marker])) as { n: number }[];
+      if (Number(done!.n) > 0) result.skipped.audit = audit.length;
+      else {
+        audit.push({ id: 0, ts: Date.now(), event: "migrate", client: null, ip: null, source: null, detail: marker, count: 1 });
+        result.audit =
+          (await insertChunks(
+            q,
+            audit,
+            `INSERT INTO ${SCHEMA}.audit (ts, event, client, ip, source, detail, count)
+             SELECT ${ms("t")}, e, c, i, s, d, n FROM unnest($1::float8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[]) AS u(t, e, c, i, s, d, n)`,
+            (c) => [c.map((x) => x.ts), c.map((x) => x.event), c.map((x) => x.client), c.map((x) => x.ip), c.map((x) => x.source), c.map((x) => x.detail), c.map((x) => x.count)],
+            "audit rows",
+            progress,
+          )) - 1;
+      }
+      result.skipped.clients = clients.length - result.clients;
+      result.skipped.leases = leases.length - result.leases;
+      return result;
+    });
   } finally {
     source.close();
     await pg.close();

@@ -347,7 +347,7 @@ describe.skipIf(!HAVE_PG)("the relayctl schema: upgrades and roles", () => {
       await s.ready();
       expect((await s.allLeases()).map((l) => `${l.client} ${l.ip}`)).toEqual(["old 2001:db8:5::9"]);
       expect((await s.auditLog()).map((a) => a.event)).toEqual(["grant"]);
-      expect((await pg.psql("SELECT version FROM relayctl.relayctl_schema", "v1")).trim()).toBe("2");
+      expect((await pg.psql("SELECT version FROM relayctl.relayctl_schema", "v1")).trim()).toBe(String(PG_SCHEMA_VERSION));
       // What a version 1 relayctl reads at start: a newer schema, which it refuses.
       expect((await pg.psql("SELECT version FROM public.relayctl_schema", "v1")).trim()).toBe("2");
       expect((await pg.psql("SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename IN ('clients', 'leases', 'audit')", "v1")).trim()).toBe("0");
@@ -375,7 +375,7 @@ describe.skipIf(!HAVE_PG)("the relayctl schema: upgrades and roles", () => {
     try {
       await s.ready();
       expect((await s.allLeases()).map((l) => l.ip)).toEqual(["192.0.2.9"]);
-      expect((await pg.psql("SELECT version FROM relayctl.relayctl_schema", "v1own")).trim()).toBe("2");
+      expect((await pg.psql("SELECT version FROM relayctl.relayctl_schema", "v1own")).trim()).toBe(String(PG_SCHEMA_VERSION));
       expect((await pg.psql("SELECT count(*) FROM pg_proc WHERE proname IN ('relayctl_inet', 'relayctl_lease_changed')", "v1own")).trim()).toBe("0");
       expect((await pg.psql(PGSQL_QUERY.replace("%s", "192.0.2.9"), "v1own")).trim()).toBe("OK");
     } finally {

@@ -1,0 +1,275 @@
+// Issue 21 on a real, private PostgreSQL (unix sockets): host lists, the
+// read-write host, renewals that notify nobody and are HOT updates, group
+// commit, and server migrate's bulk copy (all or nothing).
+import { SQL } from "bun";
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { checkDatabaseUrl, loadServerConfig } from "../../../src/lib/config.ts";
+import { parseCidr } from "../../../src/lib/ip.ts";
+import { systemClock } from "../../../src/lib/clock.ts";
+import { NO_ALLOW } from "../../../src/server/allow.ts";
+import { LeaseBook } from "../../../src/server/leases.ts";
+import type { ClientRow } from "../../../src/server/state.ts";
+import { StateStore } from "../../../src/server/state.ts";
+import { StoreUnavailable } from "../../../src/server/stores/index.ts";
+import { CHANNEL, PgStore, pgTarget } from "../../../src/server/stores/postgres.ts";
+import { migrateToPostgres, pgsqlHosts } from "../../../src/server/stores/tools.ts";
+import { postgresBinDir, startCluster, type PgCluster } from "../../pgcluster.ts";
+import { relayError, removeTempDirs, silenceLogger, tempDir, writeServerConfig } from "../helpers.ts";
+
+const HAVE_PG = postgresBinDir() !== undefined;
+if (!HAVE_PG && process.env.RELAYCTL_REQUIRE_E2E) throw new Error("PostgreSQL is not installed; these tests need it");
+let pg: PgCluster;
+
+beforeAll(async () => {
+  silenceLogger();
+  if (HAVE_PG) pg = await startCluster();
+}, 60_000);
+afterAll(async () => {
+  await pg?.destroy();
+  removeTempDirs();
+});
+
+const client = (name: string): ClientRow => ({ name, token_id: Bun.hash(name).toString(16).padStart(16, "0"), token_hash: new Uint8Array(32).fill(7), ttl: null, allow: NO_ALLOW, created_at: Date.now(), ipv6_prefix: null });
+const dbUrl = (c: PgCluster, db: string): string => `postgres://postgres@localhost:${c.port}/${db}?host=${c.socketDir}`;
+
+describe("database host lists, as libpq writes them", () => {
+  test("authority lists with ports, bracketed IPv6, socket directories with one port or one each", () => {
+    expect(checkDatabaseUrl("postgres://u:pw@h1,h2:5433/db", "database").hosts).toEqual([
+      { host: "h1", port: 5432, socket: false },
+      { host: "h2", port: 5433, socket: false },
+    ]);
+    expect(checkDatabaseUrl("postgresql://u@[2001:db8::1]:6000,db2/db?target_session_attrs=read-write", "database").hosts).toEqual([
+      { host: "2001:db8::1", port: 6000, socket: false },
+      { host: "db2", port: 5432, socket: false },
+    ]);
+    expect(checkDatabaseUrl("postgres://u@localhost:5444/db?host=/run/a,/run/b", "database").hosts).toEqual([
+      { host: "/run/a", port: 5444, socket: true },
+      { host: "/run/b", port: 5444, socket: true },
+    ]);
+    expect(checkDatabaseUrl("postgres://u@/db?host=/run/a,/run/b&port=5444,5445", "database").hosts.map((h) => h.port)).toEqual([5444, 5445]);
+    const t = pgTarget("postgres://u:s3cret@h1,h2:5433/db?pool_size=20");
+    expect(t).toMatchObject({ hostname: "h1", port: 5432, poolSize: 20, database: "db", password: "s3cret" });
+    expect(t.shown).toBe("postgres://u@h1,h2:5433/db?pool_size=20");
+    // Postfix gets every host too: it tries the next when one fails.
+    expect(pgsqlHosts(pgTarget("postgres://u@localhost:5444/db?host=/run/a,/run/b"), "postfix")).toBe("postgresql://postfix@%2Frun%2Fa:5444/db postgresql://postfix@%2Frun%2Fb:5444/db");
+  });
+
+  test("a port per host that does not add up, a standby-only target and a tiny pool are refused", async () => {
+    expect((await relayError(() => checkDatabaseUrl("postgres://u@/db?host=/a,/b,/c&port=1,2", "database"))).message).toContain("3 hosts but 2 ports");
+    expect((await relayError(() => checkDatabaseUrl("postgres://u@h1,h2/db?target_session_attrs=read-only", "database"))).message).toContain("read-write");
+    expect((await relayError(() => pgTarget("postgres://u@h/db?pool_size=1"))).message).toContain("pool_size");
+    expect((await relayError(() => checkDatabaseUrl("postgres://u@h1,h2:99999/db", "database"))).message).toContain("not a port");
+  });
+
+  test("server.toml takes a list of one-host URLs and joins it into one host list", async () => {
+    const dir = tempDir();
+    const path = writeServerConfig(dir, { postmap: "/bin/true", extra: `database = ["postgres://relayctl@db1:5432/relayctl?sslmode=require", "postgres://relayctl@db2:5433/relayctl?sslmode=require"]` });
+    expect(loadServerConfig(path).database).toBe("postgres://relayctl@db1:5432,db2:5433/relayctl?sslmode=require");
+    writeFileSync(path, `state_dir = "${dir}"\ndatabase = ["postgres://a@db1/relayctl", "postgres://b@db2/relayctl"]\n`);
+    expect((await relayError(() => loadServerConfig(path))).message).toContain("differ in more than their hosts");
+  });
+});
+
+describe.skipIf(!HAVE_PG)("the read-write host", () => {
+  test("a dead host and a read-only host are skipped; a read-only answer later makes the store look again", async () => {
+    const other = await startCluster();
+    try {
+      await pg.psql("CREATE DATABASE rw", "postgres");
+      await other.psql("CREATE DATABASE rw", "postgres");
+      const readOnly = async (c: PgCluster, on: boolean): Promise<void> => {
+        await c.psql(`ALTER SYSTEM SET default_transaction_read_only = ${on ? "on" : "off"}`, "postgres");
+        await c.psql("SELECT pg_reload_conf()", "postgres");
+      };
+      // A standby holds the schema already (replicated): so does this one.
+      const prep = new PgStore(pgTarget(dbUrl(other, "rw")), systemClock);
+      await prep.ready();
+      await prep.close();
+      await readOnly(other, true);
+      const gone = join(tempDir(), "nothing-here");
+      const s = new PgStore(pgTarget(`postgres://postgres@localhost:${pg.port},localhost:${other.port},localhost:${pg.port}/rw?host=${gone},${other.socketDir},${pg.socketDir}`), systemClock);
+      try {
+        await s.tx((t) => t.insertClient(client("rw-one")));
+        expect((await pg.psql("SELECT name FROM relayctl.clients", "rw")).trim()).toBe("rw-one");
+        // The host in use turns read-only (demoted) and the other one takes writes: a write
+        // fails once (the caller answers 503 and its client retries) and the next one goes there.
+        await readOnly(other, false);
+        await readOnly(pg, true);
+        await Bun.sleep(200);
+        const first = await s.tx((t) => t.insertClient(client("rw-two"))).then(
+          () => "ok",
+          (e) => e,
+        );
+        expect(first).toBeInstanceOf(StoreUnavailable);
+        await s.tx((t) => t.insertClient(client("rw-two")));
+        expect((await other.psql("SELECT name FROM relayctl.clients", "rw")).trim()).toBe("rw-two");
+      } finally {
+        await s.close();
+        await readOnly(pg, false);
+      }
+      // No host takes writes: the store says so, as an outage.
+      await readOnly(other, true);
+      const none = new PgStore(pgTarget(`postgres://postgres@localhost:${other.port}/rw?host=${gone},${other.socketDir}`), systemClock);
+      try {
+        const err = await none.getClient("x").then(
+          () => null,
+          (e) => e,
+        );
+        expect(err).toBeInstanceOf(StoreUnavailable);
+        expect(String(err.message)).toContain("no host of the database accepts writes");
+      } finally {
+        await none.close();
+      }
+    } finally {
+      await other.destroy();
+    }
+  }, 60_000);
+});
+
+describe.skipIf(!HAVE_PG)("renewals on PostgreSQL", () => {
+  test("a plain renewal notifies nobody; a grant, a new address, a shorter expiry and a delete do", async () => {
+    const s = new PgStore(pgTarget(pg.url), systemClock);
+    const listener = new SQL({ adapter: "postgres", hostname: "localhost", port: pg.port, path: pg.socketDir, username: "postgres", database: "relayctl", max: 1 });
+    let heard = 0;
+    try {
+      await s.ready();
+      await listener.listen(CHANNEL, () => heard++);
+      const book = new LeaseBook(s, () => 600, systemClock);
+      await s.tx((t) => t.insertClient(client("quiet")));
+      const quiet = (await s.getClient("quiet"))!;
+      const settle = async (): Promise<number> => {
+        await Bun.sleep(300);
+        const n = heard;
+        heard = 0;
+        return n;
+      };
+      await book.renew(quiet, parseCidr("192.0.2.50")!, "x");
+      expect(await settle()).toBeGreaterThan(0); // grant
+      for (let i = 0; i < 5; i++) expect((await book.renew(quiet, parseCidr("192.0.2.50")!, "x")).event).toBe("renew");
+      expect(await settle()).toBe(0);
+      await book.renew(quiet, parseCidr("192.0.2.51")!, "x");
+      expect(await settle()).toBeGreaterThan(0); // new address
+      await s.tx((t) => t.setLeaseExpiry("quiet", 4, Date.now() + 10_000));
+      expect(await settle()).toBeGreaterThan(0); // shorter
+      await book.release("quiet", "x");
+      expect(await settle()).toBeGreaterThan(0); // delete
+    } finally {
+      await listener.close();
+      await s.close();
+    }
+  });
+
+  test("renewals are HOT updates, and concurrent transactions share commits", async () => {
+    const s = new PgStore(pgTarget(pg.url), systemClock);
+    try {
+      await s.ready();
+      const names = Array.from({ length: 50 }, (_, i) => `hot${i}`);
+      await s.tx(async (t) => {
+        for (const n of names) await t.insertClient(client(n));
+      });
+      const book = new LeaseBook(s, () => 600, systemClock);
+      const rows = await Promise.all(names.map((n) => s.getClient(n)));
+      await Promise.all(rows.map((c, i) => book.renew(c!, parseCidr(`192.0.2.${100 + i}`)!, "x")));
+      const stats = async (): Promise<{ upd: number; hot: number; commits: number }> => {
+        const out = (await pg.psql("SELECT pg_stat_clear_snapshot(); SELECT n_tup_upd, n_tup_hot_upd, (SELECT xact_commit FROM pg_stat_database WHERE datname = 'relayctl') FROM pg_stat_user_tables WHERE relname = 'leases'")).trim().split("\n").pop()!;
+        const [upd, hot, commits] = out.split("|").map(Number);
+        return { upd: upd!, hot: hot!, commits: commits! };
+      };
+      await Bun.sleep(1_200); // backends report their counters at most once a second
+      const before = await stats();
+      for (let round = 0; round < 4; round++) {
+        const done = await Promise.all(rows.map((c, i) => book.renew(c!, parseCidr(`192.0.2.${100 + i}`)!, "x")));
+        expect(done.every((r) => r.event === "renew")).toBe(true);
+      }
+      let after = before;
+      for (let i = 0; i < 40 && after.upd - before.upd < 200; i++) {
+        await Bun.sleep(100);
+        after = await stats();
+      }
+      expect(after.upd - before.upd).toBe(200);
+      // Every renewal a HOT update: no index entry written (fillfactor leaves room, no index on expires_at).
+      expect(after.hot - before.hot).toBe(200);
+      // 200 renewals in far fewer commits than 200 (the stats queries themselves commit too).
+      console.log(`200 concurrent renewals: ${after.commits - before.commits} commits`);
+      expect(after.commits - before.commits).toBeLessThan(100);
+    } finally {
+      await s.close();
+    }
+  });
+
+  test("one failing transaction in a group leaves the others committed and itself rolled back", async () => {
+    const s = new PgStore(pgTarget(pg.url), systemClock);
+    try {
+      await s.ready();
+      const results = await Promise.allSettled(
+        ["g-1", "g-2", "g-bad", "g-3"].map((n) =>
+          s.tx(async (t) => {
+            await t.insertClient(client(n));
+            if (n === "g-bad") throw new Error("refused");
+            return n;
+          }),
+        ),
+      );
+      expect(results.map((r) => r.status)).toEqual(["fulfilled", "fulfilled", "rejected", "fulfilled"]);
+      expect((await pg.psql("SELECT string_agg(name, ' ' ORDER BY name) FROM relayctl.clients WHERE name LIKE 'g-%'")).trim()).toBe("g-1 g-2 g-3");
+    } finally {
+      await s.close();
+    }
+  });
+});
+
+describe.skipIf(!HAVE_PG)("server migrate, in bulk", () => {
+  /** A SQLite state with n clients each holding a live lease, written directly (no token hashing). */
+  const seed = (n: number, extra?: (db: StateStore["db"]) => void) => {
+    const dir = tempDir();
+    const config = loadServerConfig(writeServerConfig(dir, { postmap: "/bin/true" }));
+    const state = new StateStore(config.stateDir);
+    const now = Date.now();
+    const ins = state.db.prepare("INSERT INTO clients (name, token_id, token_hash, ttl, allow, created_at) VALUES (?, ?, ?, NULL, '[]', ?)");
+    // Documentation addresses, as data only.
+    const lease = state.db.prepare("INSERT INTO leases (client, family, ip, granted_at, renewed_at, expires_at) VALUES (?, 6, ?, ?, ?, ?)");
+    const hash = new Uint8Array(32).fill(3);
+    state.tx(() => {
+      for (let i = 0; i < n; i++) {
+        const name = `c${String(i).padStart(7, "0")}`;
+        ins.run(name, `t${String(i).padStart(15, "0")}`, hash, now);
+        lease.run(name, `2001:db8:${(i >> 16).toString(16)}::${(i & 0xffff).toString(16)}`, now, now, now + 3_600_000);
+      }
+      extra?.(state.db);
+    });
+    state.close();
+    return config;
+  };
+
+  test("200,000 leases in one transaction, with progress", async () => {
+    const config = seed(200_000);
+    await pg.psql("CREATE DATABASE bulk", "postgres");
+    const seen: string[] = [];
+    const t0 = performance.now();
+    const r = await migrateToPostgres(config, dbUrl(pg, "bulk"), (what, done, total) => seen.push(`${what} ${done}/${total}`));
+    const seconds = (performance.now() - t0) / 1000;
+    console.log(`server migrate: 200,000 clients and leases in ${seconds.toFixed(1)} s`);
+    expect(r).toMatchObject({ clients: 200_000, leases: 200_000 });
+    expect((await pg.psql("SELECT count(*) FROM relayctl.leases", "bulk")).trim()).toBe("200000");
+    expect(seen).toContain("leases 200000/200000");
+    expect(seen.filter((l) => l.startsWith("leases")).length).toBe(20);
+    // Row by row this took minutes; a generous bound that still catches a return to it.
+    expect(seconds).toBeLessThan(60);
+  }, 120_000);
+
+  test("a failure half-way leaves nothing behind", async () => {
+    // The last lease is wider than relayctl ever leases: PostgreSQL's CHECK refuses it, after 30,000 good rows.
+    const config = seed(30_000, (db) => {
+      db.prepare("INSERT INTO clients (name, token_id, token_hash, ttl, allow, created_at) VALUES ('zz-wide', 'zzzzzzzzzzzzzzzz', x'00', NULL, '[]', 0)").run();
+      db.prepare("INSERT INTO leases (client, family, ip, granted_at, renewed_at, expires_at) VALUES ('zz-wide', 6, '2001:db8::/32', 0, 0, ?)").run(Date.now() + 3_600_000);
+    });
+    await pg.psql("CREATE DATABASE halfway", "postgres");
+    const err = await migrateToPostgres(config, dbUrl(pg, "halfway"), () => undefined).then(
+      () => null,
+      (e) => e,
+    );
+    expect(err).not.toBeNull();
+    expect((await pg.psql("SELECT (SELECT count(*) FROM relayctl.clients) || ' ' || (SELECT count(*) FROM relayctl.leases) || ' ' || (SELECT count(*) FROM relayctl.audit)", "halfway")).trim()).toBe("0 0 0");
+  }, 60_000);
+});
