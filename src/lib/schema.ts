@@ -32,6 +32,7 @@ export const SERVER_KEYS: readonly ConfigKey[] = [
   { key: "exim_hosts", default: '"/etc/exim4/relayctl/hosts"', doc: 'The net-iplsearch file Exim reads (lookup = "exim"), one leased address or network a line; its directory must be writable by relayctl.' },
   { key: "smtpd_table", default: '"/etc/smtpd/relayctl/clients"', doc: 'The file: table OpenSMTPD reads as <relayctl> (lookup = "opensmtpd"); its directory must be writable by relayctl.' },
   { key: "smtpctl", default: null, defaultNote: "found on PATH or in /usr/sbin", doc: 'smtpctl to run (`smtpctl update table relayctl`) after each rewrite of smtpd_table; it needs root (see docs/opensmtpd.md).', example: '"/usr/sbin/smtpctl"' },
+  { key: "smtpctl_socket", default: null, defaultNote: "run smtpctl directly, which only root may", doc: 'Socket of relayctl-smtpctl.socket (install.sh server installs it): a server not running as root asks there, and a root unit runs exactly `smtpctl update table relayctl`.', example: '"/run/relayctl-smtpctl.sock"' },
   { key: "ttl", default: '"20m"', doc: `Default lease lifetime (${bounds("ttl")}); clients renew every 4 minutes.` },
   { key: "ipv6_prefix", default: "128", doc: "Prefix length of IPv6 leases (48-128); below 128 needs lookup = \"policy\". 64 covers a LAN with its privacy addresses." },
   { key: "postmap", default: null, defaultNote: "found on PATH or in /usr/sbin", doc: "postmap to run.", example: '"/usr/sbin/postmap"' },

@@ -194,7 +194,17 @@ async function serve(
   const expired = await leases.expireDueOrLocally();
   metrics.event("expire", expired.gone.length);
   for (const l of expired.gone) log.info(`expired while stopped: ${l.client} ${l.ip}`);
-  await publish().catch((err) => log.error(`initial publication to Postfix failed: ${(err as Error).message}`));
+  try {
+    await publish();
+  } catch (err) {
+    // Only a human can fix a refusal (OpenSMTPD's reload as a non-root
+    // user, say): retrying would leave the MTA on a stale table for good.
+    if (err instanceof RelayError && err.exitCode === ExitCode.USAGE) {
+      publisher.stop();
+      throw err;
+    }
+    log.error(`initial publication to Postfix failed: ${(err as Error).message}`);
+  }
 
   // Every refusal is audited (aggregated), so the log is kept to audit_retention.
   const pruneAudit = async (): Promise<void> => {
