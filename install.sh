@@ -395,9 +395,13 @@ write_server_skeleton() {
 # The file: table OpenSMTPD reads as <relayctl> (lookup = "opensmtpd"); its directory must be writable by relayctl.
 #smtpd_table = "/etc/smtpd/relayctl/clients"
 
-# smtpctl to run (`smtpctl update table relayctl`) after each rewrite of smtpd_table; it needs root (see docs/opensmtpd.md).
+# smtpctl to run (`smtpctl update table relayctl`) after each rewrite of smtpd_table; smtpd takes it from root only, so a server running as another user sets smtpctl_socket (see docs/opensmtpd.md).
 # Default: found on PATH or in /usr/sbin.
 #smtpctl = "/usr/sbin/smtpctl"
+
+# Where a server not running as root asks for that reload: relayctl-smtpctl.socket, which install.sh server installs, runs exactly `smtpctl update table relayctl` as root for group relayctl.
+# Default: run smtpctl itself (root only).
+#smtpctl_socket = "/run/relayctl-smtpctl.sock"
 
 # Default lease lifetime (10s to 400d); clients renew every 4 minutes.
 #ttl = "20m"
