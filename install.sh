@@ -29,6 +29,9 @@ CLIENT_CONFIG=$CONF_DIR/client.toml
 DEFAULT_STATE_DIR=/var/lib/relayctl
 DEFAULT_MAP=/etc/postfix/relayctl/clients
 DEFAULT_POLICY_SOCKET=/var/spool/postfix/relayctl/policy
+DEFAULT_EXIM_HOSTS=/etc/exim4/relayctl/hosts
+DEFAULT_SMTPD_TABLE=/etc/smtpd/relayctl/clients
+DEFAULT_SMTPCTL_SOCKET=/run/relayctl-smtpctl.sock
 DEFAULT_LISTEN='[::]:8443'
 UNIT_DIR=/etc/systemd/system
 MAN_PAGE=/usr/local/share/man/man1/relayctl.1
@@ -37,6 +40,8 @@ ZSH_COMPLETION=/usr/local/share/zsh/site-functions/_relayctl
 CRON_FILE=/etc/cron.d/relayctl
 SERVICE_USER=relayctl
 UNITS="relayctl.service relayctl-sweep.service relayctl-sweep.timer relayctl-client.service relayctl-client.timer"
+# Only for lookup = "opensmtpd": smtpd takes `smtpctl update table` from root alone.
+SMTPCTL_UNITS="relayctl-smtpctl.socket relayctl-smtpctl@.service"
 DESTDIR=${DESTDIR:-}
 
 say() { printf '%s\n' "$*"; }
@@ -490,6 +495,13 @@ SystemCallArchitectures=native
 EOF
 }
 
+# needs_smtpctl: the [Unit] lines of a service that reloads smtpd through relayctl-smtpctl.socket
+# (empty for every other lookup), so the socket listens before the service first asks.
+needs_smtpctl() {
+	[ "${SMTPCTL_SOCKET:-}" ] || return 0
+	printf '%s\n' "# lookup = \"opensmtpd\": smtpd's table is reloaded through this root socket." "Wants=relayctl-smtpctl.socket" "After=relayctl-smtpctl.socket"
+}
+
 # render_server_unit WRITABLE_DIRS PORT
 render_server_unit() {
 	if [ "$2" -lt 1024 ]; then
@@ -509,7 +521,7 @@ Description=relayctl lease server (Postfix relay access for dynamic hosts)
 Documentation=man:relayctl(1)
 Wants=network-online.target
 After=network-online.target
-
+$(needs_smtpctl)
 [Service]
 Type=simple
 # An unprivileged user: the server only writes its state and the map's directory,
@@ -547,7 +559,7 @@ render_sweep_service() {
 [Unit]
 Description=relayctl sweep: expire leases while the server is down
 Documentation=man:relayctl(1)
-
+$(needs_smtpctl)
 [Service]
 Type=oneshot
 User=$SERVICE_USER
@@ -622,6 +634,62 @@ AccuracySec=1s
 
 [Install]
 WantedBy=timers.target
+EOF
+}
+
+# render_smtpctl_socket: where the relayctl user asks for a reload of smtpd's table. Root's
+# socket, group relayctl: no other user may make root run anything through it.
+render_smtpctl_socket() {
+	cat <<EOF
+# lookup = "opensmtpd": smtpd takes \`smtpctl update table\` from root only, and the
+# relayctl server runs as $SERVICE_USER. Each connection here starts one
+# relayctl-smtpctl@.service, which runs exactly that command as root and answers
+# with what smtpctl printed. Written by install.sh server; server.toml's
+# smtpctl_socket names this socket.
+[Unit]
+Description=relayctl: reloads OpenSMTPD's relayctl table for the relayctl server
+Documentation=man:relayctl(1)
+
+[Socket]
+ListenStream=$SMTPCTL_SOCKET
+SocketUser=root
+SocketGroup=$SERVICE_USER
+SocketMode=0660
+Accept=yes
+# The server asks once per rewrite, one at a time: more is a runaway.
+MaxConnections=4
+
+[Install]
+WantedBy=sockets.target
+EOF
+}
+
+# render_smtpctl_service SMTPCTL: the root half. Its argv is fixed, it reads nothing from
+# the connection, and it holds no capability: root's uid is all smtpd checks.
+render_smtpctl_service() {
+	cat <<EOF
+# One \`smtpctl update table relayctl\` as root, for one connection to
+# relayctl-smtpctl.socket; smtpctl's output (stdout and stderr) is the answer.
+# Written by install.sh server.
+[Unit]
+Description=relayctl: smtpctl update table relayctl
+Documentation=man:relayctl(1)
+CollectMode=inactive-or-failed
+
+[Service]
+Type=simple
+ExecStart=$1 update table relayctl
+StandardInput=socket
+StandardOutput=socket
+StandardError=socket
+RuntimeMaxSec=30s
+# smtpctl is C, with no JIT: it needs no W+X memory.
+MemoryDenyWriteExecute=yes
+$(hardening | sed 1d)
+PrivateNetwork=yes
+# smtpd's control socket is a unix socket in the file system.
+RestrictAddressFamilies=AF_UNIX
+CapabilityBoundingSet=
 EOF
 }
 
@@ -750,20 +818,59 @@ print_policy_steps() {
 	say "       postconf -e 'smtpd_relay_restrictions = permit_mynetworks, permit_sasl_authenticated, permit_auth_destination, check_policy_service { unix:$name, timeout=5s }, reject_unauth_destination'"
 }
 
+# print_exim_steps FILE: the ACL statement for lookup = "exim" (docs/exim.md), as relayctl doctor prints it.
+print_exim_steps() {
+	say "  2. Hook the file into Exim (relayctl doctor checks it): in the RCPT ACL (acl_smtp_rcpt),"
+	say "     before the relay refusal (Debian: just before \`accept hosts = +relay_from_hosts\` in"
+	say "     /etc/exim4/conf.d/acl/30_exim4-config_check_rcpt or exim4.conf.template):"
+	say "       accept hosts = net-iplsearch;$1"
+	say "     then: update-exim4.conf && systemctl reload exim4   (see docs/exim.md)"
+}
+
+# print_smtpd_steps FILE: the smtpd.conf lines for lookup = "opensmtpd" (docs/opensmtpd.md).
+print_smtpd_steps() {
+	say "  2. Hook the table into OpenSMTPD (relayctl doctor checks it): in /etc/smtpd.conf, above"
+	say "     every other match line, with an action \"relay\" of your own:"
+	say "       table relayctl file:$1"
+	say "       match from src <relayctl> for any action \"relay\""
+	say "     then: systemctl restart opensmtpd   (see docs/opensmtpd.md)"
+}
+
+# smtpctl_setup: for lookup = "opensmtpd", which smtpctl the root unit runs (SMTPCTL: the
+# smtpctl key, else the target's) and where it listens (SMTPCTL_SOCKET: the smtpctl_socket
+# key, else the default, which server.toml must then name: the server reads no unit).
+smtpctl_setup() {
+	smtpctl=$(toml_get "$DESTDIR$SERVER_CONFIG" smtpctl)
+	[ -n "$smtpctl" ] || smtpctl=$(find_program smtpctl) || smtpctl=/usr/sbin/smtpctl
+	SMTPCTL_SOCKET=$(toml_get "$DESTDIR$SERVER_CONFIG" smtpctl_socket)
+	if [ -z "$SMTPCTL_SOCKET" ]; then
+		SMTPCTL_SOCKET=$DEFAULT_SMTPCTL_SOCKET
+		warn "lookup = \"opensmtpd\" and the server runs as $SERVICE_USER, but smtpd takes \`smtpctl update table\` from root only: add smtpctl_socket = \"$SMTPCTL_SOCKET\" to $SERVER_CONFIG (the server refuses to start without it)"
+	fi
+}
+
 install_server() {
 	state_dir=$(toml_get "$DESTDIR$SERVER_CONFIG" state_dir)
 	state_dir=${state_dir:-$DEFAULT_STATE_DIR}
-	map=$(toml_get "$DESTDIR$SERVER_CONFIG" map)
-	map=${map:-$DEFAULT_MAP}
-	map_dir=$(dirname "$map")
+	lookup=$(toml_get "$DESTDIR$SERVER_CONFIG" lookup)
+	# The file the MTA reads: Postfix's map (also beside the policy service), or Exim's or
+	# OpenSMTPD's line file. The server replaces it by rename, so it writes its directory.
+	case $lookup in
+	exim) file_key=exim_hosts file_default=$DEFAULT_EXIM_HOSTS ;;
+	opensmtpd) file_key=smtpd_table file_default=$DEFAULT_SMTPD_TABLE ;;
+	*) file_key=map file_default=$DEFAULT_MAP ;;
+	esac
+	file=$(toml_get "$DESTDIR$SERVER_CONFIG" "$file_key")
+	file=${file:-$file_default}
+	file_dir=$(dirname "$file")
 	listen=$(toml_get "$DESTDIR$SERVER_CONFIG" listen)
 	port=${listen:-$DEFAULT_LISTEN}
 	port=${port##*:}
 	case $port in '' | *[!0-9]*) die "$SERVER_CONFIG: cannot read the port of listen = \"$listen\"" ;; esac
 	# With lookup = "policy" the server also writes its socket's directory.
-	writable="$state_dir $map_dir"
+	writable="$state_dir $file_dir"
 	policy_dir=
-	if [ "$(toml_get "$DESTDIR$SERVER_CONFIG" lookup)" = policy ]; then
+	if [ "$lookup" = policy ]; then
 		policy_socket=$(toml_get "$DESTDIR$SERVER_CONFIG" policy_socket)
 		policy_socket=${policy_socket:-$DEFAULT_POLICY_SOCKET}
 		policy_dir=$(dirname "$policy_socket")
@@ -778,11 +885,12 @@ install_server() {
 	ensure_user
 	make_dir "$CONF_DIR" 0750 "root:$SERVICE_USER"
 	make_dir "$state_dir" 0700 "$SERVICE_USER:$SERVICE_USER"
-	# Only a directory of our own is handed to relayctl: chowning /etc/postfix itself would be wrong.
-	if ours "$map_dir" "$(dirname "$DEFAULT_MAP")"; then
-		make_dir "$map_dir" 0755 "$SERVICE_USER:$SERVICE_USER"
+	# Only a directory of our own is handed to relayctl: chowning /etc/postfix itself would be
+	# wrong. 0755: the MTA's own user (Debian-exim, postfix) reads the 0644 file in it.
+	if ours "$file_dir" "$(dirname "$file_default")"; then
+		make_dir "$file_dir" 0755 "$SERVICE_USER:$SERVICE_USER"
 	else
-		warn "$map_dir exists and is not relayctl's own (owner $(owner_of "$map_dir")): make sure the $SERVICE_USER user can write it"
+		warn "$file_dir exists and is not relayctl's own (owner $(owner_of "$file_dir")): make sure the $SERVICE_USER user can write it"
 	fi
 	install_config "$SERVER_CONFIG" 0640 "root:$SERVICE_USER" write_server_skeleton
 	if [ -n "$policy_dir" ]; then
@@ -794,20 +902,35 @@ install_server() {
 		fi
 	fi
 
+	SMTPCTL_SOCKET=
+	if [ "$lookup" = opensmtpd ]; then smtpctl_setup; fi
+
 	if use_systemd; then
 		write_units "$DESTDIR$UNIT_DIR" "$writable" "$port" server
 		say "installed $DESTDIR$UNIT_DIR/relayctl.service, relayctl-sweep.service and relayctl-sweep.timer"
+		if [ -n "$SMTPCTL_SOCKET" ]; then
+			render_smtpctl_socket | put_file "$DESTDIR$UNIT_DIR/relayctl-smtpctl.socket" 0644
+			render_smtpctl_service "$smtpctl" | put_file "$DESTDIR$UNIT_DIR/relayctl-smtpctl@.service" 0644
+			say "installed $DESTDIR$UNIT_DIR/relayctl-smtpctl.socket and relayctl-smtpctl@.service ($smtpctl update table relayctl as root, for group $SERVICE_USER)"
+		fi
 		if can_systemctl; then
 			systemctl daemon-reload
+			# The socket first: the server's first reload of smtpd's table goes through it.
+			if [ -n "$SMTPCTL_SOCKET" ]; then systemctl enable --now relayctl-smtpctl.socket; fi
 			systemctl enable relayctl.service relayctl-sweep.timer
 			# restart, not start: a re-install must run the new binary.
 			systemctl restart relayctl.service || warn "relayctl.service did not start: see journalctl -u relayctl"
 			systemctl start relayctl-sweep.timer
 		else
-			say "systemd is not running here: later run systemctl daemon-reload && systemctl enable --now relayctl.service relayctl-sweep.timer"
+			say "systemd is not running here: later run systemctl daemon-reload && systemctl enable --now ${SMTPCTL_SOCKET:+relayctl-smtpctl.socket }relayctl.service relayctl-sweep.timer"
 		fi
 	else
 		without_systemd_server
+		if [ -n "$SMTPCTL_SOCKET" ]; then
+			say "no systemd: for lookup = \"opensmtpd\", also run this as root from your init system, so the"
+			say "server (as $SERVICE_USER) can have smtpd's table reloaded (it runs nothing else):"
+			say "  socat UNIX-LISTEN:$SMTPCTL_SOCKET,user=root,group=$SERVICE_USER,mode=0660,unlink-early,fork EXEC:'$smtpctl update table relayctl',stderr"
+		fi
 	fi
 
 	run_doctor --config "$SERVER_CONFIG"
@@ -819,7 +942,12 @@ install_server() {
 		say "  1. Review $SERVER_CONFIG (public_url above all), then start the server from your init system"
 		say "     (stop it there first if it runs): $(server_command)"
 	fi
-	if [ -n "$policy_dir" ]; then print_policy_steps "$policy_socket"; else print_postfix_steps "$map"; fi
+	case $lookup in
+	policy) print_policy_steps "$policy_socket" ;;
+	exim) print_exim_steps "$file" ;;
+	opensmtpd) print_smtpd_steps "$file" ;;
+	*) print_postfix_steps "$file" ;;
+	esac
 	say "  3. Open TCP port $port to the dynamic hosts."
 	say "  4. For each host: relayctl server add NAME, and run the printed line on that host"
 	say "     after installing relayctl there with \`install.sh client\`."
@@ -1086,7 +1214,7 @@ uninstall() {
 	map=${map:-$DEFAULT_MAP}
 	# Before anything is removed: a refusal must leave the install as it was.
 	unhook "$map" "$purge" "$unhook"
-	for unit in $UNITS; do
+	for unit in $UNITS $SMTPCTL_UNITS; do
 		[ -f "$DESTDIR$UNIT_DIR/$unit" ] || continue
 		if can_systemctl; then
 			systemctl disable --now "$unit" || true

@@ -368,6 +368,92 @@ describe("install.sh server", () => {
     expect(mode(join(other, "srv/maps"))).toBe("700");
   });
 
+  for (const mta of [
+    { lookup: "exim", key: "exim_hosts", dir: "etc/exim4/relayctl", hook: ["accept hosts = net-iplsearch;/etc/exim4/relayctl/hosts", "update-exim4.conf && systemctl reload exim4"] },
+    { lookup: "opensmtpd", key: "smtpd_table", dir: "etc/smtpd/relayctl", hook: ["table relayctl file:/etc/smtpd/relayctl/clients", 'match from src <relayctl> for any action "relay"', "systemctl restart opensmtpd"] },
+  ]) {
+    test(`lookup = "${mta.lookup}": the line file's directory is made (755), the units may write it (and not Postfix's), and the MTA's hook is printed`, () => {
+      const root = freshDir(mta.lookup);
+      targetConfig(root, `lookup = "${mta.lookup}"\nsmtpctl_socket = "/run/relayctl-smtpctl.sock"\n`);
+      const r = runInstall(root, ["server"]);
+      expect(r.code).toBe(0);
+      expect(mode(join(root, mta.dir))).toBe("755");
+      expect(existsSync(join(root, "etc/postfix"))).toBe(false);
+      for (const u of ["relayctl.service", "relayctl-sweep.service"]) {
+        expect(readFileSync(join(root, "etc/systemd/system", u), "utf8")).toContain(`ReadWritePaths=/var/lib/relayctl /${mta.dir}\n`);
+      }
+      for (const line of mta.hook) expect(r.stdout).toContain(line);
+      expect(r.stdout).not.toContain("postconf");
+      // A directory set in server.toml is the one made and opened, also on a re-run.
+      targetConfig(root, `lookup = "${mta.lookup}"\n${mta.key} = "/srv/${mta.lookup}/file"\nsmtpctl_socket = "/run/relayctl-smtpctl.sock"\n`);
+      expect(runInstall(root, ["server"]).code).toBe(0);
+      expect(mode(join(root, "srv", mta.lookup))).toBe("755");
+      expect(readFileSync(join(root, "etc/systemd/system/relayctl.service"), "utf8")).toContain(`ReadWritePaths=/var/lib/relayctl /srv/${mta.lookup}\n`);
+    });
+  }
+
+  test('lookup = "exim": a directory that is not relayctl\'s own is left as it is, with a warning', () => {
+    const root = freshDir("exim-theirs");
+    mkdirSync(join(root, "etc/exim4"), { recursive: true, mode: 0o750 });
+    chmodSync(join(root, "etc/exim4"), 0o750);
+    targetConfig(root, 'lookup = "exim"\nexim_hosts = "/etc/exim4/relayctl-hosts"\n');
+    const r = runInstall(root, ["server"]);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toContain("install.sh: warning: /etc/exim4 exists and is not relayctl's own (owner ");
+    expect(mode(join(root, "etc/exim4"))).toBe("750");
+  });
+
+  test('lookup = "opensmtpd": the root socket unit running exactly smtpctl update table relayctl, which the services wait for', () => {
+    const root = freshDir("smtpctl-units");
+    targetProgram(root, "usr/local/sbin/smtpctl");
+    targetConfig(root, 'lookup = "opensmtpd"\nsmtpctl_socket = "/run/relayctl/smtpctl.sock"\n');
+    const r = runInstall(root, ["server"]);
+    expect(r.code).toBe(0);
+    expect(r.stderr).not.toContain("smtpctl_socket");
+    const unit = (u: string) => readFileSync(join(root, "etc/systemd/system", u), "utf8");
+    const socket = unit("relayctl-smtpctl.socket");
+    for (const line of ["ListenStream=/run/relayctl/smtpctl.sock", "SocketUser=root", "SocketGroup=relayctl", "SocketMode=0660", "Accept=yes", "WantedBy=sockets.target"]) expect(socket).toContain(`\n${line}\n`);
+    const service = unit("relayctl-smtpctl@.service");
+    // The argv is fixed, found in the target (smtpctl is not in its /usr/sbin), and the connection is only its output.
+    for (const line of ["ExecStart=/usr/local/sbin/smtpctl update table relayctl", "StandardInput=socket", "StandardOutput=socket", "StandardError=socket", "CapabilityBoundingSet=", "NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateNetwork=yes", "RestrictAddressFamilies=AF_UNIX"]) {
+      expect(service).toContain(`\n${line}\n`);
+    }
+    expect(service).not.toMatch(/^User=/m);
+    for (const u of ["relayctl.service", "relayctl-sweep.service"]) expect(unit(u)).toContain("\nWants=relayctl-smtpctl.socket\nAfter=relayctl-smtpctl.socket\n");
+    expect(r.stdout).toContain("systemctl enable --now relayctl-smtpctl.socket relayctl.service relayctl-sweep.timer");
+    // Other lookups get neither the units nor the dependency.
+    const plain = freshDir("smtpctl-none");
+    targetConfig(plain, 'lookup = "exim"\n');
+    expect(runInstall(plain, ["server"]).code).toBe(0);
+    expect(existsSync(join(plain, "etc/systemd/system/relayctl-smtpctl.socket"))).toBe(false);
+    expect(readFileSync(join(plain, "etc/systemd/system/relayctl.service"), "utf8")).not.toContain("smtpctl");
+    // uninstall removes them with the rest.
+    const u = runInstall(root, ["uninstall"]);
+    expect(u.code).toBe(0);
+    for (const f of ["relayctl-smtpctl.socket", "relayctl-smtpctl@.service"]) expect(existsSync(join(root, "etc/systemd/system", f))).toBe(false);
+  });
+
+  test('lookup = "opensmtpd" without smtpctl_socket: a warning naming the line to add; the units use the default socket', () => {
+    const root = freshDir("smtpctl-unset");
+    targetConfig(root, 'lookup = "opensmtpd"\n');
+    const r = runInstall(root, ["server"]);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toContain('add smtpctl_socket = "/run/relayctl-smtpctl.sock" to /etc/relayctl/server.toml (the server refuses to start without it)');
+    expect(readFileSync(join(root, "etc/systemd/system/relayctl-smtpctl.socket"), "utf8")).toContain("\nListenStream=/run/relayctl-smtpctl.sock\n");
+    expect(readFileSync(join(root, "etc/systemd/system/relayctl-smtpctl@.service"), "utf8")).toContain("\nExecStart=/usr/sbin/smtpctl update table relayctl\n");
+  });
+
+  test('lookup = "opensmtpd" without systemd: the root socket line for another init system', () => {
+    const root = freshDir("smtpctl-cron");
+    mkdirSync(join(root, "etc/cron.d"), { recursive: true });
+    targetProgram(root, "usr/sbin/cron");
+    targetConfig(root, 'lookup = "opensmtpd"\nsmtpctl_socket = "/run/relayctl-smtpctl.sock"\n');
+    const r = runInstall(root, ["server"], { env: { RELAYCTL_INIT: "cron" } });
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain("  socat UNIX-LISTEN:/run/relayctl-smtpctl.sock,user=root,group=relayctl,mode=0660,unlink-early,fork EXEC:'/usr/sbin/smtpctl update table relayctl',stderr\n");
+    expect(existsSync(join(root, "etc/systemd"))).toBe(false);
+  });
+
   test("the skeleton's keys and example values are ones the server accepts", () => {
     const root = freshDir("skeleton");
     expect(runInstall(root, ["server"]).code).toBe(0);
