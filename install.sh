@@ -664,8 +664,8 @@ WantedBy=sockets.target
 EOF
 }
 
-# render_smtpctl_service SMTPCTL: the root half. Its argv is fixed, it reads nothing from
-# the connection, and it holds no capability: root's uid is all smtpd checks.
+# render_smtpctl_service SMTPCTL GROUP: the root half. Its argv is fixed, it reads nothing
+# from the connection, and it holds no capability: root's uid is all smtpd checks.
 render_smtpctl_service() {
 	cat <<EOF
 # One \`smtpctl update table relayctl\` as root, for one connection to
@@ -678,6 +678,9 @@ CollectMode=inactive-or-failed
 
 [Service]
 Type=simple
+# smtpctl refuses to run unless its group is smtpd's queue group, which it gets from its
+# setgid bit; NoNewPrivileges ignores that bit, so the group is given here instead.
+Group=$2
 ExecStart=$1 update table relayctl
 StandardInput=socket
 StandardOutput=socket
@@ -842,6 +845,13 @@ print_smtpd_steps() {
 smtpctl_setup() {
 	smtpctl=$(toml_get "$DESTDIR$SERVER_CONFIG" smtpctl)
 	[ -n "$smtpctl" ] || smtpctl=$(find_program smtpctl) || smtpctl=/usr/sbin/smtpctl
+	# The group smtpctl is setgid to (Debian: opensmtpq), which the root unit must run with.
+	if [ -g "$DESTDIR$smtpctl" ]; then
+		smtpctl_group=$(stat -c %G "$DESTDIR$smtpctl")
+	else
+		smtpctl_group=opensmtpq
+		[ -x "$DESTDIR$smtpctl" ] || warn "no smtpctl at $smtpctl: install OpenSMTPD and run install.sh server again, or set smtpctl in $SERVER_CONFIG (relayctl-smtpctl@.service runs it with group $smtpctl_group, Debian's queue group)"
+	fi
 	SMTPCTL_SOCKET=$(toml_get "$DESTDIR$SERVER_CONFIG" smtpctl_socket)
 	if [ -z "$SMTPCTL_SOCKET" ]; then
 		SMTPCTL_SOCKET=$DEFAULT_SMTPCTL_SOCKET
@@ -910,7 +920,7 @@ install_server() {
 		say "installed $DESTDIR$UNIT_DIR/relayctl.service, relayctl-sweep.service and relayctl-sweep.timer"
 		if [ -n "$SMTPCTL_SOCKET" ]; then
 			render_smtpctl_socket | put_file "$DESTDIR$UNIT_DIR/relayctl-smtpctl.socket" 0644
-			render_smtpctl_service "$smtpctl" | put_file "$DESTDIR$UNIT_DIR/relayctl-smtpctl@.service" 0644
+			render_smtpctl_service "$smtpctl" "$smtpctl_group" | put_file "$DESTDIR$UNIT_DIR/relayctl-smtpctl@.service" 0644
 			say "installed $DESTDIR$UNIT_DIR/relayctl-smtpctl.socket and relayctl-smtpctl@.service ($smtpctl update table relayctl as root, for group $SERVICE_USER)"
 		fi
 		if can_systemctl; then

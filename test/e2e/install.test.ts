@@ -406,6 +406,10 @@ describe("install.sh server", () => {
   test('lookup = "opensmtpd": the root socket unit running exactly smtpctl update table relayctl, which the services wait for', () => {
     const root = freshDir("smtpctl-units");
     targetProgram(root, "usr/local/sbin/smtpctl");
+    // As Debian ships it: setgid to the queue group, which smtpctl insists on.
+    chownSync(join(root, "usr/local/sbin/smtpctl"), 0, 991);
+    chmodSync(join(root, "usr/local/sbin/smtpctl"), 0o2755);
+    const group = spawnSync("stat", ["-c", "%G", join(root, "usr/local/sbin/smtpctl")], { encoding: "utf8" }).stdout.trim();
     targetConfig(root, 'lookup = "opensmtpd"\nsmtpctl_socket = "/run/relayctl/smtpctl.sock"\n');
     const r = runInstall(root, ["server"]);
     expect(r.code).toBe(0);
@@ -415,7 +419,7 @@ describe("install.sh server", () => {
     for (const line of ["ListenStream=/run/relayctl/smtpctl.sock", "SocketUser=root", "SocketGroup=relayctl", "SocketMode=0660", "Accept=yes", "WantedBy=sockets.target"]) expect(socket).toContain(`\n${line}\n`);
     const service = unit("relayctl-smtpctl@.service");
     // The argv is fixed, found in the target (smtpctl is not in its /usr/sbin), and the connection is only its output.
-    for (const line of ["ExecStart=/usr/local/sbin/smtpctl update table relayctl", "StandardInput=socket", "StandardOutput=socket", "StandardError=socket", "CapabilityBoundingSet=", "NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateNetwork=yes", "RestrictAddressFamilies=AF_UNIX"]) {
+    for (const line of ["ExecStart=/usr/local/sbin/smtpctl update table relayctl", `Group=${group}`, "StandardInput=socket", "StandardOutput=socket", "StandardError=socket", "CapabilityBoundingSet=", "NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateNetwork=yes", "RestrictAddressFamilies=AF_UNIX"]) {
       expect(service).toContain(`\n${line}\n`);
     }
     expect(service).not.toMatch(/^User=/m);
@@ -440,7 +444,8 @@ describe("install.sh server", () => {
     expect(r.code).toBe(0);
     expect(r.stderr).toContain('add smtpctl_socket = "/run/relayctl-smtpctl.sock" to /etc/relayctl/server.toml (the server refuses to start without it)');
     expect(readFileSync(join(root, "etc/systemd/system/relayctl-smtpctl.socket"), "utf8")).toContain("\nListenStream=/run/relayctl-smtpctl.sock\n");
-    expect(readFileSync(join(root, "etc/systemd/system/relayctl-smtpctl@.service"), "utf8")).toContain("\nExecStart=/usr/sbin/smtpctl update table relayctl\n");
+    expect(readFileSync(join(root, "etc/systemd/system/relayctl-smtpctl@.service"), "utf8")).toContain("\nGroup=opensmtpq\nExecStart=/usr/sbin/smtpctl update table relayctl\n");
+    expect(r.stderr).toContain("install.sh: warning: no smtpctl at /usr/sbin/smtpctl: install OpenSMTPD and run install.sh server again");
   });
 
   test('lookup = "opensmtpd" without systemd: the root socket line for another init system', () => {
@@ -886,27 +891,41 @@ describe("systemd units", () => {
   });
 
   const analyze = spawnSync("systemd-analyze", ["--version"]).status === 0;
-  test.skipIf(!analyze)("systemd-analyze verify accepts them without warnings", () => {
-    // verify checks that ExecStart's binary exists and loads the targets the units
-    // name, so it gets a root of its own with those, instead of this machine's /.
-    const root = freshDir("analyze");
-    expect(runInstall(root, ["server"]).code).toBe(0);
-    expect(runInstall(root, ["client"]).code).toBe(0);
-    for (const dir of ["/usr/lib/systemd/system", "/lib/systemd/system"]) {
-      if (existsSync(dir)) {
-        cpSync(dir, join(root, "usr/lib/systemd/system"), { recursive: true, dereference: false });
-        break;
-      }
-    }
+  /**
+   * systemd-analyze verify on units install.sh wrote into root. verify checks that
+   * ExecStart's binary exists and loads the targets the units name, so root gets
+   * those (this machine's unit directory, kill) instead of this machine's /.
+   */
+  function verifyUnits(root: string, units: string[]): void {
+    const systemDir = ["/usr/lib/systemd/system", "/lib/systemd/system"].find((d) => existsSync(d));
+    if (!systemDir) throw new Error("systemd-analyze is installed but no systemd unit directory is");
+    cpSync(systemDir, join(root, "usr/lib/systemd/system"), { recursive: true, dereference: false });
     mkdirSync(join(root, "bin"), { recursive: true });
     copyFileSync(existsSync("/bin/kill") ? "/bin/kill" : "/usr/bin/kill", join(root, "bin/kill"));
     chmodSync(join(root, "bin/kill"), 0o755);
-    const units = UNITS.map((u) => join(root, "etc/systemd/system", u));
     // --man=no: Documentation=man:relayctl(1) names a page this machine has not installed
     // (the release and first-contact tests check the page itself).
-    const r = spawnSync("systemd-analyze", ["verify", "--man=no", `--root=${root}`, ...units], { encoding: "utf8" });
+    const r = spawnSync("systemd-analyze", ["verify", "--man=no", `--root=${root}`, ...units.map((u) => join(root, "etc/systemd/system", u))], { encoding: "utf8" });
     expect(r.stderr).toBe("");
     expect(r.status).toBe(0);
+  }
+
+  test.skipIf(!analyze)("systemd-analyze verify accepts them without warnings", () => {
+    const root = freshDir("analyze");
+    expect(runInstall(root, ["server"]).code).toBe(0);
+    expect(runInstall(root, ["client"]).code).toBe(0);
+    verifyUnits(root, UNITS);
+  });
+
+  test.skipIf(!analyze)("systemd-analyze verify accepts the opensmtpd units (relayctl-smtpctl.socket, an instance of relayctl-smtpctl@.service)", () => {
+    const root = freshDir("analyze-smtpctl");
+    targetProgram(root, "usr/sbin/smtpctl");
+    targetConfig(root, 'lookup = "opensmtpd"\nsmtpctl_socket = "/run/relayctl-smtpctl.sock"\n');
+    expect(runInstall(root, ["server"]).code).toBe(0);
+    // verify takes no template: the instance a connection would start.
+    const dir = join(root, "etc/systemd/system");
+    copyFileSync(join(dir, "relayctl-smtpctl@.service"), join(dir, "relayctl-smtpctl@0.service"));
+    verifyUnits(root, ["relayctl-smtpctl.socket", "relayctl-smtpctl@0.service", "relayctl.service", "relayctl-sweep.service"]);
   });
 });
 
