@@ -16,6 +16,7 @@ import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { loadServerConfig } from "../../src/lib/config.ts";
 import { renderServerSkeleton } from "../../src/lib/schema.ts";
+import { lineFileKeys } from "../../src/server/lookups/linefile.ts";
 import { freePort } from "./harness.ts";
 import { ensureBinary, relayctl, startServer, writeServerConfig } from "./relayctl.ts";
 
@@ -700,6 +701,27 @@ describe("install.sh uninstall", () => {
     expect(runInstall(root, ["uninstall", "--purge"]).code).toBe(0);
     for (const p of ["etc/relayctl", "var/lib/relayctl", "etc/postfix/relayctl", "usr/local/bin/relayctl"]) expect(existsSync(join(root, p))).toBe(false);
     expect(existsSync(systemctlLog)).toBe(false);
+  });
+
+  test("Exim's and OpenSMTPD's files, which nothing expires once relayctl is gone, are emptied (kept, mode kept); a foreign one is left with a warning", () => {
+    for (const [lookup, key, mta, keep] of [["exim", "exim_hosts", "Exim", []], ["opensmtpd", "smtpd_table", "OpenSMTPD", ["0.0.0.0"]]] as const) {
+      const root = freshDir(`uninstall-${lookup}`);
+      targetConfig(root, `lookup = "${lookup}"\n${key} = "/srv/${lookup}/file"\nsmtpctl_socket = "/run/relayctl-smtpctl.sock"\n`);
+      expect(runInstall(root, ["server"]).code).toBe(0);
+      const file = join(root, "srv", lookup, "file");
+      writeFileSync(file, `${MAP_HEADER}\n# Each line ...\n${keep.map((k) => k + "\n").join("")}198.51.100.7\n"2001:db8::/64"\n`, { mode: 0o644 });
+      const r = runInstall(root, ["uninstall"]);
+      expect(r.code).toBe(0);
+      expect(r.stdout).toContain(`emptied /srv/${lookup}/file, which ${mta} still reads: it relays for nobody through it now`);
+      expect(lineFileKeys(readFileSync(file, "utf8"))).toEqual([]);
+      expect(readFileSync(file, "utf8").split("\n").filter((l) => l && !l.startsWith("#"))).toEqual([...keep]);
+      expect(mode(file)).toBe("644");
+      const foreign = `198.51.100.9\n`;
+      writeFileSync(file, foreign);
+      const w = runInstall(root, ["uninstall"]);
+      expect(w.stderr).toContain(`install.sh: warning: /srv/${lookup}/file has no relayctl header, so it was left as it is: ${mta} relays for every address in it`);
+      expect(readFileSync(file, "utf8")).toBe(foreign);
+    }
   });
 });
 
