@@ -29,6 +29,9 @@ CLIENT_CONFIG=$CONF_DIR/client.toml
 DEFAULT_STATE_DIR=/var/lib/relayctl
 DEFAULT_MAP=/etc/postfix/relayctl/clients
 DEFAULT_POLICY_SOCKET=/var/spool/postfix/relayctl/policy
+DEFAULT_EXIM_HOSTS=/etc/exim4/relayctl/hosts
+DEFAULT_SMTPD_TABLE=/etc/smtpd/relayctl/clients
+DEFAULT_SMTPCTL_SOCKET=/run/relayctl-smtpctl.sock
 DEFAULT_LISTEN='[::]:8443'
 UNIT_DIR=/etc/systemd/system
 MAN_PAGE=/usr/local/share/man/man1/relayctl.1
@@ -37,6 +40,8 @@ ZSH_COMPLETION=/usr/local/share/zsh/site-functions/_relayctl
 CRON_FILE=/etc/cron.d/relayctl
 SERVICE_USER=relayctl
 UNITS="relayctl.service relayctl-sweep.service relayctl-sweep.timer relayctl-client.service relayctl-client.timer"
+# Only for lookup = "opensmtpd": smtpd takes `smtpctl update table` from root alone.
+SMTPCTL_UNITS="relayctl-smtpctl.socket relayctl-smtpctl@.service"
 DESTDIR=${DESTDIR:-}
 
 say() { printf '%s\n' "$*"; }
@@ -395,9 +400,13 @@ write_server_skeleton() {
 # The file: table OpenSMTPD reads as <relayctl> (lookup = "opensmtpd"); its directory must be writable by relayctl.
 #smtpd_table = "/etc/smtpd/relayctl/clients"
 
-# smtpctl to run (`smtpctl update table relayctl`) after each rewrite of smtpd_table; it needs root (see docs/opensmtpd.md).
+# smtpctl to run (`smtpctl update table relayctl`) after each rewrite of smtpd_table; smtpd takes it from root only, so a server running as another user sets smtpctl_socket (see docs/opensmtpd.md).
 # Default: found on PATH or in /usr/sbin.
 #smtpctl = "/usr/sbin/smtpctl"
+
+# Where a server not running as root asks for that reload: relayctl-smtpctl.socket, which install.sh server installs, runs exactly `smtpctl update table relayctl` as root for group relayctl.
+# Default: run smtpctl itself (root only).
+#smtpctl_socket = "/run/relayctl-smtpctl.sock"
 
 # Default lease lifetime (10s to 400d); clients renew every 4 minutes.
 #ttl = "20m"
@@ -486,6 +495,13 @@ SystemCallArchitectures=native
 EOF
 }
 
+# needs_smtpctl: the [Unit] lines of a service that reloads smtpd through relayctl-smtpctl.socket
+# (empty for every other lookup), so the socket listens before the service first asks.
+needs_smtpctl() {
+	[ "${SMTPCTL_SOCKET:-}" ] || return 0
+	printf '%s\n' "# lookup = \"opensmtpd\": smtpd's table is reloaded through this root socket." "Wants=relayctl-smtpctl.socket" "After=relayctl-smtpctl.socket"
+}
+
 # render_server_unit WRITABLE_DIRS PORT
 render_server_unit() {
 	if [ "$2" -lt 1024 ]; then
@@ -505,7 +521,7 @@ Description=relayctl lease server (Postfix relay access for dynamic hosts)
 Documentation=man:relayctl(1)
 Wants=network-online.target
 After=network-online.target
-
+$(needs_smtpctl)
 [Service]
 Type=simple
 # An unprivileged user: the server only writes its state and the map's directory,
@@ -543,7 +559,7 @@ render_sweep_service() {
 [Unit]
 Description=relayctl sweep: expire leases while the server is down
 Documentation=man:relayctl(1)
-
+$(needs_smtpctl)
 [Service]
 Type=oneshot
 User=$SERVICE_USER
@@ -618,6 +634,65 @@ AccuracySec=1s
 
 [Install]
 WantedBy=timers.target
+EOF
+}
+
+# render_smtpctl_socket: where the relayctl user asks for a reload of smtpd's table. Root's
+# socket, group relayctl: no other user may make root run anything through it.
+render_smtpctl_socket() {
+	cat <<EOF
+# lookup = "opensmtpd": smtpd takes \`smtpctl update table\` from root only, and the
+# relayctl server runs as $SERVICE_USER. Each connection here starts one
+# relayctl-smtpctl@.service, which runs exactly that command as root and answers
+# with what smtpctl printed. Written by install.sh server; server.toml's
+# smtpctl_socket names this socket.
+[Unit]
+Description=relayctl: reloads OpenSMTPD's relayctl table for the relayctl server
+Documentation=man:relayctl(1)
+
+[Socket]
+ListenStream=$SMTPCTL_SOCKET
+SocketUser=root
+SocketGroup=$SERVICE_USER
+SocketMode=0660
+Accept=yes
+# The server asks once per rewrite, one at a time: more is a runaway.
+MaxConnections=4
+
+[Install]
+WantedBy=sockets.target
+EOF
+}
+
+# render_smtpctl_service SMTPCTL GROUP: the root half. Its argv is fixed, it reads nothing
+# from the connection, and it holds no capability: root's uid is all smtpd checks.
+render_smtpctl_service() {
+	cat <<EOF
+# One \`smtpctl update table relayctl\` as root, for one connection to
+# relayctl-smtpctl.socket; smtpctl's output (stdout and stderr) is the answer.
+# Written by install.sh server.
+[Unit]
+Description=relayctl: smtpctl update table relayctl
+Documentation=man:relayctl(1)
+CollectMode=inactive-or-failed
+
+[Service]
+Type=simple
+# smtpctl refuses to run unless its group is smtpd's queue group, which it gets from its
+# setgid bit; NoNewPrivileges ignores that bit, so the group is given here instead.
+Group=$2
+ExecStart=$1 update table relayctl
+StandardInput=socket
+StandardOutput=socket
+StandardError=socket
+RuntimeMaxSec=30s
+# smtpctl is C, with no JIT: it needs no W+X memory.
+MemoryDenyWriteExecute=yes
+$(hardening | sed 1d)
+PrivateNetwork=yes
+# smtpd's control socket is a unix socket in the file system.
+RestrictAddressFamilies=AF_UNIX
+CapabilityBoundingSet=
 EOF
 }
 
@@ -746,20 +821,101 @@ print_policy_steps() {
 	say "       postconf -e 'smtpd_relay_restrictions = permit_mynetworks, permit_sasl_authenticated, permit_auth_destination, check_policy_service { unix:$name, timeout=5s }, reject_unauth_destination'"
 }
 
+# mta_file LOOKUP: sets file (the file the MTA reads: Postfix's map, also beside the policy
+# service, or Exim's or OpenSMTPD's line file, as server.toml sets it) and file_default.
+mta_file() {
+	case $1 in
+	exim) file_key=exim_hosts file_default=$DEFAULT_EXIM_HOSTS ;;
+	opensmtpd) file_key=smtpd_table file_default=$DEFAULT_SMTPD_TABLE ;;
+	*) file_key=map file_default=$DEFAULT_MAP ;;
+	esac
+	file=$(toml_get "$DESTDIR$SERVER_CONFIG" "$file_key")
+	file=${file:-$file_default}
+}
+
+# empty_line_file FILE MTA: once the server and the sweep are gone nothing expires the leases
+# in Exim's or OpenSMTPD's file, which the MTA keeps reading (removing it would make Exim
+# defer every relayed recipient and smtpd refuse to start): replaces it by rename, owner and
+# mode kept, with one that admits nobody, and has smtpd reload it. Only relayctl's own file.
+empty_line_file() {
+	elf=$DESTDIR$1
+	[ -f "$elf" ] && [ ! -L "$elf" ] || return 0
+	# The header relayctl writes first in every file it owns (src/server/lookups/map.ts).
+	if [ "$(head -n 1 "$elf")" != '# Generated by relayctl: do not edit, every change is overwritten.' ]; then
+		warn "$1 has no relayctl header, so it was left as it is: $2 relays for every address in it; empty it yourself"
+		return 0
+	fi
+	elf_new=$(mktemp "$elf.empty.XXXXXX") || die "cannot create a file beside $1 to empty it: $2 still relays for its leases"
+	{
+		head -n 1 "$elf"
+		echo "# Emptied when relayctl was removed: $2 relays for nobody through this file."
+		# smtpd refuses a table without an entry; no connection comes from 0.0.0.0.
+		[ "$2" != OpenSMTPD ] || echo 0.0.0.0
+	} >"$elf_new"
+	chmod 0644 "$elf_new"
+	chown "$(stat -c %u:%g "$elf")" "$elf_new" 2>/dev/null || true
+	mv -f "$elf_new" "$elf"
+	say "emptied $1, which $2 still reads: it relays for nobody through it now, as nothing would expire its leases"
+	[ "$2" = OpenSMTPD ] && [ -z "$DESTDIR" ] || return 0
+	elf_smtpctl=$(toml_get "$SERVER_CONFIG" smtpctl)
+	[ -n "$elf_smtpctl" ] || elf_smtpctl=$(find_program smtpctl) || elf_smtpctl=smtpctl
+	"$elf_smtpctl" update table relayctl >/dev/null 2>&1 ||
+		warn "$elf_smtpctl update table relayctl failed: a running smtpd relays for the leases it loaded last until it reloads the table or restarts"
+}
+
+# print_exim_steps FILE: the ACL statement for lookup = "exim" (docs/exim.md), as relayctl doctor prints it.
+print_exim_steps() {
+	say "  2. Hook the file into Exim (relayctl doctor checks it): in the RCPT ACL (acl_smtp_rcpt),"
+	say "     before the relay refusal (Debian: just before \`accept hosts = +relay_from_hosts\` in"
+	say "     /etc/exim4/conf.d/acl/30_exim4-config_check_rcpt or exim4.conf.template):"
+	say "       accept hosts = net-iplsearch;$1"
+	say "     then: update-exim4.conf && systemctl reload exim4   (see docs/exim.md)"
+}
+
+# print_smtpd_steps FILE: the smtpd.conf lines for lookup = "opensmtpd" (docs/opensmtpd.md).
+print_smtpd_steps() {
+	say "  2. Hook the table into OpenSMTPD (relayctl doctor checks it): in /etc/smtpd.conf, above"
+	say "     every other match line, with an action \"relay\" of your own:"
+	say "       table relayctl file:$1"
+	say "       match from src <relayctl> for any action \"relay\""
+	say "     then: systemctl restart opensmtpd   (see docs/opensmtpd.md)"
+}
+
+# smtpctl_setup: for lookup = "opensmtpd", which smtpctl the root unit runs (SMTPCTL: the
+# smtpctl key, else the target's) and where it listens (SMTPCTL_SOCKET: the smtpctl_socket
+# key, else the default, which server.toml must then name: the server reads no unit).
+smtpctl_setup() {
+	smtpctl=$(toml_get "$DESTDIR$SERVER_CONFIG" smtpctl)
+	[ -n "$smtpctl" ] || smtpctl=$(find_program smtpctl) || smtpctl=/usr/sbin/smtpctl
+	# The group smtpctl is setgid to (Debian: opensmtpq), which the root unit must run with.
+	if [ -g "$DESTDIR$smtpctl" ]; then
+		smtpctl_group=$(stat -c %G "$DESTDIR$smtpctl")
+	else
+		smtpctl_group=opensmtpq
+		[ -x "$DESTDIR$smtpctl" ] || warn "no smtpctl at $smtpctl: install OpenSMTPD and run install.sh server again, or set smtpctl in $SERVER_CONFIG (relayctl-smtpctl@.service runs it with group $smtpctl_group, Debian's queue group)"
+	fi
+	SMTPCTL_SOCKET=$(toml_get "$DESTDIR$SERVER_CONFIG" smtpctl_socket)
+	if [ -z "$SMTPCTL_SOCKET" ]; then
+		SMTPCTL_SOCKET=$DEFAULT_SMTPCTL_SOCKET
+		warn "lookup = \"opensmtpd\" and the server runs as $SERVICE_USER, but smtpd takes \`smtpctl update table\` from root only: add smtpctl_socket = \"$SMTPCTL_SOCKET\" to $SERVER_CONFIG (the server refuses to start without it)"
+	fi
+}
+
 install_server() {
 	state_dir=$(toml_get "$DESTDIR$SERVER_CONFIG" state_dir)
 	state_dir=${state_dir:-$DEFAULT_STATE_DIR}
-	map=$(toml_get "$DESTDIR$SERVER_CONFIG" map)
-	map=${map:-$DEFAULT_MAP}
-	map_dir=$(dirname "$map")
+	lookup=$(toml_get "$DESTDIR$SERVER_CONFIG" lookup)
+	# The server replaces the MTA's file by rename, so it writes its directory.
+	mta_file "$lookup"
+	file_dir=$(dirname "$file")
 	listen=$(toml_get "$DESTDIR$SERVER_CONFIG" listen)
 	port=${listen:-$DEFAULT_LISTEN}
 	port=${port##*:}
 	case $port in '' | *[!0-9]*) die "$SERVER_CONFIG: cannot read the port of listen = \"$listen\"" ;; esac
 	# With lookup = "policy" the server also writes its socket's directory.
-	writable="$state_dir $map_dir"
+	writable="$state_dir $file_dir"
 	policy_dir=
-	if [ "$(toml_get "$DESTDIR$SERVER_CONFIG" lookup)" = policy ]; then
+	if [ "$lookup" = policy ]; then
 		policy_socket=$(toml_get "$DESTDIR$SERVER_CONFIG" policy_socket)
 		policy_socket=${policy_socket:-$DEFAULT_POLICY_SOCKET}
 		policy_dir=$(dirname "$policy_socket")
@@ -774,11 +930,12 @@ install_server() {
 	ensure_user
 	make_dir "$CONF_DIR" 0750 "root:$SERVICE_USER"
 	make_dir "$state_dir" 0700 "$SERVICE_USER:$SERVICE_USER"
-	# Only a directory of our own is handed to relayctl: chowning /etc/postfix itself would be wrong.
-	if ours "$map_dir" "$(dirname "$DEFAULT_MAP")"; then
-		make_dir "$map_dir" 0755 "$SERVICE_USER:$SERVICE_USER"
+	# Only a directory of our own is handed to relayctl: chowning /etc/postfix itself would be
+	# wrong. 0755: the MTA's own user (Debian-exim, postfix) reads the 0644 file in it.
+	if ours "$file_dir" "$(dirname "$file_default")"; then
+		make_dir "$file_dir" 0755 "$SERVICE_USER:$SERVICE_USER"
 	else
-		warn "$map_dir exists and is not relayctl's own (owner $(owner_of "$map_dir")): make sure the $SERVICE_USER user can write it"
+		warn "$file_dir exists and is not relayctl's own (owner $(owner_of "$file_dir")): make sure the $SERVICE_USER user can write it"
 	fi
 	install_config "$SERVER_CONFIG" 0640 "root:$SERVICE_USER" write_server_skeleton
 	if [ -n "$policy_dir" ]; then
@@ -790,20 +947,35 @@ install_server() {
 		fi
 	fi
 
+	SMTPCTL_SOCKET=
+	if [ "$lookup" = opensmtpd ]; then smtpctl_setup; fi
+
 	if use_systemd; then
 		write_units "$DESTDIR$UNIT_DIR" "$writable" "$port" server
 		say "installed $DESTDIR$UNIT_DIR/relayctl.service, relayctl-sweep.service and relayctl-sweep.timer"
+		if [ -n "$SMTPCTL_SOCKET" ]; then
+			render_smtpctl_socket | put_file "$DESTDIR$UNIT_DIR/relayctl-smtpctl.socket" 0644
+			render_smtpctl_service "$smtpctl" "$smtpctl_group" | put_file "$DESTDIR$UNIT_DIR/relayctl-smtpctl@.service" 0644
+			say "installed $DESTDIR$UNIT_DIR/relayctl-smtpctl.socket and relayctl-smtpctl@.service ($smtpctl update table relayctl as root, for group $SERVICE_USER)"
+		fi
 		if can_systemctl; then
 			systemctl daemon-reload
+			# The socket first: the server's first reload of smtpd's table goes through it.
+			if [ -n "$SMTPCTL_SOCKET" ]; then systemctl enable --now relayctl-smtpctl.socket; fi
 			systemctl enable relayctl.service relayctl-sweep.timer
 			# restart, not start: a re-install must run the new binary.
 			systemctl restart relayctl.service || warn "relayctl.service did not start: see journalctl -u relayctl"
 			systemctl start relayctl-sweep.timer
 		else
-			say "systemd is not running here: later run systemctl daemon-reload && systemctl enable --now relayctl.service relayctl-sweep.timer"
+			say "systemd is not running here: later run systemctl daemon-reload && systemctl enable --now ${SMTPCTL_SOCKET:+relayctl-smtpctl.socket }relayctl.service relayctl-sweep.timer"
 		fi
 	else
 		without_systemd_server
+		if [ -n "$SMTPCTL_SOCKET" ]; then
+			say "no systemd: for lookup = \"opensmtpd\", also run this as root from your init system, so the"
+			say "server (as $SERVICE_USER) can have smtpd's table reloaded (it runs nothing else):"
+			say "  socat UNIX-LISTEN:$SMTPCTL_SOCKET,user=root,group=$SERVICE_USER,mode=0660,unlink-early,fork EXEC:'$smtpctl update table relayctl',stderr"
+		fi
 	fi
 
 	run_doctor --config "$SERVER_CONFIG"
@@ -815,7 +987,12 @@ install_server() {
 		say "  1. Review $SERVER_CONFIG (public_url above all), then start the server from your init system"
 		say "     (stop it there first if it runs): $(server_command)"
 	fi
-	if [ -n "$policy_dir" ]; then print_policy_steps "$policy_socket"; else print_postfix_steps "$map"; fi
+	case $lookup in
+	policy) print_policy_steps "$policy_socket" ;;
+	exim) print_exim_steps "$file" ;;
+	opensmtpd) print_smtpd_steps "$file" ;;
+	*) print_postfix_steps "$file" ;;
+	esac
 	say "  3. Open TCP port $port to the dynamic hosts."
 	say "  4. For each host: relayctl server add NAME, and run the printed line on that host"
 	say "     after installing relayctl there with \`install.sh client\`."
@@ -1082,7 +1259,7 @@ uninstall() {
 	map=${map:-$DEFAULT_MAP}
 	# Before anything is removed: a refusal must leave the install as it was.
 	unhook "$map" "$purge" "$unhook"
-	for unit in $UNITS; do
+	for unit in $UNITS $SMTPCTL_UNITS; do
 		[ -f "$DESTDIR$UNIT_DIR/$unit" ] || continue
 		if can_systemctl; then
 			systemctl disable --now "$unit" || true
@@ -1097,7 +1274,14 @@ uninstall() {
 		say "removed $DESTDIR$f"
 	done
 	# Fail closed, once the server and the sweep are stopped (they would rebuild it): with them
-	# gone nothing expires the leases in a map Postfix still reads.
+	# gone nothing expires the leases in a map Postfix still reads, or
+	# in Exim's or OpenSMTPD's file.
+	lookup=$(toml_get "$DESTDIR$SERVER_CONFIG" lookup)
+	mta_file "$lookup"
+	case $lookup in
+	exim) empty_line_file "$file" Exim ;;
+	opensmtpd) empty_line_file "$file" OpenSMTPD ;;
+	esac
 	if [ "$HOOKED" = 1 ] && postfix_uses "$DESTDIR" "$map"; then
 		if types=$(empty_map "$DESTDIR" "$map"); then
 			say "emptied $map ($types), which Postfix still names: it relays for nobody through it now, as nothing would expire its leases; unhook it as above"

@@ -6,7 +6,8 @@ import type { LookupKind, ServerConfig } from "../lib/config.ts";
 import { findPostfixTool, runTool } from "../server/postfix.ts";
 import { lineFileKeys } from "../server/lookups/linefile.ts";
 import { frozenEntries } from "../server/lookups/map.ts";
-import { SMTPD_TABLE, smtpdHook } from "../server/lookups/opensmtpd.ts";
+import { lstatOrNull } from "../server/lookups/filelookup.ts";
+import { SMTPCTL_SOCKET, SMTPD_TABLE, smtpdHook } from "../server/lookups/opensmtpd.ts";
 import type { LeaseRow } from "../server/state.ts";
 import { fail, pass, shellQuote, warn, type CheckResult } from "./checks.ts";
 import { accessProblem, lookupUser, type Principal } from "./files.ts";
@@ -113,15 +114,31 @@ export function smtpdHookCheck(config: ServerConfig, smtpdConf: string, file: st
   return pass("opensmtpd.hook", `${file} relays for table ${SMTPD_TABLE} (${table}) before any other rule decides`);
 }
 
+/** What keeps the server's user from asking smtpctl_socket for a reload (null: nothing); gathered for smtpctlCheck. */
+export function smtpctlSocketProblem(path: string, serverUser: Principal): string | null {
+  const st = lstatOrNull(path);
+  if (!st) return `${path} does not exist`;
+  if (!st.isSocket()) return `${path} is not a socket`;
+  return accessProblem(path, serverUser, "write");
+}
+
 /**
  * Verdict on `opensmtpd.smtpctl`: smtpd takes `update table` only from
- * root, so a server running as another user can never reload the table.
+ * root, so a server running as another user must ask smtpctl_socket (a
+ * root unit running exactly that command), and the socket must let it in.
+ * `socketProblem` is smtpctlSocketProblem's answer when smtpctl_socket is set.
  */
-export function smtpctlCheck(smtpctl: string | undefined, serverUser: Principal, config: ServerConfig): CheckResult {
+export function smtpctlCheck(smtpctl: string | undefined, serverUser: Principal, config: ServerConfig, socketProblem: string | null = null): CheckResult {
   if (!smtpctl) return fail("opensmtpd.smtpctl", "smtpctl not found in PATH, /usr/sbin, /usr/local/sbin or /sbin", `install OpenSMTPD, or set smtpctl = "/path/to/smtpctl" in ${config.path}`);
+  const stale = "every rewrite would fail and smtpd keep its old table (the server refuses to start)";
+  const socket = config.smtpctlSocket;
+  if (socket) {
+    if (socketProblem) return fail("opensmtpd.smtpctl", `smtpctl_socket: ${socketProblem}: ${stale}`, "run install.sh server (it writes relayctl-smtpctl.socket and relayctl-smtpctl@.service), then: systemctl enable --now relayctl-smtpctl.socket");
+    return pass("opensmtpd.smtpctl", `${serverUser.name} reloads table ${SMTPD_TABLE} through ${socket}, where relayctl-smtpctl.socket runs smtpctl as root`);
+  }
   if (serverUser.uid !== 0) {
-    return fail("opensmtpd.smtpctl", `the server runs as ${serverUser.name}, but smtpd accepts \`smtpctl update table\` from root only: every rewrite would fail and smtpd keep its old table`,
-      "run the relayctl server as root for lookup = \"opensmtpd\" (systemctl edit relayctl: [Service] User=root), see docs/opensmtpd.md");
+    return fail("opensmtpd.smtpctl", `the server runs as ${serverUser.name}, but smtpd accepts \`smtpctl update table\` from root only: ${stale}`,
+      `echo 'smtpctl_socket = "${SMTPCTL_SOCKET}"' >> ${shellQuote(config.path)}, then run install.sh server (it installs relayctl-smtpctl.socket, which runs exactly \`smtpctl update table ${SMTPD_TABLE}\` as root for group relayctl; docs/opensmtpd.md)`);
   }
   return pass("opensmtpd.smtpctl", `${smtpctl} can reload table ${SMTPD_TABLE} (the server runs as root)`);
 }
@@ -164,7 +181,8 @@ export async function smtpdChecks(i: MtaInput, file = "/etc/smtpd.conf"): Promis
   const r = await runTool([smtpd, "-n", "-f", file], TOOL_TIMEOUT_MS);
   if (r.code !== 0 || r.timedOut) return [fail("opensmtpd.config", `${smtpd} -n -f ${file} refuses the configuration: ${(r.stderr + r.stdout).trim().split("\n")[0] ?? "timed out"}`, `fix ${file}; smtpd does not start with it`)];
   const out = [pass("opensmtpd.config", `${smtpd} accepts ${file}`), smtpdHookCheck(i.config, readFileSync(file, "utf8"), file)];
-  out.push(smtpctlCheck(findPostfixTool("smtpctl", i.config.smtpctl), i.serverUser, i.config));
+  const socket = i.config.smtpctlSocket;
+  out.push(smtpctlCheck(findPostfixTool("smtpctl", i.config.smtpctl), i.serverUser, i.config, socket ? smtpctlSocketProblem(socket, i.serverUser) : null));
   // smtpd reads tables as root before dropping privileges: any reader will do.
   out.push(...(await lineFileChecks("opensmtpd", i.config.smtpdTable, lookupUser("root"), i)));
   return out;

@@ -42,6 +42,8 @@ export interface ServerConfig {
   smtpdTable: string;
   /** smtpctl to run after each rewrite of smtpd_table (undefined: found on PATH or in /usr/sbin). */
   smtpctl?: string;
+  /** The socket of relayctl-smtpctl.socket, which runs `smtpctl update table relayctl` as root (undefined: run smtpctl directly, as root only). */
+  smtpctlSocket?: string;
   policySocket: string;
   /** Default prefix length of IPv6 leases (128 = the address alone). */
   ipv6Prefix: number;
@@ -151,6 +153,7 @@ export function loadServerConfig(path?: string): ServerConfig {
     eximHosts: absolute("exim_hosts") ?? "/etc/exim4/relayctl/hosts",
     smtpdTable: absolute("smtpd_table") ?? "/etc/smtpd/relayctl/clients",
     smtpctl: absolute("smtpctl"),
+    smtpctlSocket: absolute("smtpctl_socket"),
     ipv6Prefix,
   };
 }

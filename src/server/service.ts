@@ -225,10 +225,10 @@ export class LeaseService {
     this.d.renewals().take(client.name);
     const gone = await stored(() => this.d.leases.release(client.name, source.text, family));
     this.d.metrics.event("release", gone.length);
-    if (gone.length) {
-      log.info(`released: ${client.name} ${gone.map((l) => l.ip).join(" ")}`);
-      await this.publish();
-    }
+    if (gone.length) log.info(`released: ${client.name} ${gone.map((l) => l.ip).join(" ")}`);
+    // The client's retry of a release whose publication failed finds nothing
+    // to drop, yet the MTA may still relay for it: that retry must not be told it worked.
+    if (gone.length || this.d.lookup.problems().length) await this.publish();
     return gone;
   }
 

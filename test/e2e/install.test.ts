@@ -16,6 +16,7 @@ import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { loadServerConfig } from "../../src/lib/config.ts";
 import { renderServerSkeleton } from "../../src/lib/schema.ts";
+import { lineFileKeys } from "../../src/server/lookups/linefile.ts";
 import { freePort } from "./harness.ts";
 import { ensureBinary, relayctl, startServer, writeServerConfig } from "./relayctl.ts";
 
@@ -368,6 +369,97 @@ describe("install.sh server", () => {
     expect(mode(join(other, "srv/maps"))).toBe("700");
   });
 
+  for (const mta of [
+    { lookup: "exim", key: "exim_hosts", dir: "etc/exim4/relayctl", hook: ["accept hosts = net-iplsearch;/etc/exim4/relayctl/hosts", "update-exim4.conf && systemctl reload exim4"] },
+    { lookup: "opensmtpd", key: "smtpd_table", dir: "etc/smtpd/relayctl", hook: ["table relayctl file:/etc/smtpd/relayctl/clients", 'match from src <relayctl> for any action "relay"', "systemctl restart opensmtpd"] },
+  ]) {
+    test(`lookup = "${mta.lookup}": the line file's directory is made (755), the units may write it (and not Postfix's), and the MTA's hook is printed`, () => {
+      const root = freshDir(mta.lookup);
+      targetConfig(root, `lookup = "${mta.lookup}"\nsmtpctl_socket = "/run/relayctl-smtpctl.sock"\n`);
+      const r = runInstall(root, ["server"]);
+      expect(r.code).toBe(0);
+      expect(mode(join(root, mta.dir))).toBe("755");
+      expect(existsSync(join(root, "etc/postfix"))).toBe(false);
+      for (const u of ["relayctl.service", "relayctl-sweep.service"]) {
+        expect(readFileSync(join(root, "etc/systemd/system", u), "utf8")).toContain(`ReadWritePaths=/var/lib/relayctl /${mta.dir}\n`);
+      }
+      for (const line of mta.hook) expect(r.stdout).toContain(line);
+      expect(r.stdout).not.toContain("postconf");
+      // A directory set in server.toml is the one made and opened, also on a re-run.
+      targetConfig(root, `lookup = "${mta.lookup}"\n${mta.key} = "/srv/${mta.lookup}/file"\nsmtpctl_socket = "/run/relayctl-smtpctl.sock"\n`);
+      expect(runInstall(root, ["server"]).code).toBe(0);
+      expect(mode(join(root, "srv", mta.lookup))).toBe("755");
+      expect(readFileSync(join(root, "etc/systemd/system/relayctl.service"), "utf8")).toContain(`ReadWritePaths=/var/lib/relayctl /srv/${mta.lookup}\n`);
+    });
+  }
+
+  test('lookup = "exim": a directory that is not relayctl\'s own is left as it is, with a warning', () => {
+    const root = freshDir("exim-theirs");
+    mkdirSync(join(root, "etc/exim4"), { recursive: true, mode: 0o750 });
+    chmodSync(join(root, "etc/exim4"), 0o750);
+    targetConfig(root, 'lookup = "exim"\nexim_hosts = "/etc/exim4/relayctl-hosts"\n');
+    const r = runInstall(root, ["server"]);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toContain("install.sh: warning: /etc/exim4 exists and is not relayctl's own (owner ");
+    expect(mode(join(root, "etc/exim4"))).toBe("750");
+  });
+
+  test('lookup = "opensmtpd": the root socket unit running exactly smtpctl update table relayctl, which the services wait for', () => {
+    const root = freshDir("smtpctl-units");
+    targetProgram(root, "usr/local/sbin/smtpctl");
+    // As Debian ships it: setgid to the queue group, which smtpctl insists on.
+    chownSync(join(root, "usr/local/sbin/smtpctl"), 0, 991);
+    chmodSync(join(root, "usr/local/sbin/smtpctl"), 0o2755);
+    const group = spawnSync("stat", ["-c", "%G", join(root, "usr/local/sbin/smtpctl")], { encoding: "utf8" }).stdout.trim();
+    targetConfig(root, 'lookup = "opensmtpd"\nsmtpctl_socket = "/run/relayctl/smtpctl.sock"\n');
+    const r = runInstall(root, ["server"]);
+    expect(r.code).toBe(0);
+    expect(r.stderr).not.toContain("smtpctl_socket");
+    const unit = (u: string) => readFileSync(join(root, "etc/systemd/system", u), "utf8");
+    const socket = unit("relayctl-smtpctl.socket");
+    for (const line of ["ListenStream=/run/relayctl/smtpctl.sock", "SocketUser=root", "SocketGroup=relayctl", "SocketMode=0660", "Accept=yes", "WantedBy=sockets.target"]) expect(socket).toContain(`\n${line}\n`);
+    const service = unit("relayctl-smtpctl@.service");
+    // The argv is fixed, found in the target (smtpctl is not in its /usr/sbin), and the connection is only its output.
+    for (const line of ["ExecStart=/usr/local/sbin/smtpctl update table relayctl", `Group=${group}`, "StandardInput=socket", "StandardOutput=socket", "StandardError=socket", "CapabilityBoundingSet=", "NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateNetwork=yes", "RestrictAddressFamilies=AF_UNIX"]) {
+      expect(service).toContain(`\n${line}\n`);
+    }
+    expect(service).not.toMatch(/^User=/m);
+    for (const u of ["relayctl.service", "relayctl-sweep.service"]) expect(unit(u)).toContain("\nWants=relayctl-smtpctl.socket\nAfter=relayctl-smtpctl.socket\n");
+    expect(r.stdout).toContain("systemctl enable --now relayctl-smtpctl.socket relayctl.service relayctl-sweep.timer");
+    // Other lookups get neither the units nor the dependency.
+    const plain = freshDir("smtpctl-none");
+    targetConfig(plain, 'lookup = "exim"\n');
+    expect(runInstall(plain, ["server"]).code).toBe(0);
+    expect(existsSync(join(plain, "etc/systemd/system/relayctl-smtpctl.socket"))).toBe(false);
+    expect(readFileSync(join(plain, "etc/systemd/system/relayctl.service"), "utf8")).not.toContain("smtpctl");
+    // uninstall removes them with the rest.
+    const u = runInstall(root, ["uninstall"]);
+    expect(u.code).toBe(0);
+    for (const f of ["relayctl-smtpctl.socket", "relayctl-smtpctl@.service"]) expect(existsSync(join(root, "etc/systemd/system", f))).toBe(false);
+  });
+
+  test('lookup = "opensmtpd" without smtpctl_socket: a warning naming the line to add; the units use the default socket', () => {
+    const root = freshDir("smtpctl-unset");
+    targetConfig(root, 'lookup = "opensmtpd"\n');
+    const r = runInstall(root, ["server"]);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toContain('add smtpctl_socket = "/run/relayctl-smtpctl.sock" to /etc/relayctl/server.toml (the server refuses to start without it)');
+    expect(readFileSync(join(root, "etc/systemd/system/relayctl-smtpctl.socket"), "utf8")).toContain("\nListenStream=/run/relayctl-smtpctl.sock\n");
+    expect(readFileSync(join(root, "etc/systemd/system/relayctl-smtpctl@.service"), "utf8")).toContain("\nGroup=opensmtpq\nExecStart=/usr/sbin/smtpctl update table relayctl\n");
+    expect(r.stderr).toContain("install.sh: warning: no smtpctl at /usr/sbin/smtpctl: install OpenSMTPD and run install.sh server again");
+  });
+
+  test('lookup = "opensmtpd" without systemd: the root socket line for another init system', () => {
+    const root = freshDir("smtpctl-cron");
+    mkdirSync(join(root, "etc/cron.d"), { recursive: true });
+    targetProgram(root, "usr/sbin/cron");
+    targetConfig(root, 'lookup = "opensmtpd"\nsmtpctl_socket = "/run/relayctl-smtpctl.sock"\n');
+    const r = runInstall(root, ["server"], { env: { RELAYCTL_INIT: "cron" } });
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain("  socat UNIX-LISTEN:/run/relayctl-smtpctl.sock,user=root,group=relayctl,mode=0660,unlink-early,fork EXEC:'/usr/sbin/smtpctl update table relayctl',stderr\n");
+    expect(existsSync(join(root, "etc/systemd"))).toBe(false);
+  });
+
   test("the skeleton's keys and example values are ones the server accepts", () => {
     const root = freshDir("skeleton");
     expect(runInstall(root, ["server"]).code).toBe(0);
@@ -610,6 +702,27 @@ describe("install.sh uninstall", () => {
     for (const p of ["etc/relayctl", "var/lib/relayctl", "etc/postfix/relayctl", "usr/local/bin/relayctl"]) expect(existsSync(join(root, p))).toBe(false);
     expect(existsSync(systemctlLog)).toBe(false);
   });
+
+  test("Exim's and OpenSMTPD's files, which nothing expires once relayctl is gone, are emptied (kept, mode kept); a foreign one is left with a warning", () => {
+    for (const [lookup, key, mta, keep] of [["exim", "exim_hosts", "Exim", []], ["opensmtpd", "smtpd_table", "OpenSMTPD", ["0.0.0.0"]]] as const) {
+      const root = freshDir(`uninstall-${lookup}`);
+      targetConfig(root, `lookup = "${lookup}"\n${key} = "/srv/${lookup}/file"\nsmtpctl_socket = "/run/relayctl-smtpctl.sock"\n`);
+      expect(runInstall(root, ["server"]).code).toBe(0);
+      const file = join(root, "srv", lookup, "file");
+      writeFileSync(file, `${MAP_HEADER}\n# Each line ...\n${keep.map((k) => k + "\n").join("")}198.51.100.7\n"2001:db8::/64"\n`, { mode: 0o644 });
+      const r = runInstall(root, ["uninstall"]);
+      expect(r.code).toBe(0);
+      expect(r.stdout).toContain(`emptied /srv/${lookup}/file, which ${mta} still reads: it relays for nobody through it now`);
+      expect(lineFileKeys(readFileSync(file, "utf8"))).toEqual([]);
+      expect(readFileSync(file, "utf8").split("\n").filter((l) => l && !l.startsWith("#"))).toEqual([...keep]);
+      expect(mode(file)).toBe("644");
+      const foreign = `198.51.100.9\n`;
+      writeFileSync(file, foreign);
+      const w = runInstall(root, ["uninstall"]);
+      expect(w.stderr).toContain(`install.sh: warning: /srv/${lookup}/file has no relayctl header, so it was left as it is: ${mta} relays for every address in it`);
+      expect(readFileSync(file, "utf8")).toBe(foreign);
+    }
+  });
 });
 
 /** The first line of every map relayctl writes (src/server/lookups/map.ts). */
@@ -800,27 +913,41 @@ describe("systemd units", () => {
   });
 
   const analyze = spawnSync("systemd-analyze", ["--version"]).status === 0;
-  test.skipIf(!analyze)("systemd-analyze verify accepts them without warnings", () => {
-    // verify checks that ExecStart's binary exists and loads the targets the units
-    // name, so it gets a root of its own with those, instead of this machine's /.
-    const root = freshDir("analyze");
-    expect(runInstall(root, ["server"]).code).toBe(0);
-    expect(runInstall(root, ["client"]).code).toBe(0);
-    for (const dir of ["/usr/lib/systemd/system", "/lib/systemd/system"]) {
-      if (existsSync(dir)) {
-        cpSync(dir, join(root, "usr/lib/systemd/system"), { recursive: true, dereference: false });
-        break;
-      }
-    }
+  /**
+   * systemd-analyze verify on units install.sh wrote into root. verify checks that
+   * ExecStart's binary exists and loads the targets the units name, so root gets
+   * those (this machine's unit directory, kill) instead of this machine's /.
+   */
+  function verifyUnits(root: string, units: string[]): void {
+    const systemDir = ["/usr/lib/systemd/system", "/lib/systemd/system"].find((d) => existsSync(d));
+    if (!systemDir) throw new Error("systemd-analyze is installed but no systemd unit directory is");
+    cpSync(systemDir, join(root, "usr/lib/systemd/system"), { recursive: true, dereference: false });
     mkdirSync(join(root, "bin"), { recursive: true });
     copyFileSync(existsSync("/bin/kill") ? "/bin/kill" : "/usr/bin/kill", join(root, "bin/kill"));
     chmodSync(join(root, "bin/kill"), 0o755);
-    const units = UNITS.map((u) => join(root, "etc/systemd/system", u));
     // --man=no: Documentation=man:relayctl(1) names a page this machine has not installed
     // (the release and first-contact tests check the page itself).
-    const r = spawnSync("systemd-analyze", ["verify", "--man=no", `--root=${root}`, ...units], { encoding: "utf8" });
+    const r = spawnSync("systemd-analyze", ["verify", "--man=no", `--root=${root}`, ...units.map((u) => join(root, "etc/systemd/system", u))], { encoding: "utf8" });
     expect(r.stderr).toBe("");
     expect(r.status).toBe(0);
+  }
+
+  test.skipIf(!analyze)("systemd-analyze verify accepts them without warnings", () => {
+    const root = freshDir("analyze");
+    expect(runInstall(root, ["server"]).code).toBe(0);
+    expect(runInstall(root, ["client"]).code).toBe(0);
+    verifyUnits(root, UNITS);
+  });
+
+  test.skipIf(!analyze)("systemd-analyze verify accepts the opensmtpd units (relayctl-smtpctl.socket, an instance of relayctl-smtpctl@.service)", () => {
+    const root = freshDir("analyze-smtpctl");
+    targetProgram(root, "usr/sbin/smtpctl");
+    targetConfig(root, 'lookup = "opensmtpd"\nsmtpctl_socket = "/run/relayctl-smtpctl.sock"\n');
+    expect(runInstall(root, ["server"]).code).toBe(0);
+    // verify takes no template: the instance a connection would start.
+    const dir = join(root, "etc/systemd/system");
+    copyFileSync(join(dir, "relayctl-smtpctl@.service"), join(dir, "relayctl-smtpctl@0.service"));
+    verifyUnits(root, ["relayctl-smtpctl.socket", "relayctl-smtpctl@0.service", "relayctl.service", "relayctl-sweep.service"]);
   });
 });
 

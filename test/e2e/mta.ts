@@ -6,14 +6,14 @@
  * shared suite that proves relayctl's promise through them with swaks.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { accessSync, chownSync, constants, existsSync, mkdirSync, readFileSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
+import { accessSync, chmodSync, chownSync, constants, existsSync, mkdirSync, readFileSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
 import { renderLines } from "../../src/server/lookups/linefile.ts";
 import { MAP_HEADER } from "../../src/server/lookups/map.ts";
 import { SMTPD_PREAMBLE } from "../../src/server/lookups/opensmtpd.ts";
-import { freePort, requireE2E, run, swaks, type Host } from "./harness.ts";
-import { addClient, asUser, BIN, onHost, relayctl, stage, type Stage } from "./relayctl.ts";
+import { freePort, requireE2E, run, swaks, which, type Host } from "./harness.ts";
+import { addClient, asUser, BIN, onHost, relayctl, stage, startServer, type Stage } from "./relayctl.ts";
 
 /** Where test/mta-debs.sh unpacked the packages. */
 export const MTA_ROOT = process.env.RELAYCTL_MTA_ROOT ?? "/var/cache/relayctl-test/mta";
@@ -400,5 +400,135 @@ export function mtaSuite(kind: Kind): void {
         expect(await within(10_000, async () => !(await relayctl(["server", "status", "--config", s.config, "--json"])).stdout.includes("smtpctl update table relayctl failed"))).toBe(true);
       });
     }
+  });
+}
+
+/** The unprivileged user the server runs as in smtpctlSocketSuite (nobody:nogroup), standing in for relayctl. */
+const NOBODY = { uid: 65534, gid: 65534 };
+
+/**
+ * What relayctl-smtpctl.socket does, with the same limits: one root smtpctl
+ * per connection (systemd-socket-activate --accept --inetd: the connection
+ * is its stdin and stdout), with smtpd's queue group given instead of the
+ * setgid bit, no new privileges and no capabilities, on a socket of root's,
+ * group `gid`, mode 0660.
+ */
+async function startSmtpctlSocket(path: string, gid: number): Promise<{ stop: () => Promise<void> }> {
+  rmSync(path, { force: true });
+  const argv = ["systemd-socket-activate", "-l", path, "--accept", "--inetd", "--",
+    "setpriv", `--regid=${userIds("opensmtpq").gid}`, "--clear-groups", "--no-new-privs", "--bounding-set=-all", "--inh-caps=-all", SMTPCTL, "update", "table", "relayctl"];
+  const proc = Bun.spawn(argv, { stdin: "ignore", stdout: "ignore", stderr: "ignore" });
+  const onExit = () => {
+    if (proc.exitCode === null) proc.kill("SIGKILL");
+  };
+  process.on("exit", onExit);
+  const stop = async () => {
+    process.off("exit", onExit);
+    if (proc.exitCode === null) proc.kill("SIGTERM");
+    await proc.exited;
+    rmSync(path, { force: true });
+  };
+  for (let i = 0; i < 50 && !existsSync(path); i++) await Bun.sleep(100);
+  if (!existsSync(path)) {
+    await stop();
+    throw new Error(`${argv.join(" ")} made no socket at ${path}`);
+  }
+  chownSync(path, 0, gid);
+  chmodSync(path, 0o660);
+  return { stop };
+}
+
+/**
+ * lookup = "opensmtpd" with the server as an unprivileged user, as
+ * install.sh runs it: it refuses to start without smtpctl_socket or with no
+ * one there, and with the socket it relays for the lease, refuses after the
+ * release, and a reload that cannot be had is reported (the entry that still
+ * relays named) and lands once the socket is back.
+ */
+export function smtpctlSocketSuite(): void {
+  const activator = which("systemd-socket-activate");
+  if (!activator && process.env.RELAYCTL_REQUIRE_E2E === "1") throw new Error("RELAYCTL_REQUIRE_E2E=1 but systemd-socket-activate is missing: apt-get install systemd");
+  describe.if(requireMta("opensmtpd") && !!activator)('lookup = "opensmtpd" run as an unprivileged user, reloading through smtpctl_socket', () => {
+    let s: Stage;
+    let file: string;
+    let smtp: string;
+    let socketPath: string;
+    let socket: { stop: () => Promise<void> } | undefined;
+    const config = (withSocket: boolean) => s.writeConfig({ lookup: "opensmtpd", smtpd_table: file, smtpctl: SMTPCTL, renewals_per_minute: 0, ...(withSocket ? { smtpctl_socket: socketPath } : {}) });
+    const asNobody = (args: string[]) => run(asUser(NOBODY, [BIN, ...args]), { timeoutMs: 20_000 });
+    beforeAll(async () => {
+      s = await stage({
+        prefix: "osu",
+        start: false,
+        prepare: async (st) => {
+          const port = freePort();
+          smtp = `198.18.0.1:${port}`;
+          for (const d of [st.stateDir, join(st.tmp.path, "opensmtpd")]) {
+            mkdirSync(d, { recursive: true });
+            chownSync(d, NOBODY.uid, NOBODY.gid);
+          }
+          mkdirSync(join(st.tmp.path, "run"));
+          socketPath = join(st.tmp.path, "run", "smtpctl.sock");
+          file = join(st.tmp.path, "opensmtpd", "clients");
+          writeFileSync(file, renderLines([], (t) => t, SMTPD_PREAMBLE));
+          chownSync(file, NOBODY.uid, NOBODY.gid);
+          const daemon = await startSmtpd(st.tmp.path, "198.18.0.1", port, freePort(), file);
+          st.onCleanup(async () => {
+            await socket?.stop();
+            await daemon.stop();
+          });
+        },
+      });
+    }, 90_000);
+    afterAll(async () => s?.cleanup());
+
+    const relays = (host: Host) => relaysFrom(host, smtp);
+    const renew = (host: Host, name: string, extra: string[] = []) => onHost(host, ["client", "--config", s.cfg(name), ...extra]);
+
+    test("without smtpctl_socket: exit 2 before anything is written, naming the key to add", async () => {
+      config(false);
+      const before = readFileSync(file, "utf8");
+      const r = await asNobody(["server", "--config", s.config]);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toStartWith('relayctl: lookup = "opensmtpd" needs `smtpctl update table relayctl`, which smtpd takes from root only, and this process runs as uid 65534: ');
+      expect(r.stderr).toContain('add smtpctl_socket = "/run/relayctl-smtpctl.sock"');
+      expect(readFileSync(file, "utf8")).toBe(before);
+      // `server sweep` (the timer, as the same user) says the same.
+      expect((await asNobody(["server", "sweep", "--config", s.config])).code).toBe(2);
+    });
+
+    test("smtpctl_socket with nothing there (the units not installed): exit 2 with the reason", async () => {
+      config(true);
+      const r = await asNobody(["server", "--config", s.config]);
+      expect(r.code).toBe(2);
+      // The last line is the error; the log line before it is the failed rewrite's.
+      expect(r.stderr.trim().split("\n").at(-1)).toStartWith(`relayctl: smtpctl update table relayctl failed: smtpctl_socket ${socketPath} does not exist: smtpd keeps its last table; `);
+    });
+
+    test("through the socket: the leased host relays, others and the released lease are refused", async () => {
+      socket = await startSmtpctlSocket(socketPath, NOBODY.gid);
+      s.server = await startServer(s.config, s.url, undefined, NOBODY);
+      await s.enroll(s.h1, "h1");
+      expect((await renew(s.h1, "h1")).code).toBe(0);
+      expect(await relays(s.h1)).toBe(true);
+      expect(await relays(s.h2)).toBe(false);
+      expect((await renew(s.h1, "h1", ["--release"])).code).toBe(0);
+      expect(await relays(s.h1)).toBe(false);
+      expect((await renew(s.h1, "h1")).code).toBe(0);
+      expect(await relays(s.h1)).toBe(true);
+    });
+
+    test("the socket gone: the release is not acknowledged (not even to the client's retry), status names the entry smtpd still relays for, and the retry lands once it is back", async () => {
+      await socket!.stop();
+      const r = await renew(s.h1, "h1", ["--release"]);
+      expect(r.code).not.toBe(0);
+      expect(r.stderr).toContain("smtpctl update table relayctl failed");
+      // smtpd keeps its table: said, not hidden.
+      expect(await relays(s.h1)).toBe(true);
+      const st = await relayctl(["server", "status", "--config", s.config]);
+      expect(st.stdout + st.stderr).toContain("opensmtpd: 1 entries without a live lease still relay");
+      socket = await startSmtpctlSocket(socketPath, NOBODY.gid);
+      expect(await within(10_000, async () => !(await relays(s.h1)))).toBe(true);
+    });
   });
 }

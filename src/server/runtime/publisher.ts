@@ -1,3 +1,4 @@
+import { ExitCode, RelayError } from "../../lib/errors.ts";
 import { log } from "../../lib/logging.ts";
 import type { LeaseBook } from "../leases.ts";
 import type { Lookup } from "../lookups/index.ts";
@@ -55,7 +56,17 @@ export class Publisher {
     const expired = await this.d.leases.expireDueOrLocally();
     this.d.metrics.event("expire", expired.gone.length);
     for (const l of expired.gone) log.info(`expired while stopped: ${l.client} ${l.ip}`);
-    await this.publish().catch((err) => log.error(`initial publication to Postfix failed: ${(err as Error).message}`));
+    try {
+      await this.publish();
+    } catch (err) {
+      // Only a human can fix a refusal (OpenSMTPD's reload as a non-root
+      // user, say): retrying would leave the MTA on a stale table for good.
+      if (err instanceof RelayError && err.exitCode === ExitCode.USAGE) {
+        this.stop();
+        throw err;
+      }
+      log.error(`initial publication to Postfix failed: ${(err as Error).message}`);
+    }
     this.expiry.arm();
   }
 

@@ -1,7 +1,8 @@
 import { afterAll, describe, expect, test } from "bun:test";
-import { readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, readFileSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
 import { join } from "node:path";
-import { eximAclStatements, eximHookCheck, smtpctlCheck, smtpdHookCheck } from "../../../src/doctor/mta.ts";
+import { eximAclStatements, eximHookCheck, smtpctlCheck, smtpctlSocketProblem, smtpdHookCheck } from "../../../src/doctor/mta.ts";
 import { loadServerConfig } from "../../../src/lib/config.ts";
 import { lineFileKeys, renderLines } from "../../../src/server/lookups/linefile.ts";
 import { eximLine } from "../../../src/server/lookups/exim.ts";
@@ -77,10 +78,42 @@ describe("opensmtpd.hook and smtpctl", () => {
     expect(smtpdHookCheck(c, conf(LOCAL), "f").hint).toContain('table relayctl file:/etc/smtpd/relayctl/clients\nmatch from src <relayctl> for any action "relay"');
   });
 
-  test("smtpctl update table is root's only: a server running as another user fails", () => {
-    expect(smtpctlCheck("/usr/sbin/smtpctl", { name: "relayctl", uid: 998, gids: [998] }, config()).status).toBe("fail");
+  test("smtpctl update table is root's only: a server running as another user without smtpctl_socket fails, with the key to add", () => {
+    const c = config();
+    const r = smtpctlCheck("/usr/sbin/smtpctl", { name: "relayctl", uid: 998, gids: [998] }, c);
+    expect(r.status).toBe("fail");
+    expect(r.message).toContain("smtpd accepts `smtpctl update table` from root only");
+    expect(r.hint).toStartWith(`echo 'smtpctl_socket = "/run/relayctl-smtpctl.sock"' >> ${c.path}, then run install.sh server`);
     expect(smtpctlCheck("/usr/sbin/smtpctl", { name: "root", uid: 0, gids: [0] }, config()).status).toBe("pass");
     expect(smtpctlCheck(undefined, { name: "root", uid: 0, gids: [0] }, config()).status).toBe("fail");
+  });
+
+  test("with smtpctl_socket: passes when the server's user may connect, fails with the units to install when not", async () => {
+    const dir = tempDir();
+    // As /run is: every user may enter it.
+    chmodSync(dir, 0o755);
+    const path = join(dir, "smtpctl.sock");
+    const listener = createServer(() => undefined);
+    await new Promise<void>((resolve) => listener.listen(path, resolve));
+    try {
+      chmodSync(path, 0o660);
+      chownSync(path, 0, 4242);
+      const c = { ...config(), smtpctlSocket: path };
+      const relayctl = { name: "relayctl", uid: 4242, gids: [4242] };
+      expect(smtpctlSocketProblem(path, relayctl)).toBeNull();
+      expect(smtpctlCheck("/usr/sbin/smtpctl", relayctl, c, null)).toMatchObject({ status: "pass", message: `relayctl reloads table relayctl through ${path}, where relayctl-smtpctl.socket runs smtpctl as root` });
+      const stranger = { name: "other", uid: 4243, gids: [4243] };
+      expect(smtpctlSocketProblem(path, stranger)).toBe(`other cannot write ${path}`);
+      expect(smtpctlSocketProblem(join(dir, "none"), relayctl)).toBe(`${join(dir, "none")} does not exist`);
+      writeFileSync(join(dir, "file"), "");
+      expect(smtpctlSocketProblem(join(dir, "file"), relayctl)).toBe(`${join(dir, "file")} is not a socket`);
+      const bad = smtpctlCheck("/usr/sbin/smtpctl", stranger, c, smtpctlSocketProblem(path, stranger));
+      expect(bad.status).toBe("fail");
+      expect(bad.message).toStartWith(`smtpctl_socket: other cannot write ${path}: every rewrite would fail`);
+      expect(bad.hint).toContain("systemctl enable --now relayctl-smtpctl.socket");
+    } finally {
+      await new Promise<void>((resolve) => listener.close(() => resolve()));
+    }
   });
 });
 

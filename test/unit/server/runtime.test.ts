@@ -238,7 +238,7 @@ describe("planReload", () => {
     expect(planReload(running, running).warnings).toEqual([]);
   });
 
-  test("the line files and smtpctl of exim and opensmtpd need a restart too", () => {
+  test("the line files, smtpctl and smtpctl_socket of exim and opensmtpd need a restart too", () => {
     const dir = tempDir("relayctl-reload-");
     const p = (name: string, text: string) => {
       writeFileSync(join(dir, name), text);
@@ -252,9 +252,10 @@ state_dir = "${dir}/s"
 exim_hosts = "/x/hosts"
 smtpd_table = "/x/clients"
 smtpctl = "/x/smtpctl"
+smtpctl_socket = "/x/smtpctl.sock"
 `));
     const plan = planReload(running, next);
-    expect([plan.config.eximHosts, plan.config.smtpdTable, plan.config.smtpctl]).toEqual([running.eximHosts, running.smtpdTable, undefined]);
-    expect(plan.warnings).toEqual(["exim_hosts", "smtpd_table", "smtpctl"].map((k) => `reload: ${k} changed; restart the server for it to take effect`));
+    expect([plan.config.eximHosts, plan.config.smtpdTable, plan.config.smtpctl, plan.config.smtpctlSocket]).toEqual([running.eximHosts, running.smtpdTable, undefined, undefined]);
+    expect(plan.warnings).toEqual(["exim_hosts", "smtpd_table", "smtpctl", "smtpctl_socket"].map((k) => `reload: ${k} changed; restart the server for it to take effect`));
   });
 });

@@ -340,6 +340,19 @@ describe("LeaseService", () => {
       expect(t.store.auditLog({ client: "dual" }).filter((r) => r.event === "release")).toHaveLength(2);
     });
 
+    test("a release whose publication failed is not acknowledged by its retry while the lookup still fails: the MTA may still relay for it", async () => {
+      const token = enroll("gone");
+      const c = await t.service.authenticate({ token }, ip("198.51.100.7"));
+      await t.service.renew(c, ip("198.51.100.7"));
+      t.pm.fail("postmap: fatal: disk full");
+      expect((await leaseErrorAsync(() => t.service.release(c, ip("198.51.100.7")))).retryAfter).toBe(5);
+      // The client retries: the lease is gone from state, yet the map still holds it.
+      expect((await leaseErrorAsync(() => t.service.release(c, ip("198.51.100.7")))).message).toContain("disk full");
+      t.pm.ok();
+      expect(await t.service.release(c, ip("198.51.100.7"))).toEqual([]);
+      expect(t.lookup.problems()).toEqual([]);
+    });
+
     test("a release takes a renewal token but is never refused: alternating release and renewal cannot double the audit rows", async () => {
       const token = enroll("office");
       const c = await t.service.authenticate({ token }, ip("198.51.100.7"));
