@@ -131,7 +131,11 @@ class Assembled implements Skeleton {
       staleAfter: () => core.config.staleAfter,
       currentAt: () => this.follower.currentAt,
       view,
-      changed: () => this.publisher.refreshed(),
+      // status.json says so at once, not after the publication's debounce.
+      changed: () => {
+        this.publisher.refreshed();
+        this.publisher.writeStatus();
+      },
     });
     this.refusals = new RefusalLog(store.refusalSink(), clock, parts.refusalsPerMinute);
     const chores = serverChores({ store, lookup, refusals: this.refusals, config: () => core.config, checked: () => this.publisher.statusSoon() });
