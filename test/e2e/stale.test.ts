@@ -9,10 +9,8 @@
  * and B says degraded; once B reads again, a lease still live relays again.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdirSync } from "node:fs";
-import { join } from "node:path";
-import { freePort, requireE2E, startPostfix, swaks, type Host, type Postfix } from "./harness.ts";
-import { onHost, relayctl, stage, startServer, writeServerConfig, type ServerProc, type Stage } from "./relayctl.ts";
+import { requireE2E, type Host } from "./harness.ts";
+import { onHost, policyHost, relayctl, stage, startServer, within, type PolicyHost, type ServerProc, type Stage } from "./relayctl.ts";
 import { postgresBinDir, startCluster, type PgCluster } from "../pgcluster.ts";
 
 const enabled = requireE2E() && postgresBinDir() !== undefined;
@@ -20,16 +18,6 @@ const enabled = requireE2E() && postgresBinDir() !== undefined;
 const STALE_AFTER_S = 6;
 /** What B may take beyond stale_after: the 1 s check, a publication, a swaks round trip. */
 const SLACK_MS = 3_000;
-
-/** Polls probe until it returns want, for at most ms; returns how long it took, or null when it never did. */
-async function within(ms: number, probe: () => Promise<boolean>, want: boolean): Promise<number | null> {
-  const t0 = Date.now();
-  for (;;) {
-    if ((await probe()) === want) return Date.now() - t0;
-    if (Date.now() - t0 > ms) return null;
-    await Bun.sleep(100);
-  }
-}
 
 const GRANTS = `GRANT CONNECT ON DATABASE relayctl TO relayhost;
   GRANT USAGE ON SCHEMA relayctl TO relayhost;
@@ -40,10 +28,7 @@ const GRANTS = `GRANT CONNECT ON DATABASE relayctl TO relayhost;
 describe.if(enabled)("a relay host that cannot read the shared database fails closed after stale_after", () => {
   let pg: PgCluster;
   let s: Stage;
-  let postfixB: Postfix;
-  let smtpB: string;
-  let configB: string;
-  let urlB: string;
+  let b: PolicyHost;
   let serverB: ServerProc | undefined;
 
   beforeAll(async () => {
@@ -53,23 +38,14 @@ describe.if(enabled)("a relay host that cannot read the shared database fails cl
         prefix: "rst",
         prepare: async (st) => {
           st.writeConfig({ database: pg.url, renewals_per_minute: 0, stale_after: `${STALE_AFTER_S}s` });
-          const dirB = join(st.tmp.path, "b");
-          mkdirSync(join(dirB, "map"), { recursive: true });
-          smtpB = `198.18.0.1:${freePort()}`;
-          postfixB = await startPostfix({ dir: join(dirB, "postfix"), mapPath: join(dirB, "map", "clients"), mapType: "hash", listen: smtpB, hook: "policy" });
-          st.onCleanup(() => postfixB.stop());
-          const portB = freePort();
-          urlB = `https://198.18.0.1:${portB}`;
-          configB = writeServerConfig(dirB, {
-            listen: `198.18.0.1:${portB}`, public_url: urlB, state_dir: join(dirB, "state"), map: join(dirB, "map", "clients"), map_type: "hash",
-            lookup: "policy", policy_socket: join(postfixB.queueDir, "relayctl", "policy"), renewals_per_minute: 0,
+          b = await policyHost(st, {
             database: pg.url.replace("postgres://postgres@", "postgres://relayhost@"), stale_after: `${STALE_AFTER_S}s`, metrics_allow: ["198.18.0.1"],
           });
         },
         ready: async (st) => {
           // A created the schema as the superuser; B reads and writes rows only.
           await pg.psql(`CREATE ROLE relayhost LOGIN; ${GRANTS}`);
-          serverB = await startServer(configB, urlB);
+          serverB = await startServer(b.config, b.url);
           st.onCleanup(async () => serverB?.stop());
           await st.enroll(st.h1, "office");
           await st.enroll(st.h2, "home");
@@ -87,12 +63,8 @@ describe.if(enabled)("a relay host that cannot read the shared database fails cl
   });
 
   const renew = (host: Host, name: string) => onHost(host, ["client", "--config", s.cfg(name)]);
-  const viaB = async (host: Host) => {
-    const r = await swaks({ host, server: smtpB });
-    if (!r.accepted && !r.denied) throw new Error(`swaks via B gave neither verdict:\n${r.output}`);
-    return r.accepted;
-  };
-  const get = (path: string) => fetch(`${urlB}${path}`, { tls: { rejectUnauthorized: false } } as RequestInit);
+  const viaB = (host: Host) => b.relays(host);
+  const get = (path: string) => fetch(`${b.url}${path}`, { tls: { rejectUnauthorized: false } } as RequestInit);
   const staleLines = () => serverB!.stderr().split("\n").filter((l) => l.includes("older than stale_after")).length;
 
   test("grants revoked: a revoke through A is denied by B within stale_after + 3 s, B is degraded everywhere; grants back: a live lease relays again", async () => {
@@ -119,10 +91,10 @@ describe.if(enabled)("a relay host that cannot read the shared database fails cl
     const metrics = await (await get("/metrics")).text();
     expect(metrics).toContain("relayctl_state_stale 1");
     expect(metrics).toContain("relayctl_degraded 1");
-    const status = await relayctl(["server", "status", "--config", configB]);
+    const status = await relayctl(["server", "status", "--config", b.config]);
     expect(status.code).toBe(1);
     expect(status.stdout).toContain("older than stale_after");
-    const doctor = await relayctl(["doctor", "--config", configB]);
+    const doctor = await relayctl(["doctor", "--config", b.config]);
     expect(doctor.stdout + doctor.stderr).toContain("older than stale_after");
     expect(doctor.stdout + doctor.stderr).toContain("check that this host can read the shared database");
     // Once, however many reloads fail.
