@@ -159,7 +159,8 @@ class Assembled implements Skeleton {
       // From memory: a scrape never costs a database query.
       renderMetrics: () =>
         metrics.render({
-          leases: leases.index.liveCount(clock.now()),
+          // As the lookup sees them: none while stale.
+          leases: view.liveCount(clock.now()),
           clients: this.follower.clients,
           degraded: this.degraded().length > 0,
           lookupEntries: lookup.status().entries,

@@ -196,6 +196,7 @@ describe("a server on a shared store that cannot be read", () => {
       const metrics = await (await t.dispatch(new Request("https://127.0.0.1:8443/metrics"), fakeServer("127.0.0.1"))).text();
       expect(metrics).toContain("relayctl_state_stale 1");
       expect(metrics).toContain("relayctl_degraded 1");
+      expect(metrics).toContain("relayctl_leases_active 0");
 
       ctl.fail(null);
       if (err !== "hang") {
