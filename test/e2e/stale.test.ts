@@ -7,6 +7,7 @@
  * revoked; its role refused at login), a client revoked through A is denied
  * by B's Postfix within stale_after and a few seconds, every other lease too,
  * and B says degraded; once B reads again, a lease still live relays again.
+ * With the cluster stopped, A's map is rebuilt empty the same way.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { requireE2E, type Host } from "./harness.ts";
@@ -119,5 +120,24 @@ describe.if(enabled)("a relay host that cannot read the shared database fails cl
     await pg.psql("ALTER ROLE relayhost LOGIN");
     expect(await within(10_000, () => viaB(s.h2), true)).not.toBeNull();
     expect((await get("/healthz")).status).toBe(200);
+  }, 60_000);
+  test("cluster stopped: both hosts fail closed, A's map is rebuilt empty; cluster back: both relay again", async () => {
+    expect((await renew(s.h2, "home")).code).toBe(0);
+    expect(await within(2_000, () => s.relays(s.h2))).not.toBeNull();
+    expect(await within(2_000, () => viaB(s.h2))).not.toBeNull();
+    await pg.stop();
+    const cut = Date.now();
+    const left = () => STALE_AFTER_S * 1000 + SLACK_MS - (Date.now() - cut);
+    try {
+      // Each host counts from its own last reload: both within stale_after + 3 s of the stop.
+      expect(await within(left(), () => s.relays(s.h2), false)).not.toBeNull();
+      expect(s.mapEntries()).toEqual([]);
+      expect(await within(left(), () => viaB(s.h2), false)).not.toBeNull();
+    } finally {
+      await pg.start();
+    }
+    expect(await within(10_000, () => s.relays(s.h2))).not.toBeNull();
+    expect(await within(10_000, () => viaB(s.h2))).not.toBeNull();
+    expect((await fetch(`${s.url}/healthz`, { tls: { rejectUnauthorized: false } } as RequestInit)).status).toBe(200);
   }, 60_000);
 });
