@@ -443,6 +443,9 @@ write_server_skeleton() {
 # File (mode 0600, refused otherwise) holding the database password, when the URL has none.
 #database_password_file = "/etc/relayctl/db-password"
 
+# With database: once this host's view of the shared database is older than this (6s to 1h), it answers the MTA as if no lease were live and reports degraded, until it reads the database again (several-relays.md, When a host loses the database).
+#stale_after = "30s"
+
 # How long the audit log (relayctl server log) keeps entries (1s to 3650d).
 #audit_retention = "90d"
 EOF

@@ -528,7 +528,11 @@ async function healthCheck(ctx: Ctx, port: number): Promise<CheckResult> {
     if (err instanceof FetchError && err.response?.status === 503) {
       const body = err.data as Partial<Extract<HealthBody, { status: "degraded" }>> | undefined;
       const reasons = body?.reasons ?? [];
-      return fail("server.health", `the server is degraded: ${reasons.join("; ") || "no reason given"}`, "see the server log (journalctl -u relayctl); it retries map rebuilds by itself");
+      // A state reason (the shared database unreadable, or this host's view of it stale) is not healed by the lookup.
+      const hint = reasons.some((r) => r.startsWith("state:"))
+        ? "check that this host can read the shared database (the database line in server.toml, the role's grants in several-relays.md); the server catches up by itself"
+        : "see the server log (journalctl -u relayctl); it retries map rebuilds by itself";
+      return fail("server.health", `the server is degraded: ${reasons.join("; ") || "no reason given"}`, hint);
     }
     const e = apiError(err, url);
     return fail("server.health", `${url}/healthz: ${e.message}`, e.hint);

@@ -53,6 +53,8 @@ export interface ServerConfig {
   databasePasswordFile?: string;
   /** `file:line: database_password_file`, for errors raised when the file is read. */
   databasePasswordWhere?: string;
+  /** Seconds after the last successful read of the shared database from which this host withholds every lease (runtime/freshness.ts). */
+  staleAfter: number;
 }
 
 /** The values of `lookup`: how the MTA learns of the leases (src/server/lookups/ has one row each). */
@@ -148,6 +150,7 @@ export function loadServerConfig(path?: string): ServerConfig {
     logFormat: oneOf("log_format", ["text", "json"] as const, "text"),
     logLevel: oneOf("log_level", LOG_LEVELS, "info"),
     auditRetention: k.duration("audit_retention") ?? 90 * 86400,
+    staleAfter: k.duration("stale_after") ?? 30,
     lookup,
     policySocket: absolute("policy_socket") ?? "/var/spool/postfix/relayctl/policy",
     eximHosts: absolute("exim_hosts") ?? "/etc/exim4/relayctl/hosts",

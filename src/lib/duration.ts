@@ -38,6 +38,12 @@ export const DURATION_LIMITS = {
     max: 3650 * DAY,
     why: "ten years covers any retention duty; the log is pruned hourly",
   },
+  stale_after: {
+    setting: "`stale_after` in server.toml",
+    min: 6,
+    max: HOUR,
+    why: "a healthy host refreshes its view of the shared database every 5 s, so 5 s or less would mark it stale between two refreshes; beyond an hour a host cut off from the database keeps relaying for revoked leases that long",
+  },
   interval: {
     setting: "`--interval` of `client --watch`",
     min: 1,

@@ -44,6 +44,7 @@ export const SERVER_KEYS: readonly ConfigKey[] = [
   { key: "log_level", default: '"info"', doc: "error, warn, info or debug." },
   { key: "database", default: null, defaultNote: "SQLite in state_dir", doc: "Shared PostgreSQL state for several relay hosts: a postgres:// URL (unix socket: ?host=/var/run/postgresql; TLS: ?sslmode=verify-full; connections: ?pool_size=10). Several hosts as libpq writes them (`h1,h2:5433`, `?host=/a,/b&port=5432`, `target_session_attrs=read-write`) or a list of one-host URLs: the first read-write host is used, and found again after a failover (several-relays.md, Failover).", example: '"postgres://relayctl@localhost/relayctl?host=/var/run/postgresql"' },
   { key: "database_password_file", default: null, doc: "File (mode 0600, refused otherwise) holding the database password, when the URL has none.", example: '"/etc/relayctl/db-password"' },
+  { key: "stale_after", default: '"30s"', doc: `With database: once this host's view of the shared database is older than this (${bounds("stale_after")}), it answers the MTA as if no lease were live and reports degraded, until it reads the database again (several-relays.md, When a host loses the database).` },
   { key: "audit_retention", default: '"90d"', doc: `How long the audit log (relayctl server log) keeps entries (${bounds("audit_retention")}).` },
 ];
 

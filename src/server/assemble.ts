@@ -8,6 +8,7 @@ import type { Lookup } from "./lookups/index.ts";
 import { Metrics } from "./metrics.ts";
 import { RefusalLog } from "./refusals.ts";
 import { Follower } from "./runtime/follower.ts";
+import { Freshness, WithheldView } from "./runtime/freshness.ts";
 import { Housekeeping, pruneAudit, serverChores } from "./runtime/housekeeping.ts";
 import { hostPort, Listener } from "./runtime/listener.ts";
 import { Publisher } from "./runtime/publisher.ts";
@@ -16,6 +17,7 @@ import type { ServerStatus } from "./runtime/status.ts";
 import { realTimers, type Timers } from "./runtime/timers.ts";
 import { LeaseService } from "./service.ts";
 import type { Store } from "./stores/index.ts";
+import { STORES } from "./stores/open.ts";
 import { AuthThrottle, RenewalLimiter } from "./throttle.ts";
 
 /**
@@ -45,6 +47,7 @@ export interface Skeleton {
   routes: Record<string, Route>;
   publisher: Publisher;
   follower: Follower;
+  freshness: Freshness;
   housekeeping: Housekeeping;
   /** The HTTPS listener, once started. */
   readonly listener: Listener | undefined;
@@ -63,14 +66,17 @@ export interface Skeleton {
  * runs until start().
  */
 export async function assemble(config: ServerConfig, parts: Parts = {}): Promise<Skeleton> {
-  const core = await openCore(config, parts.clock ?? monotonicWallClock(), { tolerant: true, store: parts.store });
+  const clock = parts.clock ?? monotonicWallClock();
+  const core = await openCore(config, clock, { tolerant: true, store: parts.store });
   const metrics = new Metrics();
+  // The lookup reads the index through the view Freshness may withhold.
+  const view = new WithheldView(core.leases.index);
   try {
     const lookup = await openLookup(core, (r) => {
       if (r instanceof Error) metrics.postmapFailures++;
       else metrics.rebuild(r.ms);
-    });
-    return new Assembled(core, lookup, metrics, parts);
+    }, view);
+    return new Assembled(core, lookup, metrics, { ...parts, clock }, view);
   } catch (err) {
     await core.store.close();
     throw err;
@@ -84,6 +90,7 @@ class Assembled implements Skeleton {
   readonly routes: Record<string, Route>;
   readonly publisher: Publisher;
   readonly follower: Follower;
+  readonly freshness: Freshness;
   readonly housekeeping: Housekeeping;
   listener: Listener | undefined;
   private renewals: RenewalLimiter;
@@ -94,13 +101,42 @@ class Assembled implements Skeleton {
     readonly core: Core,
     readonly lookup: Lookup,
     readonly metrics: Metrics,
-    parts: Parts,
+    parts: Parts & { clock: Clock },
+    view: WithheldView,
   ) {
     const { store, leases, clock } = core;
     const timers = parts.timers ?? realTimers;
     this.renewals = parts.renewals ?? new RenewalLimiter(core.config.renewalsPerMinute);
     this.publisher = new Publisher({ leases, lookup, metrics, timers, stateDir: core.config.stateDir, status: () => this.status() });
-    this.follower = new Follower({ store, leases, onRefreshed: () => this.publisher.refreshed() });
+    this.follower = new Follower({
+      store,
+      leases,
+      clock: parts.clock,
+      onRefreshed: () => {
+        // Current again: restore the leases before publishing them.
+        this.freshness.check();
+        this.publisher.refreshed();
+      },
+    });
+    // Only a shared store can change behind this host's back: on SQLite this
+    // server is the one writer besides admin commands on the same host, which
+    // write the same file; a failure to read that file fails renewals too
+    // (503) and no partition can hide another host's revoke. So SQLite is
+    // never stale, and its view is not timed.
+    this.freshness = new Freshness({
+      applies: STORES[store.kind].shared,
+      where: store.where,
+      clock: parts.clock,
+      timers,
+      staleAfter: () => core.config.staleAfter,
+      currentAt: () => this.follower.currentAt,
+      view,
+      // status.json says so at once, not after the publication's debounce.
+      changed: () => {
+        this.publisher.refreshed();
+        this.publisher.writeStatus();
+      },
+    });
     this.refusals = new RefusalLog(store.refusalSink(), clock, parts.refusalsPerMinute);
     const chores = serverChores({ store, lookup, refusals: this.refusals, config: () => core.config, checked: () => this.publisher.statusSoon() });
     this.housekeeping = new Housekeeping(chores, timers);
@@ -122,12 +158,19 @@ class Assembled implements Skeleton {
       metricsAllow: () => core.config.metricsAllow,
       // From memory: a scrape never costs a database query.
       renderMetrics: () =>
-        metrics.render({ leases: leases.index.liveCount(clock.now()), clients: this.follower.clients, degraded: this.degraded().length > 0, lookupEntries: lookup.status().entries }),
+        metrics.render({
+          // As the lookup sees them: none while stale.
+          leases: view.liveCount(clock.now()),
+          clients: this.follower.clients,
+          degraded: this.degraded().length > 0,
+          lookupEntries: lookup.status().entries,
+          state: this.freshness.gauges(),
+        }),
     });
   }
 
   private degraded(): string[] {
-    return [...this.core.store.problems(), ...this.lookup.problems()];
+    return [...this.core.store.problems(), ...this.freshness.problems(), ...this.lookup.problems()];
   }
 
   /** What status.json holds: listener, certificate, lookup, health. */
@@ -156,6 +199,7 @@ class Assembled implements Skeleton {
     const listener = (this.listener = new Listener(config.listen, await certFor(config), this.routes));
     await this.publisher.start();
     await pruneAudit(store, config);
+    this.freshness.start();
     await this.follower.start();
     this.housekeeping.start();
     try {
@@ -189,11 +233,13 @@ class Assembled implements Skeleton {
     setLogLevel(config.logLevel);
     this.reloadedAt = new Date().toISOString();
     this.publisher.reload();
+    this.freshness.reload();
     log.info("reloaded configuration");
   }
 
   private stopParts(): void {
     this.housekeeping.stop();
+    this.freshness.stop();
     this.follower.stop();
     this.publisher.stop();
   }

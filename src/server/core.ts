@@ -3,6 +3,7 @@ import { log } from "../lib/logging.ts";
 import { ensureServerCertificate, type ServerCertificate } from "../lib/tls.ts";
 import { systemClock, type Clock } from "../lib/clock.ts";
 import { LeaseBook } from "./leases.ts";
+import type { LiveView } from "./live.ts";
 import { lookupTypeOf, type Lookup, type LookupType } from "./lookups/index.ts";
 import { storeClock, type Store } from "./stores/index.ts";
 import { openStore } from "./stores/open.ts";
@@ -40,9 +41,9 @@ export async function openCore(config: ServerConfig, base: Clock = systemClock, 
   return core;
 }
 
-/** Opens the configured lookup over a core's live index. */
-export function openLookup(core: Core, onPublish?: (r: { ms: number; entries: number } | Error) => void): Promise<Lookup> {
-  return core.lookupType.open({ config: core.config, index: core.leases.index, clock: core.clock, onPublish });
+/** Opens the configured lookup over a core's live index, or over a view of it (the server's, which may withhold every lease). */
+export function openLookup(core: Core, onPublish?: (r: { ms: number; entries: number } | Error) => void, index: LiveView = core.leases.index): Promise<Lookup> {
+  return core.lookupType.open({ config: core.config, index, clock: core.clock, onPublish });
 }
 
 /** The server certificate for a config: the configured files, or the generated pair in state_dir. */

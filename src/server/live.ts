@@ -22,6 +22,23 @@ function anyLive(h: Holders | undefined, now: number): boolean {
 }
 
 /**
+ * What the lookups read of the live leases: the one seam between the index
+ * and Postfix, so a view that answers "no lease is live" (a host whose view
+ * of the shared database is stale, runtime/freshness.ts) needs no `if` in
+ * any lookup.
+ */
+export interface LiveView {
+  /** True when a lease live at `now` covers the address. */
+  covers(ip: Ip, now: number): boolean;
+  /** The texts of the leases live at `now`, sorted and distinct; read-only. */
+  liveTexts(now: number): readonly string[];
+  /** True when every lease held is a single IPv4 address. */
+  onlyIPv4Hosts(): boolean;
+  /** How many leases are live at `now`. */
+  liveCount(now: number): number;
+}
+
+/**
  * The live leases in memory, kept in step with state: lookups answer from
  * here (the policy service per RCPT, the map at each rebuild) instead of
  * reading the database. Rows are parsed again on the way in, so a row that
@@ -29,7 +46,7 @@ function anyLive(h: Holders | undefined, now: number): boolean {
  * per lease, keyed by strings the rows already hold: 100,000 leases must fit
  * a small server.
  */
-export class LiveIndex {
+export class LiveIndex implements LiveView {
   /** The lease of each client, one table per family. */
   private readonly v4 = new Map<string, LiveLease>();
   private readonly v6 = new Map<string, LiveLease>();

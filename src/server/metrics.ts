@@ -31,7 +31,7 @@ export class Metrics {
   }
 
   /** Renders every metric; gauges come from the caller since they live in state. */
-  render(gauges: { leases: number; clients: number; degraded: boolean; lookupEntries: number }): string {
+  render(gauges: { leases: number; clients: number; degraded: boolean; lookupEntries: number; state?: { stale: boolean; ageSeconds: number } }): string {
     const out: string[] = [];
     const metric = (name: string, type: string, help: string, lines: string[]): void => {
       out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`, ...lines);
@@ -42,6 +42,11 @@ export class Metrics {
     // The first name of relayctl_lookup_entries, kept for dashboards until the next release.
     metric("relayctl_map_entries", "gauge", "Deprecated alias of relayctl_lookup_entries.", [`relayctl_map_entries ${gauges.lookupEntries}`]);
     metric("relayctl_degraded", "gauge", "1 when the lookup or the state is degraded (see /healthz).", [`relayctl_degraded ${gauges.degraded ? 1 : 0}`]);
+    // Only for the shared database: a SQLite host is never stale (runtime/freshness.ts).
+    if (gauges.state) {
+      metric("relayctl_state_stale", "gauge", "1 while this host's view of the shared database is older than stale_after and every lease is withheld from the MTA.", [`relayctl_state_stale ${gauges.state.stale ? 1 : 0}`]);
+      metric("relayctl_state_age_seconds", "gauge", "Seconds since this host last read every lease from the shared database.", [`relayctl_state_age_seconds ${gauges.state.ageSeconds.toFixed(3)}`]);
+    }
     const events = ["grant", "renew", "replace", "release", "expire", "revoke"];
     metric("relayctl_lease_events_total", "counter", "Lease events since start.", events.map((e) => `relayctl_lease_events_total{event="${e}"} ${this.events.get(e) ?? 0}`));
     metric("relayctl_refusals_total", "counter", "Refused requests since start, by reason.", [...this.refusals].sort().map(([r, n]) => `relayctl_refusals_total{reason="${r}"} ${n}`));

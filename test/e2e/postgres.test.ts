@@ -9,26 +9,15 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { chmodSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { freePort, requireE2E, startPostfix, swaks, type Host, type Postfix } from "./harness.ts";
-import { addClient, onHost, relayctl, stage, startServer, writeServerConfig, type ServerProc, type Stage } from "./relayctl.ts";
+import { addClient, onHost, policyHost, relayctl, stage, startServer, within, writeServerConfig, type PolicyHost, type ServerProc, type Stage } from "./relayctl.ts";
 import { postgresBinDir, startCluster, type PgCluster } from "../pgcluster.ts";
 
 const enabled = requireE2E() && postgresBinDir() !== undefined;
 
-/** Polls probe until it returns want, for at most ms; returns how long it took, or null when it never did. */
-async function within(ms: number, probe: () => Promise<boolean>, want: boolean): Promise<number | null> {
-  const t0 = Date.now();
-  for (;;) {
-    if ((await probe()) === want) return Date.now() - t0;
-    if (Date.now() - t0 > ms) return null;
-    await Bun.sleep(50);
-  }
-}
-
 describe.if(enabled)("several relay hosts on one PostgreSQL database", () => {
   let pg: PgCluster;
   let s: Stage;
-  let postfixB: Postfix;
-  let smtpB: string;
+  let b: PolicyHost;
   let configB: string;
   let urlB: string;
   let serverB: ServerProc | undefined;
@@ -43,17 +32,9 @@ describe.if(enabled)("several relay hosts on one PostgreSQL database", () => {
         prepare: async (st) => {
           st.writeConfig({ database: pg.url, renewals_per_minute: 0 });
           // Host B: its own Postfix asking its own relayctl over the policy socket, same database.
-          const dirB = join(st.tmp.path, "b");
-          mkdirSync(join(dirB, "map"), { recursive: true });
-          smtpB = `198.18.0.1:${freePort()}`;
-          postfixB = await startPostfix({ dir: join(dirB, "postfix"), mapPath: join(dirB, "map", "clients"), mapType: "hash", listen: smtpB, hook: "policy" });
-          st.onCleanup(() => postfixB.stop());
-          const portB = freePort();
-          urlB = `https://198.18.0.1:${portB}`;
-          configB = writeServerConfig(dirB, {
-            listen: `198.18.0.1:${portB}`, public_url: urlB, state_dir: join(dirB, "state"), map: join(dirB, "map", "clients"), map_type: "hash",
-            lookup: "policy", policy_socket: join(postfixB.queueDir, "relayctl", "policy"), database: pg.url, renewals_per_minute: 0,
-          });
+          b = await policyHost(st, { database: pg.url });
+          configB = b.config;
+          urlB = b.url;
         },
         ready: async (st) => {
           serverB = await startServer(configB, urlB);
@@ -85,11 +66,7 @@ describe.if(enabled)("several relay hosts on one PostgreSQL database", () => {
 
   const renew = (host: Host, name: string) => onHost(host, ["client", "--config", s.cfg(name)]);
   const viaA = (host: Host) => s.relays(host);
-  const viaB = async (host: Host) => {
-    const r = await swaks({ host, server: smtpB });
-    if (!r.accepted && !r.denied) throw new Error(`swaks via B gave neither verdict:\n${r.output}`);
-    return r.accepted;
-  };
+  const viaB = (host: Host) => b.relays(host);
   const viaPgsql = async (host: Host) => {
     const r = await swaks({ host, server: smtpPg });
     if (!r.accepted && !r.denied) throw new Error(`swaks via pgsql gave neither verdict:\n${r.output}`);

@@ -248,3 +248,49 @@ export async function stage(opts: {
     throw err;
   }
 }
+
+/** Polls probe until it returns want, for at most ms; returns how long it took, or null when it never did. */
+export async function within(ms: number, probe: () => Promise<boolean>, want = true): Promise<number | null> {
+  const t0 = Date.now();
+  for (;;) {
+    if ((await probe()) === want) return Date.now() - t0;
+    if (Date.now() - t0 > ms) return null;
+    await Bun.sleep(50);
+  }
+}
+
+/** A second relay host beside a stage: its own Postfix asking its own relayctl over the policy socket. */
+export interface PolicyHost {
+  postfix: Postfix;
+  /** Its Postfix's smtpd, ip:port on the test bridge. */
+  smtp: string;
+  url: string;
+  config: string;
+  /** One swaks probe through its Postfix; true when relaying is accepted. */
+  relays(host: Host): Promise<boolean>;
+}
+
+/**
+ * Writes the config of a second relay host in the stage's `b/` (its Postfix
+ * is started and stopped with the stage); `values` adds to the defaults,
+ * typically the shared `database`. The caller starts its server.
+ */
+export async function policyHost(st: Stage, values: Record<string, string | number | string[]>): Promise<PolicyHost> {
+  const dir = join(st.tmp.path, "b");
+  mkdirSync(join(dir, "map"), { recursive: true });
+  const smtp = `198.18.0.1:${freePort()}`;
+  const postfix = await startPostfix({ dir: join(dir, "postfix"), mapPath: join(dir, "map", "clients"), mapType: "hash", listen: smtp, hook: "policy" });
+  st.onCleanup(() => postfix.stop());
+  const port = freePort();
+  const url = `https://198.18.0.1:${port}`;
+  const config = writeServerConfig(dir, {
+    listen: `198.18.0.1:${port}`, public_url: url, state_dir: join(dir, "state"), map: join(dir, "map", "clients"), map_type: "hash",
+    lookup: "policy", policy_socket: join(postfix.queueDir, "relayctl", "policy"), renewals_per_minute: 0, ...values,
+  });
+  const relays = async (host: Host): Promise<boolean> => {
+    const r = await swaks({ host, server: smtp });
+    if (!r.accepted && !r.denied) throw new Error(`swaks via ${smtp} gave neither verdict:\n${r.output}`);
+    return r.accepted;
+  };
+  return { postfix, smtp, url, config, relays };
+}

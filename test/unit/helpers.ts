@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { RelayError } from "../../src/lib/errors.ts";
 import { log } from "../../src/lib/logging.ts";
 import type { ServerConfig } from "../../src/lib/config.ts";
-import { assemble } from "../../src/server/assemble.ts";
+import { assemble, type Skeleton } from "../../src/server/assemble.ts";
 import { dispatcher } from "../../src/server/doors/routes.ts";
 import type { Clock } from "../../src/lib/clock.ts";
 import type { LeaseBook } from "../../src/server/leases.ts";
@@ -18,6 +18,7 @@ import type { RefusalLog } from "../../src/server/refusals.ts";
 import type { Timers } from "../../src/server/runtime/timers.ts";
 import type { LeaseService } from "../../src/server/service.ts";
 import { StateStore } from "../../src/server/state.ts";
+import type { Store } from "../../src/server/stores/index.ts";
 import { SqliteStore } from "../../src/server/stores/sqlite.ts";
 import { AuthThrottle, type RenewalLimiter } from "../../src/server/throttle.ts";
 
@@ -281,6 +282,8 @@ export interface TestService {
   timers: FakeTimers;
   /** The HTTPS routes as Bun.serve would dispatch them. */
   dispatch: (req: Request, server: Server<unknown>) => Promise<Response>;
+  /** Every part as assemble() wired them (follower, freshness, publisher), none started. */
+  skeleton: Skeleton;
 }
 
 /**
@@ -292,7 +295,7 @@ export interface TestService {
 export async function testService(
   dir: string,
   clock: FakeClock,
-  opts: { authThrottle?: AuthThrottle; renewals?: RenewalLimiter; ttl?: number; refusalsPerMinute?: number } = {},
+  opts: { authThrottle?: AuthThrottle; renewals?: RenewalLimiter; ttl?: number; refusalsPerMinute?: number; store?: (sqlite: SqliteStore) => Store } = {},
 ): Promise<TestService> {
   const store = new StateStore(join(dir, "state"));
   const shared = new SqliteStore(store, clock);
@@ -315,6 +318,7 @@ export async function testService(
     logFormat: "text",
     logLevel: "info",
     auditRetention: 90 * 86400,
+    staleAfter: 30,
     lookup: "map",
     policySocket: join(dir, "policy"),
     eximHosts: join(dir, "exim", "hosts"),
@@ -325,12 +329,12 @@ export async function testService(
   const s = await assemble(config, {
     clock,
     timers,
-    store: shared,
+    store: opts.store ? opts.store(shared) : shared,
     authThrottle: opts.authThrottle ?? new AuthThrottle(1_000_000),
     renewals: opts.renewals,
     refusalsPerMinute: opts.refusalsPerMinute,
   });
   const lookup = s.lookup as MapLookup;
   const { service, metrics, refusals } = s;
-  return { service, store, shared, leases: s.core.leases, writer: lookup.writer, lookup, pm, metrics, refusals, config: s.core.config, mapPath, timers, dispatch: dispatcher(s.routes) };
+  return { service, store, shared, leases: s.core.leases, writer: lookup.writer, lookup, pm, metrics, refusals, config: s.core.config, mapPath, timers, dispatch: dispatcher(s.routes), skeleton: s };
 }

@@ -1,7 +1,7 @@
 import { lstatSync, type Stats } from "node:fs";
 import { log } from "../../lib/logging.ts";
 import type { Clock } from "../../lib/clock.ts";
-import type { LiveIndex } from "../live.ts";
+import type { LiveView } from "../live.ts";
 import { Coalescer } from "./coalesce.ts";
 import type { Lookup, LookupStatus, LookupType } from "./types.ts";
 
@@ -111,7 +111,7 @@ export abstract class FileLookup<W extends FileWriter> implements Lookup {
 
   constructor(
     readonly writer: W,
-    private readonly index: LiveIndex,
+    private readonly index: LiveView,
     private readonly clock: Clock,
   ) {}
 

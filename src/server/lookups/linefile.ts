@@ -2,7 +2,7 @@ import { existsSync, mkdirSync, readFileSync, statSync } from "node:fs";
 import { dirname } from "node:path";
 import type { ServerConfig } from "../../lib/config.ts";
 import { ownerFor, writeFileAtomic } from "../../lib/fsutil.ts";
-import type { LiveIndex } from "../live.ts";
+import type { LiveView } from "../live.ts";
 import type { Clock } from "../../lib/clock.ts";
 import { FileLookup, FileWriter, identityOf, lstatOrNull, whatChanged, type Identity, type RebuildInfo } from "./filelookup.ts";
 import type { InstalledView, Lookup, LookupContext, LookupName, LookupStatus, LookupType } from "./types.ts";
@@ -112,7 +112,7 @@ export class LineFileLookup extends FileLookup<LineFileWriter> {
   constructor(
     readonly type: LookupType,
     writer: LineFileWriter,
-    index: LiveIndex,
+    index: LiveView,
     clock: Clock,
   ) {
     super(writer, index, clock);

@@ -5,7 +5,7 @@ import { usageError } from "../../lib/errors.ts";
 import { createFile, fsyncDir, handOver, ownerFor, privateDir } from "../../lib/fsutil.ts";
 import { leaseText, type Cidr } from "../../lib/ip.ts";
 import { log } from "../../lib/logging.ts";
-import type { LiveIndex } from "../live.ts";
+import type { LiveView } from "../live.ts";
 import type { Clock } from "../../lib/clock.ts";
 import { defaultMapType, findPostfixTool, mapDbSuffix, postmapError, requirePostfixTool, runTool } from "../postfix.ts";
 import { FileLookup, FileWriter, identityOf, lstatOrNull, whatChanged, type Identity, type RebuildInfo } from "./filelookup.ts";
@@ -228,7 +228,7 @@ export class MapWriter extends FileWriter<{ text: string; db: Identity; source: 
 }
 
 /** Addresses the map must hold at `now`: the live leases it can hold exactly, sorted and distinct. */
-export function mapAddresses(index: LiveIndex, clock: Clock): readonly string[] {
+export function mapAddresses(index: LiveView, clock: Clock): readonly string[] {
   const texts = index.liveTexts(clock.now());
   // Single IPv4 addresses are never refused: no pass over 100,000 of them.
   if (index.onlyIPv4Hosts()) return texts;

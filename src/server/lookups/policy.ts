@@ -5,7 +5,7 @@ import { usageError } from "../../lib/errors.ts";
 import { parseIp } from "../../lib/ip.ts";
 import { log } from "../../lib/logging.ts";
 import type { Clock } from "../../lib/clock.ts";
-import type { LiveIndex } from "../live.ts";
+import type { LiveView } from "../live.ts";
 import { answer, ProtocolError, RequestReader, type Handler } from "../policy/protocol.ts";
 import type { Lookup, LookupContext, LookupStatus, LookupType } from "./types.ts";
 
@@ -14,7 +14,7 @@ import type { Lookup, LookupContext, LookupStatus, LookupType } from "./types.ts
  * otherwise, so Postfix goes on to reject_unauth_destination. No other
  * action is ever given: this service can only open the relay for leases.
  */
-export function policyHandler(index: LiveIndex, clock: Clock): Handler {
+export function policyHandler(index: LiveView, clock: Clock): Handler {
   return (attrs) => {
     if (attrs.get("request") !== "smtpd_access_policy") throw new ProtocolError(`not a policy request: request=${attrs.get("request") ?? "(none)"}`);
     const ip = parseIp(attrs.get("client_address") ?? "");

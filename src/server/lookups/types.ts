@@ -4,7 +4,7 @@
 import type { LookupKind, ServerConfig } from "../../lib/config.ts";
 import type { Cidr } from "../../lib/ip.ts";
 import type { Clock } from "../../lib/clock.ts";
-import type { LiveIndex } from "../live.ts";
+import type { LiveView } from "../live.ts";
 import type { LeaseRow } from "../state.ts";
 
 /** The names server.toml's `lookup` accepts. */
@@ -13,7 +13,7 @@ export type LookupName = LookupKind;
 /** What a lookup is given: the configuration, the live leases and the clock. */
 export interface LookupContext {
   config: ServerConfig;
-  index: LiveIndex;
+  index: LiveView;
   clock: Clock;
   /** Told of each publication that did work (a map rebuild), or of its failure: metrics and status follow it. */
   onPublish?: (result: { ms: number; entries: number } | Error) => void;

@@ -1,3 +1,4 @@
+import { systemClock, type Clock } from "../../lib/clock.ts";
 import { log } from "../../lib/logging.ts";
 import type { LeaseBook } from "../leases.ts";
 import type { Store } from "../stores/index.ts";
@@ -11,6 +12,8 @@ import type { Store } from "../stores/index.ts";
 export class Follower {
   /** Enrolled clients as of the last reload. */
   clients = 0;
+  /** When the last successful reload began: the view is at least this current (runtime/freshness.ts); null before the first. */
+  currentAt: number | null = null;
   private pending = false;
   private running: Promise<void> | null = null;
   private unwatch: (() => void) | null = null;
@@ -21,6 +24,8 @@ export class Follower {
       leases: LeaseBook;
       /** Called after each successful reload: publish and re-arm. */
       onRefreshed(): void;
+      /** Stamps currentAt; a clock that does not move with the database's. */
+      clock?: Clock;
     },
   ) {}
 
@@ -42,9 +47,11 @@ export class Follower {
   private async drain(): Promise<void> {
     while (this.pending) {
       this.pending = false;
+      const asOf = (this.d.clock ?? systemClock).now();
       try {
         await this.d.leases.reload();
         await this.countClients();
+        this.currentAt = asOf;
       } catch (err) {
         // An unreachable database is already reported (once, and in health); anything else is news.
         if (this.d.store.problems().length === 0) log.warn(`state: cannot refresh leases from ${this.d.store.where}: ${(err as Error).message}`);

@@ -785,7 +785,7 @@ export class PgStore implements Store {
   }
 
   problems(): string[] {
-    return this.failure === null ? [] : [`state: the shared database ${this.where} cannot be reached (${this.failure}); renewals are refused, the lookup keeps the last known leases until they expire`];
+    return this.failure === null ? [] : [`state: the shared database ${this.where} cannot be reached (${this.failure}); renewals are refused, the lookup keeps the last known leases until they expire or stale_after passes`];
   }
 
   skew(): number {

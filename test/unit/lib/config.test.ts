@@ -10,7 +10,9 @@ import {
   validateHttpsUrl,
   validateName,
 } from "../../../src/lib/config.ts";
+import { DURATION_LIMITS } from "../../../src/lib/duration.ts";
 import { ExitCode } from "../../../src/lib/errors.ts";
+import { RECONCILE_MS } from "../../../src/server/stores/postgres.ts";
 import { relayError, removeTempDirs, tempDir } from "../helpers.ts";
 
 afterAll(removeTempDirs);
@@ -145,6 +147,8 @@ trusted_proxies = ["127.0.0.1", "2001:db8::/32"]
     ["ttl = 34560001", "ttl", "34560001s is above the maximum of 400d"],
     ['postmap_timeout = "25d"', "postmap_timeout", "25d is above the maximum of 5m"],
     ['audit_retention = "3651d"', "audit_retention", "3651d is above the maximum of 3650d"],
+    ['stale_after = "5s"', "stale_after", "5s is below the minimum of 6s"],
+    ['stale_after = "2h"', "stale_after", "2h is above the maximum of 1h"],
     ['trusted_proxies = "127.0.0.1"', "trusted_proxies", "must be a list of strings"],
     ["trusted_proxies = [1, 2]", "trusted_proxies", "must be a list of strings"],
     ['trusted_proxies = ["10.0.0.1/8"]', "trusted_proxies", "is not an address or CIDR"],
@@ -273,5 +277,17 @@ describe("client config", () => {
     expect((await relayError(() => loadClientConfig(http))).message).toStartWith(`${http}:1: server: `);
     const numeric = toml(base.replace('token = "t"', "token = 12"), "client.toml");
     expect((await relayError(() => loadClientConfig(numeric))).message).toContain("token: must be a non-empty string");
+  });
+});
+
+describe("loadServerConfig: stale_after", () => {
+  test("defaults to 30 s and takes a duration", () => {
+    expect(loadServerConfig(toml("")).staleAfter).toBe(30);
+    expect(loadServerConfig(toml('stale_after = "6s"\n')).staleAfter).toBe(6);
+    expect(loadServerConfig(toml('stale_after = "2m"\n')).staleAfter).toBe(120);
+  });
+
+  test("its floor lies above the interval a healthy host refreshes at, so it is never stale between two refreshes", () => {
+    expect(DURATION_LIMITS.stale_after.min * 1000).toBeGreaterThan(RECONCILE_MS);
   });
 });

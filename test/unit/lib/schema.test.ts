@@ -24,6 +24,7 @@ const LOADED: Record<string, (c: ReturnType<typeof loadServerConfig>) => unknown
   log_format: (c) => c.logFormat,
   log_level: (c) => c.logLevel,
   audit_retention: (c) => c.auditRetention,
+  stale_after: (c) => c.staleAfter,
 };
 
 describe("server config schema", () => {
@@ -35,7 +36,7 @@ describe("server config schema", () => {
     expect(withDefaults.map((k) => k.key).sort()).toEqual(Object.keys(LOADED).sort());
     for (const k of withDefaults) {
       const parsed = (Bun.TOML.parse(`v = ${k.default}`) as { v: unknown }).v;
-      const durations = ["ttl", "postmap_timeout", "audit_retention"];
+      const durations = ["ttl", "postmap_timeout", "audit_retention", "stale_after"];
       const expected = durations.includes(k.key) ? parseDuration(parsed as string, k.key as never) : parsed;
       expect({ key: k.key, value: LOADED[k.key]!(config) }).toEqual({ key: k.key, value: expected });
     }

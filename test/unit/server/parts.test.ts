@@ -128,6 +128,29 @@ describe("Follower", () => {
     f.stop();
     await store.close();
   });
+
+  test("currentAt is when the last successful reload began; a failed one leaves it", async () => {
+    const clock = new FakeClock();
+    const store = new SqliteStore(new StateStore(join(tempDir(), "state")), clock);
+    const leases = new LeaseBook(store, () => 60, clock);
+    const f = new Follower({ store, leases, clock, onRefreshed: () => undefined });
+    expect(f.currentAt).toBeNull();
+    const began = clock.now();
+    const reload = leases.reload.bind(leases);
+    leases.reload = async () => {
+      clock.advance(3_000);
+      return reload();
+    };
+    await f.notice();
+    expect(f.currentAt).toBe(began);
+    leases.reload = async () => {
+      throw new Error("permission denied for table leases");
+    };
+    clock.advance(10_000);
+    await f.notice();
+    expect(f.currentAt).toBe(began);
+    await store.close();
+  });
 });
 
 describe("Housekeeping", () => {

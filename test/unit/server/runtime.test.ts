@@ -225,9 +225,10 @@ describe("planReload", () => {
       return p;
     };
     const running = loadServerConfig(write("a.toml", `listen = "127.0.0.1:8443"\nttl = "20m"\nstate_dir = "${dir}/s"\n`));
-    const next = loadServerConfig(write("b.toml", `listen = "127.0.0.1:9443"\nttl = "1h"\nstate_dir = "${dir}/s"\nlookup = "policy"\nlog_level = "debug"\n`));
+    const next = loadServerConfig(write("b.toml", `listen = "127.0.0.1:9443"\nttl = "1h"\nstate_dir = "${dir}/s"\nlookup = "policy"\nlog_level = "debug"\nstale_after = "1m"\n`));
     const plan = planReload(running, next);
     expect(plan.config.ttl).toBe(3600);
+    expect(plan.config.staleAfter).toBe(60);
     expect(plan.config.logLevel).toBe("debug");
     expect(plan.config.listen).toEqual(running.listen);
     expect(plan.config.lookup).toBe("map");
