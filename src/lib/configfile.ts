@@ -130,6 +130,13 @@ export class Keys {
     return v;
   }
 
+  bool(key: string): boolean | undefined {
+    const v = this.data[key];
+    if (v === undefined) return undefined;
+    if (typeof v !== "boolean") throw this.error(key, "must be true or false");
+    return v;
+  }
+
   list(key: string): string[] {
     const v = this.data[key];
     if (v === undefined) return [];

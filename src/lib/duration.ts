@@ -38,6 +38,18 @@ export const DURATION_LIMITS = {
     max: 3650 * DAY,
     why: "ten years covers any retention duty; the log is pruned hourly",
   },
+  overdue_check: {
+    setting: "`overdue_check` in server.toml",
+    min: 1,
+    max: HOUR,
+    why: "each check reads the clients that may have changed state; an hour is as late as a silent client is worth hearing about",
+  },
+  expect: {
+    setting: "`--expect` of `server add` and `server edit`",
+    min: 1,
+    max: 400 * DAY,
+    why: "a client is late after two intervals; the longest ttl bounds any sensible renewal interval",
+  },
   interval: {
     setting: "`--interval` of `client --watch`",
     min: 1,

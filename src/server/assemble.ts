@@ -5,6 +5,7 @@ import { certFor, openCore, openLookup, type Core } from "./core.ts";
 import { routes, type Route } from "./doors/routes.ts";
 import { monotonicWallClock, type Clock } from "../lib/clock.ts";
 import type { Lookup } from "./lookups/index.ts";
+import { Alerter, type AlertDeps } from "./alerts.ts";
 import { Metrics } from "./metrics.ts";
 import { RefusalLog } from "./refusals.ts";
 import { Follower } from "./runtime/follower.ts";
@@ -14,6 +15,7 @@ import { Publisher } from "./runtime/publisher.ts";
 import { planReload } from "./runtime/reload.ts";
 import type { ServerStatus } from "./runtime/status.ts";
 import { realTimers, type Timers } from "./runtime/timers.ts";
+import { Watchdog } from "./runtime/watchdog.ts";
 import { LeaseService } from "./service.ts";
 import type { Store } from "./stores/index.ts";
 import { AuthThrottle, RenewalLimiter } from "./throttle.ts";
@@ -32,6 +34,8 @@ export interface Parts {
   renewals?: RenewalLimiter;
   /** Refusal rows written per reason and minute. */
   refusalsPerMinute?: number;
+  /** How alerts are delivered (command runner, fetch, sendmail). */
+  alertDeps?: Partial<AlertDeps>;
 }
 
 /** The server as named parts: what the skeleton starts, reloads and stops. */
@@ -46,6 +50,9 @@ export interface Skeleton {
   publisher: Publisher;
   follower: Follower;
   housekeeping: Housekeeping;
+  /** The overdue check and the alerts it sends. */
+  watchdog: Watchdog;
+  alerter: Alerter;
   /** The HTTPS listener, once started. */
   readonly listener: Listener | undefined;
   /** Publishes from state, follows the store, runs the chores, listens. */
@@ -85,6 +92,8 @@ class Assembled implements Skeleton {
   readonly publisher: Publisher;
   readonly follower: Follower;
   readonly housekeeping: Housekeeping;
+  readonly watchdog: Watchdog;
+  readonly alerter: Alerter;
   listener: Listener | undefined;
   private renewals: RenewalLimiter;
   private readonly startedAt = new Date().toISOString();
@@ -102,7 +111,9 @@ class Assembled implements Skeleton {
     this.publisher = new Publisher({ leases, lookup, metrics, timers, stateDir: core.config.stateDir, status: () => this.status() });
     this.follower = new Follower({ store, leases, onRefreshed: () => this.publisher.refreshed() });
     this.refusals = new RefusalLog(store.refusalSink(), clock, parts.refusalsPerMinute);
-    const chores = serverChores({ store, lookup, refusals: this.refusals, config: () => core.config, checked: () => this.publisher.statusSoon() });
+    this.alerter = new Alerter(() => core.config.alerts, parts.alertDeps);
+    this.watchdog = new Watchdog({ store, clock, alerter: this.alerter, config: () => core.config, host: this.alerter.deps.host });
+    const chores = serverChores({ store, lookup, refusals: this.refusals, config: () => core.config, checked: () => this.publisher.statusSoon(), watchdog: this.watchdog });
     this.housekeeping = new Housekeeping(chores, timers);
     this.service = new LeaseService({
       store,
@@ -122,7 +133,7 @@ class Assembled implements Skeleton {
       metricsAllow: () => core.config.metricsAllow,
       // From memory: a scrape never costs a database query.
       renderMetrics: () =>
-        metrics.render({ leases: leases.index.liveCount(clock.now()), clients: this.follower.clients, degraded: this.degraded().length > 0, lookupEntries: lookup.status().entries }),
+        metrics.render({ leases: leases.index.liveCount(clock.now()), clients: this.follower.clients, degraded: this.degraded().length > 0, lookupEntries: lookup.status().entries, overdue: this.watchdog }),
     });
   }
 

@@ -320,6 +320,9 @@ export async function testService(
     eximHosts: join(dir, "exim", "hosts"),
     smtpdTable: join(dir, "smtpd", "clients"),
     ipv6Prefix: 128,
+    overdueCheck: 30,
+    alerts: { command: [], mail: [] },
+    clientMetrics: true,
   };
   const timers = new FakeTimers(clock);
   const s = await assemble(config, {
