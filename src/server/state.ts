@@ -16,6 +16,8 @@ export interface ClientRow {
   created_at: number;
   /** IPv6 prefix length of this client's leases; null = the server's ipv6_prefix. */
   ipv6_prefix: number | null;
+  /** Expected renewal interval in seconds (--expect); null or absent = learned from renewals. */
+  expect?: number | null;
 }
 
 /** The parts of a client row a renewal's admission was decided by. */

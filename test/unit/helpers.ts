@@ -20,6 +20,8 @@ import type { LeaseService } from "../../src/server/service.ts";
 import { StateStore } from "../../src/server/state.ts";
 import { SqliteStore } from "../../src/server/stores/sqlite.ts";
 import { AuthThrottle, type RenewalLimiter } from "../../src/server/throttle.ts";
+import type { Alerter, AlertDeps } from "../../src/server/alerts.ts";
+import type { Watchdog } from "../../src/server/runtime/watchdog.ts";
 
 const made: string[] = [];
 process.once("exit", () => removeTempDirs());
@@ -281,6 +283,9 @@ export interface TestService {
   timers: FakeTimers;
   /** The HTTPS routes as Bun.serve would dispatch them. */
   dispatch: (req: Request, server: Server<unknown>) => Promise<Response>;
+  /** The overdue check and its alerter (delivery as opts.alertDeps gives it). */
+  watchdog: Watchdog;
+  alerter: Alerter;
 }
 
 /**
@@ -292,7 +297,7 @@ export interface TestService {
 export async function testService(
   dir: string,
   clock: FakeClock,
-  opts: { authThrottle?: AuthThrottle; renewals?: RenewalLimiter; ttl?: number; refusalsPerMinute?: number } = {},
+  opts: { authThrottle?: AuthThrottle; renewals?: RenewalLimiter; ttl?: number; refusalsPerMinute?: number; alertDeps?: Partial<AlertDeps> } = {},
 ): Promise<TestService> {
   const store = new StateStore(join(dir, "state"));
   const shared = new SqliteStore(store, clock);
@@ -332,8 +337,9 @@ export async function testService(
     authThrottle: opts.authThrottle ?? new AuthThrottle(1_000_000),
     renewals: opts.renewals,
     refusalsPerMinute: opts.refusalsPerMinute,
+    alertDeps: opts.alertDeps,
   });
   const lookup = s.lookup as MapLookup;
   const { service, metrics, refusals } = s;
-  return { service, store, shared, leases: s.core.leases, writer: lookup.writer, lookup, pm, metrics, refusals, config: s.core.config, mapPath, timers, dispatch: dispatcher(s.routes) };
+  return { service, store, shared, leases: s.core.leases, writer: lookup.writer, lookup, pm, metrics, refusals, config: s.core.config, mapPath, timers, dispatch: dispatcher(s.routes), watchdog: s.watchdog, alerter: s.alerter };
 }

@@ -306,7 +306,7 @@ export function unreachable(err: unknown): boolean {
 const IP_SQL = `CASE WHEN masklen(net) = CASE family(net) WHEN 4 THEN 32 ELSE 128 END THEN host(net) ELSE text(net) END`;
 const MS = (col: string): string => `(extract(epoch FROM ${col}) * 1000)::float8`;
 const LEASE_COLS = `client, family::int AS family, ${IP_SQL} AS ip, ${MS("granted_at")} AS granted_at, ${MS("renewed_at")} AS renewed_at, ${MS("expires_at")} AS expires_at, renewals`;
-const CLIENT_COLS = `name, token_id, token_hash, ttl, allow, ${MS("created_at")} AS created_at, ipv6_prefix`;
+const CLIENT_COLS = `name, token_id, token_hash, ttl, allow, ${MS("created_at")} AS created_at, ipv6_prefix, expect`;
 const AUDIT_COLS = `id::float8 AS id, ${MS("ts")} AS ts, event, client, ip, source, detail, count`;
 
 type Row = Record<string, unknown>;
@@ -335,6 +335,7 @@ function clientRow(r: Row): ClientRow {
     allow: parseAllowList(String(r.allow)),
     created_at: Math.round(Number(r.created_at)),
     ipv6_prefix: r.ipv6_prefix === null ? null : Number(r.ipv6_prefix),
+    expect: r.expect === null || r.expect === undefined ? null : Number(r.expect),
   };
 }
 
