@@ -2,7 +2,7 @@
 // config live in configfile.ts, re-exported here for existing importers.
 import { existsSync } from "node:fs";
 import { hostname } from "node:os";
-import { Keys, readToml, validateHttpsUrl } from "./configfile.ts";
+import { Keys, parseUrlSetting, readToml, validateHttpsUrl } from "./configfile.ts";
 import { usageError } from "./errors.ts";
 import { parseCidr, parseIp, type Cidr } from "./ip.ts";
 import { SERVER_KEY_NAMES } from "./schema.ts";
@@ -75,12 +75,7 @@ const MAIL_ADDRESS = /^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~][A-Za-z0-9.!#$%&'*+/=?^_`{|
 
 /** Checks alert_webhook: https anywhere, plain http only to loopback (a local relay agent), never credentials in a log line's reach. */
 export function checkWebhookUrl(value: string, where: string): string {
-  let url: URL;
-  try {
-    url = new URL(value);
-  } catch {
-    throw usageError(`${where}: "${value}" is not a URL`, 'use e.g. "https://alerts.example.org/hooks/relayctl"');
-  }
+  const url = parseUrlSetting(value, where, '"https://alerts.example.org/hooks/relayctl"');
   const host = url.hostname.replace(/^\[(.*)\]$/, "$1");
   const loopback = host === "localhost" || host === "::1" || /^127\./.test(host);
   if (url.protocol !== "https:" && !(url.protocol === "http:" && loopback)) throw usageError(`${where}: must be an https:// URL (http:// only to loopback)`, "events name clients and addresses: they travel encrypted");
