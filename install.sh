@@ -446,6 +446,24 @@ write_server_skeleton() {
 # With database: once this host's view of the shared database is older than this (6s to 1h), it answers the MTA as if no lease were live and reports degraded, until it reads the database again (several-relays.md, When a host loses the database).
 #stale_after = "30s"
 
+# How often the server looks for clients that stopped renewing (late, silent) or came back (1s to 1h); see docs/operations.md.
+#overdue_check = "30s"
+
+# Program run once per change of a client's overdue state, as an argv list (no shell): the event as JSON on stdin and RELAYCTL_EVENT, RELAYCTL_CLIENT, RELAYCTL_STATE, ... in its environment; killed after 10s.
+#alert_command = ["/usr/local/bin/page-oncall"]
+
+# URL that gets each overdue event as a JSON POST (https, or http to loopback only); 5s timeout, 3 tries, in the background.
+#alert_webhook = "https://alerts.example.org/hooks/relayctl"
+
+# CA certificate (PEM) to trust for alert_webhook instead of the system's.
+#alert_webhook_ca = "/etc/relayctl/webhook-ca.pem"
+
+# Address (or list) mailed each overdue event through the local sendmail (postconf -h sendmail_path).
+#alert_mail = ["postmaster@example.org"]
+
+# Per-client series on /metrics (relayctl_client_overdue, relayctl_client_last_renewal_timestamp_seconds): two per client; set false above about 100k clients.
+#client_metrics = true
+
 # How long the audit log (relayctl server log) keeps entries (1s to 3650d).
 #audit_retention = "90d"
 EOF

@@ -2,7 +2,7 @@
 // config live in configfile.ts, re-exported here for existing importers.
 import { existsSync } from "node:fs";
 import { hostname } from "node:os";
-import { Keys, readToml, validateHttpsUrl } from "./configfile.ts";
+import { Keys, parseUrlSetting, readToml, validateHttpsUrl } from "./configfile.ts";
 import { usageError } from "./errors.ts";
 import { parseCidr, parseIp, type Cidr } from "./ip.ts";
 import { SERVER_KEY_NAMES } from "./schema.ts";
@@ -55,6 +55,35 @@ export interface ServerConfig {
   databasePasswordWhere?: string;
   /** Seconds after the last successful read of the shared database from which this host withholds every lease (runtime/freshness.ts). */
   staleAfter: number;
+  /** Seconds between overdue checks. */
+  overdueCheck: number;
+  /** Where overdue events go; empty or undefined: only the log and server list. */
+  alerts: AlertTargets;
+  /** Per-client series on /metrics. */
+  clientMetrics: boolean;
+}
+
+/** Where overdue events are sent (server.toml alert_*). */
+export interface AlertTargets {
+  /** argv of alert_command; empty when unset. */
+  command: string[];
+  webhook?: string;
+  /** PEM file to trust for the webhook instead of the system's CAs. */
+  webhookCa?: string;
+  /** Recipients of alert_mail; empty when unset. */
+  mail: string[];
+}
+
+/** A mail address as alert_mail takes it: local@domain, nothing a mail header or argv could be bent with. */
+const MAIL_ADDRESS = /^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~][A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]*@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$/;
+
+/** Checks alert_webhook: https anywhere, plain http only to loopback (a local relay agent), never credentials in a log line's reach. */
+export function checkWebhookUrl(value: string, where: string): string {
+  const url = parseUrlSetting(value, where, '"https://alerts.example.org/hooks/relayctl"');
+  const host = url.hostname.replace(/^\[(.*)\]$/, "$1");
+  const loopback = host === "localhost" || host === "::1" || /^127\./.test(host);
+  if (url.protocol !== "https:" && !(url.protocol === "http:" && loopback)) throw usageError(`${where}: must be an https:// URL (http:// only to loopback)`, "events name clients and addresses: they travel encrypted");
+  return url.href;
 }
 
 /** The values of `lookup`: how the MTA learns of the leases (src/server/lookups/ has one row each). */
@@ -141,7 +170,28 @@ export function loadServerConfig(path?: string): ServerConfig {
   if (database !== undefined) checkDatabaseUrl(database, k.where("database"));
   const databasePasswordFile = absolute("database_password_file");
   if (databasePasswordFile !== undefined && database === undefined) throw k.error("database_password_file", "is only used with database", 'set database = "postgres://..." too, or remove it');
+  let alertMail: string[];
+  try {
+    alertMail = k.list("alert_mail");
+  } catch {
+    alertMail = [k.str("alert_mail")!];
+  }
+  for (const a of alertMail) if (!MAIL_ADDRESS.test(a)) throw k.error("alert_mail", `"${a}" is not a mail address`, 'use e.g. "postmaster@example.org"');
+  const alertCommand = k.list("alert_command");
+  if (data.alert_command !== undefined && !alertCommand.length) throw k.error("alert_command", "is empty", "give the program and its arguments, or remove the key");
+  if (alertCommand.length && !alertCommand[0]!.startsWith("/")) throw k.error("alert_command", "the program must be an absolute path", 'e.g. ["/usr/local/bin/page-oncall", "--relay"]; it runs without a shell');
+  const webhook = k.str("alert_webhook");
+  const alerts: AlertTargets = {
+    command: alertCommand,
+    webhook: webhook === undefined ? undefined : checkWebhookUrl(webhook, k.where("alert_webhook")),
+    webhookCa: absolute("alert_webhook_ca"),
+    mail: alertMail,
+  };
+  if (alerts.webhookCa !== undefined && webhook === undefined) throw k.error("alert_webhook_ca", "is only used with alert_webhook", "set alert_webhook too, or remove it");
   return {
+    overdueCheck: k.duration("overdue_check") ?? 30,
+    alerts,
+    clientMetrics: k.bool("client_metrics") ?? true,
     database, databasePasswordFile, databasePasswordWhere: databasePasswordFile === undefined ? undefined : k.where("database_password_file"),
     path: file, listen, publicUrl, stateDir, tlsCert, tlsKey, map,
     mapType: mapType as MapType | undefined, ttl, postmap: absolute("postmap"), trustedProxies,

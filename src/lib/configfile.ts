@@ -130,6 +130,13 @@ export class Keys {
     return v;
   }
 
+  bool(key: string): boolean | undefined {
+    const v = this.data[key];
+    if (v === undefined) return undefined;
+    if (typeof v !== "boolean") throw this.error(key, "must be true or false");
+    return v;
+  }
+
   list(key: string): string[] {
     const v = this.data[key];
     if (v === undefined) return [];
@@ -138,14 +145,18 @@ export class Keys {
   }
 }
 
+/** Parses a URL setting; `example` is what the error suggests instead. */
+export function parseUrlSetting(value: string, where: string, example: string): URL {
+  try {
+    return new URL(value);
+  } catch {
+    throw usageError(`${where}: "${value}" is not a URL`, `use e.g. ${example}`);
+  }
+}
+
 /** Checks that a URL is an https:// URL with a host, as clients and enrollment lines need. */
 export function validateHttpsUrl(value: string, where: string): string {
-  let url: URL;
-  try {
-    url = new URL(value);
-  } catch {
-    throw usageError(`${where}: "${value}" is not a URL`, "use e.g. https://mail.example.org:8443");
-  }
+  const url = parseUrlSetting(value, where, "https://mail.example.org:8443");
   if (url.protocol !== "https:" || !url.hostname) throw usageError(`${where}: "${value}" must be an https:// URL`);
   return url.origin;
 }

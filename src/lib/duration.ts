@@ -44,6 +44,18 @@ export const DURATION_LIMITS = {
     max: HOUR,
     why: "a healthy host refreshes its view of the shared database every 5 s, so 5 s or less would mark it stale between two refreshes; beyond an hour a host cut off from the database keeps relaying for revoked leases that long",
   },
+  overdue_check: {
+    setting: "`overdue_check` in server.toml",
+    min: 1,
+    max: HOUR,
+    why: "each check reads the clients that may have changed state; an hour is as late as a silent client is worth hearing about",
+  },
+  expect: {
+    setting: "`--expect` of `server add` and `server edit`",
+    min: 1,
+    max: 400 * DAY,
+    why: "a client is late after two intervals; the longest ttl bounds any sensible renewal interval",
+  },
   interval: {
     setting: "`--interval` of `client --watch`",
     min: 1,

@@ -45,6 +45,12 @@ export const SERVER_KEYS: readonly ConfigKey[] = [
   { key: "database", default: null, defaultNote: "SQLite in state_dir", doc: "Shared PostgreSQL state for several relay hosts: a postgres:// URL (unix socket: ?host=/var/run/postgresql; TLS: ?sslmode=verify-full; connections: ?pool_size=10). Several hosts as libpq writes them (`h1,h2:5433`, `?host=/a,/b&port=5432`, `target_session_attrs=read-write`) or a list of one-host URLs: the first read-write host is used, and found again after a failover (several-relays.md, Failover).", example: '"postgres://relayctl@localhost/relayctl?host=/var/run/postgresql"' },
   { key: "database_password_file", default: null, doc: "File (mode 0600, refused otherwise) holding the database password, when the URL has none.", example: '"/etc/relayctl/db-password"' },
   { key: "stale_after", default: '"30s"', doc: `With database: once this host's view of the shared database is older than this (${bounds("stale_after")}), it answers the MTA as if no lease were live and reports degraded, until it reads the database again (several-relays.md, When a host loses the database).` },
+  { key: "overdue_check", default: '"30s"', doc: `How often the server looks for clients that stopped renewing (late, silent) or came back (${bounds("overdue_check")}); see docs/operations.md.` },
+  { key: "alert_command", default: null, doc: "Program run once per change of a client's overdue state, as an argv list (no shell): the event as JSON on stdin and RELAYCTL_EVENT, RELAYCTL_CLIENT, RELAYCTL_STATE, ... in its environment; killed after 10s.", example: '["/usr/local/bin/page-oncall"]' },
+  { key: "alert_webhook", default: null, doc: "URL that gets each overdue event as a JSON POST (https, or http to loopback only); 5s timeout, 3 tries, in the background.", example: '"https://alerts.example.org/hooks/relayctl"' },
+  { key: "alert_webhook_ca", default: null, doc: "CA certificate (PEM) to trust for alert_webhook instead of the system's.", example: '"/etc/relayctl/webhook-ca.pem"' },
+  { key: "alert_mail", default: null, doc: "Address (or list) mailed each overdue event through the local sendmail (postconf -h sendmail_path).", example: '["postmaster@example.org"]' },
+  { key: "client_metrics", default: "true", doc: "Per-client series on /metrics (relayctl_client_overdue, relayctl_client_last_renewal_timestamp_seconds): two per client; set false above about 100k clients." },
   { key: "audit_retention", default: '"90d"', doc: `How long the audit log (relayctl server log) keeps entries (${bounds("audit_retention")}).` },
 ];
 

@@ -14,11 +14,12 @@ import { statusPath, type ServerStatus } from "./runtime/status.ts";
 import { lookupTypeOf, type InstalledView, type LookupName } from "./lookups/index.ts";
 import type { AuditRow, ClientRow, LeaseRow } from "./state.ts";
 import { systemClock } from "../lib/clock.ts";
-import type { Store, StoreTx } from "./stores/index.ts";
+import { storeClock, type Store, type StoreTx } from "./stores/index.ts";
 import { openStore, storeKindOf } from "./stores/open.ts";
 import { newToken } from "./tokens.ts";
 import type { LeaseView } from "../lib/wire.ts";
 import { allowListFromFlags, allowText, NO_ALLOW } from "./allow.ts";
+import { expectedMs, judge, type OverdueState } from "./overdue.ts";
 
 /** A client with its leases, as `server list` shows it. */
 export interface ClientView {
@@ -28,6 +29,14 @@ export interface ClientView {
   created_at: string;
   /** `renewals`: plain renewals since the lease was granted (kept on the lease, not in the audit log). */
   leases: (LeaseView & { renewals: number })[];
+  /** The renewal interval it is judged by, in seconds: set with --expect, or learned from its renewals; null while unknown. */
+  expect: number | null;
+  expect_learned: boolean;
+  /** Its last renewal and the address it held, kept after the lease expired; null when never seen. */
+  last_seen: string | null;
+  last_address: string | null;
+  /** ok, late (missed two intervals) or silent (no live lease), as of now. */
+  state: OverdueState;
 }
 
 /** Opens the store (SQLite or the shared database), runs fn, closes it: admin commands never keep state open. */
@@ -102,9 +111,10 @@ export interface Added {
 }
 
 /** Creates a client and returns the enrollment line to paste on the client host; `dyndns` defaults the ttl to DYNDNS_TTL. */
-export async function addClient(opts: { configPath?: string; name: string; ttl?: number; allow?: string[]; ipv6Prefix?: number; dyndns?: boolean }): Promise<Added> {
+export async function addClient(opts: { configPath?: string; name: string; ttl?: number; allow?: string[]; ipv6Prefix?: number; dyndns?: boolean; expect?: number }): Promise<Added> {
   const config = loadServerConfig(opts.configPath);
   const name = validateName(opts.name);
+  if (opts.expect !== undefined) checkDuration(opts.expect, "expect", "--expect");
   const allow = allowListFromFlags(opts.allow ?? []);
   if (opts.ttl !== undefined) checkDuration(opts.ttl, "ttl", "--ttl");
   const ttl = opts.ttl ?? (opts.dyndns ? DYNDNS_TTL : null);
@@ -119,7 +129,8 @@ export async function addClient(opts: { configPath?: string; name: string; ttl?:
       }
       const now = Date.now();
       await x.insertClient({ name, token_id: t.tokenId, token_hash: t.hash, ttl, allow, created_at: now, ipv6_prefix: ipv6Prefix });
-      const detail = [allow.nets.length ? `allow ${allowText(allow)}` : "", ipv6Prefix !== null ? `ipv6-prefix /${ipv6Prefix}` : "", opts.dyndns ? "dyndns" : ""].filter(Boolean).join(", ");
+      if (opts.expect !== undefined) await x.setExpect(name, opts.expect);
+      const detail = [allow.nets.length ? `allow ${allowText(allow)}` : "", ipv6Prefix !== null ? `ipv6-prefix /${ipv6Prefix}` : "", opts.dyndns ? "dyndns" : "", opts.expect !== undefined ? `expect ${formatDuration(opts.expect)}` : ""].filter(Boolean).join(", ");
       await x.audit({ ts: now, event: "add", client: name, ip: null, source: null, detail: detail || null });
     }),
   );
@@ -152,13 +163,26 @@ export async function listClients(opts: { configPath?: string }): Promise<Client
     const leases = new Map<string, LeaseRow[]>();
     for (const l of await store.allLeases()) leases.set(l.client, [...(leases.get(l.client) ?? []), l]);
     const iso = (ms: number): string => new Date(ms).toISOString();
-    return (await store.listClients()).map((c) => ({
+    // The same rules the server's overdue check applies, at this moment.
+    const now = storeClock(systemClock, store).now();
+    const watched = new Map((await store.watched(true, now)).map((w) => [w.name, w]));
+    return (await store.listClients()).map((c) => {
+      const w = watched.get(c.name);
+      const j = w ? judge(w, now) : { state: "ok" as const, last_seen: null, last_ip: null };
+      const e = w ? expectedMs(w) : null;
+      return {
       name: c.name,
       ttl: c.ttl ?? config.ttl,
       allow: c.allow.broken ? [allowText(c.allow)] : c.allow.nets.map((n) => n.text),
       created_at: iso(c.created_at),
       leases: (leases.get(c.name) ?? []).map((l) => ({ ip: l.ip, family: l.family, renewed_at: iso(l.renewed_at), expires_at: iso(l.expires_at), renewals: l.renewals })),
-    }));
+        expect: e && Math.round(e.ms / 1000),
+        expect_learned: e?.learned ?? false,
+        last_seen: j.last_seen === null ? null : iso(j.last_seen),
+        last_address: j.last_ip,
+        state: j.state,
+      };
+    });
   });
 }
 
@@ -215,13 +239,18 @@ function refusedBy(client: ClientRow, ip: string, ipv6Prefix: number): string | 
  * new settings. An empty allow list admits only the address the client
  * connects from, which only a renewal can tell, so clearing keeps leases.
  */
-export async function editClient(opts: { configPath?: string; name: string; ttl?: number; allow?: string[]; clearAllow?: boolean; ipv6Prefix?: number }): Promise<EditResult> {
+export async function editClient(opts: { configPath?: string; name: string; ttl?: number; allow?: string[]; clearAllow?: boolean; ipv6Prefix?: number; expect?: number; clearExpect?: boolean }): Promise<EditResult> {
   const config = loadServerConfig(opts.configPath);
   const name = validateName(opts.name);
   if (opts.ttl !== undefined) checkDuration(opts.ttl, "ttl", "--ttl");
+  if (opts.expect !== undefined) checkDuration(opts.expect, "expect", "--expect");
+  if (opts.expect !== undefined && opts.clearExpect) throw usageError("--expect and --clear-expect do not go together", "--expect sets the interval; --clear-expect goes back to learning it from renewals");
   const given = opts.allow ?? [];
   if (opts.clearAllow && given.length) throw usageError("--allow and --clear-allow do not go together", "--allow replaces the whole list; --clear-allow empties it");
-  if (opts.ttl === undefined && !given.length && !opts.clearAllow && opts.ipv6Prefix === undefined) throw usageError("nothing to change", "give --ttl D, --allow CIDR (repeatable), --clear-allow or --ipv6-prefix N");
+  const expect = opts.clearExpect ? null : opts.expect;
+  if (opts.ttl === undefined && !given.length && !opts.clearAllow && opts.ipv6Prefix === undefined && expect === undefined) {
+    throw usageError("nothing to change", "give --ttl D, --allow CIDR (repeatable), --clear-allow, --ipv6-prefix N, --expect D or --clear-expect");
+  }
   const ipv6Prefix = opts.ipv6Prefix === undefined ? undefined : checkIpv6Prefix(config, opts.ipv6Prefix);
   const allow = opts.clearAllow ? NO_ALLOW : given.length ? allowListFromFlags(given) : undefined;
   const { result, mapUpdatedBy } = await changeState(config, (store) =>
@@ -237,6 +266,12 @@ export async function editClient(opts: { configPath?: string; name: string; ttl?
       if (after.ipv6_prefix !== before.ipv6_prefix) changes.push(`ipv6-prefix ${shownPrefix(before.ipv6_prefix)} -> ${shownPrefix(after.ipv6_prefix)}`);
       const dropped: EditResult["dropped"] = [];
       const shortened: EditResult["shortened"] = [];
+      const shownExpect = (e: number | null | undefined) => (e == null ? "learned" : formatDuration(e));
+      // The interval changes nothing a lease is admitted by: set on its own, no lease is looked at.
+      if (expect !== undefined && expect !== (before.expect ?? null)) {
+        await t.setExpect(name, expect);
+        changes.push(`expect ${shownExpect(before.expect)} -> ${shownExpect(expect)}`);
+      }
       if (!changes.length) return { changes, dropped, shortened };
       await t.updateClient(name, after.ttl, after.allow, after.ipv6_prefix);
       // The store's clock, as renewals use: PostgreSQL's now(), not this admin host's clock.

@@ -5,6 +5,7 @@ import { certFor, openCore, openLookup, type Core } from "./core.ts";
 import { routes, type Route } from "./doors/routes.ts";
 import { monotonicWallClock, type Clock } from "../lib/clock.ts";
 import type { Lookup } from "./lookups/index.ts";
+import { Alerter, type AlertDeps } from "./alerts.ts";
 import { Metrics } from "./metrics.ts";
 import { RefusalLog } from "./refusals.ts";
 import { Follower } from "./runtime/follower.ts";
@@ -15,6 +16,7 @@ import { Publisher } from "./runtime/publisher.ts";
 import { planReload } from "./runtime/reload.ts";
 import type { ServerStatus } from "./runtime/status.ts";
 import { realTimers, type Timers } from "./runtime/timers.ts";
+import { Watchdog } from "./runtime/watchdog.ts";
 import { LeaseService } from "./service.ts";
 import type { Store } from "./stores/index.ts";
 import { STORES } from "./stores/open.ts";
@@ -34,6 +36,8 @@ export interface Parts {
   renewals?: RenewalLimiter;
   /** Refusal rows written per reason and minute. */
   refusalsPerMinute?: number;
+  /** How alerts are delivered (command runner, fetch, sendmail). */
+  alertDeps?: Partial<AlertDeps>;
 }
 
 /** The server as named parts: what the skeleton starts, reloads and stops. */
@@ -49,6 +53,9 @@ export interface Skeleton {
   follower: Follower;
   freshness: Freshness;
   housekeeping: Housekeeping;
+  /** The overdue check and the alerts it sends. */
+  watchdog: Watchdog;
+  alerter: Alerter;
   /** The HTTPS listener, once started. */
   readonly listener: Listener | undefined;
   /** Publishes from state, follows the store, runs the chores, listens. */
@@ -92,6 +99,8 @@ class Assembled implements Skeleton {
   readonly follower: Follower;
   readonly freshness: Freshness;
   readonly housekeeping: Housekeeping;
+  readonly watchdog: Watchdog;
+  readonly alerter: Alerter;
   listener: Listener | undefined;
   private renewals: RenewalLimiter;
   private readonly startedAt = new Date().toISOString();
@@ -138,7 +147,9 @@ class Assembled implements Skeleton {
       },
     });
     this.refusals = new RefusalLog(store.refusalSink(), clock, parts.refusalsPerMinute);
-    const chores = serverChores({ store, lookup, refusals: this.refusals, config: () => core.config, checked: () => this.publisher.statusSoon() });
+    this.alerter = new Alerter(() => core.config.alerts, parts.alertDeps);
+    this.watchdog = new Watchdog({ store, clock, alerter: this.alerter, config: () => core.config, host: this.alerter.deps.host });
+    const chores = serverChores({ store, lookup, refusals: this.refusals, config: () => core.config, checked: () => this.publisher.statusSoon(), watchdog: this.watchdog });
     this.housekeeping = new Housekeeping(chores, timers);
     this.service = new LeaseService({
       store,
@@ -165,6 +176,7 @@ class Assembled implements Skeleton {
           degraded: this.degraded().length > 0,
           lookupEntries: lookup.status().entries,
           state: this.freshness.gauges(),
+          overdue: this.watchdog,
         }),
     });
   }

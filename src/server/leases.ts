@@ -133,6 +133,8 @@ export class LeaseBook {
       const now = t.now;
       const gone = await t.deleteExpired(now);
       for (const l of gone) await t.audit({ ts: now, event: "expire", client: l.client, ip: l.ip, source: null, detail: null });
+      // The lease row goes; its last renewal stays on the client for the overdue watch and server list.
+      await t.keepSeen(gone);
       return gone;
     });
     for (const l of gone) this.index.remove(l.client, l.family);

@@ -1,3 +1,8 @@
+import type { ClientSeen } from "./runtime/watchdog.ts";
+
+/** The value of relayctl_client_overdue per state. */
+const OVERDUE_VALUE = { ok: 0, late: 1, silent: 2 } as const;
+
 /** Upper bounds (seconds) of the map rebuild duration histogram. */
 const REBUILD_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
@@ -31,7 +36,7 @@ export class Metrics {
   }
 
   /** Renders every metric; gauges come from the caller since they live in state. */
-  render(gauges: { leases: number; clients: number; degraded: boolean; lookupEntries: number; state?: { stale: boolean; ageSeconds: number } }): string {
+  render(gauges: { leases: number; clients: number; degraded: boolean; lookupEntries: number; state?: { stale: boolean; ageSeconds: number }; overdue?: { counts: Record<"late" | "silent", number>; perClient: ClientSeen[] | null } }): string {
     const out: string[] = [];
     const metric = (name: string, type: string, help: string, lines: string[]): void => {
       out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`, ...lines);
@@ -57,6 +62,19 @@ export class Metrics {
       `relayctl_map_rebuild_duration_seconds_sum ${this.rebuildSum.toFixed(6)}`,
       `relayctl_map_rebuild_duration_seconds_count ${this.rebuildCount}`,
     ]);
+    const o = gauges.overdue;
+    if (o) {
+      metric("relayctl_clients_overdue", "gauge", "Clients late (missed two renewal intervals) or silent (lease expired) at the last overdue check.", [
+        `relayctl_clients_overdue{state="late"} ${o.counts.late}`,
+        `relayctl_clients_overdue{state="silent"} ${o.counts.silent}`,
+      ]);
+    }
+    // One series per client and metric: client_metrics = false turns them off for very large sites.
+    if (o?.perClient) {
+      metric("relayctl_client_overdue", "gauge", "Per client: 0 ok, 1 late, 2 silent (client_metrics).", o.perClient.map((c) => `relayctl_client_overdue{client="${c.name}"} ${OVERDUE_VALUE[c.state]}`));
+      const seen = o.perClient.filter((c) => c.last_seen !== null);
+      metric("relayctl_client_last_renewal_timestamp_seconds", "gauge", "Per client: Unix time of its last renewal (client_metrics).", seen.map((c) => `relayctl_client_last_renewal_timestamp_seconds{client="${c.name}"} ${(c.last_seen! / 1000).toFixed(3)}`));
+    }
     return out.join("\n") + "\n";
   }
 }

@@ -35,9 +35,9 @@ export function requirePostfixTool(name: string, configured?: string, pkg = "Pos
   throw usageError(`${name} not found in PATH, /usr/sbin or /usr/local/sbin`, `install ${pkg} or set ${name} = "/path/to/${name}" in server.toml`);
 }
 
-/** Runs a tool with an argv array (never a shell) and a hard timeout. */
-export async function runTool(argv: string[], timeoutMs: number): Promise<{ code: number; stdout: string; stderr: string; timedOut: boolean }> {
-  const proc = Bun.spawn(argv, { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+/** Runs a tool with an argv array (never a shell) and a hard timeout; `input` goes to its stdin, `env` replaces the environment. */
+export async function runTool(argv: string[], timeoutMs: number, opts: { input?: string; env?: Record<string, string> } = {}): Promise<{ code: number; stdout: string; stderr: string; timedOut: boolean }> {
+  const proc = Bun.spawn(argv, { stdin: opts.input === undefined ? "ignore" : Buffer.from(opts.input), stdout: "pipe", stderr: "pipe", env: opts.env });
   let timer: ReturnType<typeof setTimeout> | undefined;
   const deadline = new Promise<"timeout">((resolve) => {
     timer = setTimeout(() => resolve("timeout"), timeoutMs);

@@ -4,6 +4,7 @@ import { ensureOwnedFile, ownerFor, refuseLink } from "../lib/fsutil.ts";
 import { join } from "node:path";
 import { RelayError, ExitCode } from "../lib/errors.ts";
 import { parseAllowList, type AllowList } from "./allow.ts";
+import { foldWatched, LATE_AFTER_INTERVALS, MIN_LEARNED_MS, type OverdueState, type Watched } from "./overdue.ts";
 
 /** A client as stored: the token only as a hash. */
 export interface ClientRow {
@@ -15,6 +16,8 @@ export interface ClientRow {
   created_at: number;
   /** IPv6 prefix length of this client's leases; null = the server's ipv6_prefix. */
   ipv6_prefix: number | null;
+  /** Expected renewal interval in seconds (--expect); null or absent = learned from renewals. */
+  expect?: number | null;
 }
 
 /** The parts of a client row a renewal's admission was decided by. */
@@ -93,6 +96,13 @@ const MIGRATIONS: string[] = [
   `ALTER TABLE leases ADD COLUMN renewals INTEGER NOT NULL DEFAULT 0;
    ALTER TABLE clients ADD COLUMN ipv6_prefix INTEGER;
    ALTER TABLE audit ADD COLUMN count INTEGER NOT NULL DEFAULT 1;`,
+  // 2: overdue watch: the expected interval (--expect), the state last alerted, and the
+  // last renewal and address kept for when the lease is pruned. Written at transitions
+  // and expiries only, never per renewal.
+  `ALTER TABLE clients ADD COLUMN expect INTEGER;
+   ALTER TABLE clients ADD COLUMN overdue_state TEXT NOT NULL DEFAULT 'ok';
+   ALTER TABLE clients ADD COLUMN last_seen INTEGER;
+   ALTER TABLE clients ADD COLUMN last_ip TEXT;`,
 ];
 
 /** The schema version this build writes; a newer database is refused rather than misread. */
@@ -272,6 +282,48 @@ export class StateStore {
   /** How many clients and leases there are, without loading the rows (metrics, status). */
   counts(): { clients: number; leases: number } {
     return this.db.query("SELECT (SELECT COUNT(*) FROM clients) AS clients, (SELECT COUNT(*) FROM leases) AS leases").get() as { clients: number; leases: number };
+  }
+
+  /** Sets a client's expected renewal interval in seconds (null: learn it). */
+  setExpect(name: string, expect: number | null): void {
+    this.db.query("UPDATE clients SET expect = ? WHERE name = ?").run(expect, name);
+  }
+
+  /**
+   * Records a change of overdue state, only if the row still holds `from`:
+   * of several processes deciding the same change, one sees true and alerts.
+   */
+  moveOverdue(name: string, from: OverdueState, to: OverdueState, lastSeen: number | null, lastIp: string | null): boolean {
+    return (
+      this.db.query("UPDATE clients SET overdue_state = ?, last_seen = COALESCE(?, last_seen), last_ip = COALESCE(?, last_ip) WHERE name = ? AND overdue_state = ?").run(to, lastSeen, lastIp, name, from)
+        .changes > 0
+    );
+  }
+
+  /** Keeps the last renewal and address of pruned leases on their clients' rows, so a silent client still shows them. */
+  keepSeen(gone: LeaseRow[]): void {
+    const q = this.db.query("UPDATE clients SET last_seen = ?1, last_ip = ?2 WHERE name = ?3 AND (last_seen IS NULL OR last_seen < ?1)");
+    for (const l of gone) q.run(l.renewed_at, l.ip, l.client);
+  }
+
+  /**
+   * Clients for the overdue rules with their leases: every client (`all`),
+   * or only those whose state could change at `now` (recorded not ok, no
+   * live lease though seen before, or a renewal older than two intervals),
+   * so a large site's check returns a handful of rows.
+   */
+  watched(all: boolean, now: number): Watched[] {
+    const rows = this.db
+      .query(
+        `SELECT c.name, c.expect, c.overdue_state, c.last_seen, c.last_ip, l.ip, l.granted_at, l.renewed_at, l.expires_at, l.renewals
+         FROM clients c LEFT JOIN leases l ON l.client = c.name
+         WHERE ?1 OR c.overdue_state <> 'ok'
+           OR (c.last_seen IS NOT NULL AND NOT EXISTS (SELECT 1 FROM leases x WHERE x.client = c.name AND x.expires_at > ?2))
+           OR EXISTS (SELECT 1 FROM leases x WHERE x.client = c.name AND x.renewed_at < ?2 - ?3 * COALESCE(c.expect * 1000, CASE WHEN x.renewals > 0 THEN MAX(?4, (x.renewed_at - x.granted_at) / x.renewals) END))
+         ORDER BY c.name`,
+      )
+      .all(all ? 1 : 0, now, LATE_AFTER_INTERVALS, MIN_LEARNED_MS) as Record<string, unknown>[];
+    return foldWatched(rows);
   }
 
   /** Deletes audit entries older than `before` (ms); returns how many went. */

@@ -141,7 +141,7 @@ describe("cli", () => {
     expect(clients).toHaveLength(1);
     expect(clients[0]).toMatchObject({ name: "office", ttl: 600, allow: ["192.0.2.0/24", "2001:db8::/32"], leases: [] });
     const table = await run("server", "list", "--config", cfg);
-    expect(table.stdout.split("\n")[0]).toMatch(/^NAME\s+ADDRESS\s+RENEWED\s+EXPIRES IN\s+TTL\s+ALLOW$/);
+    expect(table.stdout.split("\n")[0]).toMatch(/^NAME\s+ADDRESS\s+RENEWED\s+EXPIRES IN\s+TTL\s+ALLOW\s+STATE\s+LAST SEEN\s+LAST ADDRESS\s+EXPECT$/);
     expect(table.stdout).toContain("192.0.2.0/24,2001:db8::/32");
     // Without --verbose too: an admin command says what it did.
     const revoke = await run("server", "revoke", "office", "--config", cfg);

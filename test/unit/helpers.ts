@@ -21,6 +21,8 @@ import { StateStore } from "../../src/server/state.ts";
 import type { Store } from "../../src/server/stores/index.ts";
 import { SqliteStore } from "../../src/server/stores/sqlite.ts";
 import { AuthThrottle, type RenewalLimiter } from "../../src/server/throttle.ts";
+import type { Alerter, AlertDeps } from "../../src/server/alerts.ts";
+import type { Watchdog } from "../../src/server/runtime/watchdog.ts";
 
 const made: string[] = [];
 process.once("exit", () => removeTempDirs());
@@ -284,6 +286,9 @@ export interface TestService {
   dispatch: (req: Request, server: Server<unknown>) => Promise<Response>;
   /** Every part as assemble() wired them (follower, freshness, publisher), none started. */
   skeleton: Skeleton;
+  /** The overdue check and its alerter (delivery as opts.alertDeps gives it). */
+  watchdog: Watchdog;
+  alerter: Alerter;
 }
 
 /**
@@ -295,7 +300,7 @@ export interface TestService {
 export async function testService(
   dir: string,
   clock: FakeClock,
-  opts: { authThrottle?: AuthThrottle; renewals?: RenewalLimiter; ttl?: number; refusalsPerMinute?: number; store?: (sqlite: SqliteStore) => Store } = {},
+  opts: { authThrottle?: AuthThrottle; renewals?: RenewalLimiter; ttl?: number; refusalsPerMinute?: number; store?: (sqlite: SqliteStore) => Store; alertDeps?: Partial<AlertDeps> } = {},
 ): Promise<TestService> {
   const store = new StateStore(join(dir, "state"));
   const shared = new SqliteStore(store, clock);
@@ -324,6 +329,9 @@ export async function testService(
     eximHosts: join(dir, "exim", "hosts"),
     smtpdTable: join(dir, "smtpd", "clients"),
     ipv6Prefix: 128,
+    overdueCheck: 30,
+    alerts: { command: [], mail: [] },
+    clientMetrics: true,
   };
   const timers = new FakeTimers(clock);
   const s = await assemble(config, {
@@ -333,8 +341,9 @@ export async function testService(
     authThrottle: opts.authThrottle ?? new AuthThrottle(1_000_000),
     renewals: opts.renewals,
     refusalsPerMinute: opts.refusalsPerMinute,
+    alertDeps: opts.alertDeps,
   });
   const lookup = s.lookup as MapLookup;
   const { service, metrics, refusals } = s;
-  return { service, store, shared, leases: s.core.leases, writer: lookup.writer, lookup, pm, metrics, refusals, config: s.core.config, mapPath, timers, dispatch: dispatcher(s.routes), skeleton: s };
+  return { service, store, shared, leases: s.core.leases, writer: lookup.writer, lookup, pm, metrics, refusals, config: s.core.config, mapPath, timers, dispatch: dispatcher(s.routes), skeleton: s, watchdog: s.watchdog, alerter: s.alerter };
 }

@@ -3,10 +3,10 @@ import { formatDuration } from "../../lib/duration.ts";
 import { log } from "../../lib/logging.ts";
 import { addClient, type Added } from "../../server/admin.ts";
 import { common, repeatedFlag } from "../shared.ts";
-import { clientSettings, ipv6PrefixFlag } from "./flags.ts";
+import { clientSettings, expectFlag, ipv6PrefixFlag } from "./flags.ts";
 
 /** `server add`: prints the enrollment line on stdout, or with --dyndns what a router's form needs. */
-export async function runServerAdd(opts: { config?: string; name: string; ttl?: string; allow?: string[]; ipv6Prefix?: string; dyndns?: boolean }): Promise<string> {
+export async function runServerAdd(opts: { config?: string; name: string; ttl?: string; allow?: string[]; ipv6Prefix?: string; dyndns?: boolean; expect?: string }): Promise<string> {
   const added = await addClient({ ...clientSettings(opts), dyndns: opts.dyndns });
   return printAdded(opts.name, added, opts.dyndns);
 }
@@ -75,10 +75,11 @@ export const addCommand = defineCommand({
     ttl: { type: "string", description: "lease lifetime for this client (90s, 20m, 1h, at most 400d); default: server ttl" },
     allow: { type: "string", description: "CIDR the client may lease or name (repeatable)" },
     "ipv6-prefix": ipv6PrefixFlag,
+    expect: expectFlag,
     dyndns: { type: "boolean", description: "a router or NAS (dyndns2, /nic/update): print what its form needs instead of the enroll line; ttl defaults to 26h" },
   },
   run: ({ args, rawArgs }) => {
     const allow = repeatedFlag(rawArgs, "allow");
-    return runServerAdd({ config: args.config, name: args.name, ttl: args.ttl, allow, ipv6Prefix: args["ipv6-prefix"], dyndns: args.dyndns }).then(() => undefined);
+    return runServerAdd({ config: args.config, name: args.name, ttl: args.ttl, allow, ipv6Prefix: args["ipv6-prefix"], dyndns: args.dyndns, expect: args.expect }).then(() => undefined);
   },
 });

@@ -4,6 +4,7 @@ import type { Lookup } from "../lookups/index.ts";
 import type { RefusalLog } from "../refusals.ts";
 import type { Store } from "../stores/index.ts";
 import type { Timers } from "./timers.ts";
+import type { Watchdog } from "./watchdog.ts";
 
 /** One periodic job: what it is called, how often it runs, what it does. */
 export interface Chore {
@@ -31,8 +32,8 @@ export async function pruneAudit(store: Store, config: ServerConfig, now = Date.
   }
 }
 
-/** The server's interval table: pruning, flushing, checkpoint, lookup check. */
-export function serverChores(d: { store: Store; lookup: Lookup; refusals: RefusalLog; config(): ServerConfig; checked(): void }): Chore[] {
+/** The server's interval table: pruning, flushing, checkpoint, lookup check, overdue check. */
+export function serverChores(d: { store: Store; lookup: Lookup; refusals: RefusalLog; config(): ServerConfig; checked(): void; watchdog: Watchdog }): Chore[] {
   return [
     { name: "audit prune", everyMs: AUDIT_PRUNE_MS, run: () => pruneAudit(d.store, d.config()) },
     { name: "refusal flush", everyMs: REFUSAL_FLUSH_MS, run: () => d.refusals.flush() },
@@ -48,6 +49,8 @@ export function serverChores(d: { store: Store; lookup: Lookup; refusals: Refusa
       },
     },
     { name: "lookup check", everyMs: LOOKUP_CHECK_MS, run: () => d.lookup.check().then(d.checked, d.checked) },
+    // overdue_check may change on reload: read at each scheduling.
+    { name: "overdue check", get everyMs() { return d.config().overdueCheck * 1000; }, run: () => d.watchdog.check().then(() => undefined) },
   ];
 }
 

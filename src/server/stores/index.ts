@@ -1,5 +1,6 @@
 import type { Clock } from "../../lib/clock.ts";
 import type { AllowList } from "../allow.ts";
+import type { OverdueState, Watched } from "../overdue.ts";
 import type { AuditRow, Checked, ClientRow, LeaseRow } from "../state.ts";
 
 export type { AuditRow, Checked, ClientRow, LeaseRow };
@@ -42,6 +43,12 @@ export interface StoreTx {
   /** Deletes leases due at `now`; a row deleted by another host first is not returned again. */
   deleteExpired(now: number): Promise<LeaseRow[]>;
   audit(e: AuditEntry): Promise<void>;
+  /** Sets a client's expected renewal interval in seconds (null: learn it from renewals). */
+  setExpect(name: string, expect: number | null): Promise<void>;
+  /** Records a change of overdue state only if the row still holds `from` (one host of several wins and alerts); true when this call changed it. */
+  moveOverdue(name: string, from: OverdueState, to: OverdueState, lastSeen: number | null, lastIp: string | null): Promise<boolean>;
+  /** Keeps the last renewal and address of pruned leases on their clients' rows. */
+  keepSeen(gone: LeaseRow[]): Promise<void>;
 }
 
 /**
@@ -63,6 +70,8 @@ export interface Store {
   leasesOfClients(names: string[]): Promise<LeaseRow[]>;
   auditLog(filter?: { client?: string; since?: number; limit?: number }): Promise<AuditRow[]>;
   counts(): Promise<{ clients: number; leases: number }>;
+  /** Clients for the overdue rules: all of them, or only those whose state could change at `now` (ms, the store's clock). */
+  watched(all: boolean, now: number): Promise<Watched[]>;
   /** Deletes audit entries older than `before` (ms); returns how many went. */
   pruneAudit(before: number): Promise<number>;
   /** Where refusal rows go: synchronous ids, written in order behind the scenes where the store is remote. */

@@ -8,6 +8,7 @@ import { log } from "../../lib/logging.ts";
 import type { Clock } from "../../lib/clock.ts";
 import { parseAllowList } from "../allow.ts";
 import type { AuditRow, ClientRow, LeaseRow } from "../state.ts";
+import { foldWatched, LATE_AFTER_INTERVALS, MIN_LEARNED_MS, type Watched } from "../overdue.ts";
 import { StoreUnavailable, type AuditEntry, type Store, type StoreTx } from "./index.ts";
 
 /**
@@ -148,12 +149,24 @@ export const PG_TABLES = `
    );
    CREATE INDEX audit_ts ON ${SCHEMA}.audit (ts);`;
 
+/**
+ * Overdue watch (version 4): the expected interval (--expect), the state last
+ * alerted, the last renewal and address kept for when the lease is pruned.
+ * Written at transitions and expiries, never per renewal; not indexed.
+ */
+const OVERDUE_COLUMNS = `
+   ALTER TABLE ${SCHEMA}.clients ADD COLUMN IF NOT EXISTS expect integer,
+     ADD COLUMN IF NOT EXISTS overdue_state text NOT NULL DEFAULT 'ok',
+     ADD COLUMN IF NOT EXISTS last_seen timestamptz,
+     ADD COLUMN IF NOT EXISTS last_ip text;`;
+
 /** A new database: every object in its own schema, at the current version. */
 const CREATE = `
    CREATE SCHEMA IF NOT EXISTS ${SCHEMA};
    CREATE TABLE ${SCHEMA}.relayctl_schema (version integer NOT NULL);
    ${PG_TABLES}
-   ${ROUTINES}`;
+   ${ROUTINES}
+   ${OVERDUE_COLUMNS}`;
 
 /** Quotes an identifier read from the catalog (the schema version 1 was created in). */
 const ident = (name: string): string => `"${name.replace(/"/g, '""')}"`;
@@ -200,10 +213,11 @@ const UPGRADES: Record<number, (legacy: string) => string> = {
    DROP INDEX IF EXISTS ${SCHEMA}.leases_expiry;
    ALTER TABLE ${SCHEMA}.leases SET (fillfactor = ${FILLFACTOR});
    ${TRIGGERS}`,
+  3: () => OVERDUE_COLUMNS,
 };
 
 /** The schema version this build writes; a newer database is refused rather than misread. */
-export const PG_SCHEMA_VERSION = 3;
+export const PG_SCHEMA_VERSION = 4;
 
 /** Connection settings taken apart from `database`, so the password never travels in a URL we log. */
 export interface PgTarget {
@@ -292,7 +306,7 @@ export function unreachable(err: unknown): boolean {
 const IP_SQL = `CASE WHEN masklen(net) = CASE family(net) WHEN 4 THEN 32 ELSE 128 END THEN host(net) ELSE text(net) END`;
 const MS = (col: string): string => `(extract(epoch FROM ${col}) * 1000)::float8`;
 const LEASE_COLS = `client, family::int AS family, ${IP_SQL} AS ip, ${MS("granted_at")} AS granted_at, ${MS("renewed_at")} AS renewed_at, ${MS("expires_at")} AS expires_at, renewals`;
-const CLIENT_COLS = `name, token_id, token_hash, ttl, allow, ${MS("created_at")} AS created_at, ipv6_prefix`;
+const CLIENT_COLS = `name, token_id, token_hash, ttl, allow, ${MS("created_at")} AS created_at, ipv6_prefix, expect`;
 const AUDIT_COLS = `id::float8 AS id, ${MS("ts")} AS ts, event, client, ip, source, detail, count`;
 
 type Row = Record<string, unknown>;
@@ -321,6 +335,7 @@ function clientRow(r: Row): ClientRow {
     allow: parseAllowList(String(r.allow)),
     created_at: Math.round(Number(r.created_at)),
     ipv6_prefix: r.ipv6_prefix === null ? null : Number(r.ipv6_prefix),
+    expect: r.expect === null || r.expect === undefined ? null : Number(r.expect),
   };
 }
 
@@ -374,6 +389,22 @@ function statements(q: SQL, now: number): StoreTx {
       void (await all(`INSERT INTO ${SCHEMA}.audit (ts, event, client, ip, source, detail, count) VALUES (to_timestamp($1::float8 / 1000), $2, $3, $4, $5, $6, $7)`, [
         e.ts, e.event, e.client, e.ip, e.source, e.detail, e.count ?? 1,
       ])),
+    setExpect: async (name, expect) => void (await all(`UPDATE ${SCHEMA}.clients SET expect = $1 WHERE name = $2`, [expect, name])),
+    moveOverdue: async (name, from, to, seen, ip) =>
+      (
+        await all(
+          `UPDATE ${SCHEMA}.clients SET overdue_state = $1, last_seen = COALESCE(to_timestamp($2::float8 / 1000), last_seen), last_ip = COALESCE($3, last_ip)
+           WHERE name = $4 AND overdue_state = $5 RETURNING name`,
+          [to, seen, ip, name, from],
+        )
+      ).length > 0,
+    keepSeen: async (gone) => {
+      for (const l of gone) {
+        await all(`UPDATE ${SCHEMA}.clients SET last_seen = to_timestamp($1::float8 / 1000), last_ip = $2 WHERE name = $3 AND (last_seen IS NULL OR last_seen < to_timestamp($1::float8 / 1000))`, [
+          l.renewed_at, l.ip, l.client,
+        ]);
+      }
+    },
   };
 }
 
@@ -691,6 +722,21 @@ export class PgStore implements Store {
   async counts(): Promise<{ clients: number; leases: number }> {
     const [r] = await this.rows(`SELECT (SELECT count(*) FROM ${SCHEMA}.clients)::int AS clients, (SELECT count(*) FROM ${SCHEMA}.leases)::int AS leases`);
     return { clients: Number(r!.clients), leases: Number(r!.leases) };
+  }
+  /** See Store.watched; the same filter as SQLite's (state.ts), in PostgreSQL's time types. */
+  async watched(all: boolean, now: number): Promise<Watched[]> {
+    const rows = await this.rows(
+      `SELECT c.name, c.expect, c.overdue_state, ${MS("c.last_seen")} AS last_seen, c.last_ip, ${IP_SQL.replace(/net/g, "l.net")} AS ip,
+              ${MS("l.granted_at")} AS granted_at, ${MS("l.renewed_at")} AS renewed_at, ${MS("l.expires_at")} AS expires_at, l.renewals
+       FROM ${SCHEMA}.clients c LEFT JOIN ${SCHEMA}.leases l ON l.client = c.name
+       WHERE $1::boolean OR c.overdue_state <> 'ok'
+         OR (c.last_seen IS NOT NULL AND NOT EXISTS (SELECT 1 FROM ${SCHEMA}.leases x WHERE x.client = c.name AND x.expires_at > to_timestamp($2::float8 / 1000)))
+         OR EXISTS (SELECT 1 FROM ${SCHEMA}.leases x WHERE x.client = c.name AND x.renewed_at < to_timestamp($2::float8 / 1000) - $3::int * COALESCE(c.expect * interval '1 second',
+              CASE WHEN x.renewals > 0 THEN greatest($4::int * interval '1 millisecond', (x.renewed_at - x.granted_at) / x.renewals) END))
+       ORDER BY c.name`,
+      [all, now, LATE_AFTER_INTERVALS, MIN_LEARNED_MS],
+    );
+    return foldWatched(rows);
   }
   async pruneAudit(before: number): Promise<number> {
     return (await this.rows(`DELETE FROM ${SCHEMA}.audit WHERE ts < to_timestamp($1::float8 / 1000) RETURNING 1`, [before])).length;

@@ -1,5 +1,6 @@
 import type { Clock } from "../../lib/clock.ts";
 import { StateStore, type ClientRow, type LeaseRow } from "../state.ts";
+import type { Watched } from "../overdue.ts";
 import type { AuditEntry, Store, StoreTx } from "./index.ts";
 
 /** How often a server looks for commits by other processes (admin commands). */
@@ -120,6 +121,9 @@ export class SqliteStore implements Store {
       deleteLeasesOf: async (client, family) => s.deleteLeasesOf(client, family),
       deleteExpired: async (now) => s.deleteExpired(now),
       audit: async (e) => void s.audit(e),
+      setExpect: async (name, expect) => s.setExpect(name, expect),
+      moveOverdue: async (name, from, to, seen, ip) => s.moveOverdue(name, from, to, seen, ip),
+      keepSeen: async (gone) => s.keepSeen(gone),
     };
   }
 
@@ -143,6 +147,9 @@ export class SqliteStore implements Store {
   }
   async counts() {
     return this.state.counts();
+  }
+  async watched(all: boolean, now: number): Promise<Watched[]> {
+    return this.state.watched(all, now);
   }
   async pruneAudit(before: number): Promise<number> {
     return this.state.pruneAudit(before);

@@ -25,6 +25,8 @@ const LOADED: Record<string, (c: ReturnType<typeof loadServerConfig>) => unknown
   log_level: (c) => c.logLevel,
   audit_retention: (c) => c.auditRetention,
   stale_after: (c) => c.staleAfter,
+  overdue_check: (c) => c.overdueCheck,
+  client_metrics: (c) => c.clientMetrics,
 };
 
 describe("server config schema", () => {
@@ -36,7 +38,7 @@ describe("server config schema", () => {
     expect(withDefaults.map((k) => k.key).sort()).toEqual(Object.keys(LOADED).sort());
     for (const k of withDefaults) {
       const parsed = (Bun.TOML.parse(`v = ${k.default}`) as { v: unknown }).v;
-      const durations = ["ttl", "postmap_timeout", "audit_retention", "stale_after"];
+      const durations = ["ttl", "postmap_timeout", "audit_retention", "stale_after", "overdue_check"];
       const expected = durations.includes(k.key) ? parseDuration(parsed as string, k.key as never) : parsed;
       expect({ key: k.key, value: LOADED[k.key]!(config) }).toEqual({ key: k.key, value: expected });
     }
@@ -48,7 +50,7 @@ describe("server config schema", () => {
       const path = join(dir, `${k.key}.toml`);
       const value = k.default ?? k.example!;
       // tls_cert and tls_key go together; the example paths need not exist to load.
-      const extra = k.key === "tls_cert" ? 'tls_key = "/k.pem"\n' : k.key === "tls_key" ? 'tls_cert = "/c.pem"\n' : k.key === "database_password_file" ? 'database = "postgres://x@h/db"\n' : "";
+      const extra = k.key === "tls_cert" ? 'tls_key = "/k.pem"\n' : k.key === "tls_key" ? 'tls_cert = "/c.pem"\n' : k.key === "database_password_file" ? 'database = "postgres://x@h/db"\n' : k.key === "alert_webhook_ca" ? 'alert_webhook = "https://h.example/x"\n' : "";
       writeFileSync(path, `${k.key} = ${value}\n${extra}`);
       expect(() => loadServerConfig(path)).not.toThrow();
     }

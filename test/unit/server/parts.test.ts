@@ -19,6 +19,7 @@ import { statusPath, type ServerStatus } from "../../../src/server/runtime/statu
 import { StateStore, type ClientRow } from "../../../src/server/state.ts";
 import { SqliteStore } from "../../../src/server/stores/sqlite.ts";
 import { NO_ALLOW } from "../../../src/server/allow.ts";
+import type { Watchdog } from "../../../src/server/runtime/watchdog.ts";
 import { FakeClock, FakeTimers, removeTempDirs, settle, silenceLogger, tempDir } from "../helpers.ts";
 
 beforeAll(silenceLogger);
@@ -172,22 +173,23 @@ describe("Housekeeping", () => {
     expect(runs.length).toBe(7);
   });
 
-  test("the server's table: prune hourly, flush refusals, checkpoint, check the lookup and then update status", async () => {
+  test("the server's table: prune hourly, flush refusals, checkpoint, check the lookup and then update status, check for overdue clients", async () => {
     const timers = new FakeTimers(new FakeClock());
-    const n = { pruned: 0, flushed: 0, maintained: 0, checked: 0 };
+    const n = { pruned: 0, flushed: 0, maintained: 0, checked: 0, overdue: 0 };
     const store = { maintain: () => void n.maintained++, pruneAudit: async () => (n.pruned++, 0) } as unknown as Store;
     const refusals = { flush: () => void n.flushed++ } as unknown as RefusalLog;
-    const chores = serverChores({ store, lookup: new CountingLookup(), refusals, config: () => ({ auditRetention: 86400 }) as ServerConfig, checked: () => void n.checked++ });
+    const chores = serverChores({ store, lookup: new CountingLookup(), refusals, config: () => ({ auditRetention: 86400, overdueCheck: 4 }) as ServerConfig, checked: () => void n.checked++, watchdog: { check: async () => (n.overdue++, []) } as unknown as Watchdog });
     expect(chores.map((c) => [c.name, c.everyMs])).toEqual([
       ["audit prune", AUDIT_PRUNE_MS],
       ["refusal flush", REFUSAL_FLUSH_MS],
       ["checkpoint", CHECKPOINT_MS],
       ["lookup check", LOOKUP_CHECK_MS],
+      ["overdue check", 4_000],
     ]);
     const h = new Housekeeping(chores, timers);
     h.start();
     await timers.advance(10_000);
-    expect(n).toEqual({ pruned: 0, flushed: 2, maintained: 1, checked: 5 });
+    expect(n).toEqual({ pruned: 0, flushed: 2, maintained: 1, checked: 5, overdue: 2 });
     h.stop();
   });
 });

@@ -18,6 +18,9 @@ import { StateStore } from "../../../src/server/state.ts";
 import { SqliteStore } from "../../../src/server/stores/sqlite.ts";
 import { EXACT_REGEXP, migrateToPostgres, PGSQL_QUERY, postfixPgsqlFile } from "../../../src/server/stores/tools.ts";
 import { NO_ALLOW, parseAllowList } from "../../../src/server/allow.ts";
+import type { ServerConfig } from "../../../src/lib/config.ts";
+import { Alerter } from "../../../src/server/alerts.ts";
+import { Watchdog } from "../../../src/server/runtime/watchdog.ts";
 
 const HAVE_PG = postgresBinDir() !== undefined;
 let pg: PgCluster;
@@ -60,6 +63,33 @@ describe("pgTarget and the password file", () => {
 });
 
 describe.skipIf(!HAVE_PG)("PgStore on a real PostgreSQL", () => {
+  test("overdue: of two relay hosts, one records each change; a pruned lease leaves its last renewal on the client", async () => {
+    const [a, b] = [open(), open()];
+    const config = () => ({ clientMetrics: false, alerts: { command: [], mail: [] } }) as unknown as ServerConfig;
+    const dogs = [a, b].map((store, i) => new Watchdog({ store, clock: systemClock, alerter: new Alerter(() => config().alerts), config, host: `relay${i}` }));
+    const book = new LeaseBook(a, () => 600, systemClock);
+    try {
+      await a.tx(async (t) => {
+        await t.insertClient(client("quiet"));
+        await t.setExpect("quiet", 1);
+      });
+      await book.renew((await a.getClient("quiet"))!, parseCidr("198.51.100.9")!, "198.51.100.9");
+      expect((await a.watched(false, Date.now())).map((w) => w.name)).toEqual([]);
+      await Bun.sleep(2_100);
+      const runs = await Promise.all(dogs.map((d) => d.check()));
+      expect(runs.flat().map((e) => [e.event, e.client, e.last_address])).toEqual([["late", "quiet", "198.51.100.9"]]);
+      expect((await pg.psql("SELECT overdue_state FROM relayctl.clients WHERE name = 'quiet'")).trim()).toBe("late");
+      await pg.psql("UPDATE relayctl.leases SET expires_at = now() - interval '1 second' WHERE client = 'quiet'");
+      await book.expireDue();
+      expect((await pg.psql("SELECT last_ip FROM relayctl.clients WHERE name = 'quiet'")).trim()).toBe("198.51.100.9");
+      expect((await Promise.all(dogs.map((d) => d.check()))).flat().map((e) => e.event)).toEqual(["silent"]);
+      await book.renew((await a.getClient("quiet"))!, parseCidr("198.51.100.10")!, "198.51.100.10");
+      expect((await Promise.all(dogs.map((d) => d.check()))).flat().map((e) => [e.event, e.last_address])).toEqual([["back", "198.51.100.10"]]);
+    } finally {
+      await Promise.all([a.close(), b.close()]);
+    }
+  });
+
   test("two stores creating the schema at once agree on one version", async () => {
     const a = open();
     const b = open();
