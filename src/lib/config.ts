@@ -51,6 +51,51 @@ export interface ServerConfig {
   databasePasswordFile?: string;
   /** `file:line: database_password_file`, for errors raised when the file is read. */
   databasePasswordWhere?: string;
+  /** Files of the live leases for the rest of the mail stack (OpenDKIM, rspamd), kept in step like the lookup. */
+  exports: ExportSpec[];
+}
+
+/** The values of an export's `format`. */
+export const EXPORT_FORMATS = ["lines"] as const;
+
+/** One `export` table: a file of the live leases, one address or CIDR network a line. */
+export interface ExportSpec {
+  format: (typeof EXPORT_FORMATS)[number];
+  path: string;
+  /** Run (argv, no shell) after each rewrite, for a reader that loads the file only when told (OpenDKIM); none when it watches the file (rspamd). */
+  reload?: string[];
+  /** `file:line: export`, for messages. */
+  where: string;
+}
+
+const EXPORT_HINT = 'write e.g. export = [{ format = "lines", path = "/etc/opendkim/relayctl/hosts", reload = ["/usr/bin/systemctl", "reload", "opendkim"] }]';
+
+/**
+ * Checks the `export` tables: a known format, an absolute path that no
+ * other file relayctl keeps uses (two writers would fight over it), and an
+ * optional reload command as an argv list with an absolute program.
+ */
+export function parseExports(tables: Record<string, unknown>[], where: string, taken: Record<string, string>): ExportSpec[] {
+  const seen = new Map(Object.entries(taken).map(([key, path]) => [path, key]));
+  return tables.map((t, i) => {
+    const at = `${where}: entry ${i + 1}`;
+    const fail = (message: string): never => {
+      throw usageError(`${at}: ${message}`, EXPORT_HINT);
+    };
+    for (const key of Object.keys(t)) if (!["format", "path", "reload"].includes(key)) fail(`unknown key "${key}" (known: format, path, reload)`);
+    const format = t.format ?? "lines";
+    if (typeof format !== "string" || !(EXPORT_FORMATS as readonly string[]).includes(format)) fail(`format ${JSON.stringify(format)} is not one of ${EXPORT_FORMATS.join(", ")}`);
+    const path = t.path;
+    if (typeof path !== "string" || !path.startsWith("/") || path.endsWith("/")) fail("path must be the absolute path of a file");
+    const other = seen.get(path as string);
+    if (other) fail(`path ${path} is already used by ${other}`);
+    seen.set(path as string, `export entry ${i + 1}`);
+    const reload = t.reload;
+    if (reload !== undefined && (!Array.isArray(reload) || !reload.length || reload.some((a) => typeof a !== "string" || a === "") || !(reload[0] as string).startsWith("/"))) {
+      fail("reload must be a list of strings, the first an absolute program path (no shell)");
+    }
+    return { format: format as ExportSpec["format"], path: path as string, reload: reload as string[] | undefined, where: at };
+  });
 }
 
 /** The values of `lookup`: how the MTA learns of the leases (src/server/lookups/ has one row each). */
@@ -137,6 +182,10 @@ export function loadServerConfig(path?: string): ServerConfig {
   if (database !== undefined) checkDatabaseUrl(database, k.where("database"));
   const databasePasswordFile = absolute("database_password_file");
   if (databasePasswordFile !== undefined && database === undefined) throw k.error("database_password_file", "is only used with database", 'set database = "postgres://..." too, or remove it');
+  const policySocket = absolute("policy_socket") ?? "/var/spool/postfix/relayctl/policy";
+  const eximHosts = absolute("exim_hosts") ?? "/etc/exim4/relayctl/hosts";
+  const smtpdTable = absolute("smtpd_table") ?? "/etc/smtpd/relayctl/clients";
+  const exports = parseExports(k.tables("export"), k.where("export"), { map, exim_hosts: eximHosts, smtpd_table: smtpdTable, policy_socket: policySocket });
   return {
     database, databasePasswordFile, databasePasswordWhere: databasePasswordFile === undefined ? undefined : k.where("database_password_file"),
     path: file, listen, publicUrl, stateDir, tlsCert, tlsKey, map,
@@ -147,11 +196,10 @@ export function loadServerConfig(path?: string): ServerConfig {
     logLevel: oneOf("log_level", LOG_LEVELS, "info"),
     auditRetention: k.duration("audit_retention") ?? 90 * 86400,
     lookup,
-    policySocket: absolute("policy_socket") ?? "/var/spool/postfix/relayctl/policy",
-    eximHosts: absolute("exim_hosts") ?? "/etc/exim4/relayctl/hosts",
-    smtpdTable: absolute("smtpd_table") ?? "/etc/smtpd/relayctl/clients",
+    policySocket, eximHosts, smtpdTable,
     smtpctl: absolute("smtpctl"),
     ipv6Prefix,
+    exports,
   };
 }
 

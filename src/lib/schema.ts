@@ -43,6 +43,7 @@ export const SERVER_KEYS: readonly ConfigKey[] = [
   { key: "log_level", default: '"info"', doc: "error, warn, info or debug." },
   { key: "database", default: null, defaultNote: "SQLite in state_dir", doc: "Shared PostgreSQL state for several relay hosts: a postgres:// URL (unix socket: ?host=/var/run/postgresql; TLS: ?sslmode=verify-full; connections: ?pool_size=10). Several hosts as libpq writes them (`h1,h2:5433`, `?host=/a,/b&port=5432`, `target_session_attrs=read-write`) or a list of one-host URLs: the first read-write host is used, and found again after a failover (several-relays.md, Failover).", example: '"postgres://relayctl@localhost/relayctl?host=/var/run/postgresql"' },
   { key: "database_password_file", default: null, doc: "File (mode 0600, refused otherwise) holding the database password, when the URL has none.", example: '"/etc/relayctl/db-password"' },
+  { key: "export", default: null, doc: 'Files of the live leases for the rest of the mail stack (OpenDKIM InternalHosts, an rspamd map), one address or CIDR network a line, rewritten atomically like the lookup: a list of { format = "lines", path = "...", reload = [argv] }; reload runs after each rewrite, for readers that load the file only when told. See docs/export.md.', example: '[{ format = "lines", path = "/etc/opendkim/relayctl/hosts" }]' },
   { key: "audit_retention", default: '"90d"', doc: `How long the audit log (relayctl server log) keeps entries (${bounds("audit_retention")}).` },
 ];
 

@@ -2,6 +2,7 @@ import { loadServerConfig, type ServerConfig } from "../lib/config.ts";
 import { log, setLogFormat, setLogLevel } from "../lib/logging.ts";
 import { certificateExpiry, type ServerCertificate } from "../lib/tls.ts";
 import { certFor, openCore, openLookup, type Core } from "./core.ts";
+import { openExports, type Exports } from "./exports.ts";
 import { routes, type Route } from "./doors/routes.ts";
 import { monotonicWallClock, type Clock } from "../lib/clock.ts";
 import type { Lookup } from "./lookups/index.ts";
@@ -38,6 +39,7 @@ export interface Parts {
 export interface Skeleton {
   core: Core;
   lookup: Lookup;
+  exports: Exports;
   metrics: Metrics;
   refusals: RefusalLog;
   service: LeaseService;
@@ -70,7 +72,14 @@ export async function assemble(config: ServerConfig, parts: Parts = {}): Promise
       if (r instanceof Error) metrics.postmapFailures++;
       else metrics.rebuild(r.ms);
     });
-    return new Assembled(core, lookup, metrics, parts);
+    let exports: Exports;
+    try {
+      exports = openExports(core.config, core.leases.index, core.clock);
+    } catch (err) {
+      await lookup.close();
+      throw err;
+    }
+    return new Assembled(core, lookup, exports, metrics, parts);
   } catch (err) {
     await core.store.close();
     throw err;
@@ -93,16 +102,17 @@ class Assembled implements Skeleton {
   constructor(
     readonly core: Core,
     readonly lookup: Lookup,
+    readonly exports: Exports,
     readonly metrics: Metrics,
     parts: Parts,
   ) {
     const { store, leases, clock } = core;
     const timers = parts.timers ?? realTimers;
     this.renewals = parts.renewals ?? new RenewalLimiter(core.config.renewalsPerMinute);
-    this.publisher = new Publisher({ leases, lookup, metrics, timers, stateDir: core.config.stateDir, status: () => this.status() });
+    this.publisher = new Publisher({ leases, lookup, exports, metrics, timers, stateDir: core.config.stateDir, status: () => this.status() });
     this.follower = new Follower({ store, leases, onRefreshed: () => this.publisher.refreshed() });
     this.refusals = new RefusalLog(store.refusalSink(), clock, parts.refusalsPerMinute);
-    const chores = serverChores({ store, lookup, refusals: this.refusals, config: () => core.config, checked: () => this.publisher.statusSoon() });
+    const chores = serverChores({ store, lookup, exports, refusals: this.refusals, config: () => core.config, checked: () => this.publisher.statusSoon() });
     this.housekeeping = new Housekeeping(chores, timers);
     this.service = new LeaseService({
       store,
@@ -127,7 +137,7 @@ class Assembled implements Skeleton {
   }
 
   private degraded(): string[] {
-    return [...this.core.store.problems(), ...this.lookup.problems()];
+    return [...this.core.store.problems(), ...this.lookup.problems(), ...this.exports.problems()];
   }
 
   /** What status.json holds: listener, certificate, lookup, health. */
@@ -145,6 +155,7 @@ class Assembled implements Skeleton {
       cert_expires_at: certificateExpiry(l.cert.certPem).toISOString(),
       lookup: this.lookup.status(),
       ...(this.lookup.type.statusAlias && { [this.lookup.type.statusAlias]: this.lookup.status() }),
+      exports: this.exports.status(),
       degraded: this.degraded(),
       reloaded_at: this.reloadedAt,
     };
@@ -203,6 +214,7 @@ class Assembled implements Skeleton {
     await this.listener?.stop();
     // Let in-flight work finish; nothing new is started on the way out.
     await this.lookup.close();
+    await this.exports.close();
     this.refusals.flush();
     await this.core.store.close();
   }
