@@ -434,6 +434,9 @@ write_server_skeleton() {
 # File (mode 0600, refused otherwise) holding the database password, when the URL has none.
 #database_password_file = "/etc/relayctl/db-password"
 
+# Files of the live leases for the rest of the mail stack (OpenDKIM InternalHosts, an rspamd map), one address or CIDR network a line, rewritten atomically like the lookup: a list of { format = "lines", path = "...", reload = [argv] }; reload runs after each rewrite, for readers that load the file only when told. See docs/export.md.
+#export = [{ format = "lines", path = "/etc/opendkim/relayctl/hosts" }]
+
 # How long the audit log (relayctl server log) keeps entries (1s to 3650d).
 #audit_retention = "90d"
 EOF
