@@ -64,16 +64,19 @@ export interface ExportSpec {
   path: string;
   /** Run (argv, no shell) after each rewrite, for a reader that loads the file only when told (OpenDKIM); none when it watches the file (rspamd). */
   reload?: string[];
+  /** Networks the file holds whatever the leases (OpenDKIM's InternalHosts replaces its default 127.0.0.1). */
+  static: Cidr[];
   /** `file:line: export`, for messages. */
   where: string;
 }
 
-const EXPORT_HINT = 'write e.g. export = [{ format = "lines", path = "/etc/opendkim/relayctl/hosts", reload = ["/usr/bin/systemctl", "reload", "opendkim"] }]';
+const EXPORT_HINT = 'write e.g. export = [{ format = "lines", path = "/etc/opendkim/relayctl/hosts", static = ["127.0.0.1", "::1"], reload = ["/usr/bin/systemctl", "reload", "opendkim"] }] (docs/export.md)';
 
 /**
  * Checks the `export` tables: a known format, an absolute path that no
- * other file relayctl keeps uses (two writers would fight over it), and an
- * optional reload command as an argv list with an absolute program.
+ * other file relayctl keeps uses (two writers would fight over it), an
+ * optional reload command as an argv list with an absolute program, and
+ * optional static networks, parsed like every address.
  */
 export function parseExports(tables: Record<string, unknown>[], where: string, taken: Record<string, string>): ExportSpec[] {
   const seen = new Map(Object.entries(taken).map(([key, path]) => [path, key]));
@@ -82,7 +85,7 @@ export function parseExports(tables: Record<string, unknown>[], where: string, t
     const fail = (message: string): never => {
       throw usageError(`${at}: ${message}`, EXPORT_HINT);
     };
-    for (const key of Object.keys(t)) if (!["format", "path", "reload"].includes(key)) fail(`unknown key "${key}" (known: format, path, reload)`);
+    for (const key of Object.keys(t)) if (!["format", "path", "reload", "static"].includes(key)) fail(`unknown key "${key}" (known: format, path, reload, static)`);
     const format = t.format ?? "lines";
     if (typeof format !== "string" || !(EXPORT_FORMATS as readonly string[]).includes(format)) fail(`format ${JSON.stringify(format)} is not one of ${EXPORT_FORMATS.join(", ")}`);
     const path = t.path;
@@ -94,7 +97,10 @@ export function parseExports(tables: Record<string, unknown>[], where: string, t
     if (reload !== undefined && (!Array.isArray(reload) || !reload.length || reload.some((a) => typeof a !== "string" || a === "") || !(reload[0] as string).startsWith("/"))) {
       fail("reload must be a list of strings, the first an absolute program path (no shell)");
     }
-    return { format: format as ExportSpec["format"], path: path as string, reload: reload as string[] | undefined, where: at };
+    const fixed = t.static ?? [];
+    if (!Array.isArray(fixed) || fixed.some((x) => typeof x !== "string")) fail('static must be a list of addresses or CIDR networks, e.g. ["127.0.0.1", "::1"]');
+    const nets = (fixed as string[]).map((text) => parseCidr(text) ?? fail(`static: "${text}" is not an address or CIDR network with zero host bits`));
+    return { format: format as ExportSpec["format"], path: path as string, reload: reload as string[] | undefined, static: nets, where: at };
   });
 }
 

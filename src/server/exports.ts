@@ -2,6 +2,7 @@ import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import type { ExportSpec, ServerConfig } from "../lib/config.ts";
 import { RelayError } from "../lib/errors.ts";
+import { leaseText } from "../lib/ip.ts";
 import { log } from "../lib/logging.ts";
 import type { Clock } from "../lib/clock.ts";
 import type { LiveIndex } from "./live.ts";
@@ -103,6 +104,12 @@ export class Exports {
   }
 }
 
+/** The export's static networks as the file's first entries, under a comment saying where they come from. */
+export function staticLines(spec: ExportSpec): string {
+  if (!spec.static.length) return "";
+  return `# From server.toml (export static), whatever the leases:\n${spec.static.map((n) => leaseText(n) + "\n").join("")}# Live leases:\n`;
+}
+
 /**
  * The configured exports over the live index. A path that holds a file
  * relayctl did not write is refused at start, as for the lookup's own file:
@@ -117,6 +124,7 @@ export function openExports(config: ServerConfig, index: LiveIndex, clock: Clock
         path: spec.path,
         // The live index's text already is the address, or the network as CIDR.
         line: (text) => text,
+        preamble: staticLines(spec),
         addresses: () => index.liveTexts(clock.now()),
         reload: spec.reload && reloadCommand(spec.reload, config.postmapTimeout * 1000),
       });

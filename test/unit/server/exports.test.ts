@@ -3,7 +3,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test
 import { chmodSync, existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { loadServerConfig, type ExportSpec, type ServerConfig } from "../../../src/lib/config.ts";
-import { parseIp, type Ip } from "../../../src/lib/ip.ts";
+import { parseCidr, parseIp, type Ip } from "../../../src/lib/ip.ts";
 import { openExports } from "../../../src/server/exports.ts";
 import { LiveIndex } from "../../../src/server/live.ts";
 import { MAP_HEADER } from "../../../src/server/lookups/map.ts";
@@ -19,7 +19,7 @@ const ip = (s: string): Ip => parseIp(s)!;
 const lease = (client: string, family: number, addr: string, expires_at = 60_000) => ({ client, family, ip: addr, granted_at: 0, renewed_at: 0, expires_at, renewals: 0 });
 /** The entries of an export file: every line that is not a comment. */
 const entries = (path: string): string[] => readFileSync(path, "utf8").split("\n").filter((l) => l && !l.startsWith("#"));
-const spec = (path: string, reload?: string[]): ExportSpec => ({ format: "lines", path, reload, where: "server.toml:1: export: entry 1" });
+const spec = (path: string, reload?: string[], fixed: string[] = []): ExportSpec => ({ format: "lines", path, reload, static: fixed.map((n) => parseCidr(n)!), where: "server.toml:1: export: entry 1" });
 
 function loadWith(text: string): ServerConfig {
   const path = join(tempDir(), "server.toml");
@@ -29,10 +29,10 @@ function loadWith(text: string): ServerConfig {
 
 describe("the export key", () => {
   test("inline tables and [[export]] sections both load; format defaults to lines", () => {
-    const a = loadWith('export = [{ format = "lines", path = "/etc/opendkim/relayctl/hosts", reload = ["/usr/bin/systemctl", "reload", "opendkim"] }, { path = "/etc/rspamd/relayctl.map" }]\n');
-    expect(a.exports.map(({ format, path, reload }) => ({ format, path, reload }))).toEqual([
-      { format: "lines", path: "/etc/opendkim/relayctl/hosts", reload: ["/usr/bin/systemctl", "reload", "opendkim"] },
-      { format: "lines", path: "/etc/rspamd/relayctl.map", reload: undefined },
+    const a = loadWith('export = [{ format = "lines", path = "/etc/opendkim/relayctl/hosts", reload = ["/usr/bin/systemctl", "reload", "opendkim"] }, { path = "/etc/rspamd/relayctl.map", static = ["127.0.0.1", "::1", "10.1.0.0/16"] }]\n');
+    expect(a.exports.map(({ format, path, reload, static: s }) => ({ format, path, reload, static: s.map((n) => n.text) }))).toEqual([
+      { format: "lines", path: "/etc/opendkim/relayctl/hosts", reload: ["/usr/bin/systemctl", "reload", "opendkim"], static: [] },
+      { format: "lines", path: "/etc/rspamd/relayctl.map", reload: undefined, static: ["127.0.0.1/32", "::1/128", "10.1.0.0/16"] },
     ]);
     const b = loadWith('ttl = "20m"\n\n[[export]]\nformat = "lines"\npath = "/etc/rspamd/relayctl.map"\n');
     expect(b.exports.map((e) => e.path)).toEqual(["/etc/rspamd/relayctl.map"]);
@@ -49,6 +49,8 @@ describe("the export key", () => {
       ['export = [{ path = "/etc/x", reload = ["systemctl", "reload"] }]', /entry 1: reload must be/],
       ['export = [{ path = "/etc/postfix/relayctl/clients" }]', /entry 1: path \/etc\/postfix\/relayctl\/clients is already used by map/],
       ['export = [{ path = "/etc/x" }, { path = "/etc/x" }]', /entry 2: path \/etc\/x is already used by export entry 1/],
+      ['export = [{ path = "/etc/x", static = ["10.1.2.3/16"] }]', /entry 1: static: "10.1.2.3\/16" is not an address or CIDR network with zero host bits/],
+      ['export = [{ path = "/etc/x", static = "127.0.0.1" }]', /entry 1: static must be a list of addresses/],
     ];
     for (const [line, message] of bad) expect((await relayError(() => loadWith(`ttl = "20m"\n${line}\n`))).message).toMatch(message);
     expect((await relayError(() => loadWith('ttl = "20m"\n\n[[export]]\npath = "x"\n'))).message).toMatch(/server\.toml:3: export: entry 1: path must be/);
@@ -73,6 +75,18 @@ describe("openExports", () => {
     await exports.sync();
     expect(entries(path).sort()).toEqual(["2001:db8:1:2::/64", "2001:db8::9"]);
     expect(exports.status()).toMatchObject([{ path, format: "lines", entries: 2, rebuilds: 2, error: null }]);
+  });
+
+  test("static networks come first, under their own comment, whatever the leases", async () => {
+    const path = join(tempDir(), "hosts");
+    const index = new LiveIndex();
+    const exports = openExports({ exports: [spec(path, undefined, ["127.0.0.1", "::1", "10.1.0.0/16"])], postmapTimeout: 10 } as unknown as ServerConfig, index, new FakeClock(0));
+    await exports.sync();
+    expect(entries(path)).toEqual(["127.0.0.1", "::1", "10.1.0.0/16"]);
+    index.put(lease("a", 4, "198.18.0.7"));
+    await exports.sync();
+    expect(entries(path)).toEqual(["127.0.0.1", "::1", "10.1.0.0/16", "198.18.0.7"]);
+    expect(readFileSync(path, "utf8")).toContain("# From server.toml (export static), whatever the leases:\n127.0.0.1\n");
   });
 
   test("a file relayctl did not write is refused, not overwritten (an operator's own InternalHosts)", async () => {
