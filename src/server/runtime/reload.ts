@@ -13,6 +13,7 @@ const RESTART_KEYS = [
   ["exim_hosts", (c: ServerConfig) => c.eximHosts],
   ["smtpd_table", (c: ServerConfig) => c.smtpdTable],
   ["smtpctl", (c: ServerConfig) => c.smtpctl ?? ""],
+  ["export", (c: ServerConfig) => JSON.stringify(c.exports.map(({ format, path, reload, static: s }) => [format, path, reload, s.map((n) => n.text)]))],
 ] as const;
 
 /**
@@ -37,6 +38,7 @@ export function planReload(running: ServerConfig, next: ServerConfig): { config:
     eximHosts: running.eximHosts,
     smtpdTable: running.smtpdTable,
     smtpctl: running.smtpctl,
+    exports: running.exports,
   };
   return { config, warnings };
 }
