@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { appendFileSync, existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { e2eRequired, requireE2E, run, runOk, which } from "./harness.ts";
-import { onHost, relayctl, stage, type Stage } from "./relayctl.ts";
+import { BIN, onHost, relayctl, stage, type Stage } from "./relayctl.ts";
 
 setDefaultTimeout(60_000);
 const enabled = requireE2E();
@@ -158,6 +158,20 @@ describe.skipIf(!enabled)("export to OpenDKIM's InternalHosts", () => {
     expect((await onHost(s.h1, ["client", "--release", "--config", s.cfg("h1")])).code).toBe(0);
     await eventually("198.18.0.2", "SKIPPED");
     expect(entries()).toEqual(["127.0.0.1"]);
+  });
+
+  test("server log --client h1 --addresses and --export csv show the grant and the release", async () => {
+    const h = await relayctl(["server", "log", "--client", "h1", "--addresses", "--json", "--config", s.config]);
+    expect(h.code, h.stderr).toBe(0);
+    expect(JSON.parse(h.stdout).addresses).toMatchObject([{ address: "198.18.0.2", grants: 1, live: false }]);
+    const csv = await relayctl(["server", "log", "--export", "csv", "--client", "h1", "--config", s.config]);
+    expect(csv.code, csv.stderr).toBe(0);
+    const lines = csv.stdout.split("\r\n");
+    expect(lines[0]).toBe("id,ts,event,client,ip,source,count,detail");
+    expect(lines.slice(1, -1).map((l) => l.split(",").slice(2, 5).join(","))).toEqual(["add,h1,", "grant,h1,198.18.0.2", "release,h1,198.18.0.2"]);
+    // Piped into a reader that stops early, the export ends instead of hanging.
+    const head = await run(["sh", "-c", `${BIN} server log --export jsonl --config ${s.config} | head -c 1`], { timeoutMs: 10_000 });
+    expect(head.stdout).toBe("{");
   });
 
   test("a failing reload leaves renewals and relaying alone and is reported as degraded, until it works again", async () => {

@@ -17,10 +17,28 @@ export function renderAddresses(rows: AddressView[]): string {
   return rows.map((r) => [r.address, `first ${r.first_seen}`, `last ${r.last_seen}`, `${r.grants} grant${r.grants === 1 ? "" : "s"}`, r.live ? "live" : ""].filter(Boolean).join("  ")).join("\n");
 }
 
-/** Writes to stdout and waits until it took the chunk, so a slow reader holds back the next page instead of memory growing. */
+/**
+ * Writes to stdout and waits until it took the chunk, so a slow reader holds
+ * back the next page instead of memory growing; a reader that went away
+ * (`| head`) ends the export instead of leaving it waiting.
+ */
 async function toStdout(chunk: string): Promise<void> {
   if (!chunk || process.stdout.write(chunk)) return;
-  await new Promise<void>((resolve) => process.stdout.once("drain", () => resolve()));
+  await new Promise<void>((resolve, reject) => {
+    const out = process.stdout;
+    const done = (err?: Error): void => {
+      out.off("drain", onDrain);
+      out.off("error", done);
+      out.off("close", onClose);
+      if (err) reject(err);
+      else resolve();
+    };
+    const onDrain = (): void => done();
+    const onClose = (): void => done(new Error("stdout closed"));
+    out.once("drain", onDrain);
+    out.once("error", done);
+    out.once("close", onClose);
+  });
 }
 
 /**
