@@ -12,8 +12,9 @@ set -u
 # with its TLS module, inadyn, curl, wget), libfaketime for the clock tests, shellcheck
 # and systemd-analyze for install.sh and the units, dpkg-dev and lintian for the .debs,
 # man-db for the man page, zsh for its completion, openssl and file for certificates
-# and release checks.
-PACKAGES="postfix postfix-lmdb postfix-pgsql postgresql swaks iproute2 openssl curl wget file shellcheck systemd faketime ddclient libio-socket-ssl-perl inadyn dpkg-dev lintian man-db zsh"
+# and release checks, opendkim and miltertest for the export file (OpenDKIM's
+# InternalHosts, asked through the milter protocol).
+PACKAGES="postfix postfix-lmdb postfix-pgsql postgresql swaks iproute2 openssl curl wget file shellcheck systemd faketime ddclient libio-socket-ssl-perl inadyn dpkg-dev lintian man-db zsh opendkim miltertest"
 
 SETUP="as root, run test/prereqs.sh (installs them), then npm test as root; or npm run test:unit for the unit tests alone, or RELAYCTL_SKIP_E2E=1 npm test to skip the e2e tests"
 

@@ -61,6 +61,8 @@ export interface ServerConfig {
   alerts: AlertTargets;
   /** Per-client series on /metrics. */
   clientMetrics: boolean;
+  /** Files of the live leases for the rest of the mail stack (OpenDKIM, rspamd), kept in step like the lookup. */
+  exports: ExportSpec[];
 }
 
 /** Where overdue events are sent (server.toml alert_*). */
@@ -84,6 +86,55 @@ export function checkWebhookUrl(value: string, where: string): string {
   const loopback = host === "localhost" || host === "::1" || /^127\./.test(host);
   if (url.protocol !== "https:" && !(url.protocol === "http:" && loopback)) throw usageError(`${where}: must be an https:// URL (http:// only to loopback)`, "events name clients and addresses: they travel encrypted");
   return url.href;
+}
+
+/** The values of an export's `format`. */
+export const EXPORT_FORMATS = ["lines"] as const;
+
+/** One `export` table: a file of the live leases, one address or CIDR network a line. */
+export interface ExportSpec {
+  format: (typeof EXPORT_FORMATS)[number];
+  path: string;
+  /** Run (argv, no shell) after each rewrite, for a reader that loads the file only when told (OpenDKIM); none when it watches the file (rspamd). */
+  reload?: string[];
+  /** Networks the file holds whatever the leases (OpenDKIM's InternalHosts replaces its default 127.0.0.1). */
+  static: Cidr[];
+  /** `file:line: export`, for messages. */
+  where: string;
+}
+
+const EXPORT_HINT = 'write e.g. export = [{ format = "lines", path = "/etc/opendkim/relayctl/hosts", static = ["127.0.0.1", "::1"], reload = ["/usr/bin/systemctl", "reload", "opendkim"] }] (docs/export.md)';
+
+/**
+ * Checks the `export` tables: a known format, an absolute path that no
+ * other file relayctl keeps uses (two writers would fight over it), an
+ * optional reload command as an argv list with an absolute program, and
+ * optional static networks, parsed like every address.
+ */
+export function parseExports(tables: Record<string, unknown>[], where: string, taken: Record<string, string>): ExportSpec[] {
+  const seen = new Map(Object.entries(taken).map(([key, path]) => [path, key]));
+  return tables.map((t, i) => {
+    const at = `${where}: entry ${i + 1}`;
+    const fail = (message: string): never => {
+      throw usageError(`${at}: ${message}`, EXPORT_HINT);
+    };
+    for (const key of Object.keys(t)) if (!["format", "path", "reload", "static"].includes(key)) fail(`unknown key "${key}" (known: format, path, reload, static)`);
+    const format = t.format ?? "lines";
+    if (typeof format !== "string" || !(EXPORT_FORMATS as readonly string[]).includes(format)) fail(`format ${JSON.stringify(format)} is not one of ${EXPORT_FORMATS.join(", ")}`);
+    const path = t.path;
+    if (typeof path !== "string" || !path.startsWith("/") || path.endsWith("/")) fail("path must be the absolute path of a file");
+    const other = seen.get(path as string);
+    if (other) fail(`path ${path} is already used by ${other}`);
+    seen.set(path as string, `export entry ${i + 1}`);
+    const reload = t.reload;
+    if (reload !== undefined && (!Array.isArray(reload) || !reload.length || reload.some((a) => typeof a !== "string" || a === "") || !(reload[0] as string).startsWith("/"))) {
+      fail("reload must be a list of strings, the first an absolute program path (no shell)");
+    }
+    const fixed = t.static ?? [];
+    if (!Array.isArray(fixed) || fixed.some((x) => typeof x !== "string")) fail('static must be a list of addresses or CIDR networks, e.g. ["127.0.0.1", "::1"]');
+    const nets = (fixed as string[]).map((text) => parseCidr(text) ?? fail(`static: "${text}" is not an address or CIDR network with zero host bits`));
+    return { format: format as ExportSpec["format"], path: path as string, reload: reload as string[] | undefined, static: nets, where: at };
+  });
 }
 
 /** The values of `lookup`: how the MTA learns of the leases (src/server/lookups/ has one row each). */
@@ -188,6 +239,10 @@ export function loadServerConfig(path?: string): ServerConfig {
     mail: alertMail,
   };
   if (alerts.webhookCa !== undefined && webhook === undefined) throw k.error("alert_webhook_ca", "is only used with alert_webhook", "set alert_webhook too, or remove it");
+  const policySocket = absolute("policy_socket") ?? "/var/spool/postfix/relayctl/policy";
+  const eximHosts = absolute("exim_hosts") ?? "/etc/exim4/relayctl/hosts";
+  const smtpdTable = absolute("smtpd_table") ?? "/etc/smtpd/relayctl/clients";
+  const exports = parseExports(k.tables("export"), k.where("export"), { map, exim_hosts: eximHosts, smtpd_table: smtpdTable, policy_socket: policySocket });
   return {
     overdueCheck: k.duration("overdue_check") ?? 30,
     alerts,
@@ -202,12 +257,11 @@ export function loadServerConfig(path?: string): ServerConfig {
     auditRetention: k.duration("audit_retention") ?? 90 * 86400,
     staleAfter: k.duration("stale_after") ?? 30,
     lookup,
-    policySocket: absolute("policy_socket") ?? "/var/spool/postfix/relayctl/policy",
-    eximHosts: absolute("exim_hosts") ?? "/etc/exim4/relayctl/hosts",
-    smtpdTable: absolute("smtpd_table") ?? "/etc/smtpd/relayctl/clients",
+    policySocket, eximHosts, smtpdTable,
     smtpctl: absolute("smtpctl"),
     smtpctlSocket: absolute("smtpctl_socket"),
     ipv6Prefix,
+    exports,
   };
 }
 

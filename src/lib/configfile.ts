@@ -30,7 +30,9 @@ export function validateName(name: unknown, where = "name"): string {
 
 /** Finds the line a key is set on, so errors can point at it. */
 function lineOf(text: string, key: string): number | undefined {
-  const re = new RegExp(`^\\s*${key.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}\\s*=`);
+  const name = key.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+  // `key = ...`, or the first `[[key]]` of an array of tables.
+  const re = new RegExp(`^\\s*(?:${name}\\s*=|\\[\\[\\s*${name}\\s*\\]\\])`);
   const idx = text.split("\n").findIndex((l) => re.test(l));
   return idx === -1 ? undefined : idx + 1;
 }
@@ -135,6 +137,14 @@ export class Keys {
     if (v === undefined) return undefined;
     if (typeof v !== "boolean") throw this.error(key, "must be true or false");
     return v;
+  }
+
+  /** A list of tables (`key = [{ ... }]` or `[[key]]` sections); each table's own keys are the caller's to check. */
+  tables(key: string): Record<string, unknown>[] {
+    const v = this.data[key];
+    if (v === undefined) return [];
+    if (!Array.isArray(v) || v.some((x) => typeof x !== "object" || x === null || Array.isArray(x))) throw this.error(key, "must be a list of tables", `write e.g. ${key} = [{ format = "lines", path = "/etc/opendkim/relayctl-hosts" }]`);
+    return v as Record<string, unknown>[];
   }
 
   list(key: string): string[] {

@@ -51,6 +51,7 @@ export const SERVER_KEYS: readonly ConfigKey[] = [
   { key: "alert_webhook_ca", default: null, doc: "CA certificate (PEM) to trust for alert_webhook instead of the system's.", example: '"/etc/relayctl/webhook-ca.pem"' },
   { key: "alert_mail", default: null, doc: "Address (or list) mailed each overdue event through the local sendmail (postconf -h sendmail_path).", example: '["postmaster@example.org"]' },
   { key: "client_metrics", default: "true", doc: "Per-client series on /metrics (relayctl_client_overdue, relayctl_client_last_renewal_timestamp_seconds): two per client; set false above about 100k clients." },
+  { key: "export", default: null, doc: 'Files of the live leases for the rest of the mail stack (OpenDKIM InternalHosts, an rspamd map), one address or CIDR network a line, rewritten atomically like the lookup: a list of { format = "lines", path = "...", static = [networks], reload = [argv] }: static networks are listed whatever the leases, reload runs after each rewrite, for readers that load the file only when told. See docs/export.md.', example: '[{ format = "lines", path = "/etc/opendkim/relayctl/hosts", static = ["127.0.0.1", "::1"] }]' },
   { key: "audit_retention", default: '"90d"', doc: `How long the audit log (relayctl server log) keeps entries (${bounds("audit_retention")}).` },
 ];
 

@@ -17,6 +17,7 @@ import { systemClock } from "../lib/clock.ts";
 import { storeClock, type Store, type StoreTx } from "./stores/index.ts";
 import { openStore, storeKindOf } from "./stores/open.ts";
 import { newToken } from "./tokens.ts";
+import { AddressHistory, auditEntries, exportHeader, exportLines, type AddressView, type ExportFormat } from "./auditlog.ts";
 import type { LeaseView } from "../lib/wire.ts";
 import { allowListFromFlags, allowText, NO_ALLOW } from "./allow.ts";
 import { expectedMs, judge, type OverdueState } from "./overdue.ts";
@@ -306,6 +307,44 @@ export async function readAuditLog(opts: { configPath?: string; client?: string;
   const since = opts.sinceSeconds === undefined ? 0 : Date.now() - opts.sinceSeconds * 1000;
   const rows: AuditRow[] = await withStore(config, (store) => store.auditLog({ client, since, limit: opts.limit }));
   return rows.reverse().map((r) => ({ ts: new Date(r.ts).toISOString(), event: r.event, client: r.client, ip: r.ip, source: r.source, detail: r.detail, count: r.count }));
+}
+
+/** The start of what `server log --export` and `--addresses` read: --since, never further back than audit_retention. */
+function auditSince(config: ServerConfig, sinceSeconds: number | undefined, now: number): number {
+  const retained = now - config.auditRetention * 1000;
+  return sinceSeconds === undefined ? retained : Math.max(retained, now - sinceSeconds * 1000);
+}
+
+/**
+ * Streams the audit log, oldest first, as CSV or JSON Lines to `write`,
+ * a page at a time (a large log is never held whole); returns how many
+ * entries went out.
+ */
+export async function exportAuditLog(opts: { configPath?: string; client?: string; sinceSeconds?: number; format: ExportFormat; write: (chunk: string) => Promise<void> }): Promise<number> {
+  const config = loadServerConfig(opts.configPath);
+  const client = opts.client === undefined ? null : validateName(opts.client, "--client");
+  return withStore(config, async (store) => {
+    let n = 0;
+    await opts.write(exportHeader(opts.format));
+    for await (const page of auditEntries(store, client, auditSince(config, opts.sinceSeconds, Date.now()))) {
+      await opts.write(exportLines(page, opts.format));
+      n += page.length;
+    }
+    return n;
+  });
+}
+
+/** The addresses a client held within audit_retention (or --since), most recent first: a view over the audit log and its live leases. */
+export async function readAddressHistory(opts: { configPath?: string; client: string; sinceSeconds?: number }): Promise<AddressView[]> {
+  const config = loadServerConfig(opts.configPath);
+  const client = validateName(opts.client, "--client");
+  return withStore(config, async (store) => {
+    const now = Date.now();
+    const history = new AddressHistory();
+    for await (const page of auditEntries(store, client, auditSince(config, opts.sinceSeconds, now))) history.add(page);
+    history.addLeases(await store.leasesOfClients([client]), now);
+    return history.rows();
+  });
 }
 
 /** What `server status` reports; `status` is the running server's own account. */

@@ -2,6 +2,7 @@ import { loadServerConfig, type ServerConfig } from "../lib/config.ts";
 import { log, setLogFormat, setLogLevel } from "../lib/logging.ts";
 import { certificateExpiry, type ServerCertificate } from "../lib/tls.ts";
 import { certFor, openCore, openLookup, type Core } from "./core.ts";
+import { openExports, type Exports } from "./exports.ts";
 import { routes, type Route } from "./doors/routes.ts";
 import { monotonicWallClock, type Clock } from "../lib/clock.ts";
 import type { Lookup } from "./lookups/index.ts";
@@ -44,6 +45,7 @@ export interface Parts {
 export interface Skeleton {
   core: Core;
   lookup: Lookup;
+  exports: Exports;
   metrics: Metrics;
   refusals: RefusalLog;
   service: LeaseService;
@@ -83,7 +85,15 @@ export async function assemble(config: ServerConfig, parts: Parts = {}): Promise
       if (r instanceof Error) metrics.postmapFailures++;
       else metrics.rebuild(r.ms);
     }, view);
-    return new Assembled(core, lookup, metrics, { ...parts, clock }, view);
+    let exports: Exports;
+    try {
+      // Exports read the same view: a host cut off from the database lists nobody to OpenDKIM either.
+      exports = openExports(core.config, view, core.clock);
+    } catch (err) {
+      await lookup.close();
+      throw err;
+    }
+    return new Assembled(core, lookup, exports, metrics, { ...parts, clock }, view);
   } catch (err) {
     await core.store.close();
     throw err;
@@ -109,6 +119,7 @@ class Assembled implements Skeleton {
   constructor(
     readonly core: Core,
     readonly lookup: Lookup,
+    readonly exports: Exports,
     readonly metrics: Metrics,
     parts: Parts & { clock: Clock },
     view: WithheldView,
@@ -116,7 +127,7 @@ class Assembled implements Skeleton {
     const { store, leases, clock } = core;
     const timers = parts.timers ?? realTimers;
     this.renewals = parts.renewals ?? new RenewalLimiter(core.config.renewalsPerMinute);
-    this.publisher = new Publisher({ leases, lookup, metrics, timers, stateDir: core.config.stateDir, status: () => this.status() });
+    this.publisher = new Publisher({ leases, lookup, exports, metrics, timers, stateDir: core.config.stateDir, status: () => this.status() });
     this.follower = new Follower({
       store,
       leases,
@@ -149,7 +160,7 @@ class Assembled implements Skeleton {
     this.refusals = new RefusalLog(store.refusalSink(), clock, parts.refusalsPerMinute);
     this.alerter = new Alerter(() => core.config.alerts, parts.alertDeps);
     this.watchdog = new Watchdog({ store, clock, alerter: this.alerter, config: () => core.config, host: this.alerter.deps.host });
-    const chores = serverChores({ store, lookup, refusals: this.refusals, config: () => core.config, checked: () => this.publisher.statusSoon(), watchdog: this.watchdog });
+    const chores = serverChores({ store, lookup, exports, refusals: this.refusals, config: () => core.config, checked: () => this.publisher.statusSoon(), watchdog: this.watchdog });
     this.housekeeping = new Housekeeping(chores, timers);
     this.service = new LeaseService({
       store,
@@ -182,7 +193,7 @@ class Assembled implements Skeleton {
   }
 
   private degraded(): string[] {
-    return [...this.core.store.problems(), ...this.freshness.problems(), ...this.lookup.problems()];
+    return [...this.core.store.problems(), ...this.freshness.problems(), ...this.lookup.problems(), ...this.exports.problems()];
   }
 
   /** What status.json holds: listener, certificate, lookup, health. */
@@ -200,6 +211,7 @@ class Assembled implements Skeleton {
       cert_expires_at: certificateExpiry(l.cert.certPem).toISOString(),
       lookup: this.lookup.status(),
       ...(this.lookup.type.statusAlias && { [this.lookup.type.statusAlias]: this.lookup.status() }),
+      exports: this.exports.status(),
       degraded: this.degraded(),
       reloaded_at: this.reloadedAt,
     };
@@ -261,6 +273,7 @@ class Assembled implements Skeleton {
     await this.listener?.stop();
     // Let in-flight work finish; nothing new is started on the way out.
     await this.lookup.close();
+    await this.exports.close();
     this.refusals.flush();
     await this.core.store.close();
   }

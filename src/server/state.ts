@@ -279,6 +279,13 @@ export class StateStore {
       .all({ client: filter.client ?? null, since: filter.since ?? 0, limit: filter.limit ?? 1000 } as never) as AuditRow[];
   }
 
+  /** Up to `limit` audit entries with ids above `after`, oldest first (the id index pages it; no OFFSET). */
+  auditPage(f: { client: string | null; since: number; after: number; limit: number }): AuditRow[] {
+    return this.db
+      .query("SELECT * FROM audit WHERE id > $after AND ($client IS NULL OR client = $client) AND ts >= $since ORDER BY id LIMIT $limit")
+      .all({ after: f.after, client: f.client, since: f.since, limit: f.limit } as never) as AuditRow[];
+  }
+
   /** How many clients and leases there are, without loading the rows (metrics, status). */
   counts(): { clients: number; leases: number } {
     return this.db.query("SELECT (SELECT COUNT(*) FROM clients) AS clients, (SELECT COUNT(*) FROM leases) AS leases").get() as { clients: number; leases: number };

@@ -7,7 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { RelayError } from "../../src/lib/errors.ts";
 import { log } from "../../src/lib/logging.ts";
-import type { ServerConfig } from "../../src/lib/config.ts";
+import type { ExportSpec, ServerConfig } from "../../src/lib/config.ts";
 import { assemble, type Skeleton } from "../../src/server/assemble.ts";
 import { dispatcher } from "../../src/server/doors/routes.ts";
 import type { Clock } from "../../src/lib/clock.ts";
@@ -267,6 +267,8 @@ export async function relayError(fn: () => unknown): Promise<RelayError> {
 
 /** Everything a lease-service test needs, from the server's own assemble() with a fake clock and timers. */
 export interface TestService {
+  /** The assembled server (publisher, exports, housekeeping), not started. */
+  server: Skeleton;
   service: LeaseService;
   store: StateStore;
   /** The same state as the Store interface the service uses. */
@@ -300,7 +302,7 @@ export interface TestService {
 export async function testService(
   dir: string,
   clock: FakeClock,
-  opts: { authThrottle?: AuthThrottle; renewals?: RenewalLimiter; ttl?: number; refusalsPerMinute?: number; store?: (sqlite: SqliteStore) => Store; alertDeps?: Partial<AlertDeps> } = {},
+  opts: { authThrottle?: AuthThrottle; renewals?: RenewalLimiter; ttl?: number; refusalsPerMinute?: number; store?: (sqlite: SqliteStore) => Store; alertDeps?: Partial<AlertDeps>; exports?: ExportSpec[] } = {},
 ): Promise<TestService> {
   const store = new StateStore(join(dir, "state"));
   const shared = new SqliteStore(store, clock);
@@ -332,6 +334,7 @@ export async function testService(
     overdueCheck: 30,
     alerts: { command: [], mail: [] },
     clientMetrics: true,
+    exports: opts.exports ?? [],
   };
   const timers = new FakeTimers(clock);
   const s = await assemble(config, {
@@ -345,5 +348,5 @@ export async function testService(
   });
   const lookup = s.lookup as MapLookup;
   const { service, metrics, refusals } = s;
-  return { service, store, shared, leases: s.core.leases, writer: lookup.writer, lookup, pm, metrics, refusals, config: s.core.config, mapPath, timers, dispatch: dispatcher(s.routes), skeleton: s, watchdog: s.watchdog, alerter: s.alerter };
+  return { server: s, service, store, shared, leases: s.core.leases, writer: lookup.writer, lookup, pm, metrics, refusals, config: s.core.config, mapPath, timers, dispatch: dispatcher(s.routes), skeleton: s, watchdog: s.watchdog, alerter: s.alerter };
 }

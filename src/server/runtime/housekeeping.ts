@@ -1,5 +1,6 @@
 import type { ServerConfig } from "../../lib/config.ts";
 import { log } from "../../lib/logging.ts";
+import type { Exports } from "../exports.ts";
 import type { Lookup } from "../lookups/index.ts";
 import type { RefusalLog } from "../refusals.ts";
 import type { Store } from "../stores/index.ts";
@@ -32,8 +33,8 @@ export async function pruneAudit(store: Store, config: ServerConfig, now = Date.
   }
 }
 
-/** The server's interval table: pruning, flushing, checkpoint, lookup check, overdue check. */
-export function serverChores(d: { store: Store; lookup: Lookup; refusals: RefusalLog; config(): ServerConfig; checked(): void; watchdog: Watchdog }): Chore[] {
+/** The server's interval table: pruning, flushing, checkpoint, lookup and export checks, overdue check. */
+export function serverChores(d: { store: Store; lookup: Lookup; exports: Exports; refusals: RefusalLog; config(): ServerConfig; checked(): void; watchdog: Watchdog }): Chore[] {
   return [
     { name: "audit prune", everyMs: AUDIT_PRUNE_MS, run: () => pruneAudit(d.store, d.config()) },
     { name: "refusal flush", everyMs: REFUSAL_FLUSH_MS, run: () => d.refusals.flush() },
@@ -51,6 +52,8 @@ export function serverChores(d: { store: Store; lookup: Lookup; refusals: Refusa
     { name: "lookup check", everyMs: LOOKUP_CHECK_MS, run: () => d.lookup.check().then(d.checked, d.checked) },
     // overdue_check may change on reload: read at each scheduling.
     { name: "overdue check", get everyMs() { return d.config().overdueCheck * 1000; }, run: () => d.watchdog.check().then(() => undefined) },
+    // Repairs and retries exports as often as the lookup is checked (never rejects); status follows when it tried.
+    { name: "export check", everyMs: LOOKUP_CHECK_MS, run: () => d.exports.check().then((tried) => tried && d.checked()) },
   ];
 }
 

@@ -1,5 +1,6 @@
 import { ExitCode, RelayError } from "../../lib/errors.ts";
 import { log } from "../../lib/logging.ts";
+import type { Exports } from "../exports.ts";
 import type { LeaseBook } from "../leases.ts";
 import type { Lookup } from "../lookups/index.ts";
 import type { Metrics } from "../metrics.ts";
@@ -19,6 +20,8 @@ export const STATUS_DELAY_MS = 250;
 export interface PublisherParts {
   leases: LeaseBook;
   lookup: Lookup;
+  /** Export files that follow every publication, in the background: relaying never waits for them. */
+  exports: Exports;
   metrics: Metrics;
   timers: Timers;
   /** Where status.json goes (state_dir). */
@@ -70,8 +73,9 @@ export class Publisher {
     this.expiry.arm();
   }
 
-  /** Publishes now; a failure rejects and is retried with backoff. */
+  /** Publishes now; a failure rejects and is retried with backoff. The exports follow on their own (a failing one is retried by its check). */
   publish(): Promise<void> {
+    void this.d.exports.sync();
     return this.retrier.run();
   }
 

@@ -14,6 +14,7 @@ const RESTART_KEYS = [
   ["smtpd_table", (c: ServerConfig) => c.smtpdTable],
   ["smtpctl", (c: ServerConfig) => c.smtpctl ?? ""],
   ["smtpctl_socket", (c: ServerConfig) => c.smtpctlSocket ?? ""],
+  ["export", (c: ServerConfig) => JSON.stringify(c.exports.map(({ format, path, reload, static: s }) => [format, path, reload, s.map((n) => n.text)]))],
 ] as const;
 
 /**
@@ -39,6 +40,7 @@ export function planReload(running: ServerConfig, next: ServerConfig): { config:
     smtpdTable: running.smtpdTable,
     smtpctl: running.smtpctl,
     smtpctlSocket: running.smtpctlSocket,
+    exports: running.exports,
   };
   return { config, warnings };
 }

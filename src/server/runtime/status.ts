@@ -1,6 +1,7 @@
 import { join } from "node:path";
 import { writeFileAtomic } from "../../lib/fsutil.ts";
 import { log } from "../../lib/logging.ts";
+import type { ExportStatus } from "../exports.ts";
 import type { LookupStatus } from "../lookups/index.ts";
 
 /** What `relayctl server status` reads from state_dir while a server runs. */
@@ -16,6 +17,8 @@ export interface ServerStatus {
   lookup: LookupStatus;
   /** The same facts under their first name, for the map lookup (scripts read status.map): the lookup type's statusAlias, until the next release. */
   map?: LookupStatus;
+  /** The export files (server.toml `export`), each with its last rewrite or error. */
+  exports?: ExportStatus[];
   degraded: string[];
   reloaded_at: string | null;
 }

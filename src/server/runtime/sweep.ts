@@ -2,12 +2,14 @@ import type { ServerConfig } from "../../lib/config.ts";
 import { log } from "../../lib/logging.ts";
 import { StateLock } from "../lock.ts";
 import { openCore, openLookup, type Core } from "../core.ts";
+import { openExports } from "../exports.ts";
 import type { LeaseRow } from "../state.ts";
 
 /**
  * Runs fn on the state while no server runs, holding the server's lock, and
  * then makes the lookup Postfix reads (a map outlives the server) equal to
- * the live leases: nothing installed is trusted to be current. Returns null
+ * the live leases, and the export files with it: nothing installed is
+ * trusted to be current. Returns null
  * when a server holds the lock: it sees the change itself within a second.
  */
 export async function withoutServer<T>(config: ServerConfig, fn: (core: Core) => Promise<T>): Promise<{ result: T } | null> {
@@ -27,6 +29,9 @@ export async function withoutServer<T>(config: ServerConfig, fn: (core: Core) =>
         await lookup.close();
       }
     }
+    // The export files outlive the server too; a failing one is logged and
+    // left for the next run, never in the way of the lookup above.
+    await openExports(core.config, core.leases.index, core.clock).sync();
     return { result };
   } finally {
     await core?.store.close();

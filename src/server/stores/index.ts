@@ -5,6 +5,14 @@ import type { AuditRow, Checked, ClientRow, LeaseRow } from "../state.ts";
 
 export type { AuditRow, Checked, ClientRow, LeaseRow };
 
+/** Which page of the audit log auditPage reads: entries of `client` (all when null) at or after `since` (ms), with ids above `after`. */
+export interface AuditPageFilter {
+  client: string | null;
+  since: number;
+  after: number;
+  limit: number;
+}
+
 /** An audit entry as written; the store assigns id, count defaults to 1. */
 export type AuditEntry = Omit<AuditRow, "id" | "count"> & { count?: number };
 
@@ -69,6 +77,8 @@ export interface Store {
   /** The leases of these clients. */
   leasesOfClients(names: string[]): Promise<LeaseRow[]>;
   auditLog(filter?: { client?: string; since?: number; limit?: number }): Promise<AuditRow[]>;
+  /** Up to `limit` audit entries with ids above `after`, oldest first: one page of a streamed export or history. */
+  auditPage(filter: AuditPageFilter): Promise<AuditRow[]>;
   counts(): Promise<{ clients: number; leases: number }>;
   /** Clients for the overdue rules: all of them, or only those whose state could change at `now` (ms, the store's clock). */
   watched(all: boolean, now: number): Promise<Watched[]>;

@@ -9,7 +9,7 @@ import type { Clock } from "../../lib/clock.ts";
 import { parseAllowList } from "../allow.ts";
 import type { AuditRow, ClientRow, LeaseRow } from "../state.ts";
 import { foldWatched, LATE_AFTER_INTERVALS, MIN_LEARNED_MS, type Watched } from "../overdue.ts";
-import { StoreUnavailable, type AuditEntry, type Store, type StoreTx } from "./index.ts";
+import { StoreUnavailable, type AuditEntry, type AuditPageFilter, type Store, type StoreTx } from "./index.ts";
 
 /**
  * The channel every lease change is announced on. The payload is empty: any
@@ -716,6 +716,16 @@ export class PgStore implements Store {
         filter.client ?? null,
         filter.since ?? 0,
         filter.limit ?? 1000,
+      ])
+    ).map(auditRow);
+  }
+  async auditPage(f: AuditPageFilter): Promise<AuditRow[]> {
+    return (
+      await this.rows(`SELECT ${AUDIT_COLS} FROM ${SCHEMA}.audit WHERE id > $1 AND ($2::text IS NULL OR client = $2::text) AND ts >= to_timestamp($3::float8 / 1000) ORDER BY id LIMIT $4`, [
+        f.after,
+        f.client,
+        f.since,
+        f.limit,
       ])
     ).map(auditRow);
   }

@@ -1,7 +1,7 @@
 import type { Clock } from "../../lib/clock.ts";
 import { StateStore, type ClientRow, type LeaseRow } from "../state.ts";
 import type { Watched } from "../overdue.ts";
-import type { AuditEntry, Store, StoreTx } from "./index.ts";
+import type { AuditEntry, AuditPageFilter, Store, StoreTx } from "./index.ts";
 
 /** How often a server looks for commits by other processes (admin commands). */
 const POLL_MS = 250;
@@ -144,6 +144,9 @@ export class SqliteStore implements Store {
   }
   async auditLog(filter?: { client?: string; since?: number; limit?: number }) {
     return this.state.auditLog(filter);
+  }
+  async auditPage(filter: AuditPageFilter) {
+    return this.state.auditPage(filter);
   }
   async counts() {
     return this.state.counts();

@@ -11,6 +11,7 @@ import { LeaseBook } from "../../../src/server/leases.ts";
 import type { Lookup, LookupStatus } from "../../../src/server/lookups/index.ts";
 import { mapLookupType } from "../../../src/server/lookups/map.ts";
 import { Metrics } from "../../../src/server/metrics.ts";
+import { Exports } from "../../../src/server/exports.ts";
 import { Follower } from "../../../src/server/runtime/follower.ts";
 import { AUDIT_PRUNE_MS, CHECKPOINT_MS, Housekeeping, LOOKUP_CHECK_MS, REFUSAL_FLUSH_MS, serverChores, type Chore } from "../../../src/server/runtime/housekeeping.ts";
 import { Listener } from "../../../src/server/runtime/listener.ts";
@@ -64,7 +65,7 @@ describe("Publisher", () => {
     await store.tx(async (t) => t.insertClient(client("office")));
     lookup = new CountingLookup();
     written = 0;
-    publisher = new Publisher({ leases, lookup, metrics: new Metrics(), timers, stateDir, status: () => (written++, { pin: "p" }) as unknown as ServerStatus });
+    publisher = new Publisher({ leases, lookup, exports: new Exports([]), metrics: new Metrics(), timers, stateDir, status: () => (written++, { pin: "p" }) as unknown as ServerStatus });
   });
 
   test("writes no status before start; after it, many changes make one write STATUS_DELAY_MS later", async () => {
@@ -178,13 +179,14 @@ describe("Housekeeping", () => {
     const n = { pruned: 0, flushed: 0, maintained: 0, checked: 0, overdue: 0 };
     const store = { maintain: () => void n.maintained++, pruneAudit: async () => (n.pruned++, 0) } as unknown as Store;
     const refusals = { flush: () => void n.flushed++ } as unknown as RefusalLog;
-    const chores = serverChores({ store, lookup: new CountingLookup(), refusals, config: () => ({ auditRetention: 86400, overdueCheck: 4 }) as ServerConfig, checked: () => void n.checked++, watchdog: { check: async () => (n.overdue++, []) } as unknown as Watchdog });
+    const chores = serverChores({ store, lookup: new CountingLookup(), exports: new Exports([]), refusals, config: () => ({ auditRetention: 86400, overdueCheck: 4 }) as ServerConfig, checked: () => void n.checked++, watchdog: { check: async () => (n.overdue++, []) } as unknown as Watchdog });
     expect(chores.map((c) => [c.name, c.everyMs])).toEqual([
       ["audit prune", AUDIT_PRUNE_MS],
       ["refusal flush", REFUSAL_FLUSH_MS],
       ["checkpoint", CHECKPOINT_MS],
       ["lookup check", LOOKUP_CHECK_MS],
       ["overdue check", 4_000],
+      ["export check", LOOKUP_CHECK_MS],
     ]);
     const h = new Housekeeping(chores, timers);
     h.start();

@@ -259,4 +259,18 @@ smtpctl_socket = "/x/smtpctl.sock"
     expect([plan.config.eximHosts, plan.config.smtpdTable, plan.config.smtpctl, plan.config.smtpctlSocket]).toEqual([running.eximHosts, running.smtpdTable, undefined, undefined]);
     expect(plan.warnings).toEqual(["exim_hosts", "smtpd_table", "smtpctl", "smtpctl_socket"].map((k) => `reload: ${k} changed; restart the server for it to take effect`));
   });
+
+  test("the export files are opened at start: a changed export waits for a restart", () => {
+    const dir = tempDir("relayctl-reload-");
+    const p = (name: string, text: string) => {
+      writeFileSync(join(dir, name), `state_dir = "${dir}/s"\n${text}`);
+      return join(dir, name);
+    };
+    const running = loadServerConfig(p("a.toml", 'export = [{ path = "/x/hosts" }]\n'));
+    const next = loadServerConfig(p("b.toml", 'export = [{ path = "/x/hosts", static = ["127.0.0.1"] }]\n'));
+    const plan = planReload(running, next);
+    expect(plan.config.exports).toBe(running.exports);
+    expect(plan.warnings).toEqual(["reload: export changed; restart the server for it to take effect"]);
+    expect(planReload(running, loadServerConfig(p("c.toml", 'export = [{ path = "/x/hosts" }]\n'))).warnings).toEqual([]);
+  });
 });
