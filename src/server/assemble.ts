@@ -100,7 +100,7 @@ class Assembled implements Skeleton {
     const timers = parts.timers ?? realTimers;
     this.renewals = parts.renewals ?? new RenewalLimiter(core.config.renewalsPerMinute);
     this.publisher = new Publisher({ leases, lookup, metrics, timers, stateDir: core.config.stateDir, status: () => this.status() });
-    this.follower = new Follower({ store, leases, onRefreshed: () => this.publisher.refreshed() });
+    this.follower = new Follower({ store, leases, timers, onRefreshed: () => this.publisher.refreshed() });
     this.refusals = new RefusalLog(store.refusalSink(), clock, parts.refusalsPerMinute);
     const chores = serverChores({ store, lookup, refusals: this.refusals, config: () => core.config, checked: () => this.publisher.statusSoon() });
     this.housekeeping = new Housekeeping(chores, timers);
