@@ -39,11 +39,11 @@ const CONNECT_TIMEOUT_S = 3;
 /** How often a host prunes the change log (and leaves a mark for the next prune). */
 const PRUNE_MS = 300_000;
 /**
- * A follower whose last read is this close to CHANGES_KEEP_MS old reloads
- * everything: the margin covers a mark's snapshot being taken a moment after
- * its recorded time (see maintain()).
+ * A follower whose last read is within this share of the keep time of being
+ * too old reloads everything: the margin (a minute of an hour) covers a
+ * mark's snapshot being taken a moment after its recorded time (maintain()).
  */
-const KEEP_MARGIN_MS = 60_000;
+const KEEP_MARGIN = 1 / 60;
 /** Most transactions sharing one COMMIT: bounds how long the first of them waits. */
 const MAX_BATCH = 64;
 
@@ -536,11 +536,16 @@ export class PgStore implements Store {
   private epoch = 0;
   private prunedAt = 0;
 
+  /** How long change rows are kept (CHANGES_KEEP_MS; shorter in tests). */
+  private readonly keepMs: number;
+
   constructor(
     readonly target: PgTarget,
     private readonly clock: Clock,
+    opts: { changesKeepMs?: number } = {},
   ) {
     this.where = target.shown;
+    this.keepMs = opts.changesKeepMs ?? CHANGES_KEEP_MS;
   }
 
   /** A pool on one host of the list. */
@@ -799,7 +804,7 @@ export class PgStore implements Store {
    * the snapshot recorded are the same snapshot. The position comes back
    * with a full reload (clients null) when the follower read nothing yet,
    * the pool switched (failover: another server's log and snapshots), or its
-   * last read is nearly CHANGES_KEEP_MS old (rows it needs may be pruned).
+   * last read is nearly the keep time old (rows it needs may be pruned).
    */
   async changes(since: ChangePosition | null): Promise<ChangeBatch> {
     const last = since as unknown as PgPosition | null;
@@ -830,7 +835,7 @@ export class PgStore implements Store {
     const seen = head.max_id === null ? 0n : BigInt(String(head.max_id));
     const at = Number(head.db_now);
     const next: PgPosition = { epoch, id: last && last.id > seen ? last.id : seen, snap: String(head.snap), at };
-    const cutOff = last !== null && at - last.at > CHANGES_KEEP_MS - KEEP_MARGIN_MS;
+    const cutOff = last !== null && at - last.at > this.keepMs * (1 - KEEP_MARGIN);
     const everything = cutOff || rows.length > CATCH_UP_MAX_CLIENTS || rows.some((r) => r.op === "all");
     const clients = everything ? null : rows.filter((r) => r.op === "lease").map((r) => String(r.client));
     return { clients, enrolled: everything || rows.some((r) => r.op === "client"), next: next as unknown as ChangePosition };
@@ -954,7 +959,7 @@ export class PgStore implements Store {
     const now = this.clock.now();
     if (now - this.prunedAt < PRUNE_MS) return;
     this.prunedAt = now;
-    const keep = `interval '${CHANGES_KEEP_MS / 1000} seconds'`;
+    const keep = `interval '${this.keepMs / 1000} seconds'`;
     try {
       const [r] = await this.rows(
         `WITH mark AS (INSERT INTO ${SCHEMA}.change_marks (at, oldest) VALUES (now(), pg_snapshot_xmin(pg_current_snapshot())) RETURNING 1),
@@ -963,7 +968,7 @@ export class PgStore implements Store {
          marks AS (DELETE FROM ${SCHEMA}.change_marks WHERE at < (SELECT at FROM cut) RETURNING 1)
          SELECT (SELECT count(*) FROM gone)::int AS pruned, (SELECT count(*) FROM mark)::int AS marked, (SELECT count(*) FROM marks)::int AS old`,
       );
-      if (Number(r!.pruned)) log.debug(`state: pruned ${r!.pruned} change log rows older than ${CHANGES_KEEP_MS / 60_000} min`);
+      if (Number(r!.pruned)) log.debug(`state: pruned ${r!.pruned} change log rows older than ${this.keepMs / 1000} s`);
     } catch (err) {
       // An outage is reported already (problems()); the next prune catches up.
       if (!(err instanceof StoreUnavailable)) throw err;
