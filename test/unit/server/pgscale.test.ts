@@ -394,6 +394,23 @@ describe.skipIf(!HAVE_PG)("the change log (issue 21 item 1)", () => {
     }
   });
 
+  test("a change that bypassed the log (trigger off) is not caught up, and the full reconcile repairs it", async () => {
+    const { a, b, bookA, bookB } = await hosts("cbypass");
+    try {
+      await a.tx((t) => t.insertClient(client("h1")));
+      await bookA.renew((await a.getClient("h1"))!, parseCidr("192.0.2.95")!, "t");
+      await bookB.reload();
+      await pg.psql("BEGIN; ALTER TABLE relayctl.leases DISABLE TRIGGER leases_removed; DELETE FROM relayctl.leases; ALTER TABLE relayctl.leases ENABLE TRIGGER leases_removed; COMMIT", "cbypass");
+      await bookB.catchUp();
+      expect(live(bookB)).toEqual(["192.0.2.95"]);
+      await bookB.reload();
+      expect(live(bookB)).toEqual([]);
+    } finally {
+      await a.close();
+      await b.close();
+    }
+  });
+
   test("a follower on a new pool (what a failover makes) reloads everything; a bulk insert logs one 'all' row", async () => {
     const { a, b, bookA, bookB } = await hosts("cswitch");
     try {
