@@ -10,36 +10,12 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { freePort, requireE2E, tmpDir, type TmpDir } from "./harness.ts";
-import { addClient, apiCaller, relayctl, startServer, tokenOf, writeServerConfig, type ServerProc } from "./relayctl.ts";
+import { addClient, apiCaller, askPolicy as ask, relayctl, startServer, tokenOf, writeServerConfig, type ServerProc } from "./relayctl.ts";
 import { postgresBinDir, startCluster, type PgCluster } from "../pgcluster.ts";
 
 const enabled = requireE2E() && postgresBinDir() !== undefined;
 const ROUNDS = 20;
 const HOSTS = 3;
-
-/** Asks a policy socket about one client address, as Postfix's check_policy_service does; resolves to the action. */
-async function ask(socket: string, address: string): Promise<string> {
-  let got = "";
-  const answer = new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no answer from ${socket} in 2 s`)), 2_000);
-    void Bun.connect({
-      unix: socket,
-      socket: {
-        open: (s) => void s.write(`request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address=${address}\nclient_name=unknown\nrecipient=b@example.net\nsender=a@example.org\n\n`),
-        data: (s, d) => {
-          got += new TextDecoder().decode(d);
-          if (got.endsWith("\n\n")) {
-            clearTimeout(timer);
-            s.end();
-            resolve(/^action=(\S+)/m.exec(got)?.[1] ?? got);
-          }
-        },
-        error: (_s, err) => reject(err),
-      },
-    }).catch(reject);
-  });
-  return answer;
-}
 
 describe.if(enabled)("propagation across three relay hosts on one PostgreSQL", () => {
   let pg: PgCluster;
