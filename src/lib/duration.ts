@@ -42,7 +42,7 @@ export const DURATION_LIMITS = {
     setting: "`stale_after` in server.toml",
     min: 6,
     max: HOUR,
-    why: "a healthy host refreshes its view of the shared database every 5 s, so 5 s or less would mark it stale between two refreshes; beyond an hour a host cut off from the database keeps relaying for revoked leases that long",
+    why: "a healthy host catches up with the shared database every second; 6 s leaves room for a slow read without a healthy host flapping; beyond an hour a host cut off from the database keeps relaying for revoked leases that long",
   },
   overdue_check: {
     setting: "`overdue_check` in server.toml",

@@ -131,6 +131,7 @@ class Assembled implements Skeleton {
     this.follower = new Follower({
       store,
       leases,
+      timers,
       clock: parts.clock,
       onRefreshed: () => {
         // Current again: restore the leases before publishing them.

@@ -3,7 +3,7 @@ import { LiveIndex } from "./live.ts";
 import { systemClock, type Clock } from "../lib/clock.ts";
 import { log } from "../lib/logging.ts";
 import type { ClientRow, LeaseRow } from "./state.ts";
-import type { Store, StoreTx } from "./stores/index.ts";
+import type { ChangePosition, Store, StoreTx } from "./stores/index.ts";
 
 export type RenewEvent = "grant" | "renew" | "replace";
 
@@ -41,9 +41,34 @@ export class LeaseBook {
     readonly index: LiveIndex = new LiveIndex(),
   ) {}
 
-  /** Reloads the index from state: at start, and when another process (an admin command) committed. */
+  /** Where the index stands in the store's change log; null: unknown (the next catch-up reloads everything). */
+  private position: ChangePosition | null = null;
+  /** Full reloads done (start, reconcile, a catch-up the store could not answer in part), for tests and the bench. */
+  fullReloads = 0;
+
+  /** Reloads every lease from state: at start, on the follower's periodic reconcile, and after an admin command. */
   async reload(): Promise<void> {
-    this.index.load(await this.store.allLeases());
+    await this.catchUp(true);
+  }
+
+  /**
+   * Applies what other processes committed since the last catch-up: only the
+   * leases of the clients the store names, or every lease when it cannot
+   * name them (full, or no position yet). The position is taken before the
+   * leases are read and kept only once they are applied, so a change
+   * committed meanwhile is read again next time, never missed; a failure
+   * keeps the old position. Returns whether the client count may have moved.
+   */
+  async catchUp(full = false): Promise<{ enrolled: boolean }> {
+    const batch = await this.store.changes(full ? null : this.position);
+    if (batch.clients === null) {
+      this.index.load(await this.store.allLeases());
+      this.fullReloads++;
+    } else if (batch.clients.length) {
+      this.index.setClients(batch.clients, await this.store.leasesOfClients(batch.clients));
+    }
+    this.position = batch.next;
+    return { enrolled: batch.enrolled };
   }
 
   /** The ttl in seconds that applies to a client. */

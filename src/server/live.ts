@@ -11,6 +11,11 @@ export interface LiveLease {
   expires_at: number;
 }
 
+/** A lease as held: with the generation of the last load() that saw it. */
+interface Held extends LiveLease {
+  seen: number;
+}
+
 /** The leases of one address or network: almost always one, rarely several clients sharing it. */
 type Holders = LiveLease | LiveLease[];
 
@@ -48,8 +53,8 @@ export interface LiveView {
  */
 export class LiveIndex implements LiveView {
   /** The lease of each client, one table per family. */
-  private readonly v4 = new Map<string, LiveLease>();
-  private readonly v6 = new Map<string, LiveLease>();
+  private readonly v4 = new Map<string, Held>();
+  private readonly v6 = new Map<string, Held>();
   /** Exact addresses (/32, /128) → the leases holding them. */
   private readonly exact = new Map<string, Holders>();
   /** Prefix leases by prefix length, then by network text. */
@@ -72,22 +77,39 @@ export class LiveIndex implements LiveView {
    * live and `sorted` is the map as it stands, with no per-lease check.
    */
   private floor = Infinity;
+  /** Stamped on each lease put by load(), which then drops the leases it did not stamp. */
+  private generation = 0;
 
-  private byFamily(family: number): Map<string, LiveLease> {
+  private byFamily(family: number): Map<string, Held> {
     return family === 4 ? this.v4 : this.v6;
   }
 
-  /** Replaces everything with the given rows (start, and after another process changed state). */
+  /**
+   * Makes the index hold exactly the given rows (start, a full reconcile).
+   * Compared, not rebuilt: a lease already held as it is costs one lookup,
+   * and the sorted list is rebuilt only when a text was added (a reconcile
+   * that finds nothing new at 1,000,000 leases sorts nothing).
+   */
   load(rows: readonly LeaseRow[]): void {
-    this.v4.clear();
-    this.v6.clear();
-    this.exact.clear();
-    this.prefixes.clear();
-    this.sorted = [];
-    this.floor = Infinity;
+    const mark = ++this.generation;
     this.inBulk(() => {
       for (const r of rows) this.put(r);
+      for (const table of [this.v4, this.v6]) for (const l of table.values()) if (l.seen !== mark) this.remove(l.client, l.family);
     });
+  }
+
+  /** Makes the named clients' leases exactly those among the rows (a catch-up from the change log): put what is there, drop what is not. */
+  setClients(clients: readonly string[], rows: readonly LeaseRow[]): void {
+    const held = new Map<string, LeaseRow[]>();
+    for (const r of rows) held.set(r.client, [...(held.get(r.client) ?? []), r]);
+    for (const client of clients) {
+      const mine = held.get(client) ?? [];
+      for (const family of [4, 6]) {
+        const row = mine.find((r) => r.family === family);
+        if (row) this.put(row);
+        else this.remove(client, family);
+      }
+    }
   }
 
   /** Runs many changes with one pass over `sorted` at the end instead of a splice each. */
@@ -118,6 +140,7 @@ export class LiveIndex implements LiveView {
     // re-inserting Map keys was the largest cost of a renewal at 10,000 leases.
     if (held && held.ip === row.ip) {
       held.expires_at = row.expires_at;
+      held.seen = this.generation;
       if (row.expires_at < this.floor) this.floor = row.expires_at;
       return;
     }
@@ -129,7 +152,7 @@ export class LiveIndex implements LiveView {
     }
     this.remove(row.client, row.family);
     const text = leaseText(net);
-    const lease: LiveLease = { client: row.client, family: row.family, ip: text === row.ip ? row.ip : text, expires_at: row.expires_at };
+    const lease: Held = { client: row.client, family: row.family, ip: text === row.ip ? row.ip : text, expires_at: row.expires_at, seen: this.generation };
     table.set(row.client, lease);
     if (lease.expires_at < this.floor) this.floor = lease.expires_at;
     const bucket = this.bucket(lease, true)!;

@@ -294,3 +294,27 @@ export async function policyHost(st: Stage, values: Record<string, string | numb
   };
   return { postfix, smtp, url, config, relays };
 }
+
+/** Asks a policy socket about one client address, as Postfix's check_policy_service does; resolves to the action. */
+export async function askPolicy(socket: string, address: string): Promise<string> {
+  let got = "";
+  const answer = new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no answer from ${socket} in 2 s`)), 2_000);
+    void Bun.connect({
+      unix: socket,
+      socket: {
+        open: (s) => void s.write(`request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address=${address}\nclient_name=unknown\nrecipient=b@example.net\nsender=a@example.org\n\n`),
+        data: (s, d) => {
+          got += new TextDecoder().decode(d);
+          if (got.endsWith("\n\n")) {
+            clearTimeout(timer);
+            s.end();
+            resolve(/^action=(\S+)/m.exec(got)?.[1] ?? got);
+          }
+        },
+        error: (_s, err) => reject(err),
+      },
+    }).catch(reject);
+  });
+  return answer;
+}

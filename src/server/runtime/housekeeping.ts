@@ -18,7 +18,7 @@ export interface Chore {
 export const LOOKUP_CHECK_MS = 2_000;
 /** How often aggregated refusal counts reach the audit log. */
 export const REFUSAL_FLUSH_MS = 5_000;
-/** How often the WAL is folded into the database and truncated, when anything was written. */
+/** How often the store's upkeep runs: SQLite folds the WAL when anything was written, PostgreSQL prunes the change log when due. */
 export const CHECKPOINT_MS = 10_000;
 /** How often audit entries older than audit_retention are removed. */
 export const AUDIT_PRUNE_MS = 3_600_000;
@@ -41,9 +41,9 @@ export function serverChores(d: { store: Store; lookup: Lookup; exports: Exports
     {
       name: "checkpoint",
       everyMs: CHECKPOINT_MS,
-      run: () => {
+      run: async () => {
         try {
-          d.store.maintain();
+          await d.store.maintain();
         } catch (err) {
           log.warn(`state checkpoint failed: ${(err as Error).message}`);
         }

@@ -88,12 +88,21 @@ export interface Store {
   refusalSink(): { audit(e: AuditEntry): number; setAuditCount(id: number, count: number, detail?: string): void };
   /**
    * Calls onChange when another process (an admin command, another relay
-   * host) committed a change, naming nothing: the caller reloads all. Also
-   * now and then, so nothing stale survives a lost notice. Returns a stop function.
+   * host) may have committed a change, naming nothing: the caller then asks
+   * changes(). PostgreSQL also calls it every POLL_MS, so a lost notice
+   * delays a change by at most that. Returns a stop function.
    */
   watch(onChange: () => void): () => void;
-  /** Periodic upkeep while serving (SQLite: fold the WAL). */
-  maintain(): void;
+  /**
+   * What changed since `since` (null: nothing read yet): the clients whose
+   * leases to read again, or null when the store cannot tell (SQLite, a
+   * follower cut off longer than the log is kept, a switch to another
+   * database host), and the position to ask from next. The position is taken
+   * before anything is read, so a full reload that follows misses nothing.
+   */
+  changes(since: ChangePosition | null): Promise<ChangeBatch>;
+  /** Periodic upkeep while serving (SQLite: fold the WAL; PostgreSQL: prune the change log). */
+  maintain(): void | Promise<void>;
   /** Why the store cannot be reached right now; empty when it answers. */
   problems(): string[];
   /**
@@ -103,6 +112,19 @@ export interface Store {
    */
   skew(): number;
   close(): Promise<void>;
+}
+
+/** Where a follower has read a store's changes up to: opaque to everyone but the store. */
+declare const opaque: unique symbol;
+export type ChangePosition = { readonly [opaque]: true };
+
+/** The answer to Store.changes(). */
+export interface ChangeBatch {
+  /** Clients whose leases changed (each once), or null: reload every lease. */
+  clients: string[] | null;
+  /** Whether clients were enrolled or removed (the client count may have moved). */
+  enrolled: boolean;
+  next: ChangePosition | null;
 }
 
 /** Raised when the store cannot be reached: renewals answer 503 and the client retries. */

@@ -9,20 +9,42 @@ import type { Clock } from "../../lib/clock.ts";
 import { parseAllowList } from "../allow.ts";
 import type { AuditRow, ClientRow, LeaseRow } from "../state.ts";
 import { foldWatched, LATE_AFTER_INTERVALS, MIN_LEARNED_MS, type Watched } from "../overdue.ts";
-import { StoreUnavailable, type AuditEntry, type AuditPageFilter, type Store, type StoreTx } from "./index.ts";
+import { StoreUnavailable, type AuditEntry, type AuditPageFilter, type ChangeBatch, type ChangePosition, type Store, type StoreTx } from "./index.ts";
 
 /**
- * The channel every lease change is announced on. The payload is empty: any
- * role that may connect can LISTEN, so a notice says only "something
- * changed" and every server reloads; it never names a client.
+ * The channel a committed lease change wakes the other hosts on. The payload
+ * is empty: any role that may connect can LISTEN, so a notice says only
+ * "read the change log"; it never names a client. NOTIFY sends one notice per
+ * transaction however many rows it changed (PostgreSQL folds duplicates), so
+ * a group commit of many changes is one wake-up.
  */
 export const CHANNEL = "relayctl_leases";
-/** How often each server reloads every lease anyway, so a lost notice or a reconnect leaves nothing stale. */
-export const RECONCILE_MS = 5_000;
+/**
+ * How often each host reads the change log anyway: a notice lost (LISTEN
+ * reconnecting) delays a change by at most this, and an idle read costs one
+ * index probe. Each successful read is also what says "this host is current".
+ */
+export const POLL_MS = 1_000;
+/**
+ * How long change rows are kept. A host whose last read of the log is older
+ * than this (it was cut off) cannot know what it missed and reloads
+ * everything instead; so does one that switched hosts (failover).
+ */
+export const CHANGES_KEEP_MS = 3_600_000;
+/** A catch-up touching more clients than this reloads everything instead (one query beats thousands of probes). */
+export const CATCH_UP_MAX_CLIENTS = 1_000;
 /** Advisory lock key held while the schema is created or migrated ("relayctl" in ASCII, as a bigint). */
 const SCHEMA_LOCK = 0x72656c6179637478n;
 /** Seconds a connection attempt to one host may take, so a dead host in the list costs at most this. */
 const CONNECT_TIMEOUT_S = 3;
+/** How often a host prunes the change log (and leaves a mark for the next prune). */
+const PRUNE_MS = 300_000;
+/**
+ * A follower whose last read is within this share of the keep time of being
+ * too old reloads everything: the margin (a minute of an hour) covers a
+ * mark's snapshot being taken a moment after its recorded time (maintain()).
+ */
+const KEEP_MARGIN = 1 / 60;
 /** Most transactions sharing one COMMIT: bounds how long the first of them waits. */
 const MAX_BATCH = 64;
 
@@ -37,17 +59,18 @@ interface PendingTx {
 export const SCHEMA = "relayctl";
 
 /**
- * Which lease changes wake the other hosts. A NOTIFY takes a database-wide
- * lock at commit, which serialises every committing transaction, so a plain
- * renewal (only renewed_at, expires_at growing, renewals) sends none: another
- * host that has not seen it still holds the older, earlier expiry, so at
- * worst it stops relaying early (fail closed) until its next reload
- * (RECONCILE_MS). Everything else notifies: a grant, a new address, a
- * re-grant (granted_at moves), an expiry moved earlier, a delete.
- * Inserts and deletes notify once per statement, and only when it touched a
- * row (a transition table says): a DELETE that found nothing due must not
- * wake every other host (which would sweep, and wake this one again), and
- * server migrate's million-row INSERT pays one NOTIFY, not a million.
+ * Which lease changes are logged (relayctl.changes) and wake the other hosts.
+ * A NOTIFY takes a database-wide lock at commit, which serialises every
+ * committing transaction, so a plain renewal (only renewed_at, expires_at
+ * growing, renewals) neither logs nor notifies: another host that has not
+ * seen it still holds the older, earlier expiry, so at worst it stops relaying
+ * early (fail closed) until the client's next change or its periodic full
+ * reconcile (Follower). Everything else is logged: a grant, a new address, a
+ * re-grant (granted_at moves), an expiry moved earlier, a delete of a live
+ * lease. A delete of an expired lease (expiry by any host) is not: every host
+ * already dropped it by its own clock. Inserts and deletes are handled once
+ * per statement, over a transition table: server migrate's million-row
+ * INSERT logs one "everything" row (a full reload), not a million.
  */
 const TRIGGERS = `
    CREATE TRIGGER leases_added AFTER INSERT ON ${SCHEMA}.leases
@@ -62,14 +85,75 @@ const TRIGGERS = `
    CREATE TRIGGER leases_truncated AFTER TRUNCATE ON ${SCHEMA}.leases
      FOR EACH STATEMENT EXECUTE FUNCTION ${SCHEMA}.lease_changed();`;
 
-/** The statement-level notice for inserts and deletes: only when the statement touched a row. */
+/**
+ * The statement-level change rows for inserts and deletes: one per live lease
+ * the statement touched, or one "everything" row past CATCH_UP_MAX_CLIENTS.
+ */
 const TOUCHED = `
-   CREATE FUNCTION ${SCHEMA}.leases_touched() RETURNS trigger
+   CREATE OR REPLACE FUNCTION ${SCHEMA}.leases_touched() RETURNS trigger
      LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+   DECLARE n integer;
    BEGIN
-     IF EXISTS (SELECT 1 FROM touched) THEN PERFORM pg_notify('${CHANNEL}', ''); END IF;
+     SELECT count(*) INTO n FROM (SELECT 1 FROM touched WHERE TG_OP = 'INSERT' OR expires_at > now() LIMIT ${CATCH_UP_MAX_CLIENTS + 1}) t;
+     IF n = 0 THEN RETURN NULL; END IF;
+     IF n > ${CATCH_UP_MAX_CLIENTS} THEN
+       INSERT INTO ${SCHEMA}.changes (op) VALUES ('all');
+     ELSE
+       INSERT INTO ${SCHEMA}.changes (op, client) SELECT 'lease', client FROM touched WHERE TG_OP = 'INSERT' OR expires_at > now();
+     END IF;
+     PERFORM pg_notify('${CHANNEL}', '');
      RETURN NULL;
    END $$;`;
+
+/** The row-level change rows for updates that alter an answer, and "everything" for TRUNCATE. */
+const CHANGED = `
+   CREATE OR REPLACE FUNCTION ${SCHEMA}.lease_changed() RETURNS trigger
+     LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+   BEGIN
+     IF TG_OP = 'UPDATE' THEN
+       INSERT INTO ${SCHEMA}.changes (op, client) VALUES ('lease', NEW.client);
+       IF OLD.client <> NEW.client THEN INSERT INTO ${SCHEMA}.changes (op, client) VALUES ('lease', OLD.client); END IF;
+     ELSE
+       INSERT INTO ${SCHEMA}.changes (op) VALUES ('all');
+     END IF;
+     PERFORM pg_notify('${CHANNEL}', '');
+     RETURN NULL;
+   END $$;`;
+
+/**
+ * The change log. Ids come from a sequence, so they are not in commit order:
+ * a transaction may take id 7 and commit after another took 8. Readers
+ * therefore never trust "everything up to the highest id seen": each read
+ * also records its snapshot, and the next read asks for rows past that id OR
+ * written by a transaction the snapshot saw as running (its xip list) or not
+ * yet started (txid >= its xmax); see PgStore.changes. `txid` is the writing
+ * transaction's id (an xid8: never wraps). change_marks remembers, for pruning,
+ * which transactions had all finished at a given time.
+ * Enrolling or removing a client is logged too ('client'), for the client
+ * count in /metrics; it wakes nobody.
+ */
+const CHANGE_LOG = `
+   CREATE TABLE IF NOT EXISTS ${SCHEMA}.changes (
+     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+     txid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+     at timestamptz NOT NULL DEFAULT now(),
+     op text NOT NULL CHECK (op IN ('lease', 'client', 'all')),
+     client text
+   );
+   CREATE INDEX IF NOT EXISTS changes_txid ON ${SCHEMA}.changes (txid);
+   CREATE TABLE IF NOT EXISTS ${SCHEMA}.change_marks (at timestamptz NOT NULL, oldest xid8 NOT NULL);
+   CREATE OR REPLACE FUNCTION ${SCHEMA}.clients_touched() RETURNS trigger
+     LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+   BEGIN
+     INSERT INTO ${SCHEMA}.changes (op, client) SELECT 'client', name FROM touched LIMIT 1;
+     RETURN NULL;
+   END $$;
+   DROP TRIGGER IF EXISTS clients_added ON ${SCHEMA}.clients;
+   DROP TRIGGER IF EXISTS clients_removed ON ${SCHEMA}.clients;
+   CREATE TRIGGER clients_added AFTER INSERT ON ${SCHEMA}.clients
+     REFERENCING NEW TABLE AS touched FOR EACH STATEMENT EXECUTE FUNCTION ${SCHEMA}.clients_touched();
+   CREATE TRIGGER clients_removed AFTER DELETE ON ${SCHEMA}.clients
+     REFERENCING OLD TABLE AS touched FOR EACH STATEMENT EXECUTE FUNCTION ${SCHEMA}.clients_touched();`;
 
 /**
  * Functions and triggers, for a new database and for the move from version 1.
@@ -97,9 +181,7 @@ const ROUTINES = `
    EXCEPTION WHEN invalid_text_representation THEN RETURN NULL;
    END $$;
    -- Every change to a lease that alters a lookup answer, by relayctl or by hand, reaches every server's lookup.
-   CREATE FUNCTION ${SCHEMA}.lease_changed() RETURNS trigger
-     LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-   BEGIN PERFORM pg_notify('${CHANNEL}', ''); RETURN NULL; END $$;
+   ${CHANGED}
    ${TOUCHED}
    ${TRIGGERS}`;
 
@@ -165,6 +247,7 @@ const CREATE = `
    CREATE SCHEMA IF NOT EXISTS ${SCHEMA};
    CREATE TABLE ${SCHEMA}.relayctl_schema (version integer NOT NULL);
    ${PG_TABLES}
+   ${CHANGE_LOG}
    ${ROUTINES}
    ${OVERDUE_COLUMNS}`;
 
@@ -213,11 +296,17 @@ const UPGRADES: Record<number, (legacy: string) => string> = {
    DROP INDEX IF EXISTS ${SCHEMA}.leases_expiry;
    ALTER TABLE ${SCHEMA}.leases SET (fillfactor = ${FILLFACTOR});
    ${TRIGGERS}`,
-  3: () => OVERDUE_COLUMNS,
+  // Version 4: the change log, which hosts read instead of reloading every lease on each notice.
+  3: () => `
+   ${CHANGE_LOG}
+   ${CHANGED}
+   ${TOUCHED}`,
+  // Version 5: what the overdue check keeps per client (expected interval, state, last seen and address).
+  4: () => OVERDUE_COLUMNS,
 };
 
 /** The schema version this build writes; a newer database is refused rather than misread. */
-export const PG_SCHEMA_VERSION = 4;
+export const PG_SCHEMA_VERSION = 5;
 
 /** Connection settings taken apart from `database`, so the password never travels in a URL we log. */
 export interface PgTarget {
@@ -310,6 +399,18 @@ const CLIENT_COLS = `name, token_id, token_hash, ttl, allow, ${MS("created_at")}
 const AUDIT_COLS = `id::float8 AS id, ${MS("ts")} AS ts, event, client, ip, source, detail, count`;
 
 type Row = Record<string, unknown>;
+
+/**
+ * How far a follower has read the change log: the highest id seen, the
+ * snapshot that read ran in (as text), the database time of that read, and
+ * the pool it ran on (a switch of host reloads everything).
+ */
+interface PgPosition {
+  epoch: number;
+  id: bigint;
+  snap: string;
+  at: number;
+}
 
 function leaseRow(r: Row): LeaseRow {
   const ip = String(r.ip);
@@ -463,12 +564,20 @@ export class PgStore implements Store {
   private auditChain: Promise<unknown> = Promise.resolve();
   private nextAuditId = 1;
   private readonly auditIds = new Map<number, Promise<number | null>>();
+  /** Counts the pools chosen (start, failover, reconnect): a change position from another pool is not trusted. */
+  private epoch = 0;
+  private prunedAt = 0;
+
+  /** How long change rows are kept (CHANGES_KEEP_MS; shorter in tests). */
+  private readonly keepMs: number;
 
   constructor(
     readonly target: PgTarget,
     private readonly clock: Clock,
+    opts: { changesKeepMs?: number } = {},
   ) {
     this.where = target.shown;
+    this.keepMs = opts.changesKeepMs ?? CHANGES_KEEP_MS;
   }
 
   /** A pool on one host of the list. */
@@ -506,6 +615,7 @@ export class PgStore implements Store {
         const [r] = (await sql.unsafe(`SELECT pg_is_in_recovery() AS standby, current_setting('transaction_read_only') AS ro`)) as Row[];
         if (!r!.standby && r!.ro === "off") {
           if (this.target.hosts.length > 1) log.info(`state: using ${name}, the read-write host of ${this.where}`);
+          this.epoch++;
           for (const f of this.switched) f(sql);
           return sql;
         }
@@ -698,13 +808,69 @@ export class PgStore implements Store {
     return (await this.rows(`SELECT ${CLIENT_COLS} FROM ${SCHEMA}.clients ORDER BY name`)).map(clientRow);
   }
   async allLeases(): Promise<LeaseRow[]> {
+    const rows = await this.timed(`SELECT ${LEASE_COLS}, ${MS("now()")} AS db_now FROM ${SCHEMA}.leases RIGHT JOIN (SELECT 1) one ON true ORDER BY client, family`);
+    return rows.filter((r) => r.client !== null).map(leaseRow);
+  }
+
+  /** Runs a query that returns db_now on every row (at least one), measuring on the way how far the database clock is ahead of ours. */
+  private async timed(text: string, params: unknown[] = []): Promise<Row[]> {
     const t0 = this.clock.now();
-    const rows = await this.rows(`SELECT ${LEASE_COLS}, ${MS("now()")} AS db_now FROM ${SCHEMA}.leases RIGHT JOIN (SELECT 1) one ON true ORDER BY client, family`);
-    // Each reload also measures how far the database clock is ahead of ours.
+    const rows = await this.rows(text, params);
     const t1 = this.clock.now();
     const dbNow = Number(rows[0]?.db_now);
     if (Number.isFinite(dbNow)) this.skewMs = Math.round(dbNow - (t0 + t1) / 2);
-    return rows.filter((r) => r.client !== null).map(leaseRow);
+    return rows;
+  }
+
+  /**
+   * Reads the change log past `since`. Ids are not in commit order (see
+   * CHANGE_LOG), so "id > highest seen" alone would skip a row whose
+   * transaction took its id before the last read and committed after it. Of
+   * the usual fixes, a window behind the highest id bounds nothing (a
+   * transaction may stay open for minutes) and commit timestamps need
+   * track_commit_timestamp on the server. Instead each read records its own
+   * snapshot, and the next one also takes every row written by a transaction
+   * that snapshot saw as running (txid in its xip list) or not yet begun
+   * (txid >= its xmax): exactly the rows the last read could not see, so none
+   * is skipped and none is read twice. All in one statement, so the rows and
+   * the snapshot recorded are the same snapshot. The position comes back
+   * with a full reload (clients null) when the follower read nothing yet,
+   * the pool switched (failover: another server's log and snapshots), or its
+   * last read is nearly the keep time old (rows it needs may be pruned).
+   */
+  async changes(since: ChangePosition | null): Promise<ChangeBatch> {
+    const last = since as unknown as PgPosition | null;
+    let epoch = 0;
+    const rows = await this.call(async () => {
+      const sql = await this.pool();
+      epoch = this.epoch;
+      const t0 = this.clock.now();
+      const r = [
+        ...((await (last === null || last.epoch !== epoch
+          ? sql.unsafe(`SELECT coalesce((SELECT max(id) FROM ${SCHEMA}.changes), 0)::text AS max_id, pg_current_snapshot()::text AS snap, ${MS("now()")} AS db_now, 'all' AS op, NULL AS client`)
+          : sql.unsafe(
+              `WITH fresh AS (
+                 SELECT id, op, client FROM ${SCHEMA}.changes WHERE id > $1::bigint
+                 UNION SELECT id, op, client FROM ${SCHEMA}.changes WHERE txid IN (SELECT pg_snapshot_xip($2::pg_snapshot))
+                 UNION SELECT id, op, client FROM ${SCHEMA}.changes WHERE txid >= pg_snapshot_xmax($2::pg_snapshot)
+               ), names AS (SELECT DISTINCT op, client FROM fresh LIMIT ${CATCH_UP_MAX_CLIENTS + 1})
+               SELECT (SELECT max(id) FROM fresh)::text AS max_id, pg_current_snapshot()::text AS snap, ${MS("now()")} AS db_now, names.op, names.client
+               FROM (SELECT 1) one LEFT JOIN names ON true`,
+              [last.id.toString(), last.snap],
+            ))) as Row[]),
+      ];
+      const t1 = this.clock.now();
+      this.skewMs = Math.round(Number(r[0]!.db_now) - (t0 + t1) / 2);
+      return r;
+    });
+    const head = rows[0]!;
+    const seen = head.max_id === null ? 0n : BigInt(String(head.max_id));
+    const at = Number(head.db_now);
+    const next: PgPosition = { epoch, id: last && last.id > seen ? last.id : seen, snap: String(head.snap), at };
+    const cutOff = last !== null && at - last.at > this.keepMs * (1 - KEEP_MARGIN);
+    const everything = cutOff || rows.length > CATCH_UP_MAX_CLIENTS || rows.some((r) => r.op === "all");
+    const clients = everything ? null : rows.filter((r) => r.op === "lease").map((r) => String(r.client));
+    return { clients, enrolled: everything || rows.some((r) => r.op === "client"), next: next as unknown as ChangePosition };
   }
   async leasesOfClients(names: string[]): Promise<LeaseRow[]> {
     if (!names.length) return [];
@@ -803,8 +969,8 @@ export class PgStore implements Store {
       void sub?.unlisten().catch(() => undefined);
       sub = null;
       try {
-        // onlisten runs again after each reconnect: whatever was missed meanwhile is reloaded.
-        // A notice names nothing (see CHANNEL): each one means "reload all".
+        // onlisten runs again after each reconnect: whatever was missed meanwhile is in the change log.
+        // A notice names nothing (see CHANNEL): each one means "read the change log".
         const s = await sql.listen(CHANNEL, () => onChange(), () => onChange());
         if (stopped || on !== sql) void s.unlisten().catch(() => undefined);
         else sub = s;
@@ -818,16 +984,16 @@ export class PgStore implements Store {
     const ensure = (): void => {
       if (!stopped) void this.pool().then(listenOn, () => setTimeout(ensure, 1_000));
     };
-    // Another host took over (failover): listen there, and reload everything,
-    // since no notice sent while we were away will ever arrive.
+    // Another host took over (failover): listen there, and read again; the
+    // new pool's epoch makes that read a full reload (see changes()).
     const onSwitch = (sql: SQL): void => {
       void listenOn(sql);
       onChange();
     };
     this.switched.add(onSwitch);
     ensure();
-    // The reload also tells whether the database answers (health) and how far its clock is off.
-    const timer = setInterval(() => onChange(), RECONCILE_MS);
+    // Each read also tells whether the database answers (health) and how far its clock is off.
+    const timer = setInterval(() => onChange(), POLL_MS);
     return () => {
       stopped = true;
       this.switched.delete(onSwitch);
@@ -836,8 +1002,34 @@ export class PgStore implements Store {
     };
   }
 
-  maintain(): void {
-    // PostgreSQL looks after its own files.
+  /**
+   * Prunes the change log every PRUNE_MS, deleting only rows that were
+   * committed more than CHANGES_KEEP_MS ago. A row's own time is when its
+   * transaction began, not when it committed, so it cannot tell; instead each
+   * prune leaves a mark (now, and the oldest transaction still running), and
+   * a later prune deletes the rows of transactions older than the xmin of the
+   * newest mark that is CHANGES_KEEP_MS old: those had all ended by then.
+   * Any host may prune; a follower that last read before the cut reloads
+   * everything (changes()).
+   */
+  async maintain(): Promise<void> {
+    const now = this.clock.now();
+    if (now - this.prunedAt < PRUNE_MS) return;
+    this.prunedAt = now;
+    const keep = `interval '${this.keepMs / 1000} seconds'`;
+    try {
+      const [r] = await this.rows(
+        `WITH mark AS (INSERT INTO ${SCHEMA}.change_marks (at, oldest) VALUES (now(), pg_snapshot_xmin(pg_current_snapshot())) RETURNING 1),
+         cut AS (SELECT at, oldest FROM ${SCHEMA}.change_marks WHERE at < now() - ${keep} ORDER BY at DESC LIMIT 1),
+         gone AS (DELETE FROM ${SCHEMA}.changes WHERE txid < (SELECT oldest FROM cut) RETURNING 1),
+         marks AS (DELETE FROM ${SCHEMA}.change_marks WHERE at < (SELECT at FROM cut) RETURNING 1)
+         SELECT (SELECT count(*) FROM gone)::int AS pruned, (SELECT count(*) FROM mark)::int AS marked, (SELECT count(*) FROM marks)::int AS old`,
+      );
+      if (Number(r!.pruned)) log.debug(`state: pruned ${r!.pruned} change log rows older than ${this.keepMs / 1000} s`);
+    } catch (err) {
+      // An outage is reported already (problems()); the next prune catches up.
+      if (!(err instanceof StoreUnavailable)) throw err;
+    }
   }
 
   problems(): string[] {

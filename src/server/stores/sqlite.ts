@@ -1,7 +1,7 @@
 import type { Clock } from "../../lib/clock.ts";
 import { StateStore, type ClientRow, type LeaseRow } from "../state.ts";
 import type { Watched } from "../overdue.ts";
-import type { AuditEntry, AuditPageFilter, Store, StoreTx } from "./index.ts";
+import type { AuditEntry, AuditPageFilter, ChangeBatch, Store, StoreTx } from "./index.ts";
 
 /** How often a server looks for commits by other processes (admin commands). */
 const POLL_MS = 250;
@@ -175,6 +175,11 @@ export class SqliteStore implements Store {
       onChange();
     }, POLL_MS);
     return () => clearInterval(timer);
+  }
+
+  /** SQLite keeps no change log: whatever another process committed, the follower reloads every lease (a local file read). */
+  async changes(): Promise<ChangeBatch> {
+    return { clients: null, enrolled: true, next: null };
   }
 
   maintain(): void {

@@ -158,7 +158,7 @@ export async function migrateToPostgres(config: ServerConfig, to: string, progre
         `INSERT INTO ${SCHEMA}.clients (name, token_id, token_hash, ttl, allow, created_at, ipv6_prefix)
          SELECT n, i, decode(h, 'hex'), t, a, ${ms("c")}, p FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::float8[], $7::int[]) AS u(n, i, h, t, a, c, p)
          ON CONFLICT DO NOTHING`,
-        (c) => [c.map((x) => x.name), c.map((x) => x.token_id), c.map((x) => Buffer.from(x.token_hash).toString("hex")), c.map((x) => x.ttl), c.map((x) => x.allow), c.map((x) => x.created_at), c.map((x) => x.ipv6_prefix)],
+        (c) => [c.map((x) => x.name), c.map((x) => x.token_id), c.map((x) => Buffer.from(x.token_hash).toString("hex")), c.map((x) => x.ttl), c.map((x) => x.allow.stored), c.map((x) => x.created_at), c.map((x) => x.ipv6_prefix)],
         "clients",
         progress,
       );

@@ -12,7 +12,7 @@ import type { Lookup, LookupStatus } from "../../../src/server/lookups/index.ts"
 import { mapLookupType } from "../../../src/server/lookups/map.ts";
 import { Metrics } from "../../../src/server/metrics.ts";
 import { Exports } from "../../../src/server/exports.ts";
-import { Follower } from "../../../src/server/runtime/follower.ts";
+import { Follower, RECONCILE_MS } from "../../../src/server/runtime/follower.ts";
 import { AUDIT_PRUNE_MS, CHECKPOINT_MS, Housekeeping, LOOKUP_CHECK_MS, REFUSAL_FLUSH_MS, serverChores, type Chore } from "../../../src/server/runtime/housekeeping.ts";
 import { Listener } from "../../../src/server/runtime/listener.ts";
 import { Publisher, STATUS_DELAY_MS } from "../../../src/server/runtime/publisher.ts";
@@ -105,26 +105,26 @@ describe("Publisher", () => {
 });
 
 describe("Follower", () => {
-  test("notices during a reload fold into one more reload; each successful one counts clients and calls back", async () => {
+  test("notices during a catch-up fold into one more catch-up; each successful one counts clients and calls back", async () => {
     const clock = new FakeClock();
     const store = new SqliteStore(new StateStore(join(tempDir(), "state")), clock);
     const leases = new LeaseBook(store, () => 60, clock);
-    let reloads = 0;
-    const reload = leases.reload.bind(leases);
-    leases.reload = async () => {
-      reloads++;
+    let catchUps = 0;
+    const catchUp = leases.catchUp.bind(leases);
+    leases.catchUp = async (full) => {
+      catchUps++;
       await settle();
-      return reload();
+      return catchUp(full);
     };
     let refreshed = 0;
-    const f = new Follower({ store, leases, onRefreshed: () => refreshed++ });
+    const f = new Follower({ store, leases, timers: new FakeTimers(clock), onRefreshed: () => refreshed++ });
     await f.start();
     await store.tx(async (t) => t.insertClient(client("a")));
     const first = f.notice();
     f.notice();
     f.notice();
     await first;
-    expect(reloads).toBe(2);
+    expect(catchUps).toBe(2);
     expect(refreshed).toBe(2);
     expect(f.clients).toBe(1);
     f.stop();
@@ -138,19 +138,52 @@ describe("Follower", () => {
     const f = new Follower({ store, leases, clock, onRefreshed: () => undefined });
     expect(f.currentAt).toBeNull();
     const began = clock.now();
-    const reload = leases.reload.bind(leases);
-    leases.reload = async () => {
+    const catchUp = leases.catchUp.bind(leases);
+    leases.catchUp = async (full) => {
       clock.advance(3_000);
-      return reload();
+      return catchUp(full);
     };
     await f.notice();
     expect(f.currentAt).toBe(began);
-    leases.reload = async () => {
+    leases.catchUp = async () => {
       throw new Error("permission denied for table leases");
     };
     clock.advance(10_000);
     await f.notice();
     expect(f.currentAt).toBe(began);
+  });
+
+  test("a failed catch-up is no refresh and a failed reconcile is tried again in full; the reconcile runs every RECONCILE_MS", async () => {
+    const clock = new FakeClock();
+    const timers = new FakeTimers(clock);
+    const store = new SqliteStore(new StateStore(join(tempDir(), "state")), clock);
+    const leases = new LeaseBook(store, () => 60, clock);
+    const asked: boolean[] = [];
+    let fail = false;
+    const catchUp = leases.catchUp.bind(leases);
+    leases.catchUp = async (full) => {
+      asked.push(full ?? false);
+      if (fail) throw new Error("down");
+      return catchUp(full);
+    };
+    let refreshed = 0;
+    const f = new Follower({ store, leases, timers, onRefreshed: () => refreshed++ });
+    await f.start();
+    fail = true;
+    await f.notice();
+    expect(refreshed).toBe(0);
+    await timers.advance(RECONCILE_MS * 1.2);
+    await settle();
+    expect(asked).toEqual([false, true]);
+    expect(refreshed).toBe(0);
+    fail = false;
+    await f.notice();
+    expect(asked).toEqual([false, true, true]);
+    expect(refreshed).toBe(1);
+    await timers.advance(RECONCILE_MS * 1.2);
+    await settle();
+    expect(asked.filter(Boolean).length).toBe(3);
+    f.stop();
     await store.close();
   });
 });

@@ -16,7 +16,7 @@ import { StoreUnavailable } from "../../../src/server/stores/index.ts";
 import { CHANNEL, PgStore, pgTarget } from "../../../src/server/stores/postgres.ts";
 import { migrateToPostgres, pgsqlHosts } from "../../../src/server/stores/tools.ts";
 import { postgresBinDir, startCluster, type PgCluster } from "../../pgcluster.ts";
-import { relayError, removeTempDirs, silenceLogger, tempDir, writeServerConfig } from "../helpers.ts";
+import { FakeClock, relayError, removeTempDirs, silenceLogger, tempDir, writeServerConfig } from "../helpers.ts";
 
 const HAVE_PG = postgresBinDir() !== undefined;
 if (!HAVE_PG && process.env.RELAYCTL_REQUIRE_E2E) throw new Error("PostgreSQL is not installed; these tests need it");
@@ -272,4 +272,163 @@ describe.skipIf(!HAVE_PG)("server migrate, in bulk", () => {
     expect(err).not.toBeNull();
     expect((await pg.psql("SELECT (SELECT count(*) FROM relayctl.clients) || ' ' || (SELECT count(*) FROM relayctl.leases) || ' ' || (SELECT count(*) FROM relayctl.audit)", "halfway")).trim()).toBe("0 0 0");
   }, 60_000);
+});
+
+describe.skipIf(!HAVE_PG)("the change log (issue 21 item 1)", () => {
+  /** Two relay hosts on one fresh database: A writes, B follows. */
+  type Hosts = { a: PgStore; b: PgStore; bookA: LeaseBook; bookB: LeaseBook };
+  /** Runs fn with two relay hosts on one fresh database (A writes, B follows), and closes both. */
+  const onHosts = async (db: string, fn: (h: Hosts) => Promise<void>, opts: { changesKeepMs?: number } = {}, clockA = systemClock): Promise<void> => {
+    await pg.psql(`CREATE DATABASE ${db}`, "postgres");
+    const a = new PgStore(pgTarget(dbUrl(pg, db)), clockA, opts);
+    const b = new PgStore(pgTarget(dbUrl(pg, db)), systemClock, opts);
+    try {
+      await a.ready();
+      await fn({ a, b, bookA: new LeaseBook(a, () => 600, systemClock), bookB: new LeaseBook(b, () => 600, systemClock) });
+    } finally {
+      await a.close();
+      await b.close();
+    }
+  };
+  const live = (book: LeaseBook): string[] => [...book.index.liveTexts(Date.now())];
+  const rowsOf = async (db: string): Promise<string> => (await pg.psql("SELECT coalesce(string_agg(op || ':' || coalesce(client, '-'), ' ' ORDER BY id), '') FROM relayctl.changes", db)).trim();
+
+  test("grant, new address, release and revoke on A reach B's index by catch-up, with no full reload; plain renewals log nothing", async () => {
+    await onHosts("clog", async ({ a, bookA, bookB }) => {
+        await a.tx(async (t) => {
+          await t.insertClient(client("x"));
+          await t.insertClient(client("y"));
+        });
+        await bookB.reload();
+        expect(bookB.fullReloads).toBe(1);
+        const x = (await a.getClient("x"))!;
+        const y = (await a.getClient("y"))!;
+        await pg.psql("DELETE FROM relayctl.changes", "clog");
+        await bookA.renew(x, parseCidr("192.0.2.61")!, "t");
+        await bookA.renew(y, parseCidr("2001:db8:61::/48")!, "t");
+        await bookB.catchUp();
+        expect(live(bookB)).toEqual(["192.0.2.61", "2001:db8:61::/48"]);
+        expect(await rowsOf("clog")).toBe("lease:x lease:y");
+        for (let i = 0; i < 5; i++) expect((await bookA.renew(x, parseCidr("192.0.2.61")!, "t")).event).toBe("renew");
+        expect(await rowsOf("clog")).toBe("lease:x lease:y");
+        await bookA.renew(x, parseCidr("192.0.2.62")!, "t");
+        await bookB.catchUp();
+        expect(live(bookB)).toEqual(["192.0.2.62", "2001:db8:61::/48"]);
+        await bookA.release("y", "t");
+        await bookB.catchUp();
+        expect(live(bookB)).toEqual(["192.0.2.62"]);
+        await bookA.revoke("x", "t");
+        await bookB.catchUp();
+        expect(live(bookB)).toEqual([]);
+        // Nothing new: a catch-up is one cheap read and still a success.
+        await bookB.catchUp();
+        expect(bookB.fullReloads).toBe(1);
+    });
+  });
+
+  test("a transaction that took an earlier id and commits after a later one is still applied", async () => {
+    await onHosts("cgap", async ({ a, bookA, bookB }) => {
+      const slow = new SQL({ adapter: "postgres", hostname: "localhost", port: pg.port, path: pg.socketDir, username: "postgres", database: "cgap", max: 1 });
+      try {
+        await a.tx(async (t) => {
+          await t.insertClient(client("early"));
+          await t.insertClient(client("late"));
+        });
+        await bookA.renew((await a.getClient("early"))!, parseCidr("192.0.2.71")!, "t");
+        await bookB.reload();
+        const before = (await pg.psql("SELECT max(id) FROM relayctl.changes", "cgap")).trim();
+        const conn = await slow.reserve();
+        try {
+          // The long transaction logs its change (taking an id) and stays open...
+          await conn.unsafe("BEGIN");
+          await conn.unsafe("UPDATE relayctl.leases SET net = '192.0.2.72/32' WHERE client = 'early'");
+          // ...while a later change takes a higher id, commits and is read.
+          await bookA.renew((await a.getClient("late"))!, parseCidr("192.0.2.73")!, "t");
+          await bookB.catchUp();
+          expect(live(bookB)).toEqual(["192.0.2.71", "192.0.2.73"]);
+          const ids = (await pg.psql(`SELECT string_agg(client || '=' || id, ' ' ORDER BY id) FROM relayctl.changes WHERE id > ${before}`, "cgap")).trim();
+          expect(ids).toMatch(/^late=\d+$/); // the early one is not visible yet
+          await conn.unsafe("COMMIT");
+        } finally {
+          conn.release();
+        }
+        const [early, late] = (await pg.psql("SELECT (SELECT max(id) FROM relayctl.changes WHERE client = 'early') || ' ' || (SELECT max(id) FROM relayctl.changes WHERE client = 'late')", "cgap")).trim().split(" ").map(Number);
+        expect(early!).toBeLessThan(late!);
+        await bookB.catchUp();
+        expect(live(bookB)).toEqual(["192.0.2.72", "192.0.2.73"]);
+        expect(bookB.fullReloads).toBe(1);
+      } finally {
+        await slow.close();
+      }
+    });
+  });
+
+  test("pruning keeps what a follower may still need; one cut off longer than the log is kept reloads everything", async () => {
+    const clockA = new FakeClock(Date.now());
+    await onHosts(
+      "cprune",
+      async ({ a, bookA, bookB }) => {
+          await a.tx(async (t) => {
+            for (const n of ["p1", "p2", "p3"]) await t.insertClient(client(n));
+          });
+          await bookB.reload();
+          await bookA.renew((await a.getClient("p1"))!, parseCidr("192.0.2.81")!, "t");
+          await bookB.catchUp();
+          await a.maintain(); // the first mark: nothing is old enough yet
+          expect(await rowsOf("cprune")).toContain("lease:p1");
+          await Bun.sleep(1_700);
+          clockA.advance(300_000);
+          await bookA.renew((await a.getClient("p2"))!, parseCidr("192.0.2.82")!, "t");
+          await a.maintain();
+          // Committed before the old mark: gone; the newer row stays.
+          expect(await rowsOf("cprune")).not.toContain("lease:p1");
+          expect(await rowsOf("cprune")).toContain("lease:p2");
+          // B last read 1.7 s ago, longer than the log keeps: it cannot trust the log and reloads.
+          await bookB.catchUp();
+          expect(bookB.fullReloads).toBe(2);
+          expect(live(bookB)).toEqual(["192.0.2.81", "192.0.2.82"]);
+          await bookA.renew((await a.getClient("p3"))!, parseCidr("192.0.2.83")!, "t");
+          await bookB.catchUp();
+          expect(bookB.fullReloads).toBe(2);
+          expect(live(bookB)).toEqual(["192.0.2.81", "192.0.2.82", "192.0.2.83"]);
+      },
+      { changesKeepMs: 1_500 },
+      clockA,
+    );
+  });
+
+  test("a change that bypassed the log (trigger off) is not caught up, and the full reconcile repairs it", async () => {
+    await onHosts("cbypass", async ({ a, bookA, bookB }) => {
+        await a.tx((t) => t.insertClient(client("h1")));
+        await bookA.renew((await a.getClient("h1"))!, parseCidr("192.0.2.95")!, "t");
+        await bookB.reload();
+        await pg.psql("BEGIN; ALTER TABLE relayctl.leases DISABLE TRIGGER leases_removed; DELETE FROM relayctl.leases; ALTER TABLE relayctl.leases ENABLE TRIGGER leases_removed; COMMIT", "cbypass");
+        await bookB.catchUp();
+        expect(live(bookB)).toEqual(["192.0.2.95"]);
+        await bookB.reload();
+        expect(live(bookB)).toEqual([]);
+    });
+  });
+
+  test("a follower on a new pool (what a failover makes) reloads everything; a bulk insert logs one 'all' row", async () => {
+    await onHosts("cswitch", async ({ a, b, bookA, bookB }) => {
+        await a.tx((t) => t.insertClient(client("s1")));
+        await bookB.reload();
+        // What a connection loss or a read-only answer does: the next call chooses the read-write host again.
+        (b as unknown as { forget(): void }).forget();
+        await bookA.renew((await a.getClient("s1"))!, parseCidr("192.0.2.91")!, "t");
+        await bookB.catchUp();
+        expect(bookB.fullReloads).toBe(2);
+        expect(live(bookB)).toEqual(["192.0.2.91"]);
+        await pg.psql(
+          "INSERT INTO relayctl.clients (name, token_id, token_hash, created_at) SELECT 'b' || i, 't' || i, '\\x00', now() FROM generate_series(1, 1200) i; " +
+            "INSERT INTO relayctl.leases (client, family, net, granted_at, renewed_at, expires_at) SELECT 'b' || i, 6, ('2001:db8:99::' || to_hex(i))::cidr, now(), now(), now() + interval '1 hour' FROM generate_series(1, 1200) i",
+          "cswitch",
+        );
+        expect((await pg.psql("SELECT count(*) FROM relayctl.changes WHERE op = 'all'", "cswitch")).trim()).toBe("1");
+        await bookB.catchUp();
+        expect(bookB.fullReloads).toBe(3);
+        expect(live(bookB).length).toBe(1201);
+    });
+  });
 });
