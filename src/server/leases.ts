@@ -1,5 +1,5 @@
 import { leaseText, type Cidr } from "../lib/ip.ts";
-import { LiveIndex } from "./live.ts";
+import { LiveIndex, type LiveLease } from "./live.ts";
 import { systemClock, type Clock } from "../lib/clock.ts";
 import { log } from "../lib/logging.ts";
 import type { ClientRow, LeaseRow } from "./state.ts";
@@ -57,9 +57,11 @@ export class LeaseBook {
    * name them (full, or no position yet). The position is taken before the
    * leases are read and kept only once they are applied, so a change
    * committed meanwhile is read again next time, never missed; a failure
-   * keeps the old position. Returns whether the client count may have moved.
+   * keeps the old position. Returns whether the client count may have
+   * moved, and whether any lease was read (false: the log named nobody, and
+   * the lookups need not be published again).
    */
-  async catchUp(full = false): Promise<{ enrolled: boolean }> {
+  async catchUp(full = false): Promise<{ enrolled: boolean; changed: boolean }> {
     const batch = await this.store.changes(full ? null : this.position);
     if (batch.clients === null) {
       this.index.load(await this.store.allLeases());
@@ -68,7 +70,7 @@ export class LeaseBook {
       this.index.setClients(batch.clients, await this.store.leasesOfClients(batch.clients));
     }
     this.position = batch.next;
-    return { enrolled: batch.enrolled };
+    return { enrolled: batch.enrolled, changed: batch.clients === null || batch.clients.length > 0 };
   }
 
   /** The ttl in seconds that applies to a client. */
@@ -168,19 +170,43 @@ export class LeaseBook {
 
   /**
    * Drops the due leases from the local index at once, so the lookup stops
-   * relaying for them whatever the store does (onDropped publishes), then
+   * relaying for them whatever the store does (onChanged publishes), then
    * expires them in the store. When the store cannot be reached, what the
-   * index dropped is what went; the store catches up on a later pass.
+   * index dropped is what went; the store catches up on a later pass. A
+   * lease the store did not expire was renewed by another host (a plain
+   * renewal is not in the change log, so this host knew the old expiry): it
+   * is read back and returns to the index, and onChanged publishes again.
    */
-  async expireDueOrLocally(onDropped: () => void = () => undefined): Promise<{ gone: { client: string; ip: string }[]; local: boolean }> {
+  async expireDueOrLocally(onChanged: () => void = () => undefined): Promise<{ gone: { client: string; ip: string }[]; local: boolean }> {
     const due = this.index.dropExpired(this.clock.now());
-    if (due.length) onDropped();
+    if (due.length) onChanged();
+    let gone: LeaseRow[];
     try {
-      return { gone: await this.expireDue(), local: false };
+      gone = await this.expireDue();
     } catch (err) {
       if (due.length) log.warn(`state unavailable (${(err as Error).message}); expired ${due.length} lease(s) in the local lookup only`);
       return { gone: due.map((l) => ({ client: l.client, ip: l.ip })), local: true };
     }
+    if (await this.readBackRenewed(due, gone)) onChanged();
+    return { gone, local: false };
+  }
+
+  /** Puts back the due leases the store still holds live (renewed elsewhere); true when any returned. A failed read leaves them out: the next catch-up brings them. */
+  private async readBackRenewed(due: readonly LiveLease[], gone: readonly LeaseRow[]): Promise<boolean> {
+    const expired = new Set(gone.map((l) => `${l.family} ${l.client}`));
+    const clients = [...new Set(due.filter((l) => !expired.has(`${l.family} ${l.client}`)).map((l) => l.client))];
+    if (!clients.length) return false;
+    let rows: LeaseRow[];
+    try {
+      rows = await this.store.leasesOfClients(clients);
+    } catch {
+      return false;
+    }
+    // Only what is live by this host's clock: a row the store's slower clock
+    // has not expired yet would be due again at once, and fire the timer in a loop.
+    const now = this.clock.now();
+    this.index.setClients(clients, rows.filter((r) => r.expires_at > now));
+    return rows.some((r) => r.expires_at > now);
   }
 
   /** Milliseconds until the next lease expires, or null when there is none. */

@@ -183,6 +183,47 @@ describe("expiry", () => {
   });
 });
 
+describe("a lease renewed by another host", () => {
+  // Two hosts over one store: a plain renewal through `book` is not in the
+  // change log, so `other` still holds the old expiry when it falls due.
+  test("is read back, not dropped, when this host's old expiry passes; one renewed nowhere goes", async () => {
+    const other = new LeaseBook(new SqliteStore(store, clock), () => ttl, clock);
+    const c = client("office", { ttl: 60 });
+    const d = client("nas", { ttl: 60 });
+    await book.renew(c, ip("192.0.2.1"), "s");
+    await book.renew(c, ip("2001:db8::1"), "s");
+    await book.renew(d, ip("192.0.2.2"), "s");
+    await other.reload();
+    clock.advance(30_000);
+    await book.renew(c, ip("192.0.2.1"), "s");
+    await book.renew(c, ip("2001:db8::1"), "s");
+    clock.advance(31_000);
+    let changes = 0;
+    const { gone, local } = await other.expireDueOrLocally(() => changes++);
+    expect(local).toBe(false);
+    expect(gone.map((l) => l.ip)).toEqual(["192.0.2.2"]);
+    expect([...other.index.liveTexts(clock.now())].sort()).toEqual(["192.0.2.1", "2001:db8::1"]);
+    // Dropped (published), then back (published again); due next at the renewed expiry.
+    expect(changes).toBe(2);
+    expect(other.msUntilNextExpiry()).toBe(29_000);
+  });
+
+  test("a read-back row that is due by this host's clock stays out, so the expiry timer cannot spin", async () => {
+    const other = new LeaseBook(new SqliteStore(store, clock), () => ttl, clock);
+    const c = client("office", { ttl: 60 });
+    await book.renew(c, ip("192.0.2.1"), "s");
+    await other.reload();
+    // This host's clock is ahead of the store's: the store does not expire the row yet.
+    const ahead = new FakeClock(clock.now() + 61_000);
+    const skewed = new LeaseBook(new SqliteStore(store, clock), () => ttl, ahead);
+    await skewed.reload();
+    const { gone } = await skewed.expireDueOrLocally();
+    expect(gone).toEqual([]);
+    expect(skewed.msUntilNextExpiry()).toBeNull();
+    expect([...skewed.index.liveTexts(ahead.now())]).toEqual([]);
+  });
+});
+
 describe("release and revoke", () => {
   test("release drops every lease of the client and audits each", async () => {
     const c = client("office");
