@@ -133,10 +133,11 @@ class Assembled implements Skeleton {
       leases,
       timers,
       clock: parts.clock,
-      onRefreshed: () => {
-        // Current again: restore the leases before publishing them.
+      onRefreshed: (changed) => {
+        // Current again: restore the leases before publishing them (a
+        // change of staleness publishes through freshness's own callback).
         this.freshness.check();
-        this.publisher.refreshed();
+        if (changed) this.publisher.refreshed();
       },
     });
     // Only a shared store can change behind this host's back: on SQLite this

@@ -39,8 +39,12 @@ export class Follower {
     private readonly d: {
       store: Store;
       leases: LeaseBook;
-      /** Called after each successful catch-up, changes or none: publish and re-arm. */
-      onRefreshed(): void;
+      /**
+       * Called after each successful catch-up (the view is current as of
+       * currentAt); `changed` when it read any lease: then publish and re-arm.
+       * An empty catch-up each second must not re-render a 1,000,000-line map.
+       */
+      onRefreshed(changed: boolean): void;
       /** Stamps currentAt; a clock that does not move with the database's. */
       clock?: Clock;
       timers?: Timers;
@@ -86,8 +90,10 @@ export class Follower {
       const asOf = (this.d.clock ?? systemClock).now();
       const full = this.full;
       this.full = false;
+      let enrolled: boolean;
+      let changed: boolean;
       try {
-        const { enrolled } = await this.d.leases.catchUp(full);
+        ({ enrolled, changed } = await this.d.leases.catchUp(full));
         if (enrolled) await this.countClients();
         this.currentAt = asOf;
       } catch (err) {
@@ -96,7 +102,7 @@ export class Follower {
         if (this.d.store.problems().length === 0) log.warn(`state: cannot refresh leases from ${this.d.store.where}: ${(err as Error).message}`);
         continue;
       }
-      this.d.onRefreshed();
+      this.d.onRefreshed(changed);
     }
   }
 

@@ -21,7 +21,7 @@ import { StateStore, type ClientRow } from "../../../src/server/state.ts";
 import { SqliteStore } from "../../../src/server/stores/sqlite.ts";
 import { NO_ALLOW } from "../../../src/server/allow.ts";
 import type { Watchdog } from "../../../src/server/runtime/watchdog.ts";
-import { FakeClock, FakeTimers, removeTempDirs, settle, silenceLogger, tempDir } from "../helpers.ts";
+import { FakeClock, FakeTimers, removeTempDirs, settle, silenceLogger, tempDir, testService } from "../helpers.ts";
 
 beforeAll(silenceLogger);
 afterAll(removeTempDirs);
@@ -117,7 +117,7 @@ describe("Follower", () => {
       return catchUp(full);
     };
     let refreshed = 0;
-    const f = new Follower({ store, leases, timers: new FakeTimers(clock), onRefreshed: () => refreshed++ });
+    const f = new Follower({ store, leases, timers: new FakeTimers(clock), onRefreshed: (changed) => (refreshed += changed ? 1 : 100) });
     await f.start();
     await store.tx(async (t) => t.insertClient(client("a")));
     const first = f.notice();
@@ -129,6 +129,36 @@ describe("Follower", () => {
     expect(f.clients).toBe(1);
     f.stop();
     await store.close();
+  });
+
+  test("assembled: a catch-up that names no client publishes nothing; one that names a client publishes", async () => {
+    const clock = new FakeClock();
+    let named: string[] = [];
+    // The log as a shared store would answer it: nobody, or the clients named.
+    const t = await testService(tempDir(), clock, {
+      store: (inner) =>
+        new Proxy(inner, {
+          get(target, key) {
+            if (key === "changes") return async () => ({ clients: named, enrolled: false, next: null });
+            const v = Reflect.get(target, key);
+            return typeof v === "function" ? v.bind(target) : v;
+          },
+        }) as unknown as Store,
+    });
+    let publishes = 0;
+    const publish = t.lookup.publish.bind(t.lookup);
+    t.lookup.publish = async () => {
+      publishes++;
+      return publish();
+    };
+    for (let i = 0; i < 3; i++) await t.skeleton.follower.notice();
+    await settle();
+    expect(publishes).toBe(0);
+    named = ["office"];
+    await t.skeleton.follower.notice();
+    await settle();
+    expect(publishes).toBe(1);
+    await t.store.close();
   });
 
   test("currentAt is when the last successful reload began; a failed one leaves it", async () => {

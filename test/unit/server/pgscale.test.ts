@@ -311,8 +311,10 @@ describe.skipIf(!HAVE_PG)("the change log (issue 21 item 1)", () => {
         expect(await rowsOf("clog")).toBe("lease:x lease:y");
         for (let i = 0; i < 5; i++) expect((await bookA.renew(x, parseCidr("192.0.2.61")!, "t")).event).toBe("renew");
         expect(await rowsOf("clog")).toBe("lease:x lease:y");
+        // Plain renewals name nobody: B reads no lease and publishes nothing.
+        expect(await bookB.catchUp()).toEqual({ enrolled: false, changed: false });
         await bookA.renew(x, parseCidr("192.0.2.62")!, "t");
-        await bookB.catchUp();
+        expect((await bookB.catchUp()).changed).toBe(true);
         expect(live(bookB)).toEqual(["192.0.2.62", "2001:db8:61::/48"]);
         await bookA.release("y", "t");
         await bookB.catchUp();
