@@ -14,7 +14,7 @@ export interface DurationLimit {
 }
 
 /**
- * Every duration relayctl accepts, with its bounds: the one table README's
+ * Every duration relayctl accepts, with its bounds: the one table docs/configuration.md's
  * limits section is written from. Besides being what anyone would set, every
  * ceiling keeps its value far inside what a timer (2^31 ms, about 24.8 days,
  * beyond which it fires after 1 ms) and a date (year 275760) can hold.
@@ -69,6 +69,13 @@ export const DURATION_LIMITS = {
     why: "no audit entry is kept longer than the longest audit_retention",
   },
 } as const satisfies Record<string, DurationLimit>;
+
+/** The limits table for docs/configuration.md, one row per setting (docs.test.ts keeps the page in step). */
+export function renderLimitsTable(): string {
+  const rows = ["| setting | where | min | max | why |", "|---|---|---|---|---|"];
+  for (const [key, l] of Object.entries(DURATION_LIMITS)) rows.push(`| \`${key}\` | ${l.setting} | ${formatDuration(l.min)} | ${formatDuration(l.max)} | ${l.why} |`);
+  return rows.join("\n") + "\n";
+}
 
 /** The name of a duration setting in DURATION_LIMITS. */
 export type DurationSetting = keyof typeof DURATION_LIMITS;

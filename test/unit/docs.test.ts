@@ -2,12 +2,17 @@ import { describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { renderServerKeyTable } from "../../src/lib/schema.ts";
+import { renderLimitsTable } from "../../src/lib/duration.ts";
 
 const REPO = join(import.meta.dir, "..", "..");
 
 describe("docs", () => {
   test("docs/configuration.md holds the server.toml table as the schema renders it", () => {
     expect(readFileSync(join(REPO, "docs/configuration.md"), "utf8")).toContain(renderServerKeyTable());
+  });
+
+  test("docs/configuration.md holds the limits table as DURATION_LIMITS renders it", () => {
+    expect(readFileSync(join(REPO, "docs/configuration.md"), "utf8")).toContain(renderLimitsTable());
   });
 
   test("every file the architecture map names exists, and every source file is on it", () => {
