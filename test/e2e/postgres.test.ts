@@ -10,7 +10,7 @@ import { chmodSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { freePort, requireE2E, startPostfix, swaks, type Host, type Postfix } from "./harness.ts";
 import { addClient, onHost, policyHost, relayctl, stage, startServer, within, writeServerConfig, type PolicyHost, type ServerProc, type Stage } from "./relayctl.ts";
-import { postgresBinDir, startCluster, type PgCluster } from "../pgcluster.ts";
+import { postgresBinDir, type PgCluster } from "../pgcluster.ts";
 
 const enabled = requireE2E() && postgresBinDir() !== undefined;
 
@@ -25,44 +25,36 @@ describe.if(enabled)("several relay hosts on one PostgreSQL database", () => {
   let smtpPg: string;
 
   beforeAll(async () => {
-    pg = await startCluster();
-    try {
-      s = await stage({
-        prefix: "rpg",
-        prepare: async (st) => {
-          st.writeConfig({ database: pg.url, renewals_per_minute: 0 });
-          // Host B: its own Postfix asking its own relayctl over the policy socket, same database.
-          b = await policyHost(st, { database: pg.url });
-          configB = b.config;
-          urlB = b.url;
-        },
-        ready: async (st) => {
-          serverB = await startServer(configB, urlB);
-          st.onCleanup(async () => serverB?.stop());
-          await st.enroll(st.h1, "office");
-        },
-      });
-      // A Postfix with no relayctl beside it: it asks PostgreSQL through the printed file.
-      const out = await relayctl(["server", "postfix-pgsql", "--config", s.config]);
-      if (out.code !== 0) throw new Error(`postfix-pgsql failed: ${out.stderr}`);
-      const dirPg = join(s.tmp.path, "pgsql");
-      mkdirSync(dirPg, { recursive: true });
-      const cf = join(dirPg, "relayctl-pgsql.cf");
-      writeFileSync(cf, out.stdout);
-      chmodSync(cf, 0o644);
-      smtpPg = `198.18.0.1:${freePort()}`;
-      postfixPg = await startPostfix({ dir: join(dirPg, "postfix"), mapPath: cf, mapType: "pgsql", listen: smtpPg, hook: "check_client_access" });
-      s.onCleanup(() => postfixPg.stop());
-    } catch (err) {
-      await s?.cleanup();
-      await pg.destroy();
-      throw err;
-    }
+    s = await stage({
+      prefix: "rpg",
+      postgres: true,
+      prepare: async (st) => {
+        pg = st.pg!;
+        st.writeConfig({ database: pg.url, renewals_per_minute: 0 });
+        // Host B: its own Postfix asking its own relayctl over the policy socket, same database.
+        b = await policyHost(st, { database: pg.url });
+        configB = b.config;
+        urlB = b.url;
+      },
+      ready: async (st) => {
+        serverB = await startServer(configB, urlB);
+        st.onCleanup(async () => serverB?.stop());
+        await st.enroll(st.h1, "office");
+        // A Postfix with no relayctl beside it: it asks PostgreSQL through the printed file.
+        const out = await relayctl(["server", "postfix-pgsql", "--config", st.config]);
+        if (out.code !== 0) throw new Error(`postfix-pgsql failed: ${out.stderr}`);
+        const dirPg = join(st.tmp.path, "pgsql");
+        mkdirSync(dirPg, { recursive: true });
+        const cf = join(dirPg, "relayctl-pgsql.cf");
+        writeFileSync(cf, out.stdout);
+        chmodSync(cf, 0o644);
+        smtpPg = `198.18.0.1:${freePort()}`;
+        postfixPg = await startPostfix({ dir: join(dirPg, "postfix"), mapPath: cf, mapType: "pgsql", listen: smtpPg, hook: "check_client_access" });
+        st.onCleanup(() => postfixPg.stop());
+      },
+    });
   }, 120_000);
-  afterAll(async () => {
-    await s?.cleanup();
-    await pg?.destroy();
-  });
+  afterAll(() => s?.cleanup());
 
   const renew = (host: Host, name: string) => onHost(host, ["client", "--config", s.cfg(name)]);
   const viaA = (host: Host) => s.relays(host);
@@ -122,6 +114,25 @@ describe.if(enabled)("several relay hosts on one PostgreSQL database", () => {
     expect((await pg.psql("SELECT count(*) FROM relayctl.audit WHERE event = 'expire' AND client = 'brief'")).trim()).toBe("1");
   }, 30_000);
 
+  test("a short lease renewed only through A keeps relaying through B past every expiry B knew of", async () => {
+    // A plain renewal is not in the change log, so B holds the old expiry;
+    // when it passes, B must find the renewal in the database, not drop the
+    // lease until the 5-minute reconcile.
+    const line = await addClient(s.config, "steady", ["--ttl", "10s"]);
+    expect((await onHost(s.h2, [...line, "--config", s.cfg("steady")])).code).toBe(0);
+    expect((await renew(s.h2, "steady")).code).toBe(0);
+    expect(await within(1_000, () => viaB(s.h2), true)).not.toBeNull();
+    for (let i = 0; i < 6; i++) {
+      await Bun.sleep(4_000);
+      expect((await renew(s.h2, "steady")).code).toBe(0);
+    }
+    // 24 s on: B's first expiries for steady (10 s, 14 s, 18 s) have passed.
+    expect(await within(1_000, () => viaB(s.h2), true)).not.toBeNull();
+    expect(await viaA(s.h2)).toBe(true);
+    expect((await relayctl(["server", "revoke", "steady", "--config", s.config])).code).toBe(0);
+    expect(await within(1_000, () => viaB(s.h2), false)).not.toBeNull();
+  }, 60_000);
+
   test("database down: renewals 503 (client exit 1), live leases keep relaying, expiry continues, health degraded; back: renewals work without a restart", async () => {
     const line = await addClient(s.config, "outage", ["--ttl", "10s"]);
     expect((await onHost(s.h2, [...line, "--config", s.cfg("outage")])).code).toBe(0);
@@ -137,7 +148,7 @@ describe.if(enabled)("several relay hosts on one PostgreSQL database", () => {
       // The office lease (20 min) still relays through both hosts.
       expect(await viaA(s.h1)).toBe(true);
       expect(await viaB(s.h1)).toBe(true);
-      // Health says degraded once a reconcile (every 5 s) found the database gone.
+      // Health says degraded once a catch-up (every second) found the database gone.
       const health = async () => (await fetch(`${urlB}/healthz`, { tls: { rejectUnauthorized: false } } as RequestInit)).status === 503;
       expect(await within(7_000, health, true)).not.toBeNull();
       const status = await relayctl(["server", "status", "--config", configB]);
