@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "
 import { existsSync } from "node:fs";
 import { e2eRequired, requireE2E, run } from "./harness.ts";
 import { BIN, onHost, relayctl, stage, type Stage } from "./relayctl.ts";
-import { postgresBinDir, startCluster, type PgCluster } from "../pgcluster.ts";
+import { postgresBinDir } from "../pgcluster.ts";
 
 setDefaultTimeout(60_000);
 const enabled = requireE2E();
@@ -119,29 +119,20 @@ describe.skipIf(!enabled)("server edit and server status", () => {
 });
 
 describe.skipIf(!enabled || !FAKETIME || !postgresBinDir())("server edit on a shared PostgreSQL database", () => {
-  let pg: PgCluster;
   let s: Stage;
 
   beforeAll(async () => {
-    pg = await startCluster();
-    try {
-      s = await stage({
-        prefix: "rct",
-        prepare: async (st) => st.writeConfig({ database: pg.url }),
-        ready: async (st) => {
-          await st.enroll(st.h1, "h1");
-          expect((await onHost(st.h1, ["client", "--config", st.cfg("h1")])).code).toBe(0);
-        },
-      });
-    } catch (err) {
-      await pg.destroy();
-      throw err;
-    }
+    s = await stage({
+      prefix: "rct",
+      postgres: true,
+      prepare: async (st) => st.writeConfig({ database: st.pg!.url }),
+      ready: async (st) => {
+        await st.enroll(st.h1, "h1");
+        expect((await onHost(st.h1, ["client", "--config", st.cfg("h1")])).code).toBe(0);
+      },
+    });
   }, 180_000);
-  afterAll(async () => {
-    await s?.cleanup();
-    await pg?.destroy();
-  });
+  afterAll(() => s?.cleanup());
 
   test("--ttl from an admin host whose clock is an hour slow cuts the lease by the database's clock: it keeps relaying", async () => {
     expect(await s.relays(s.h1)).toBe(true);

@@ -6,6 +6,7 @@ import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { mkdirSync } from "node:fs";
 import { createNetwork, freePort, run, startPostfix, swaks, tmpDir, type Host, type Net, type Postfix, type RunResult, type TmpDir } from "./harness.ts";
+import { startCluster, type PgCluster } from "../pgcluster.ts";
 
 /** Absolute path of the binary under test. */
 export const BIN = resolve(import.meta.dir, "../../dist/relayctl");
@@ -167,6 +168,8 @@ export interface Stage {
   mapEntries(): string[];
   /** Runs fn at cleanup, before Postfix and the network go. */
   onCleanup(fn: () => Promise<unknown>): void;
+  /** The stage's private PostgreSQL cluster (`postgres: true`), destroyed after every server and cleanup. */
+  pg?: PgCluster;
   cleanup(): Promise<void>;
 }
 
@@ -184,6 +187,8 @@ export async function stage(opts: {
   /** Runs after the server started (enrollments, first renewals). */
   ready?: (s: Stage) => Promise<void>;
   env?: Record<string, string>;
+  /** Starts a private PostgreSQL cluster first (s.pg), for prepare to point the servers at. */
+  postgres?: boolean;
 }): Promise<Stage> {
   await ensureBinary();
   const extraCleanups: (() => Promise<unknown>)[] = [];
@@ -192,11 +197,13 @@ export async function stage(opts: {
     await s.server?.stop();
     s.server = undefined;
     for (const fn of extraCleanups.reverse()) await fn().catch(() => undefined);
+    await s.pg?.destroy();
     await s.postfix?.stop();
     await s.net?.destroy();
     s.tmp?.remove();
   };
   try {
+    if (opts.postgres) s.pg = await startCluster();
     s.tmp = tmpDir(`relayctl-e2e-${opts.prefix}-`);
     s.net = await createNetwork(opts.prefix);
     s.h1 = await s.net.addHost("h1", "198.18.0.2");

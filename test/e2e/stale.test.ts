@@ -13,7 +13,7 @@ import { readFileSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { requireE2E, type Host } from "./harness.ts";
 import { onHost, policyHost, relayctl, stage, startServer, within, type PolicyHost, type ServerProc, type Stage } from "./relayctl.ts";
-import { postgresBinDir, startCluster, type PgCluster } from "../pgcluster.ts";
+import { postgresBinDir, type PgCluster } from "../pgcluster.ts";
 
 const enabled = requireE2E() && postgresBinDir() !== undefined;
 
@@ -40,35 +40,27 @@ describe.if(enabled)("a relay host that cannot read the shared database fails cl
   let serverB: ServerProc | undefined;
 
   beforeAll(async () => {
-    pg = await startCluster();
-    try {
-      s = await stage({
-        prefix: "rst",
-        prepare: async (st) => {
-          st.writeConfig({ database: pg.url, renewals_per_minute: 0, stale_after: `${STALE_AFTER_S}s` });
-          b = await policyHost(st, {
-            database: pg.url.replace("postgres://postgres@", "postgres://relayhost@"), stale_after: `${STALE_AFTER_S}s`, metrics_allow: ["198.18.0.1"],
-          });
-        },
-        ready: async (st) => {
-          // A created the schema as the superuser; B reads and writes rows only.
-          await pg.psql(`CREATE ROLE relayhost LOGIN; CREATE ROLE postfix NOLOGIN; ${GRANTS}`);
-          serverB = await startServer(b.config, b.url);
-          st.onCleanup(async () => serverB?.stop());
-          await st.enroll(st.h1, "office");
-          await st.enroll(st.h2, "home");
-        },
-      });
-    } catch (err) {
-      await s?.cleanup();
-      await pg.destroy();
-      throw err;
-    }
+    s = await stage({
+      prefix: "rst",
+      postgres: true,
+      prepare: async (st) => {
+        pg = st.pg!;
+        st.writeConfig({ database: pg.url, renewals_per_minute: 0, stale_after: `${STALE_AFTER_S}s` });
+        b = await policyHost(st, {
+          database: pg.url.replace("postgres://postgres@", "postgres://relayhost@"), stale_after: `${STALE_AFTER_S}s`, metrics_allow: ["198.18.0.1"],
+        });
+      },
+      ready: async (st) => {
+        // A created the schema as the superuser; B reads and writes rows only.
+        await pg.psql(`CREATE ROLE relayhost LOGIN; CREATE ROLE postfix NOLOGIN; ${GRANTS}`);
+        serverB = await startServer(b.config, b.url);
+        st.onCleanup(async () => serverB?.stop());
+        await st.enroll(st.h1, "office");
+        await st.enroll(st.h2, "home");
+      },
+    });
   }, 120_000);
-  afterAll(async () => {
-    await s?.cleanup();
-    await pg?.destroy();
-  });
+  afterAll(() => s?.cleanup());
 
   const renew = (host: Host, name: string) => onHost(host, ["client", "--config", s.cfg(name)]);
   const viaB = (host: Host) => b.relays(host);
