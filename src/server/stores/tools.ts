@@ -147,6 +147,8 @@ export async function migrateToPostgres(config: ServerConfig, to: string, progre
       throw unavailableError(target.shown, err);
     }
     const clients = source.listClients();
+    // The overdue watch's memory: a client silent before the move stays silent (one alert, not a second), and its last renewal shows.
+    const watch = new Map(source.watched(true, Date.now()).map((w) => [w.name, w]));
     const leases = source.allLeases().filter((l) => l.expires_at > Date.now());
     const audit = source.auditLog({ limit: Number.MAX_SAFE_INTEGER }).reverse();
     const marker = `migrated from ${config.stateDir}`;
@@ -155,10 +157,24 @@ export async function migrateToPostgres(config: ServerConfig, to: string, progre
       result.clients = await insertChunks(
         q,
         clients,
-        `INSERT INTO ${SCHEMA}.clients (name, token_id, token_hash, ttl, allow, created_at, ipv6_prefix)
-         SELECT n, i, decode(h, 'hex'), t, a, ${ms("c")}, p FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::float8[], $7::int[]) AS u(n, i, h, t, a, c, p)
+        `INSERT INTO ${SCHEMA}.clients (name, token_id, token_hash, ttl, allow, created_at, ipv6_prefix, expect, overdue_state, last_seen, last_ip)
+         SELECT n, i, decode(h, 'hex'), t, a, ${ms("c")}, p, x, o, ${ms("s")}, l
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::float8[], $7::int[], $8::int[], $9::text[], $10::float8[], $11::text[]) AS u(n, i, h, t, a, c, p, x, o, s, l)
          ON CONFLICT DO NOTHING`,
-        (c) => [c.map((x) => x.name), c.map((x) => x.token_id), c.map((x) => Buffer.from(x.token_hash).toString("hex")), c.map((x) => x.ttl), c.map((x) => x.allow.stored), c.map((x) => x.created_at), c.map((x) => x.ipv6_prefix)],
+        (c) => [
+          c.map((x) => x.name),
+          c.map((x) => x.token_id),
+          c.map((x) => Buffer.from(x.token_hash).toString("hex")),
+          c.map((x) => x.ttl),
+          c.map((x) => x.allow.stored),
+          c.map((x) => x.created_at),
+          c.map((x) => x.ipv6_prefix),
+          c.map((x) => x.expect ?? null),
+          c.map((x) => watch.get(x.name)?.state ?? "ok"),
+          c.map((x) => watch.get(x.name)?.last_seen ?? null),
+          // watched() parsed it again: a text that does not parse arrives as null, never pasted.
+          c.map((x) => watch.get(x.name)?.last_ip ?? null),
+        ],
         "clients",
         progress,
       );

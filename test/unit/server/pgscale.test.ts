@@ -258,6 +258,21 @@ describe.skipIf(!HAVE_PG)("server migrate, in bulk", () => {
     expect(seconds).toBeLessThan(60);
   }, 120_000);
 
+  test("the overdue watch moves too: --expect, a silent client's state, last seen and last address", async () => {
+    const seenAt = Date.now() - 86_400_000;
+    const config = seed(2, (db) => {
+      db.prepare("UPDATE clients SET expect = 240 WHERE name = 'c0000000'").run();
+      db.prepare("INSERT INTO clients (name, token_id, token_hash, ttl, allow, created_at, overdue_state, last_seen, last_ip) VALUES ('gone', 'gggggggggggggggg', x'00', NULL, '[]', 0, 'silent', ?, '192.0.2.77')").run(seenAt);
+    });
+    await pg.psql("CREATE DATABASE watch", "postgres");
+    expect(await migrateToPostgres(config, dbUrl(pg, "watch"), () => undefined)).toMatchObject({ clients: 3, leases: 2 });
+    const rows = await pg.psql(
+      "SELECT name || ' ' || coalesce(expect::text, '-') || ' ' || overdue_state || ' ' || coalesce((extract(epoch FROM last_seen) * 1000)::bigint::text, '-') || ' ' || coalesce(last_ip, '-') FROM relayctl.clients ORDER BY name",
+      "watch",
+    );
+    expect(rows.trim().split("\n")).toEqual(["c0000000 240 ok - -", "c0000001 - ok - -", `gone - silent ${seenAt} 192.0.2.77`]);
+  }, 60_000);
+
   test("a failure half-way leaves nothing behind", async () => {
     // The last lease is wider than relayctl ever leases: PostgreSQL's CHECK refuses it, after 30,000 good rows.
     const config = seed(30_000, (db) => {
