@@ -37,7 +37,7 @@ const RELEASE_TARGETS: ReleaseTarget[] = [
 // Bun's own cross-compilation downloads runtimes from GitHub; the npm registry is
 // what CI and most build hosts can reach, so runtimes come from there instead.
 const RUNTIME_CACHE = join("node_modules", ".cache", "relayctl", `bun-${bunPkg.version}`);
-const UNITS = ["relayctl.service", "relayctl-sweep.service", "relayctl-sweep.timer", "relayctl-client.service", "relayctl-client.timer"];
+const UNITS = ["relayctl.service", "relayctl-sweep.service", "relayctl-sweep.timer", "relayctl-client.service", "relayctl-client.timer", "relayctl-smtpctl.socket", "relayctl-smtpctl@.service"];
 
 /** Runs a command from an argv array and fails the build with its stderr. */
 function run(argv: string[], opts: { cwd?: string } = {}): string {

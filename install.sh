@@ -1343,6 +1343,11 @@ main() {
 		BIN=${3:-$BIN}
 		write_units "$2" "$DEFAULT_STATE_DIR $(dirname "$DEFAULT_MAP")" "${DEFAULT_LISTEN##*:}" server
 		write_units "$2" "" 0 client
+		# The root half of lookup = "opensmtpd", as Debian lays OpenSMTPD out; nothing
+		# enables it (docs/opensmtpd.md: systemctl enable --now relayctl-smtpctl.socket).
+		SMTPCTL_SOCKET=$DEFAULT_SMTPCTL_SOCKET
+		render_smtpctl_socket | put_file "$2/relayctl-smtpctl.socket" 0644
+		render_smtpctl_service /usr/sbin/smtpctl opensmtpq | put_file "$2/relayctl-smtpctl@.service" 0644
 		;;
 	skeleton)
 		case ${2:-} in

@@ -909,7 +909,9 @@ describe("systemd units", () => {
   test("packaging/systemd holds exactly what install.sh writes by default", () => {
     const dir = freshDir("units");
     expect(runInstall(freshDir("units-root"), ["units", dir]).code).toBe(0);
-    for (const u of UNITS) expect(readFileSync(join(dir, u), "utf8")).toBe(readFileSync(join(REPO, "packaging/systemd", u), "utf8"));
+    const all = [...UNITS, "relayctl-smtpctl.socket", "relayctl-smtpctl@.service"];
+    for (const u of all) expect(readFileSync(join(dir, u), "utf8")).toBe(readFileSync(join(REPO, "packaging/systemd", u), "utf8"));
+    expect(readdirSync(join(REPO, "packaging/systemd")).sort()).toEqual(all.sort());
   });
 
   const analyze = spawnSync("systemd-analyze", ["--version"]).status === 0;

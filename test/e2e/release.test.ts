@@ -33,7 +33,7 @@ const DEBS = [
   { arch: "arm64", machine: 0xb7 },
 ];
 const deb = (arch: string) => `relayctl_${pkg.version}_${arch}.deb`;
-const UNITS = ["relayctl.service", "relayctl-sweep.service", "relayctl-sweep.timer", "relayctl-client.service", "relayctl-client.timer"];
+const UNITS = ["relayctl.service", "relayctl-sweep.service", "relayctl-sweep.timer", "relayctl-client.service", "relayctl-client.timer", "relayctl-smtpctl.socket", "relayctl-smtpctl@.service"];
 
 const mode = process.env.RELAYCTL_TEST_RELEASE;
 
