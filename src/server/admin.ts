@@ -42,7 +42,7 @@ export interface ClientView {
 
 /** Opens the store (SQLite or the shared database), runs fn, closes it: admin commands never keep state open. */
 async function withStore<T>(config: ServerConfig, fn: (store: Store) => Promise<T>): Promise<T> {
-  const store = await openStore(config, systemClock);
+  const store = await openStore(config, systemClock, { brief: true });
   try {
     return await fn(store);
   } finally {

@@ -16,10 +16,20 @@ export interface StoreKind {
   shared: boolean;
   /** Where the state is, for messages: a directory, or the URL without its password. */
   where(config: ServerConfig): string;
-  /** Opens it; `tolerant` (the server): an unreachable database is not fatal, the server starts degraded and catches up. */
-  open(config: ServerConfig, clock: Clock, opts: { tolerant?: boolean }): Promise<Store>;
+  /**
+   * Opens it; `tolerant` (the server): an unreachable database is not fatal,
+   * the server starts degraded and catches up; `brief` (an admin command):
+   * a few statements, then close, so the fewest connections.
+   */
+  open(config: ServerConfig, clock: Clock, opts: OpenOptions): Promise<Store>;
   /** The leases it holds, read-only (doctor); `error` says why they could not be read. */
   peek(config: ServerConfig): Promise<{ rows: LeaseRow[]; error: string | null }>;
+}
+
+/** How a store is opened: by the long-running server (`tolerant`) or by a command that exits soon (`brief`). */
+export interface OpenOptions {
+  tolerant?: boolean;
+  brief?: boolean;
 }
 
 /** Every store kind by name. */
@@ -49,12 +59,12 @@ export function storeKindOf(config: ServerConfig): StoreKind {
  * Opens the store a config names. Without `tolerant` (admin commands) an
  * unreachable database is an error that says what to check.
  */
-export function openStore(config: ServerConfig, clock: Clock, opts: { tolerant?: boolean } = {}): Promise<Store> {
+export function openStore(config: ServerConfig, clock: Clock, opts: OpenOptions = {}): Promise<Store> {
   return storeKindOf(config).open(config, clock, opts);
 }
 
-async function openPostgres(config: ServerConfig, clock: Clock, opts: { tolerant?: boolean }): Promise<Store> {
-  const store = PgStore.fromConfig(config, clock);
+async function openPostgres(config: ServerConfig, clock: Clock, opts: OpenOptions): Promise<Store> {
+  const store = PgStore.fromConfig(config, clock, { brief: opts.brief });
   try {
     await store.ready();
   } catch (err) {
@@ -85,7 +95,7 @@ export function peekLeases(config: ServerConfig): Promise<{ rows: LeaseRow[]; er
 async function peekPostgres(config: ServerConfig): Promise<{ rows: LeaseRow[]; error: string | null }> {
   let store: PgStore | undefined;
   try {
-    store = PgStore.fromConfig(config, systemClock);
+    store = PgStore.fromConfig(config, systemClock, { brief: true });
     return { rows: await store.peekLeases(), error: null };
   } catch (err) {
     return { rows: [], error: formatError(err) };

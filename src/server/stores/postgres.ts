@@ -45,6 +45,8 @@ const PRUNE_MS = 300_000;
  * mark's snapshot being taken a moment after its recorded time (maintain()).
  */
 const KEEP_MARGIN = 1 / 60;
+/** Connections an admin command opens (the least a PgStore works with: one for commits, one for reads, one spare). */
+const BRIEF_POOL = 3;
 /** Most transactions sharing one COMMIT: bounds how long the first of them waits. */
 const MAX_BATCH = 64;
 
@@ -650,8 +652,10 @@ export class PgStore implements Store {
   }
 
   /** Opens the database named by config.database; the password comes from the URL or database_password_file. */
-  static fromConfig(config: ServerConfig, clock: Clock): PgStore {
+  static fromConfig(config: ServerConfig, clock: Clock, opts: { brief?: boolean } = {}): PgStore {
     const target = pgTarget(config.database!);
+    // A command that runs a few statements and exits needs no pool of ten: each connection is a backend PostgreSQL forks.
+    if (opts.brief) target.poolSize = BRIEF_POOL;
     if (config.databasePasswordFile) target.password = readPasswordFile(config.databasePasswordFile, config.databasePasswordWhere ?? "database_password_file");
     return new PgStore(target, clock);
   }

@@ -13,6 +13,7 @@ import { LeaseBook } from "../../../src/server/leases.ts";
 import type { ClientRow } from "../../../src/server/state.ts";
 import { StateStore } from "../../../src/server/state.ts";
 import { StoreUnavailable } from "../../../src/server/stores/index.ts";
+import { openStore } from "../../../src/server/stores/open.ts";
 import { CHANNEL, PgStore, pgTarget } from "../../../src/server/stores/postgres.ts";
 import { migrateToPostgres, pgsqlHosts } from "../../../src/server/stores/tools.ts";
 import { postgresBinDir, startCluster, type PgCluster } from "../../pgcluster.ts";
@@ -125,6 +126,34 @@ describe.skipIf(!HAVE_PG)("the read-write host", () => {
       await other.destroy();
     }
   }, 60_000);
+});
+
+describe.skipIf(!HAVE_PG)("connections", () => {
+  test("an admin command opens three connections, the server its pool of ten", async () => {
+    const admin = new SQL({ adapter: "postgres", hostname: "localhost", port: pg.port, path: pg.socketDir, username: "postgres", database: "postgres", max: 1 });
+    const dir = tempDir();
+    const config = loadServerConfig(writeServerConfig(dir, { postmap: "/bin/true", extra: `database = ${JSON.stringify(dbUrl(pg, "relayctl"))}` }));
+    // Counted while the store is open: each is a backend PostgreSQL forked for this process.
+    const backends = async (): Promise<number> => Number(((await admin.unsafe(`SELECT count(*) AS n FROM pg_stat_activity WHERE datname = 'relayctl' AND pid <> pg_backend_pid()`)) as { n: string }[])[0]!.n);
+    try {
+      const before = await backends();
+      for (const brief of [true, false]) {
+        const store = await openStore(config, systemClock, { brief });
+        try {
+          await store.counts();
+          // The peak of a few samples: Bun's pool opens its connections together and may close idle ones soon after.
+          let peak = 0;
+          for (let i = 0; i < 5; i++, await Bun.sleep(20)) peak = Math.max(peak, (await backends()) - before);
+          if (brief) expect(peak).toBeLessThanOrEqual(3);
+          else expect(peak).toBeGreaterThan(3);
+        } finally {
+          await store.close();
+        }
+      }
+    } finally {
+      await admin.close();
+    }
+  });
 });
 
 describe.skipIf(!HAVE_PG)("renewals on PostgreSQL", () => {
