@@ -5,7 +5,7 @@ import { hostname } from "node:os";
 import { Keys, parseUrlSetting, readToml, validateHttpsUrl } from "./configfile.ts";
 import { usageError } from "./errors.ts";
 import { parseCidr, parseIp, type Cidr } from "./ip.ts";
-import { SERVER_KEY_NAMES } from "./schema.ts";
+import { CLIENT_METRICS_AUTO_MAX, SERVER_KEY_NAMES } from "./schema.ts";
 
 export { DEFAULT_CLIENT_CONFIG, loadClientConfig, renderClientConfig, validateHttpsUrl, validateName, type ClientConfig } from "./configfile.ts";
 
@@ -59,8 +59,8 @@ export interface ServerConfig {
   overdueCheck: number;
   /** Where overdue events go; empty or undefined: only the log and server list. */
   alerts: AlertTargets;
-  /** Per-client series on /metrics. */
-  clientMetrics: boolean;
+  /** Per-client series on /metrics: on, off, or "auto" (on up to CLIENT_METRICS_AUTO_MAX clients). */
+  clientMetrics: boolean | "auto";
   /** Files of the live leases for the rest of the mail stack (OpenDKIM, rspamd), kept in step like the lookup. */
   exports: ExportSpec[];
 }
@@ -246,7 +246,7 @@ export function loadServerConfig(path?: string): ServerConfig {
   return {
     overdueCheck: k.duration("overdue_check") ?? 30,
     alerts,
-    clientMetrics: k.bool("client_metrics") ?? true,
+    clientMetrics: k.boolOr("client_metrics", "auto", `"auto" (the default) keeps them up to ${CLIENT_METRICS_AUTO_MAX.toLocaleString("en-US")} clients`) ?? "auto",
     database, databasePasswordFile, databasePasswordWhere: databasePasswordFile === undefined ? undefined : k.where("database_password_file"),
     path: file, listen, publicUrl, stateDir, tlsCert, tlsKey, map,
     mapType: mapType as MapType | undefined, ttl, postmap: absolute("postmap"), trustedProxies,

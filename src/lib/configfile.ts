@@ -139,6 +139,13 @@ export class Keys {
     return v;
   }
 
+  /** true, false, or the one word allowed besides them (such as "auto"). */
+  boolOr<W extends string>(key: string, word: W, hint?: string): boolean | W | undefined {
+    const v = this.data[key];
+    if (v === undefined || v === word || typeof v === "boolean") return v as boolean | W | undefined;
+    throw this.error(key, `must be true, false or "${word}"`, hint);
+  }
+
   /** A list of tables (`key = [{ ... }]` or `[[key]]` sections); each table's own keys are the caller's to check. */
   tables(key: string): Record<string, unknown>[] {
     const v = this.data[key];

@@ -1,5 +1,8 @@
 import { DURATION_LIMITS, formatDuration } from "./duration.ts";
 
+/** Above this many clients, `client_metrics = "auto"` (the default) leaves the per-client series out: each check would read every client. */
+export const CLIENT_METRICS_AUTO_MAX = 10_000;
+
 /** One server.toml key: its default as TOML (null when unset), a one-line doc, and an example when unset. */
 export interface ConfigKey {
   key: string;
@@ -50,7 +53,7 @@ export const SERVER_KEYS: readonly ConfigKey[] = [
   { key: "alert_webhook", default: null, doc: "URL that gets each overdue event as a JSON POST (https, or http to loopback only); 5s timeout, 3 tries, in the background.", example: '"https://alerts.example.org/hooks/relayctl"' },
   { key: "alert_webhook_ca", default: null, doc: "CA certificate (PEM) to trust for alert_webhook instead of the system's.", example: '"/etc/relayctl/webhook-ca.pem"' },
   { key: "alert_mail", default: null, doc: "Address (or list) mailed each overdue event through the local sendmail (postconf -h sendmail_path).", example: '["postmaster@example.org"]' },
-  { key: "client_metrics", default: "true", doc: "Per-client series on /metrics (relayctl_client_overdue, relayctl_client_last_renewal_timestamp_seconds): two per client; set false above about 100k clients." },
+  { key: "client_metrics", default: '"auto"', doc: `Per-client series on /metrics (relayctl_client_overdue, relayctl_client_last_renewal_timestamp_seconds), two per client: true, false, or "auto" (on up to ${CLIENT_METRICS_AUTO_MAX.toLocaleString("en-US")} clients, since each overdue check then reads every client).` },
   { key: "export", default: null, doc: 'Files of the live leases for the rest of the mail stack (OpenDKIM InternalHosts, an rspamd map), one address or CIDR network a line, rewritten atomically like the lookup: a list of { format = "lines", path = "...", static = [networks], reload = [argv] }: static networks are listed whatever the leases, reload runs after each rewrite, for readers that load the file only when told. See docs/export.md.', example: '[{ format = "lines", path = "/etc/opendkim/relayctl/hosts", static = ["127.0.0.1", "::1"] }]' },
   { key: "audit_retention", default: '"90d"', doc: `How long the audit log (relayctl server log) keeps entries (${bounds("audit_retention")}).` },
 ];

@@ -161,7 +161,7 @@ class Assembled implements Skeleton {
     });
     this.refusals = new RefusalLog(store.refusalSink(), clock, parts.refusalsPerMinute);
     this.alerter = new Alerter(() => core.config.alerts, parts.alertDeps);
-    this.watchdog = new Watchdog({ store, clock, alerter: this.alerter, config: () => core.config, host: this.alerter.deps.host });
+    this.watchdog = new Watchdog({ store, clock, alerter: this.alerter, config: () => core.config, host: this.alerter.deps.host, clients: () => this.follower.clients });
     const chores = serverChores({ store, lookup, exports, refusals: this.refusals, config: () => core.config, checked: () => this.publisher.statusSoon(), watchdog: this.watchdog });
     this.housekeeping = new Housekeeping(chores, timers);
     this.service = new LeaseService({

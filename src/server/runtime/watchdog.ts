@@ -1,5 +1,6 @@
 import type { Clock } from "../../lib/clock.ts";
 import type { ServerConfig } from "../../lib/config.ts";
+import { CLIENT_METRICS_AUTO_MAX } from "../../lib/schema.ts";
 import { log } from "../../lib/logging.ts";
 import { batchEvents, describe, type AlertEvent, type Alerter } from "../alerts.ts";
 import { eventOf, expectedMs, judge, type OverdueState } from "../overdue.ts";
@@ -28,18 +29,43 @@ export class Watchdog {
   /** Late and silent clients at the last check. */
   counts: Record<"late" | "silent", number> = { late: 0, silent: 0 };
 
+  /** Whether the last check kept per-client series, to log when "auto" changes its mind. */
+  private perClientWas: boolean | null = null;
+
   constructor(
-    private readonly d: { store: Store; clock: Clock; alerter: Alerter; config(): ServerConfig; host: string },
+    private readonly d: {
+      store: Store;
+      clock: Clock;
+      alerter: Alerter;
+      config(): ServerConfig;
+      host: string;
+      /** Enrolled clients as last counted (the follower's count: no query). */
+      clients(): number;
+    },
   ) {}
+
+  /** Whether this check reads every client for the per-client series (client_metrics, "auto" by the client count). */
+  private perClientWanted(): boolean {
+    const setting = this.d.config().clientMetrics;
+    const clients = this.d.clients();
+    const want = setting === "auto" ? clients <= CLIENT_METRICS_AUTO_MAX : setting;
+    if (setting === "auto" && this.perClientWas !== null && want !== this.perClientWas) {
+      log.info(`client_metrics "auto": per-client series ${want ? "on" : "off"} at ${clients.toLocaleString("en-US")} clients (the limit is ${CLIENT_METRICS_AUTO_MAX.toLocaleString("en-US")})`);
+    } else if (setting === "auto" && this.perClientWas === null && !want) {
+      log.info(`client_metrics "auto": no per-client series for ${clients.toLocaleString("en-US")} clients (above ${CLIENT_METRICS_AUTO_MAX.toLocaleString("en-US")}, each check would read every client); set client_metrics = true to have them anyway`);
+    }
+    this.perClientWas = want;
+    return want;
+  }
 
   /** One check; returns the events sent (one per change, or one summary). */
   async check(): Promise<AlertEvent[]> {
-    const { store, config } = this.d;
+    const { store } = this.d;
     // An unreachable database says nothing about the clients: judging them from
     // what was last read would declare everyone late at once.
     if (store.problems().length) return [];
     const now = storeClock(this.d.clock, store).now();
-    const all = config().clientMetrics;
+    const all = this.perClientWanted();
     let rows;
     try {
       rows = await store.watched(all, now);

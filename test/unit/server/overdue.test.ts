@@ -2,6 +2,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:tes
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { loadServerConfig } from "../../../src/lib/config.ts";
+import { CLIENT_METRICS_AUTO_MAX } from "../../../src/lib/schema.ts";
 import { parseIp } from "../../../src/lib/ip.ts";
 import { Alerter, batchEvents, commandEnv, mailMessage, STORM_OVER, type AlertDeps, type AlertEvent } from "../../../src/server/alerts.ts";
 import { NO_ALLOW } from "../../../src/server/allow.ts";
@@ -140,7 +141,7 @@ describe("the overdue check (SQLite, fake clock)", () => {
     await renew("nas");
     clock.advance(5_000);
     const other = recorder();
-    const second = new Watchdog({ store: t.shared, clock, alerter: new Alerter(() => t.config.alerts, other.deps), config: () => t.config, host: "relay2" });
+    const second = new Watchdog({ store: t.shared, clock, alerter: new Alerter(() => t.config.alerts, other.deps), config: () => t.config, host: "relay2", clients: () => 1 });
     const [a, b] = await Promise.all([t.watchdog.check(), second.check()]);
     expect([...a, ...b].map((e) => e.event)).toEqual(["late"]);
   });
@@ -172,6 +173,14 @@ describe("the overdue check (SQLite, fake clock)", () => {
     expect(render()).toContain('relayctl_client_overdue{client="nas"} 1');
     expect(render()).toContain(`relayctl_client_last_renewal_timestamp_seconds{client="nas"} ${(T0 / 1000).toFixed(3)}`);
     t.config.clientMetrics = false;
+    await check();
+    expect(render()).toContain('relayctl_clients_overdue{state="late"} 1');
+    expect(render()).not.toContain("relayctl_client_overdue{");
+    // "auto" (the default) keeps them while few enough clients are enrolled; above the limit a check reads only the candidates.
+    t.config.clientMetrics = "auto";
+    await check();
+    expect(render()).toContain('relayctl_client_overdue{client="nas"} 1');
+    t.server.follower.clients = CLIENT_METRICS_AUTO_MAX + 1;
     await check();
     expect(render()).toContain('relayctl_clients_overdue{state="late"} 1');
     expect(render()).not.toContain("relayctl_client_overdue{");
@@ -239,11 +248,13 @@ describe("alert settings in server.toml", () => {
     const c = load('alert_command = ["/usr/local/bin/page", "--relay"]\nalert_webhook = "http://127.0.0.1:9000/x"\nalert_mail = "ops@example.org"\nclient_metrics = false\noverdue_check = "1s"\n')();
     expect(c.alerts).toEqual({ command: ["/usr/local/bin/page", "--relay"], webhook: "http://127.0.0.1:9000/x", webhookCa: undefined, mail: ["ops@example.org"] });
     expect(c.clientMetrics).toBe(false);
+    expect(load("")().clientMetrics).toBe("auto");
+    expect(load('client_metrics = "auto"\n')().clientMetrics).toBe("auto");
     expect(c.overdueCheck).toBe(1);
     expect((await relayError(load('ttl = "20m"\nalert_webhook = "http://alerts.example.org/x"\n'))).message).toMatch(/server\.toml:2: alert_webhook: must be an https:\/\/ URL/);
     expect((await relayError(load('alert_mail = ["ops@example.org", "-oQ/tmp x"]\n'))).message).toMatch(/:1: alert_mail: "-oQ\/tmp x" is not a mail address/);
     expect((await relayError(load('alert_command = ["page"]\n'))).message).toMatch(/:1: alert_command: the program must be an absolute path/);
     expect((await relayError(load("alert_command = []\n"))).message).toMatch(/alert_command: is empty/);
-    expect((await relayError(load('client_metrics = "no"\n'))).message).toMatch(/client_metrics: must be true or false/);
+    expect((await relayError(load('client_metrics = "no"\n'))).message).toMatch(/client_metrics: must be true, false or "auto"/);
   });
 });

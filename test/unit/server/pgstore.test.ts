@@ -66,7 +66,7 @@ describe.skipIf(!HAVE_PG)("PgStore on a real PostgreSQL", () => {
   test("overdue: of two relay hosts, one records each change; a pruned lease leaves its last renewal on the client", async () => {
     const [a, b] = [open(), open()];
     const config = () => ({ clientMetrics: false, alerts: { command: [], mail: [] } }) as unknown as ServerConfig;
-    const dogs = [a, b].map((store, i) => new Watchdog({ store, clock: systemClock, alerter: new Alerter(() => config().alerts), config, host: `relay${i}` }));
+    const dogs = [a, b].map((store, i) => new Watchdog({ store, clock: systemClock, alerter: new Alerter(() => config().alerts), config, host: `relay${i}`, clients: () => 1 }));
     const book = new LeaseBook(a, () => 600, systemClock);
     try {
       await a.tx(async (t) => {
