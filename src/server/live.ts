@@ -259,6 +259,8 @@ export class LiveIndex implements LiveView {
 
   /** How many leases are live at `now`. */
   liveCount(now: number): number {
+    // Every held lease is live while the floor lies ahead: status and metrics ask often, and a count over 1,000,000 leases took 0.3 s.
+    if (this.floor > now) return this.v4.size + this.v6.size;
     let n = 0;
     for (const table of [this.v4, this.v6]) for (const l of table.values()) if (l.expires_at > now) n++;
     return n;
