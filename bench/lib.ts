@@ -403,6 +403,38 @@ export function cpuMsOf(pid: number): number {
   return (Number(f[11]) + Number(f[12])) * 10;
 }
 
+/**
+ * CPU (ms, user+sys) of a process and its descendants, living or reaped:
+ * PostgreSQL's backends are children of the postmaster, and a backend that
+ * exited is counted in its parent's cutime/cstime.
+ */
+export function treeCpuMs(pid: number): number {
+  let s: string;
+  try {
+    s = readFileSync(`/proc/${pid}/stat`, "utf8");
+  } catch {
+    return 0; // gone meanwhile
+  }
+  const f = s.slice(s.lastIndexOf(")") + 2).split(" ");
+  let ms = (Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) * 10;
+  let children = "";
+  try {
+    children = readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8");
+  } catch {
+    // no children file (old kernel) or gone
+  }
+  for (const c of children.split(" ").filter(Boolean)) ms += treeCpuMs(Number(c));
+  return ms;
+}
+
+/** Busy CPU time of the whole machine so far (ms, every core, from /proc/stat): what all processes together used. */
+export function machineBusyMs(): number {
+  const f = readFileSync("/proc/stat", "utf8").split("\n")[0]!.trim().split(/\s+/).slice(1).map(Number);
+  // user nice system idle iowait irq softirq steal: idle and iowait are not busy.
+  const busy = f.slice(0, 8).reduce((a, b) => a + b, 0) - f[3]! - f[4]!;
+  return busy * 10;
+}
+
 /** Total size in bytes of the regular files directly and indirectly under dir. */
 export function dirBytes(dir: string): number {
   let n = 0;

@@ -7,7 +7,7 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { freePort, run } from "../test/e2e/harness.ts";
-import { benchAddress, BUN, cpuMsOf, dirBytes, median, memoryOf, mmm, postLease, ratio, scratch, seedState, startServer, stopPid, toolPath, track, writeServerConfig, type Row } from "./lib.ts";
+import { benchAddress, BUN, cpuMsOf, dirBytes, median, memoryOf, mmm, postLease, ratio, scratch, seedState, startServer, stopPid, toolPath, track, untrack, writeServerConfig, type Row } from "./lib.ts";
 
 interface WrkOut {
   requests: number;
@@ -21,15 +21,25 @@ interface WrkOut {
 
 type WrkRun = WrkOut & { rps: number; /** server user+sys CPU per request, µs (when a pid was given) */ cpuUs: number };
 
-/** Runs wrk with a script (bench/renew.lua by default) against url; with a pid, also the server CPU per request. */
-export async function wrk(url: string, seconds: number, conns: number, env: Record<string, string>, o: { script?: string; pid?: number } = {}): Promise<WrkRun> {
+/**
+ * Runs wrk with a script (bench/renew.lua by default) against url; with a pid,
+ * also the server CPU per request. With `stop`, wrk runs until that settles
+ * (SIGINT: wrk stops and still reports), `seconds` being only an upper bound.
+ */
+export async function wrk(url: string, seconds: number, conns: number, env: Record<string, string>, o: { script?: string; pid?: number; stop?: Promise<unknown> } = {}): Promise<WrkRun> {
   const lua = join(import.meta.dir, o.script ?? "renew.lua");
   const cpu0 = o.pid ? cpuMsOf(o.pid) : 0;
   // One wrk thread: on 2 cores it leaves one core to the server under test.
   const argv = [toolPath("wrk"), "-t1", `-c${conns}`, `-d${seconds}s`, "--timeout", "5s", "-s", lua, url];
-  const r = await run(argv, { env, timeoutMs: (seconds + 30) * 1000 });
-  const line = r.stdout.split("\n").find((l) => l.startsWith("BENCH_JSON "));
-  if (r.code !== 0 || !line) throw new Error(`wrk failed (${r.code}): ${r.stderr}${r.stdout}`);
+  const proc = Bun.spawn(argv, { env: { ...process.env, ...env }, stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+  track(proc.pid, "wrk");
+  const limit = setTimeout(() => proc.kill("SIGKILL"), (seconds + 30) * 1000);
+  void o.stop?.finally(() => proc.kill("SIGINT"));
+  const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+  clearTimeout(limit);
+  untrack(proc.pid);
+  const line = stdout.split("\n").find((l) => l.startsWith("BENCH_JSON "));
+  if (code !== 0 || !line) throw new Error(`wrk failed (${code}): ${stderr}${stdout}`);
   const w = JSON.parse(line.slice("BENCH_JSON ".length)) as WrkOut;
   const cpuUs = o.pid ? ((cpuMsOf(o.pid) - cpu0) * 1000) / w.requests : NaN;
   return { ...w, rps: w.requests / (w.duration_us / 1e6), cpuUs };

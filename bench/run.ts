@@ -95,7 +95,7 @@ async function main(): Promise<void> {
   await section("profile", () => benchProfile({ leases: 10_000, seconds: quick ? 1 : 3, n: quick ? 2_000 : 5_000, reps: quick ? 3 : 5 }));
   await section("postgres", () => benchPostgres({ leases: 10_000, conns: 50, seconds: quick ? 2 : 5, rounds: quick ? 1 : 3, samples: quick ? 20 : 100 }));
   await section("pgscale", () => benchPgScale({ sizes: quick ? [10_000, 100_000] : [10_000, 1_000_000], conns: 50, seconds: quick ? 2 : 5, rounds: quick ? 1 : 3, clients: 1000 }));
-  await section("pgfollow", () => benchPgFollow({ leases: Number(process.env.BENCH_PGFOLLOW_LEASES ?? (quick ? 10_000 : 1_000_000)), hosts: 5, samples: quick ? 20 : 200, conns: 20, idleSeconds: quick ? 5 : 20 }));
+  await section("pgfollow", () => benchPgFollow({ leases: Number(process.env.BENCH_PGFOLLOW_LEASES ?? (quick ? 10_000 : 1_000_000)), hosts: 5, samples: quick ? 20 : 200, conns: 20, idleSeconds: quick ? 5 : 35 }));
   await section("rss", () => benchRss({ sizes: [0, 10_000, 100_000], limitMbAt10k: 100, limitMbAt100k: 120, rss10kAfterLoadMb }));
 
   const total = (performance.now() - t0) / 1000;
