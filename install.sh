@@ -461,8 +461,8 @@ write_server_skeleton() {
 # Address (or list) mailed each overdue event through the local sendmail (postconf -h sendmail_path).
 #alert_mail = ["postmaster@example.org"]
 
-# Per-client series on /metrics (relayctl_client_overdue, relayctl_client_last_renewal_timestamp_seconds): two per client; set false above about 100k clients.
-#client_metrics = true
+# Per-client series on /metrics (relayctl_client_overdue, relayctl_client_last_renewal_timestamp_seconds), two per client: true, false, or "auto" (on up to 10,000 clients, since each overdue check then reads every client).
+#client_metrics = "auto"
 
 # Files of the live leases for the rest of the mail stack (OpenDKIM InternalHosts, an rspamd map), one address or CIDR network a line, rewritten atomically like the lookup: a list of { format = "lines", path = "...", static = [networks], reload = [argv] }: static networks are listed whatever the leases, reload runs after each rewrite, for readers that load the file only when told. See docs/export.md.
 #export = [{ format = "lines", path = "/etc/opendkim/relayctl/hosts", static = ["127.0.0.1", "::1"] }]
