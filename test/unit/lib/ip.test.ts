@@ -1,4 +1,5 @@
 import { describe, expect, test } from "bun:test";
+import { isIPv6 } from "node:net";
 import { cidrContains, formatV6, parseCidr, parseIp, sourceKey, specialAddressKind, type Ip } from "../../../src/lib/ip.ts";
 
 function ip(s: string): Ip {
@@ -103,6 +104,52 @@ describe("formatV6", () => {
     // Mapped form stays dotted in formatV6 itself, as inet_ntop prints it.
     expect(formatV6(v6bytes([0, 0, 0, 0, 0, 0xffff, 0x0102, 0x0304]))).toBe("::ffff:1.2.3.4");
     expect(formatV6(v6bytes([0, 0, 0, 0, 0, 0, 0x0102, 0x0304]))).toBe("::1.2.3.4");
+  });
+});
+
+describe("parseIp: IPv6 against independent parsers", () => {
+  // A deterministic generator: the same inputs on every run, so a failure reproduces.
+  let seed = 12_345;
+  const rand = (n: number): number => {
+    seed = (Math.imul(seed, 1_103_515_245) + 12_345) >>> 0;
+    return (seed >>> 8) % n;
+  };
+  /** WHATWG URL's host parser: its RFC 5952 text, or null when it refuses. */
+  const urlHost = (s: string): string | null => {
+    try {
+      return new URL(`http://[${s}]/`).hostname.slice(1, -1);
+    } catch {
+      return null;
+    }
+  };
+  const check = (s: string): void => {
+    const ours = parseIp(s);
+    // node:net's isIPv6 has the same rules: 1–4 hex digits a group, one "::", a dotted tail without leading zeros.
+    expect([s, ours !== null]).toEqual([s, isIPv6(s)]);
+    if (!ours) return;
+    const theirs = urlHost(s);
+    expect([s, theirs === null ? null : parseIp(theirs)?.text]).toEqual([s, ours.text]);
+    // Both print RFC 5952 text, except that glibc (and so Postfix) keeps IPv4 tails dotted.
+    if (!ours.text.includes(".")) expect([s, ours.text]).toEqual([s, theirs ?? "(refused)"]);
+  };
+
+  test("random texts: accepted exactly when node:net accepts them, read as the URL parser reads them", () => {
+    const alphabet = "0123456789abcdefABCDEF:.::0f";
+    for (let k = 0; k < 150_000; k++) {
+      let s = "";
+      for (let i = 2 + rand(28); i > 0; i--) s += alphabet[rand(alphabet.length)];
+      if (s.includes(":")) check(s);
+    }
+  });
+
+  test("random addresses with zero runs, written every way: the same address and text", () => {
+    for (let k = 0; k < 30_000; k++) {
+      const words = Array.from({ length: 8 }, () => (rand(3) ? 0 : rand(65_536)));
+      const full = words.map((w) => w.toString(16)).join(":");
+      for (const s of [full, full.toUpperCase(), words.map((w) => w.toString(16).padStart(4, "0")).join(":"), urlHost(full)!]) check(s);
+      const dotted = `${words.slice(0, 6).map((w) => w.toString(16)).join(":")}:${words[6]! >> 8}.${words[6]! & 255}.${words[7]! >> 8}.${words[7]! & 255}`;
+      check(dotted);
+    }
   });
 });
 
