@@ -1,6 +1,5 @@
-import { leaseText, maskText, parseCidr, type Ip } from "../lib/ip.ts";
+import { leaseTextOf, maskText, type Ip } from "../lib/ip.ts";
 import { log } from "../lib/logging.ts";
-import type { LeaseRow } from "./state.ts";
 
 /** One live lease as the lookups see it: who, which network (as text), until when. */
 export interface LiveLease {
@@ -10,6 +9,9 @@ export interface LiveLease {
   ip: string;
   expires_at: number;
 }
+
+/** What the index needs of a lease row: a full load reads only these columns. */
+export type IndexRow = Pick<LiveLease, "client" | "family" | "ip" | "expires_at">;
 
 /** A lease as held: with the generation of the last load() that saw it. */
 interface Held extends LiveLease {
@@ -64,13 +66,15 @@ export class LiveIndex implements LiveView {
    * lines, kept in step with each change so that a rebuild needs no sort
    * (25–46 ms at 100,000 leases). A change costs a binary search and a
    * splice (an address change 2 → 15 µs at 100,000, 1 → 2.4 µs at 10,000;
-   * a plain renewal touches nothing here); bulk changes sort or filter once.
+   * a plain renewal touches nothing here); bulk changes note the texts they
+   * touched and are merged in one pass when the list is next read. Null
+   * until a lookup first asks (liveTexts): the policy service never does,
+   * and at 1,000,000 leases the list cost a sort at start and 8 MB.
    */
-  private sorted: string[] = [];
-  /** While set, put and remove leave `sorted` alone and note what they changed (inBulk). */
+  private sorted: string[] | null = null;
+  /** While set, put and remove leave `sorted` alone and note the texts they added or dropped in `touched`. */
   private bulk = false;
-  private bulkAdded = false;
-  private dropped: string[] = [];
+  private touched = new Set<string>();
   /**
    * No lease held expires before this (a lower bound, lowered by every put,
    * made exact by each full scan): while it lies ahead, every held text is
@@ -85,22 +89,49 @@ export class LiveIndex implements LiveView {
   }
 
   /**
-   * Makes the index hold exactly the given rows (start, a full reconcile).
-   * Compared, not rebuilt: a lease already held as it is costs one lookup,
-   * and the sorted list is rebuilt only when a text was added (a reconcile
-   * that finds nothing new at 1,000,000 leases sorts nothing).
+   * Makes the index hold exactly the given rows (tests, and stores that have
+   * them at hand). Compared, not rebuilt: a lease already held as it is costs
+   * one lookup.
    */
-  load(rows: readonly LeaseRow[]): void {
+  load(rows: readonly IndexRow[]): void {
     const mark = ++this.generation;
     this.inBulk(() => {
       for (const r of rows) this.put(r);
-      for (const table of [this.v4, this.v6]) for (const l of table.values()) if (l.seen !== mark) this.remove(l.client, l.family);
+    });
+    this.sweep(mark);
+  }
+
+  /**
+   * Makes the index hold exactly the rows of the pages (start, a full
+   * reconcile), one page at a time: the event loop answers Postfix between
+   * pages, and no more than a page of rows is in memory besides the index.
+   * Changes made between pages (a renewal on this host) stay: they are
+   * stamped like the pages' rows. If a page cannot be read, nothing is
+   * dropped: the index keeps what it held, with the rows read so far.
+   */
+  async loadPages(pages: AsyncIterable<readonly IndexRow[]>): Promise<number> {
+    const mark = ++this.generation;
+    let n = 0;
+    for await (const page of pages) {
+      this.inBulk(() => {
+        for (const r of page) this.put(r);
+      });
+      n += page.length;
+    }
+    this.sweep(mark);
+    return n;
+  }
+
+  /** Drops every lease that no load since `mark` began has stamped. */
+  private sweep(mark: number): void {
+    this.inBulk(() => {
+      for (const table of [this.v4, this.v6]) for (const l of table.values()) if (l.seen < mark) this.remove(l.client, l.family);
     });
   }
 
   /** Makes the named clients' leases exactly those among the rows (a catch-up from the change log): put what is there, drop what is not. */
-  setClients(clients: readonly string[], rows: readonly LeaseRow[]): void {
-    const held = new Map<string, LeaseRow[]>();
+  setClients(clients: readonly string[], rows: readonly IndexRow[]): void {
+    const held = new Map<string, IndexRow[]>();
     for (const r of rows) held.set(r.client, [...(held.get(r.client) ?? []), r]);
     for (const client of clients) {
       const mine = held.get(client) ?? [];
@@ -112,28 +143,55 @@ export class LiveIndex implements LiveView {
     }
   }
 
-  /** Runs many changes with one pass over `sorted` at the end instead of a splice each. */
+  /** Runs many changes without a splice each: the texts they touch are merged into `sorted` when it is next read. */
   private inBulk(changes: () => void): void {
     this.bulk = true;
     try {
       changes();
     } finally {
       this.bulk = false;
-      if (this.bulkAdded) {
-        this.sorted = [...this.exact.keys()];
-        for (const table of this.prefixes.values()) for (const text of table.keys()) this.sorted.push(text);
-        this.sorted.sort();
-      } else if (this.dropped.length) {
-        const gone = new Set(this.dropped);
-        this.sorted = this.sorted.filter((t) => !gone.has(t));
-      }
-      this.bulkAdded = false;
-      this.dropped = [];
     }
   }
 
+  /** A text was added to or dropped from the held set: keep `sorted` in step, now or (in bulk) when next read. */
+  private touch(text: string, added: boolean): void {
+    if (this.sorted === null) return;
+    if (this.bulk) {
+      this.touched.add(text);
+      return;
+    }
+    const i = this.rank(text);
+    if (added) this.sorted.splice(i, 0, text);
+    else if (this.sorted[i] === text) this.sorted.splice(i, 1);
+  }
+
+  /**
+   * The sorted texts held, built on first use and brought up to date with
+   * the bulk changes since: each touched text is decided by whether it is
+   * held now, so the order of the changes does not matter.
+   */
+  private sortedTexts(): string[] {
+    if (this.sorted === null) {
+      const all = [...this.exact.keys()];
+      for (const table of this.prefixes.values()) for (const text of table.keys()) all.push(text);
+      this.touched.clear();
+      return (this.sorted = all.sort());
+    }
+    if (this.touched.size === 0) return this.sorted;
+    const touched = this.touched;
+    this.touched = new Set();
+    const keep = this.sorted.filter((t) => !touched.has(t));
+    const add = [...touched].filter((t) => this.holders(t) !== undefined).sort();
+    const merged: string[] = new Array(keep.length + add.length);
+    let i = 0;
+    let j = 0;
+    let k = 0;
+    while (i < keep.length || j < add.length) merged[k++] = j >= add.length || (i < keep.length && keep[i]! < add[j]!) ? keep[i++]! : add[j++]!;
+    return (this.sorted = merged);
+  }
+
   /** Adds or replaces the lease of (client, family); a row whose address does not parse is skipped and logged. */
-  put(row: LeaseRow): void {
+  put(row: IndexRow): void {
     const table = this.byFamily(row.family);
     const held = table.get(row.client);
     // A plain renewal: same network, new expiry. Updated in place, since
@@ -144,32 +202,38 @@ export class LiveIndex implements LiveView {
       if (row.expires_at < this.floor) this.floor = row.expires_at;
       return;
     }
-    const net = parseCidr(row.ip);
+    const net = leaseTextOf(row.ip);
     if (!net || net.family !== row.family) {
       log.error(`state: lease of ${row.client} holds "${row.ip}", which is not a valid address or network; it is not published to Postfix`);
       this.remove(row.client, row.family);
       return;
     }
+    const text = net.text;
+    // The database may spell an IPv6 network differently: the same network is still a plain renewal.
+    if (held && held.ip === text) {
+      held.expires_at = row.expires_at;
+      held.seen = this.generation;
+      if (row.expires_at < this.floor) this.floor = row.expires_at;
+      return;
+    }
     this.remove(row.client, row.family);
-    const text = leaseText(net);
     const lease: Held = { client: row.client, family: row.family, ip: text === row.ip ? row.ip : text, expires_at: row.expires_at, seen: this.generation };
     table.set(row.client, lease);
     if (lease.expires_at < this.floor) this.floor = lease.expires_at;
     const bucket = this.bucket(lease, true)!;
     const cur = bucket.get(lease.ip);
     bucket.set(lease.ip, cur === undefined ? lease : Array.isArray(cur) ? [...cur, lease] : [cur, lease]);
-    if (cur !== undefined) return;
-    if (this.bulk) this.bulkAdded = true;
-    else this.sorted.splice(this.rank(lease.ip), 0, lease.ip);
+    if (cur === undefined) this.touch(lease.ip, true);
   }
 
   /** Where text is, or would go, in `sorted`. */
   private rank(text: string): number {
     let lo = 0;
-    let hi = this.sorted.length;
+    const sorted = this.sorted!;
+    let hi = sorted.length;
     while (lo < hi) {
       const mid = (lo + hi) >>> 1;
-      if (this.sorted[mid]! < text) lo = mid + 1;
+      if (sorted[mid]! < text) lo = mid + 1;
       else hi = mid;
     }
     return lo;
@@ -187,11 +251,7 @@ export class LiveIndex implements LiveView {
     const rest = Array.isArray(cur) ? cur.filter((l) => l !== old) : [];
     if (rest.length === 0) {
       bucket.delete(old.ip);
-      if (this.bulk) this.dropped.push(old.ip);
-      else {
-        const i = this.rank(old.ip);
-        if (this.sorted[i] === old.ip) this.sorted.splice(i, 1);
-      }
+      this.touch(old.ip, false);
     } else bucket.set(old.ip, rest.length === 1 ? rest[0]! : rest);
     if (bucket.size === 0 && bucket !== this.exact) this.prefixes.delete(prefixOf(old.ip));
   }
@@ -232,11 +292,12 @@ export class LiveIndex implements LiveView {
    * leases) only while a lease that is held may have expired.
    */
   liveTexts(now: number): readonly string[] {
-    if (this.floor > now) return this.sorted;
+    const sorted = this.sortedTexts();
+    if (this.floor > now) return sorted;
     const expired = new Set(this.scan(now).due.map((l) => l.ip));
     // A text stays while another client's lease of it lives.
     for (const text of expired) if (anyLive(this.holders(text), now)) expired.delete(text);
-    return expired.size ? this.sorted.filter((t) => !expired.has(t)) : this.sorted;
+    return expired.size ? sorted.filter((t) => !expired.has(t)) : sorted;
   }
 
   /** The leases held that are due at `now`, and the earliest expiry among the others (Infinity when none). */

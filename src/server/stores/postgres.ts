@@ -4,6 +4,7 @@ import type { ServerConfig } from "../../lib/config.ts";
 import { checkDatabaseUrl, type DatabaseHost } from "../../lib/config.ts";
 import { ExitCode, RelayError, usageError } from "../../lib/errors.ts";
 import { leaseText, parseCidr } from "../../lib/ip.ts";
+import type { IndexRow } from "../live.ts";
 import { log } from "../../lib/logging.ts";
 import type { Clock } from "../../lib/clock.ts";
 import { parseAllowList } from "../allow.ts";
@@ -395,7 +396,8 @@ export function unreachable(err: unknown): boolean {
 }
 
 const IP_SQL = `CASE WHEN masklen(net) = CASE family(net) WHEN 4 THEN 32 ELSE 128 END THEN host(net) ELSE text(net) END`;
-const MS = (col: string): string => `(extract(epoch FROM ${col}) * 1000)::float8`;
+// date_part is float8 throughout; extract() goes through numeric, which cost 0.3 s of every 1,000,000 rows read.
+const MS = (col: string): string => `(date_part('epoch', ${col}) * 1000)`;
 const LEASE_COLS = `client, family::int AS family, ${IP_SQL} AS ip, ${MS("granted_at")} AS granted_at, ${MS("renewed_at")} AS renewed_at, ${MS("expires_at")} AS expires_at, renewals`;
 const CLIENT_COLS = `name, token_id, token_hash, ttl, allow, ${MS("created_at")} AS created_at, ipv6_prefix, expect`;
 const AUDIT_COLS = `id::float8 AS id, ${MS("ts")} AS ts, event, client, ip, source, detail, count`;
@@ -814,6 +816,27 @@ export class PgStore implements Store {
   async allLeases(): Promise<LeaseRow[]> {
     const rows = await this.timed(`SELECT ${LEASE_COLS}, ${MS("now()")} AS db_now FROM ${SCHEMA}.leases RIGHT JOIN (SELECT 1) one ON true ORDER BY client, family`);
     return rows.filter((r) => r.client !== null).map(leaseRow);
+  }
+
+  async *leasePages(size: number): AsyncGenerator<IndexRow[]> {
+    const cols = `client, family::int AS family, ${IP_SQL} AS ip, ${MS("expires_at")} AS expires_at`;
+    // Keyset pages over the primary key: each page one index range scan, however far in.
+    const read = (after: IndexRow | null): Promise<unknown[][]> =>
+      this.call(async () => {
+        const sql = await this.pool();
+        return after === null
+          ? sql.unsafe(`SELECT ${cols} FROM ${SCHEMA}.leases ORDER BY client, family LIMIT $1`, [size]).values()
+          : sql.unsafe(`SELECT ${cols} FROM ${SCHEMA}.leases WHERE (client, family) > ($1::text, $2::smallint) ORDER BY client, family LIMIT $3`, [after.client, after.family, size]).values();
+      });
+    for (let next: Promise<unknown[][]> | null = read(null); next !== null; ) {
+      const rows: unknown[][] = await next;
+      // The address is parsed where it is used (the live index), not here as well.
+      const page: IndexRow[] = rows.map((r): IndexRow => ({ client: String(r[0]), family: Number(r[1]), ip: String(r[2]), expires_at: Math.round(Number(r[3])) }));
+      // Ask for the next page before this one is put in the index: the database works while we do.
+      next = page.length === size ? read(page[page.length - 1]!) : null;
+      next?.catch(() => undefined);
+      if (page.length) yield page;
+    }
   }
 
   /** Runs a query that returns db_now on every row (at least one), measuring on the way how far the database clock is ahead of ours. */

@@ -1,5 +1,6 @@
 import type { Clock } from "../../lib/clock.ts";
 import { StateStore, type ClientRow, type LeaseRow } from "../state.ts";
+import type { IndexRow } from "../live.ts";
 import type { Watched } from "../overdue.ts";
 import type { AuditEntry, AuditPageFilter, ChangeBatch, Store, StoreTx } from "./index.ts";
 
@@ -138,6 +139,16 @@ export class SqliteStore implements Store {
   }
   async allLeases(): Promise<LeaseRow[]> {
     return this.state.allLeases();
+  }
+  async *leasePages(size: number): AsyncGenerator<IndexRow[]> {
+    for (let after: IndexRow | null = null; ; ) {
+      const page = this.state.leasePage(after, size);
+      if (page.length) yield page;
+      if (page.length < size) return;
+      after = page[page.length - 1]!;
+      // Reads here are synchronous: give sockets their turn between pages.
+      await new Promise((resolve) => setImmediate(resolve));
+    }
   }
   async leasesOfClients(names: string[]): Promise<LeaseRow[]> {
     return names.flatMap((n) => this.state.leasesOf(n));

@@ -32,7 +32,7 @@ describe("Freshness", () => {
     const clock = new FakeClock();
     const timers = new FakeTimers(clock);
     const index = new LiveIndex();
-    index.load([{ client: "office", family: 4, ip: IP, granted_at: clock.now(), renewed_at: clock.now(), expires_at: clock.now() + 86_400_000, renewals: 0 }]);
+    index.load([{ client: "office", family: 4, ip: IP, expires_at: clock.now() + 86_400_000 }]);
     const view = new WithheldView(index);
     const s = { clock, timers, view, currentAt: clock.now() as number | null, staleAfter: 30, changes: [] as boolean[] };
     const f = new Freshness({
@@ -144,6 +144,13 @@ describe("a server on a shared store that cannot be read", () => {
         if (key === "allLeases" && failure !== null) {
           const f = failure;
           return () => (f === "hang" ? new Promise(() => undefined) : Promise.reject(f));
+        }
+        if (key === "leasePages" && failure !== null) {
+          const f = failure;
+          return async function* () {
+            if (f === "hang") await new Promise(() => undefined);
+            throw f;
+          };
         }
         const v = Reflect.get(target, key);
         return typeof v === "function" ? v.bind(target) : v;

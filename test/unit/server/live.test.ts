@@ -131,7 +131,7 @@ describe("LiveIndex renewals", () => {
     const index = new LiveIndex();
     const row = { client: "a", family: 4, ip: "192.0.2.1", granted_at: 0, renewed_at: 0, expires_at: 1000, renewals: 0 };
     index.put(row);
-    index.put({ ...row, expires_at: 5000, renewals: 1 });
+    index.put({ ...row, expires_at: 5000 });
     expect(index.covers(parseIp("192.0.2.1")!, 4000)).toBe(true);
     expect(index.nextExpiry()).toBe(5000);
     index.put({ ...row, ip: "192.0.2.2", expires_at: 6000 });
@@ -198,6 +198,74 @@ describe("LiveIndex.liveTexts kept in step", () => {
       expect([...index.liveTexts(now)]).toEqual(expected(now));
       expect([...index.liveTexts(now + 500)]).toEqual(expected(now + 500));
     }
+  });
+
+  test("paged loads with changes between pages, and the list read only now and then, still equal the live leases", async () => {
+    const rand = prng(11);
+    const index = new LiveIndex();
+    const model = new Map<string, LeaseRow>();
+    const expected = (now: number): string[] => [...new Set([...model.values()].filter((l) => l.expires_at > now).map((l) => l.ip))].sort();
+    const now = T;
+    /** A change committed on this host: in the model and the index at once. */
+    const change = (): void => {
+      const client = `c${rand(40)}`;
+      const [family, text] = TEXTS[rand(TEXTS.length)]!;
+      if (rand(3) === 0) {
+        model.delete(`${client}/${family}`);
+        index.remove(client, family);
+      } else {
+        const r = row(client, family, text, now + 1 + rand(2_000));
+        model.set(`${client}/${family}`, r);
+        index.put(r);
+      }
+    };
+    /** The store's pages in key order, each read when asked for (as a database would), with changes landing between pages. */
+    async function* pages(size: number): AsyncGenerator<LeaseRow[]> {
+      for (let after = ""; ; ) {
+        const keys = [...model.keys()].filter((k) => k > after).sort().slice(0, size);
+        if (keys.length) yield keys.map((k) => model.get(k)!);
+        if (keys.length < size) return;
+        after = keys[keys.length - 1]!;
+        for (let i = rand(4); i > 0; i--) change();
+        // Mid-load the index may still hold what the store dropped (the sweep comes at the end), but its list must say what it holds.
+        if (rand(4) === 0) {
+          const listed = new Set(index.liveTexts(now));
+          for (const [, text] of TEXTS) expect(listed.has(text)).toBe(index.covers(parseIp(text.split("/")[0]!)!, now));
+        }
+      }
+    }
+    for (let round = 0; round < 300; round++) {
+      for (let i = rand(30); i > 0; i--) change();
+      if (rand(3) === 0) expect([...index.liveTexts(now)]).toEqual(expected(now));
+      // The store may also hold what this index never heard of (another host's grants) and lack what it holds.
+      for (let i = rand(5); i > 0; i--) {
+        const [family, text] = TEXTS[rand(TEXTS.length)]!;
+        const client = `c${rand(40)}`;
+        if (rand(2)) model.set(`${client}/${family}`, row(client, family, text, now + 1 + rand(2_000)));
+        else model.delete(`${client}/${family}`);
+      }
+      await index.loadPages(pages(1 + rand(8)));
+      expect([...index.liveTexts(now)]).toEqual(expected(now));
+      expect(index.liveCount(now)).toBe([...model.values()].filter((l) => l.expires_at > now).length);
+    }
+  });
+
+  test("a paged load that fails part-way drops nothing: the leases held stay, with the rows read so far", async () => {
+    const index = new LiveIndex();
+    index.load([row("a", 4, "192.0.2.1"), row("b", 4, "192.0.2.2"), row("c", 4, "192.0.2.3")]);
+    expect(index.liveTexts(T)).toHaveLength(3);
+    async function* broken(): AsyncGenerator<LeaseRow[]> {
+      yield [row("a", 4, "192.0.2.9")];
+      throw new Error("connection lost");
+    }
+    await expect(index.loadPages(broken())).rejects.toThrow("connection lost");
+    expect([...index.liveTexts(T)]).toEqual(["192.0.2.2", "192.0.2.3", "192.0.2.9"]);
+    // The next load that completes drops what the store no longer holds.
+    async function* whole(): AsyncGenerator<LeaseRow[]> {
+      yield [row("a", 4, "192.0.2.9")];
+    }
+    await index.loadPages(whole());
+    expect([...index.liveTexts(T)]).toEqual(["192.0.2.9"]);
   });
 
   test("a lease renewed to an earlier expiry leaves the list at that expiry", () => {

@@ -377,7 +377,7 @@ describe("frozenEntries", () => {
 });
 
 describe("mapAddresses", () => {
-  const lease = (client: string, family: number, ip: string) => ({ client, family, ip, granted_at: 0, renewed_at: 0, expires_at: 60_000, renewals: 0 });
+  const lease = (client: string, family: number, ip: string) => ({ client, family, ip, expires_at: 60_000 });
 
   test("the live IPv4 addresses, sorted; IPv6 leases the map cannot hold exactly are left out, never widened", () => {
     const clock = new FakeClock(0);
@@ -419,7 +419,7 @@ describe("MapLookup", () => {
     expect(lookup.problems().join()).toContain("disk full");
     // 192.0.2.1 is installed but has no live lease in the index: frozen while rebuilds fail.
     expect(lookup.problems().join()).toContain("1 entries without a live lease still relay (frozen since");
-    index.put({ client: "c", family: 4, ip: "192.0.2.1", granted_at: 0, renewed_at: 0, expires_at: clock.now() + 60_000, renewals: 0 });
+    index.put({ client: "c", family: 4, ip: "192.0.2.1", expires_at: clock.now() + 60_000 });
     expect(lookup.problems().join()).not.toContain("frozen");
     f.pm.ok();
     await lookup.publish();

@@ -14,6 +14,7 @@ import type { ClientRow } from "../../../src/server/state.ts";
 import { StateStore } from "../../../src/server/state.ts";
 import { StoreUnavailable } from "../../../src/server/stores/index.ts";
 import { openStore } from "../../../src/server/stores/open.ts";
+import { SqliteStore } from "../../../src/server/stores/sqlite.ts";
 import { CHANNEL, PgStore, pgTarget } from "../../../src/server/stores/postgres.ts";
 import { migrateToPostgres, pgsqlHosts } from "../../../src/server/stores/tools.ts";
 import { postgresBinDir, startCluster, type PgCluster } from "../../pgcluster.ts";
@@ -441,6 +442,39 @@ describe.skipIf(!HAVE_PG)("the change log (issue 21 item 1)", () => {
       { changesKeepMs: 1_500 },
       clockA,
     );
+  });
+
+  test("a full load reads keyset pages: every lease once, in key order, networks as the index writes them; SQLite pages the same", async () => {
+    const nets = Array.from({ length: 23 }, (_, i) => (i % 3 === 0 ? `2001:db8:${i}::/48` : i % 3 === 1 ? `2001:db8::${i}` : `192.0.2.${i}`));
+    const paged = async (store: { leasePages(n: number): AsyncIterable<{ client: string; family: number; ip: string }[]> }): Promise<{ sizes: number[]; rows: string[] }> => {
+      const sizes: number[] = [];
+      const rows: string[] = [];
+      for await (const page of store.leasePages(4)) {
+        sizes.push(page.length);
+        for (const r of page) rows.push(`${r.client}/${r.family} ${parseCidr(r.ip)?.text}`);
+      }
+      return { sizes, rows };
+    };
+    await onHosts("cpages", async ({ a, bookA, bookB }) => {
+      for (let i = 0; i < nets.length; i++) {
+        const name = `p${String(i).padStart(2, "0")}`;
+        await a.tx((t) => t.insertClient(client(name)));
+        await bookA.renew((await a.getClient(name))!, parseCidr(nets[i]!)!, "t");
+      }
+      const want = nets.map((n, i) => `p${String(i).padStart(2, "0")}/${n.includes(":") ? 6 : 4} ${parseCidr(n)!.text}`);
+      expect(await paged(a)).toEqual({ sizes: [4, 4, 4, 4, 4, 3], rows: want });
+      await bookB.reload();
+      expect(live(bookB)).toEqual([...live(bookA)]);
+      expect(live(bookB)).toHaveLength(nets.length);
+      const sqlite = new SqliteStore(new StateStore(tempDir()), systemClock);
+      for (let i = 0; i < nets.length; i++) {
+        const name = `p${String(i).padStart(2, "0")}`;
+        sqlite.state.insertClient(client(name));
+        await new LeaseBook(sqlite, () => 600, systemClock).renew(sqlite.state.getClient(name)!, parseCidr(nets[i]!)!, "t");
+      }
+      expect(await paged(sqlite)).toEqual({ sizes: [4, 4, 4, 4, 4, 3], rows: want });
+      sqlite.state.close();
+    });
   });
 
   test("a change that bypassed the log (trigger off) is not caught up, and the full reconcile repairs it", async () => {

@@ -97,8 +97,8 @@ describe("RequestReader framing", () => {
 describe("policyHandler", () => {
   const clock = new FakeClock();
   const index = new LiveIndex();
-  index.put({ client: "a", family: 4, ip: "192.0.2.10", granted_at: 0, renewed_at: 0, expires_at: clock.now() + 60_000, renewals: 0 });
-  index.put({ client: "b", family: 6, ip: "2001:db8:1:2::/64", granted_at: 0, renewed_at: 0, expires_at: clock.now() + 60_000, renewals: 0 });
+  index.put({ client: "a", family: 4, ip: "192.0.2.10", expires_at: clock.now() + 60_000 });
+  index.put({ client: "b", family: 6, ip: "2001:db8:1:2::/64", expires_at: clock.now() + 60_000 });
   const handle = policyHandler(index, clock);
   const ask = (addr: string): string => handle(new RequestReader().feed(enc(request(addr)))[0]!);
 
@@ -113,7 +113,7 @@ describe("policyHandler", () => {
   test("expiry is decided at the moment of the question", () => {
     const c = new FakeClock();
     const idx = new LiveIndex();
-    idx.put({ client: "a", family: 4, ip: "192.0.2.10", granted_at: 0, renewed_at: 0, expires_at: c.now() + 1000, renewals: 0 });
+    idx.put({ client: "a", family: 4, ip: "192.0.2.10", expires_at: c.now() + 1000 });
     const h = policyHandler(idx, c);
     const req = new RequestReader().feed(enc(request("192.0.2.10")))[0]!;
     expect(h(req)).toBe("OK");
@@ -166,7 +166,7 @@ describe("PolicyLookup over a real unix socket", () => {
     const path = join(dir, "relayctl", "policy");
     const clock = new FakeClock();
     const index = new LiveIndex();
-    index.put({ client: "a", family: 4, ip: parseCidr("192.0.2.10")!.text.split("/")[0]!, granted_at: 0, renewed_at: 0, expires_at: clock.now() + 60_000, renewals: 0 });
+    index.put({ client: "a", family: 4, ip: parseCidr("192.0.2.10")!.text.split("/")[0]!, expires_at: clock.now() + 60_000 });
     lookup = new PolicyLookup(path, policyHandler(index, clock), () => index.liveCount(clock.now()));
     lookup.listen();
     return path;
