@@ -109,9 +109,12 @@ function isV4Mapped(b: Uint8Array): boolean {
   return b[10] === 0xff && b[11] === 0xff;
 }
 
-/** Formats IPv6 bytes as glibc's inet_ntop does, which is what Postfix puts in client_address. */
-export function formatV6(b: Uint8Array): string {
-  // The longest run of two or more zero groups (the first of equal ones) becomes "::".
+/**
+ * Where glibc puts "::": the first longest run of two or more zero groups,
+ * as base * 16 + length (a length of 8 needs the fourth bit), or -1 when
+ * there is none.
+ */
+function zeroRun(b: Uint8Array): number {
   let base = -1;
   let best = 0;
   for (let i = 0, run = 0; i < 8; i++) {
@@ -121,21 +124,61 @@ export function formatV6(b: Uint8Array): string {
       base = i - run + 1;
     }
   }
-  if (best < 2) base = -1;
-  // glibc prints IPv4-compatible and -mapped tails in dotted form.
-  const dotted = base === 0 && (best === 6 || (best === 5 && b[10] === 0xff && b[11] === 0xff));
+  return best < 2 ? -1 : base * 16 + best;
+}
+
+/** True when glibc prints these bytes with a dotted IPv4 tail: IPv4-compatible (six zero groups first) or -mapped (five, then ffff). */
+function dottedTail(b: Uint8Array, run: number): boolean {
+  return run === 0 * 16 + 6 || (run === 0 * 16 + 5 && b[10] === 0xff && b[11] === 0xff);
+}
+
+/** Formats IPv6 bytes as glibc's inet_ntop does, which is what Postfix puts in client_address. */
+export function formatV6(b: Uint8Array): string {
+  const run = zeroRun(b);
+  const base = run === -1 ? -1 : run >> 4;
+  const end = run === -1 ? -1 : base + (run & 15);
+  const dotted = dottedTail(b, run);
   let out = "";
   for (let i = 0; i < 8; i++) {
     if (i === base) {
       out += "::";
-      i += best - 1;
+      i = end - 1;
       continue;
     }
-    const sep = i === 0 || i === base + best ? "" : ":";
+    const sep = i === 0 || i === end ? "" : ":";
     if (i === 6 && dotted) return `${out}${sep}${b[12]}.${b[13]}.${b[14]}.${b[15]}`;
     out += `${sep}${((b[i * 2]! << 8) | b[i * 2 + 1]!).toString(16)}`;
   }
   return out;
+}
+
+/**
+ * True when s is exactly formatV6(b), found without building that text:
+ * addresses read back from the database are almost always written so, and
+ * keeping the string already there saved a second copy of each of a
+ * million addresses (and the time to build it) when a host starts.
+ */
+function isFormatV6(s: string, b: Uint8Array): boolean {
+  const run = zeroRun(b);
+  if (dottedTail(b, run)) return false; // rare: formatV6 decides
+  const base = run === -1 ? -1 : run >> 4;
+  const end = run === -1 ? -1 : base + (run & 15);
+  let pos = 0;
+  for (let i = 0; i < 8; i++) {
+    if (i === base) {
+      if (s.charCodeAt(pos++) !== COLON || s.charCodeAt(pos++) !== COLON) return false;
+      i = end - 1;
+      continue;
+    }
+    if (i !== 0 && i !== end && s.charCodeAt(pos++) !== COLON) return false;
+    const v = (b[i * 2]! << 8) | b[i * 2 + 1]!;
+    // Lowercase hex without leading zeros.
+    for (let shift = v >= 0x1000 ? 12 : v >= 0x100 ? 8 : v >= 0x10 ? 4 : 0; shift >= 0; shift -= 4) {
+      const d = (v >> shift) & 15;
+      if (s.charCodeAt(pos++) !== (d < 10 ? ZERO + d : 87 + d)) return false;
+    }
+  }
+  return pos === s.length;
 }
 
 /**
@@ -152,7 +195,7 @@ export function parseIp(input: string): Ip | null {
       const v4 = b.slice(12);
       return { family: 4, bytes: v4, text: Array.from(v4).join(".") };
     }
-    return { family: 6, bytes: b, text: formatV6(b) };
+    return { family: 6, bytes: b, text: isFormatV6(input, b) ? input : formatV6(b) };
   }
   const b = parseV4(input);
   // Strict parsing leaves one spelling per address: the input is its canonical text.

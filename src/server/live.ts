@@ -10,8 +10,11 @@ export interface LiveLease {
   expires_at: number;
 }
 
-/** What the index needs of a lease row: a full load reads only these columns. */
+/** What the index needs of a lease row. */
 export type IndexRow = Pick<LiveLease, "client" | "family" | "ip" | "expires_at">;
+
+/** The same as a full load reads it, one array per row: a million row objects made for one put each cost 0.7 s of a start. */
+export type IndexTuple = readonly [client: string, family: number, ip: string, expiresAt: number];
 
 /** A lease as held: with the generation of the last load() that saw it. */
 interface Held extends LiveLease {
@@ -109,12 +112,12 @@ export class LiveIndex implements LiveView {
    * stamped like the pages' rows. If a page cannot be read, nothing is
    * dropped: the index keeps what it held, with the rows read so far.
    */
-  async loadPages(pages: AsyncIterable<readonly IndexRow[]>): Promise<number> {
+  async loadPages(pages: AsyncIterable<readonly IndexTuple[]>): Promise<number> {
     const mark = ++this.generation;
     let n = 0;
     for await (const page of pages) {
       this.inBulk(() => {
-        for (const r of page) this.put(r);
+        for (const r of page) this.putFields(r[0], r[1], r[2], r[3]);
       });
       n += page.length;
     }
@@ -192,38 +195,38 @@ export class LiveIndex implements LiveView {
 
   /** Adds or replaces the lease of (client, family); a row whose address does not parse is skipped and logged. */
   put(row: IndexRow): void {
-    const table = this.byFamily(row.family);
-    const held = table.get(row.client);
+    this.putFields(row.client, row.family, row.ip, row.expires_at);
+  }
+
+  private putFields(client: string, family: number, ip: string, expiresAt: number): void {
+    const table = this.byFamily(family);
+    const held = table.get(client);
     // A plain renewal: same network, new expiry. Updated in place, since
     // re-inserting Map keys was the largest cost of a renewal at 10,000 leases.
-    if (held && held.ip === row.ip) {
-      held.expires_at = row.expires_at;
-      held.seen = this.generation;
-      if (row.expires_at < this.floor) this.floor = row.expires_at;
+    if (held && held.ip === ip) return this.renewHeld(held, expiresAt);
+    const net = leaseTextOf(ip);
+    if (!net || net.family !== family) {
+      log.error(`state: lease of ${client} holds "${ip}", which is not a valid address or network; it is not published to Postfix`);
+      this.remove(client, family);
       return;
     }
-    const net = leaseTextOf(row.ip);
-    if (!net || net.family !== row.family) {
-      log.error(`state: lease of ${row.client} holds "${row.ip}", which is not a valid address or network; it is not published to Postfix`);
-      this.remove(row.client, row.family);
-      return;
-    }
-    const text = net.text;
     // The database may spell an IPv6 network differently: the same network is still a plain renewal.
-    if (held && held.ip === text) {
-      held.expires_at = row.expires_at;
-      held.seen = this.generation;
-      if (row.expires_at < this.floor) this.floor = row.expires_at;
-      return;
-    }
-    this.remove(row.client, row.family);
-    const lease: Held = { client: row.client, family: row.family, ip: text === row.ip ? row.ip : text, expires_at: row.expires_at, seen: this.generation };
-    table.set(row.client, lease);
+    if (held && held.ip === net.text) return this.renewHeld(held, expiresAt);
+    this.remove(client, family);
+    // net.text is ip itself when ip was written canonically: one string per address, not two.
+    const lease: Held = { client, family, ip: net.text, expires_at: expiresAt, seen: this.generation };
+    table.set(client, lease);
     if (lease.expires_at < this.floor) this.floor = lease.expires_at;
     const bucket = this.bucket(lease, true)!;
     const cur = bucket.get(lease.ip);
     bucket.set(lease.ip, cur === undefined ? lease : Array.isArray(cur) ? [...cur, lease] : [cur, lease]);
     if (cur === undefined) this.touch(lease.ip, true);
+  }
+
+  private renewHeld(held: Held, expiresAt: number): void {
+    held.expires_at = expiresAt;
+    held.seen = this.generation;
+    if (expiresAt < this.floor) this.floor = expiresAt;
   }
 
   /** Where text is, or would go, in `sorted`. */

@@ -4,7 +4,7 @@ import { ensureOwnedFile, ownerFor, refuseLink } from "../lib/fsutil.ts";
 import { join } from "node:path";
 import { RelayError, ExitCode } from "../lib/errors.ts";
 import { parseAllowList, type AllowList } from "./allow.ts";
-import type { IndexRow } from "./live.ts";
+import type { IndexTuple } from "./live.ts";
 import { foldWatched, LATE_AFTER_INTERVALS, MIN_LEARNED_MS, type OverdueState, type Watched } from "./overdue.ts";
 
 /** A client as stored: the token only as a hash. */
@@ -230,13 +230,14 @@ export class StateStore {
     return this.db.query("SELECT * FROM leases ORDER BY client, family").all() as LeaseRow[];
   }
 
-  /** Up to `size` leases after (client, family) `after` in that order, with only the columns the live index reads. */
-  leasePage(after: { client: string; family: number } | null, size: number): IndexRow[] {
+  /** Up to `size` leases after (client, family) `after` in that order, as arrays of the columns the live index reads. */
+  leasePage(after: IndexTuple | null, size: number): IndexTuple[] {
+    // STRICT columns: TEXT, INTEGER, TEXT, INTEGER arrive as string, number, string, number.
     return (
       after === null
-        ? this.db.query("SELECT client, family, ip, expires_at FROM leases ORDER BY client, family LIMIT ?").all(size)
-        : this.db.query("SELECT client, family, ip, expires_at FROM leases WHERE (client, family) > (?, ?) ORDER BY client, family LIMIT ?").all(after.client, after.family, size)
-    ) as IndexRow[];
+        ? this.db.query("SELECT client, family, ip, expires_at FROM leases ORDER BY client, family LIMIT ?").values(size)
+        : this.db.query("SELECT client, family, ip, expires_at FROM leases WHERE (client, family) > (?, ?) ORDER BY client, family LIMIT ?").values(after[0], after[1], size)
+    ) as unknown as IndexTuple[];
   }
 
   /**

@@ -1,6 +1,6 @@
 import type { Clock } from "../../lib/clock.ts";
 import type { AllowList } from "../allow.ts";
-import type { IndexRow } from "../live.ts";
+import type { IndexTuple } from "../live.ts";
 import type { OverdueState, Watched } from "../overdue.ts";
 import type { AuditRow, Checked, ClientRow, LeaseRow } from "../state.ts";
 
@@ -76,11 +76,12 @@ export interface Store {
   listClients(): Promise<ClientRow[]>;
   allLeases(): Promise<LeaseRow[]>;
   /**
-   * Every lease, as the live index needs it, in pages of up to `size` rows in
-   * (client, family) order, each page its own read: a full load never holds
-   * every row at once, and the event loop runs between pages.
+   * Every lease, as the live index needs it (expiry in whole ms), in pages
+   * of up to `size` rows in (client, family) order, each page its own read:
+   * a full load never holds every row at once, and the event loop runs
+   * between pages.
    */
-  leasePages(size: number): AsyncIterable<IndexRow[]>;
+  leasePages(size: number): AsyncIterable<IndexTuple[]>;
   /** The leases of these clients. */
   leasesOfClients(names: string[]): Promise<LeaseRow[]>;
   auditLog(filter?: { client?: string; since?: number; limit?: number }): Promise<AuditRow[]>;

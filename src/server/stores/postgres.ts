@@ -4,7 +4,7 @@ import type { ServerConfig } from "../../lib/config.ts";
 import { checkDatabaseUrl, type DatabaseHost } from "../../lib/config.ts";
 import { ExitCode, RelayError, usageError } from "../../lib/errors.ts";
 import { leaseText, parseCidr } from "../../lib/ip.ts";
-import type { IndexRow } from "../live.ts";
+import type { IndexTuple } from "../live.ts";
 import { log } from "../../lib/logging.ts";
 import type { Clock } from "../../lib/clock.ts";
 import { parseAllowList } from "../allow.ts";
@@ -818,20 +818,19 @@ export class PgStore implements Store {
     return rows.filter((r) => r.client !== null).map(leaseRow);
   }
 
-  async *leasePages(size: number): AsyncGenerator<IndexRow[]> {
-    const cols = `client, family::int AS family, ${IP_SQL} AS ip, ${MS("expires_at")} AS expires_at`;
+  async *leasePages(size: number): AsyncGenerator<IndexTuple[]> {
+    // Typed columns: text, int, text, float8 (NOT NULL each) arrive as string, number, string, number. The address is parsed by the index.
+    const cols = `client, family::int, ${IP_SQL}, round(${MS("expires_at")})`;
     // Keyset pages over the primary key: each page one index range scan, however far in.
-    const read = (after: IndexRow | null): Promise<unknown[][]> =>
+    const read = (after: IndexTuple | null): Promise<IndexTuple[]> =>
       this.call(async () => {
         const sql = await this.pool();
         return after === null
           ? sql.unsafe(`SELECT ${cols} FROM ${SCHEMA}.leases ORDER BY client, family LIMIT $1`, [size]).values()
-          : sql.unsafe(`SELECT ${cols} FROM ${SCHEMA}.leases WHERE (client, family) > ($1::text, $2::smallint) ORDER BY client, family LIMIT $3`, [after.client, after.family, size]).values();
+          : sql.unsafe(`SELECT ${cols} FROM ${SCHEMA}.leases WHERE (client, family) > ($1::text, $2::smallint) ORDER BY client, family LIMIT $3`, [after[0], after[1], size]).values();
       });
-    for (let next: Promise<unknown[][]> | null = read(null); next !== null; ) {
-      const rows: unknown[][] = await next;
-      // The address is parsed where it is used (the live index), not here as well.
-      const page: IndexRow[] = rows.map((r): IndexRow => ({ client: String(r[0]), family: Number(r[1]), ip: String(r[2]), expires_at: Math.round(Number(r[3])) }));
+    for (let next: Promise<IndexTuple[]> | null = read(null); next !== null; ) {
+      const page: IndexTuple[] = await next;
       // Ask for the next page before this one is put in the index: the database works while we do.
       next = page.length === size ? read(page[page.length - 1]!) : null;
       next?.catch(() => undefined);

@@ -1,6 +1,6 @@
 import type { Clock } from "../../lib/clock.ts";
 import { StateStore, type ClientRow, type LeaseRow } from "../state.ts";
-import type { IndexRow } from "../live.ts";
+import type { IndexTuple } from "../live.ts";
 import type { Watched } from "../overdue.ts";
 import type { AuditEntry, AuditPageFilter, ChangeBatch, Store, StoreTx } from "./index.ts";
 
@@ -140,8 +140,8 @@ export class SqliteStore implements Store {
   async allLeases(): Promise<LeaseRow[]> {
     return this.state.allLeases();
   }
-  async *leasePages(size: number): AsyncGenerator<IndexRow[]> {
-    for (let after: IndexRow | null = null; ; ) {
+  async *leasePages(size: number): AsyncGenerator<IndexTuple[]> {
+    for (let after: IndexTuple | null = null; ; ) {
       const page = this.state.leasePage(after, size);
       if (page.length) yield page;
       if (page.length < size) return;

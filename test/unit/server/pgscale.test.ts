@@ -12,7 +12,7 @@ import { NO_ALLOW } from "../../../src/server/allow.ts";
 import { LeaseBook } from "../../../src/server/leases.ts";
 import type { ClientRow } from "../../../src/server/state.ts";
 import { StateStore } from "../../../src/server/state.ts";
-import { StoreUnavailable } from "../../../src/server/stores/index.ts";
+import { StoreUnavailable, type Store } from "../../../src/server/stores/index.ts";
 import { openStore } from "../../../src/server/stores/open.ts";
 import { SqliteStore } from "../../../src/server/stores/sqlite.ts";
 import { CHANNEL, PgStore, pgTarget } from "../../../src/server/stores/postgres.ts";
@@ -446,12 +446,12 @@ describe.skipIf(!HAVE_PG)("the change log (issue 21 item 1)", () => {
 
   test("a full load reads keyset pages: every lease once, in key order, networks as the index writes them; SQLite pages the same", async () => {
     const nets = Array.from({ length: 23 }, (_, i) => (i % 3 === 0 ? `2001:db8:${i}::/48` : i % 3 === 1 ? `2001:db8::${i}` : `192.0.2.${i}`));
-    const paged = async (store: { leasePages(n: number): AsyncIterable<{ client: string; family: number; ip: string }[]> }): Promise<{ sizes: number[]; rows: string[] }> => {
+    const paged = async (store: Store): Promise<{ sizes: number[]; rows: string[] }> => {
       const sizes: number[] = [];
       const rows: string[] = [];
       for await (const page of store.leasePages(4)) {
         sizes.push(page.length);
-        for (const r of page) rows.push(`${r.client}/${r.family} ${parseCidr(r.ip)?.text}`);
+        for (const [client, family, ip, expiresAt] of page) rows.push(`${client}/${family} ${parseCidr(ip)?.text} ${Number.isInteger(expiresAt) && expiresAt > Date.now()}`);
       }
       return { sizes, rows };
     };
@@ -461,7 +461,7 @@ describe.skipIf(!HAVE_PG)("the change log (issue 21 item 1)", () => {
         await a.tx((t) => t.insertClient(client(name)));
         await bookA.renew((await a.getClient(name))!, parseCidr(nets[i]!)!, "t");
       }
-      const want = nets.map((n, i) => `p${String(i).padStart(2, "0")}/${n.includes(":") ? 6 : 4} ${parseCidr(n)!.text}`);
+      const want = nets.map((n, i) => `p${String(i).padStart(2, "0")}/${n.includes(":") ? 6 : 4} ${parseCidr(n)!.text} true`);
       expect(await paged(a)).toEqual({ sizes: [4, 4, 4, 4, 4, 3], rows: want });
       await bookB.reload();
       expect(live(bookB)).toEqual([...live(bookA)]);
