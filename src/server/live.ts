@@ -86,6 +86,15 @@ export class LiveIndex implements LiveView {
   private floor = Infinity;
   /** Stamped on each lease put by load(), which then drops the leases it did not stamp. */
   private generation = 0;
+  /**
+   * While a paged load runs: the (family, client) keys changed by anything
+   * else (a catch-up, this host's own grant or release). The load's rows for
+   * them may have been read before that change, so they are skipped: a
+   * revoke applied between two pages is not undone by a page read before it.
+   */
+  private changedDuringLoad: Set<string> | null = null;
+  /** Set while the load itself puts or sweeps, so its own changes are not counted as another's. */
+  private loadWriting = false;
 
   private byFamily(family: number): Map<string, Held> {
     return family === 4 ? this.v4 : this.v6;
@@ -108,21 +117,42 @@ export class LiveIndex implements LiveView {
    * Makes the index hold exactly the rows of the pages (start, a full
    * reconcile), one page at a time: the event loop answers Postfix between
    * pages, and no more than a page of rows is in memory besides the index.
-   * Changes made between pages (a renewal on this host) stay: they are
-   * stamped like the pages' rows. If a page cannot be read, nothing is
-   * dropped: the index keeps what it held, with the rows read so far.
+   * Changes made between pages (a catch-up, a renewal on this host) win over
+   * the pages' rows for the same lease, and are kept. If a page cannot be
+   * read, nothing is dropped: the index keeps what it held, with the rows
+   * read so far. One load at a time (LeaseBook sees to it).
    */
   async loadPages(pages: AsyncIterable<readonly IndexTuple[]>): Promise<number> {
     const mark = ++this.generation;
+    const changed = (this.changedDuringLoad = new Set());
     let n = 0;
-    for await (const page of pages) {
-      this.inBulk(() => {
-        for (const r of page) this.putFields(r[0], r[1], r[2], r[3]);
-      });
-      n += page.length;
+    try {
+      for await (const page of pages) {
+        this.asLoad(() => {
+          for (const r of page) if (changed.size === 0 || !changed.has(`${r[1]} ${r[0]}`)) this.putFields(r[0], r[1], r[2], r[3]);
+        });
+        n += page.length;
+      }
+      this.asLoad(() => this.sweep(mark));
+    } finally {
+      this.changedDuringLoad = null;
     }
-    this.sweep(mark);
     return n;
+  }
+
+  /** Runs the load's own changes, in bulk, without counting them as changed by another. */
+  private asLoad(changes: () => void): void {
+    this.loadWriting = true;
+    try {
+      this.inBulk(changes);
+    } finally {
+      this.loadWriting = false;
+    }
+  }
+
+  /** Notes a change to (client, family) made outside a running load. */
+  private changedOutsideLoad(client: string, family: number): void {
+    if (this.changedDuringLoad !== null && !this.loadWriting) this.changedDuringLoad.add(`${family} ${client}`);
   }
 
   /** Drops every lease that no load since `mark` began has stamped. */
@@ -199,6 +229,7 @@ export class LiveIndex implements LiveView {
   }
 
   private putFields(client: string, family: number, ip: string, expiresAt: number): void {
+    this.changedOutsideLoad(client, family);
     const table = this.byFamily(family);
     const held = table.get(client);
     // A plain renewal: same network, new expiry. Updated in place, since
@@ -244,6 +275,7 @@ export class LiveIndex implements LiveView {
 
   /** Drops the lease of (client, family), if any. */
   remove(client: string, family: number): void {
+    this.changedOutsideLoad(client, family);
     const table = this.byFamily(family);
     const old = table.get(client);
     if (!old) return;

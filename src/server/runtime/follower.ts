@@ -18,7 +18,8 @@ export const RECONCILE_MS = 300_000;
  * Follows changes other processes commit (an admin command, another relay
  * host): each wake-up (a notice, the store's poll) catches up from the
  * store's change log, one catch-up at a time, and wake-ups arriving
- * meanwhile fold into one more. Every RECONCILE_MS it reloads everything.
+ * meanwhile fold into one more. Every RECONCILE_MS it reloads everything,
+ * while catch-ups go on.
  * Also keeps the client count for /metrics, read again when the log says
  * clients were enrolled or removed, so a scrape never queries the store.
  */
@@ -69,10 +70,20 @@ export class Follower {
     return this.running;
   }
 
-  /** Reloads every lease (the periodic safety net), through the same queue as catch-ups. */
+  /**
+   * Reloads every lease (the periodic safety net) beside the catch-ups, not
+   * in their queue: at 1,000,000 leases it takes seconds, and a revoke must
+   * not wait for it. If it fails, the next catch-up reloads everything
+   * instead (and says why if that fails too).
+   */
   reconcile(): Promise<void> {
-    this.full = true;
-    return this.notice();
+    return this.d.leases.reconcile().then(
+      () => this.d.onRefreshed(true),
+      () => {
+        this.full = true;
+        return this.notice();
+      },
+    );
   }
 
   private scheduleReconcile(): void {

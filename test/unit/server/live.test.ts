@@ -201,7 +201,7 @@ describe("LiveIndex.liveTexts kept in step", () => {
     }
   });
 
-  test("paged loads with changes between pages, and the list read only now and then, still equal the live leases", async () => {
+  test("paged loads with changes between and during pages (pages read before a change arrive after it), and the list read only now and then, still equal the live leases", async () => {
     const rand = prng(11);
     const index = new LiveIndex();
     const model = new Map<string, LeaseRow>();
@@ -224,7 +224,10 @@ describe("LiveIndex.liveTexts kept in step", () => {
     async function* pages(size: number): AsyncGenerator<IndexTuple[]> {
       for (let after = ""; ; ) {
         const keys = [...model.keys()].filter((k) => k > after).sort().slice(0, size);
-        if (keys.length) yield keys.map((k) => tuple(model.get(k)!));
+        const read = keys.map((k) => tuple(model.get(k)!));
+        // Changes committed and applied after the page was read, before it arrives: the page is stale for them.
+        for (let i = rand(3); i > 0; i--) change();
+        if (read.length) yield read;
         if (keys.length < size) return;
         after = keys[keys.length - 1]!;
         for (let i = rand(4); i > 0; i--) change();

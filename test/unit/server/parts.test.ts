@@ -183,18 +183,24 @@ describe("Follower", () => {
     expect(f.currentAt).toBe(began);
   });
 
-  test("a failed catch-up is no refresh and a failed reconcile is tried again in full; the reconcile runs every RECONCILE_MS", async () => {
+  test("a failed catch-up is no refresh; the reconcile runs every RECONCILE_MS beside the catch-ups, and a failed one is tried again as a full catch-up", async () => {
     const clock = new FakeClock();
     const timers = new FakeTimers(clock);
     const store = new SqliteStore(new StateStore(join(tempDir(), "state")), clock);
     const leases = new LeaseBook(store, () => 60, clock);
-    const asked: boolean[] = [];
+    const asked: string[] = [];
     let fail = false;
     const catchUp = leases.catchUp.bind(leases);
     leases.catchUp = async (full) => {
-      asked.push(full ?? false);
+      asked.push(full ? "full" : "catch-up");
       if (fail) throw new Error("down");
       return catchUp(full);
+    };
+    const reconcile = leases.reconcile.bind(leases);
+    leases.reconcile = async () => {
+      asked.push("reconcile");
+      if (fail) throw new Error("down");
+      return reconcile();
     };
     let refreshed = 0;
     const f = new Follower({ store, leases, timers, onRefreshed: () => refreshed++ });
@@ -204,16 +210,50 @@ describe("Follower", () => {
     expect(refreshed).toBe(0);
     await timers.advance(RECONCILE_MS * 1.2);
     await settle();
-    expect(asked).toEqual([false, true]);
+    expect(asked).toEqual(["catch-up", "reconcile", "full"]);
     expect(refreshed).toBe(0);
     fail = false;
     await f.notice();
-    expect(asked).toEqual([false, true, true]);
+    expect(asked).toEqual(["catch-up", "reconcile", "full", "full"]);
     expect(refreshed).toBe(1);
     await timers.advance(RECONCILE_MS * 1.2);
     await settle();
-    expect(asked.filter(Boolean).length).toBe(3);
+    expect(asked.slice(4)).toEqual(["reconcile"]);
+    expect(refreshed).toBe(2);
     f.stop();
+    await store.close();
+  });
+
+  test("a catch-up runs while a slow reconcile is still reading, and the reconcile's older rows do not undo it", async () => {
+    const clock = new FakeClock();
+    const store = new SqliteStore(new StateStore(join(tempDir(), "state")), clock);
+    const leases = new LeaseBook(store, () => 600, clock);
+    store.state.insertClient({ ...client("office"), ttl: null });
+    await leases.renew(store.state.getClient("office")!, parseCidr("192.0.2.10")!, "t");
+    const f = new Follower({ store, leases, clock, onRefreshed: () => undefined });
+    await f.notice();
+    // A reconcile whose first page was read before the revoke and arrives after it.
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const pages = store.leasePages.bind(store);
+    store.leasePages = async function* (size: number) {
+      const read = [];
+      for await (const p of pages(size)) read.push(p);
+      await gate;
+      yield* read;
+    };
+    const reconciling = f.reconcile();
+    await settle();
+    // Revoked through another host; this one hears of it from the change log (faked: SQLite's names nobody).
+    await new LeaseBook(store, () => 600, clock).revoke("office", "t");
+    store.changes = async () => ({ clients: ["office"], enrolled: false, next: null as never });
+    const tx = Date.now();
+    await f.notice();
+    expect(Date.now() - tx).toBeLessThan(1_000);
+    expect(leases.index.liveTexts(clock.now())).toEqual([]);
+    release();
+    await reconciling;
+    expect(leases.index.liveTexts(clock.now())).toEqual([]);
     await store.close();
   });
 });
