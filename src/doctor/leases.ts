@@ -4,6 +4,27 @@ import { cidrContains, leaseText, parseCidr, parseIp, type Cidr } from "../lib/i
 import type { LeaseRow } from "../server/state.ts";
 import { fail, pass, shellQuote, warn, type CheckResult } from "./checks.ts";
 
+/**
+ * Live leases from which doctor advises the policy lookup over a file one:
+ * at 100,000 a map rebuild already takes ~80 ms per change, and at
+ * 1,000,000 postmap under renewal load hit its 10 s timeout (issue 21).
+ */
+export const FILE_LOOKUP_MAX_LEASES = 100_000;
+
+/** Verdict on `server.scale`: a lookup that rewrites its whole file on each change, holding more live leases than that suits. */
+export function scaleCheck(lookup: string, rewritesWhole: string | null, live: number, configPath: string): CheckResult[] {
+  if (rewritesWhole === null || live <= FILE_LOOKUP_MAX_LEASES) return [];
+  return [
+    warn(
+      "server.scale",
+      `${live.toLocaleString("en-US")} live leases with lookup = "${lookup}": ${rewritesWhole}, so every grant, move and release waits for a file of ${live.toLocaleString("en-US")} lines (more than ${FILE_LOOKUP_MAX_LEASES.toLocaleString("en-US")} is past what a file lookup suits)`,
+      lookup === "map"
+        ? `set lookup = "policy" in ${configPath} and restart relayctl, then run relayctl doctor for the main.cf line that hooks it into Postfix; it answers from memory, whatever the count`
+        : "keep the lease count below that, or relay through Postfix with the policy lookup",
+    ),
+  ];
+}
+
 /** From this many clients on one leased address on, doctor asks whether a proxy or NAT hides them. */
 export const SHARED_CLIENTS = 2;
 

@@ -12,12 +12,13 @@ import { findPostfixTool, mapDbSuffix, runTool } from "../server/postfix.ts";
 import { fail, pass, shellQuote, warn, type CheckResult } from "./checks.ts";
 import { accessProblem, currentUser, lookupUser, type Principal } from "./files.ts";
 import { hookChecks, pgsqlTableChecks, pgsqlTableFacts } from "./hook.ts";
-import { leaseAddressChecks, localAddresses } from "./leases.ts";
+import { leaseAddressChecks, localAddresses, scaleCheck } from "./leases.ts";
 import { MTA_CHECKS } from "./mta.ts";
 import { policyHookChecks, policyHookFacts, policySocketChecks } from "./policy.ts";
 import { postmapVerdict, refusedSetting, settingVerdict } from "./postmap.ts";
 import { frozenEntries, installedKeys } from "../server/lookups/map.ts";
 import { postfixGid } from "../server/lookups/policy.ts";
+import { LOOKUPS } from "../server/lookups/index.ts";
 import { defaultConfigDir, PostconfFailed, readPostfix, type PostfixView } from "./postfix.ts";
 import type { HealthBody } from "../lib/wire.ts";
 
@@ -114,7 +115,11 @@ async function leaseChecks(ctx: Ctx): Promise<CheckResult[]> {
   const { rows, error } = await leasesOf(ctx);
   // An unreadable database is server.database's failure; there is nothing to judge here.
   if (error) return [];
-  return leaseAddressChecks({ now: Date.now(), leases: rows, local: localAddresses(), configPath: ctx.config.path, defaultConfig: ctx.config.path === DEFAULT_SERVER_CONFIG });
+  const now = Date.now();
+  return [
+    ...scaleCheck(ctx.config.lookup, LOOKUPS[ctx.config.lookup].rewritesWhole, rows.filter((l) => l.expires_at > now).length, ctx.config.path),
+    ...leaseAddressChecks({ now, leases: rows, local: localAddresses(), configPath: ctx.config.path, defaultConfig: ctx.config.path === DEFAULT_SERVER_CONFIG }),
+  ];
 }
 
 function configHint(ctx: Ctx, setting: string): string {

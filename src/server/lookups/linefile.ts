@@ -142,6 +142,7 @@ export function lineFileRow(spec: LineFileSpec): LookupType {
     name: spec.name,
     prefixes: true,
     outlivesServer: true,
+    rewritesWhole: `each change rewrites the whole file, one line per lease${spec.reload ? ", and has the MTA load it again" : ""}`,
     refuses: () => null,
     installed: async (config, state) => installedLineFile(spec.name, spec.path(config), state),
     async open(ctx: LookupContext): Promise<Lookup> {

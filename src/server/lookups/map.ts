@@ -278,6 +278,7 @@ export const mapLookupType: LookupType = {
   name: "map",
   prefixes: false,
   outlivesServer: true,
+  rewritesWhole: "each change rebuilds the whole map with postmap (at 100,000 leases about 80 ms for hash, 50 ms for lmdb, growing with the count; bench/results.md)",
   statusAlias: "map",
   refuses: mapRefuses,
   open: openMap,

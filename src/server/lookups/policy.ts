@@ -215,6 +215,7 @@ export const policyLookupType: LookupType = {
   name: "policy",
   prefixes: true,
   outlivesServer: false,
+  rewritesWhole: null,
   refuses: () => null,
   async open(ctx: LookupContext): Promise<Lookup> {
     const lookup = new PolicyLookup(ctx.config.policySocket, policyHandler(ctx.index, ctx.clock), () => ctx.index.liveCount(ctx.clock.now()));

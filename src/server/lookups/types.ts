@@ -68,6 +68,12 @@ export interface LookupType {
   prefixes: boolean;
   /** Keeps answering from a file while the server is down, so `server sweep` must expire for it. */
   outlivesServer: boolean;
+  /**
+   * What every change costs when the whole file is rewritten (measured, for
+   * doctor's `server.scale` warning above FILE_LOOKUP_MAX_LEASES), or null
+   * for a lookup that answers from memory (policy).
+   */
+  rewritesWhole: string | null;
   /** The status.json key its facts also had before `lookup` (scripts read status.map), kept until the next release. */
   statusAlias?: "map";
   /** Why this lookup cannot hold the network exactly (so the lease must be refused), or null. */

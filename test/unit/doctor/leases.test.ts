@@ -1,5 +1,6 @@
 import { describe, expect, test } from "bun:test";
-import { defaultGateways, leaseAddressChecks, type LeaseAddressFacts, type LocalAddress } from "../../../src/doctor/leases.ts";
+import { defaultGateways, FILE_LOOKUP_MAX_LEASES, leaseAddressChecks, scaleCheck, type LeaseAddressFacts, type LocalAddress } from "../../../src/doctor/leases.ts";
+import { LOOKUPS } from "../../../src/server/lookups/index.ts";
 
 const NOW = 1_000_000;
 const LOCAL: LocalAddress[] = [
@@ -78,5 +79,23 @@ describe("defaultGateways", () => {
       { address: "fe80::1", dev: "eth0", kind: "gateway" },
     ]);
     expect(defaultGateways("", "")).toEqual([]);
+  });
+});
+
+describe("server.scale", () => {
+  test("a file lookup past FILE_LOOKUP_MAX_LEASES live leases warns with the figures and the way out; policy never does", () => {
+    for (const [name, type] of Object.entries(LOOKUPS)) {
+      expect(scaleCheck(name, type.rewritesWhole, FILE_LOOKUP_MAX_LEASES, "/etc/relayctl/server.toml")).toEqual([]);
+      const over = scaleCheck(name, type.rewritesWhole, 1_000_000, "/etc/relayctl/server.toml");
+      if (name === "policy") {
+        expect(over).toEqual([]);
+        continue;
+      }
+      expect(over).toHaveLength(1);
+      expect(over[0]!.status).toBe("warn");
+      expect(over[0]!.message).toContain(`1,000,000 live leases with lookup = "${name}": each change re`);
+      expect(over[0]!.hint).toMatch(/policy/);
+    }
+    expect(scaleCheck("map", LOOKUPS.map.rewritesWhole, 100_001, "/srv/relay.toml")[0]!.hint).toStartWith('set lookup = "policy" in /srv/relay.toml and restart relayctl');
   });
 });
